@@ -1,0 +1,68 @@
+"""The kinds of object the system stores, with the names kubectl knows them by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["KINDS", "KindInfo", "kind_info", "resolve_kind"]
+
+SPIDER_API = "spiderpool.spidernet.io/v2beta1"
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    api_version: str
+    plural: str
+    namespaced: bool
+    has_status: bool  # has a status subresource (update_status writes only status)
+    short_names: tuple[str, ...] = ()
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+
+KINDS: tuple[KindInfo, ...] = (
+    KindInfo("SpiderIPPool", SPIDER_API, "spiderippools", False, True, ("sp",)),
+    KindInfo("SpiderSubnet", SPIDER_API, "spidersubnets", False, True, ("ss",)),
+    KindInfo("SpiderReservedIP", SPIDER_API, "spiderreservedips", False, False, ("sr",)),
+    # SpiderEndpoint keeps everything in status but has no status subresource (Spiderpool writes it with Update).
+    KindInfo("SpiderEndpoint", SPIDER_API, "spiderendpoints", True, False, ("se",)),
+    KindInfo("Pod", "v1", "pods", True, True, ("po",)),
+    KindInfo("Namespace", "v1", "namespaces", False, True, ("ns",)),
+    KindInfo("Node", "v1", "nodes", False, True, ("no",)),
+    KindInfo("Deployment", "apps/v1", "deployments", True, True, ("deploy",)),
+    KindInfo("ReplicaSet", "apps/v1", "replicasets", True, True, ("rs",)),
+    KindInfo("StatefulSet", "apps/v1", "statefulsets", True, True, ("sts",)),
+    KindInfo("DaemonSet", "apps/v1", "daemonsets", True, True, ("ds",)),
+    KindInfo("Job", "batch/v1", "jobs", True, True, ()),
+    KindInfo("CronJob", "batch/v1", "cronjobs", True, True, ("cj",)),
+    KindInfo("Lease", "coordination.k8s.io/v1", "leases", True, False, ()),
+)
+
+_BY_NAME: dict[str, KindInfo] = {}
+for _info in KINDS:
+    for _alias in (_info.kind, _info.kind.lower(), _info.plural, _info.plural[:-1], *_info.short_names):
+        _BY_NAME[_alias.lower()] = _info
+
+
+def kind_info(kind: str) -> KindInfo:
+    """The KindInfo of an exact kind name (``SpiderIPPool``); KeyError names the kind otherwise."""
+    info = _BY_NAME.get(kind.lower())
+    if info is None or info.kind != kind:
+        raise KeyError(f"unknown kind {kind!r}")
+    return info
+
+
+def resolve_kind(name: str) -> KindInfo:
+    """What kubectl accepts on its command line: kind, plural, singular or short name, any case."""
+    info = _BY_NAME.get(name.lower())
+    if info is None:
+        known = ", ".join(sorted({i.kind for i in KINDS}))
+        raise KeyError(f'unknown resource type "{name}" (known: {known})')
+    return info

@@ -1,0 +1,159 @@
+"""The object-store protocol: Kubernetes-shaped objects, and allocation records beside them.
+
+Two backends implement it: ``ipam.sqlite_store`` (embedded, one machine) and ``ipam.kube_store``
+(the Kubernetes API).  One contract suite (``tests/contract``) runs against both.
+
+Objects are plain JSON-shaped dicts exactly as ``kubectl get -o json`` shows them: ``apiVersion``,
+``kind``, ``metadata`` (``name``, ``namespace`` for namespaced kinds, ``labels``, ``annotations``,
+``uid``, ``resourceVersion``, ``creationTimestamp``, ``generation``, ``ownerReferences``,
+``finalizers``, ``deletionTimestamp``), ``spec`` and ``status``.  Stores return fresh copies; callers
+may mutate what they get and write it back.
+
+resourceVersion is an opaque string.  The embedded store uses one global, strictly increasing revision
+(like etcd), so ``revision()`` followed by ``watch(since=...)`` misses nothing.
+
+Allocation records (which IP of which pool belongs to which pod) have their own narrow interface so
+each backend can store them well: a row per IP under a uniqueness constraint in SQLite, and
+Spiderpool's ``status.allocatedIPs`` JSON string on the pool in Kubernetes.  Either way a claim is
+conditional on the pool's resourceVersion, and the pool's resourceVersion changes with every claim and
+release: that is what makes an admission check ("no excluded IP is in use") and an allocation unable to
+interleave wrongly.  ``status.allocatedIPs`` / ``status.allocatedIPCount`` of a SpiderIPPool returned
+by ``get``/``list`` always reflect the records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "AllocationStore",
+    "Claim",
+    "IPRecord",
+    "Obj",
+    "ObjectStore",
+    "PoolUsage",
+    "Store",
+    "WatchEvent",
+]
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: Literal["ADDED", "MODIFIED", "DELETED"]
+    object: Obj
+    revision: str  # the store revision of this change (resume a watch from here)
+
+
+@dataclass(frozen=True)
+class IPRecord:
+    """One allocated IP of one pool, in Spiderpool's terms ({"pod": "ns/name", "podUid": uid})."""
+
+    pool: str
+    ip: str  # canonical bare address, no prefix length ("10.244.100.90", "fd00::5a")
+    pod: str  # "namespace/name"
+    pod_uid: str
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """A consistent snapshot of one pool: its resourceVersion and the IPs allocated in it.
+
+    ``allocated`` is sorted ascending by integer value and holds ``int(netaddr.IPAddress(ip))`` for
+    each record (the pure allocator works on integers).  It is a read-only view: do not mutate it.
+    """
+
+    pool: str
+    resource_version: str
+    allocated: Sequence[int]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Give ``ip`` of ``pool`` to a pod.  ``pool_version`` is the pool resourceVersion the caller read."""
+
+    pool: str
+    pool_version: str
+    ip: str
+    pod: str  # "namespace/name"
+    pod_uid: str
+
+
+class ObjectStore(Protocol):
+    def create(self, obj: Obj) -> Obj:
+        """Store a new object; fills uid, resourceVersion, creationTimestamp, generation.
+        Raises AlreadyExists."""
+
+    def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        """Raises NotFound."""
+
+    def list(
+        self,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[Obj]:
+        """Objects of a kind, optionally in one namespace and carrying all the given labels (equality),
+        sorted by (namespace, name)."""
+
+    def update(self, obj: Obj) -> Obj:
+        """Replace metadata (labels, annotations, ownerReferences, finalizers) and spec.  If
+        ``metadata.resourceVersion`` is set it must equal the stored one (else Conflict).  For kinds with
+        a status subresource the stored status is kept; for the others status is replaced too.
+        Raises NotFound."""
+
+    def update_status(self, obj: Obj) -> Obj:
+        """Replace only status, with the same resourceVersion precondition.  Raises NotFound."""
+
+    def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str | None = None) -> None:
+        """Remove an object (no finalizer semantics in the embedded store).  Raises NotFound, Conflict."""
+
+    def revision(self) -> str:
+        """The store's current revision: a list taken now, then ``watch(since=revision)``, misses nothing."""
+
+    def watch(self, kinds: Sequence[str], since: str, *, timeout: float) -> Iterator[WatchEvent]:
+        """Changes to objects of these kinds after revision ``since``, in order, until ``timeout``
+        seconds pass with nothing new (then the iterator ends; call again from the last revision).
+        Raises Gone when ``since`` is older than what the store keeps."""
+
+
+class AllocationStore(Protocol):
+    def usage(self, pool: str) -> PoolUsage:
+        """The pool's resourceVersion and sorted allocated IPs.  Raises NotFound for an unknown pool.
+        Must cost O(changes since the last call) in the embedded store, not O(pool records)."""
+
+    def records(self, pool: str) -> list[IPRecord]:
+        """All records of a pool, sorted by IP."""
+
+    def records_of_pod(self, namespace: str, name: str) -> list[IPRecord]:
+        """All records naming pod ``namespace/name`` (any UID), across pools."""
+
+    def commit(
+        self,
+        *,
+        claims: Sequence[Claim] = (),
+        releases: Sequence[IPRecord] = (),
+        endpoint: Obj | None = None,
+        delete_endpoint: tuple[str, str] | None = None,
+    ) -> None:
+        """Apply claims and releases, then create-or-replace ``endpoint`` (a SpiderEndpoint object; its
+        resourceVersion, when set, is a precondition) or delete ``delete_endpoint`` ((namespace, name)).
+
+        A claim fails with Conflict when the pool's resourceVersion is no longer ``pool_version`` or the
+        IP is already recorded (in any pool).  A release removes the record only when its pod_uid
+        matches (a release of something absent or owned by another UID is a no-op).  Every claim and
+        release bumps the pool's resourceVersion and status.allocatedIPCount.
+
+        The embedded store does all of this in one transaction and it is durable when this returns.
+        The Kubernetes store writes pool by pool, then the endpoint (as Spiderpool does); a failure
+        part-way leaves records that the IP GC reclaims."""
+
+
+class Store(ObjectStore, AllocationStore, Protocol):
+    """What the IPAM service and the CLI are given: both halves, from one backend."""
+
+    def close(self) -> None: ...
