@@ -1,0 +1,193 @@
+"""The agent's configuration file (YAML), parsed once into frozen values.
+
+```yaml
+nodeName: node1                       # required: the Kubernetes node this agent serves
+store: /var/lib/spiderbgp/state.db    # SQLite path, or "kubernetes"
+kubeconfig: ~/.kube/config            # with store: kubernetes, outside a cluster
+socketPath: /run/spiderbgp/agent.sock # the CNI plugin's socket
+healthAddress: 127.0.0.1:9710         # /healthz, /readyz, /metrics
+log: {level: info, format: text}      # level debug|info|warning|error, format text|json
+ipam: {...}                           # see IpamConfig
+bgp: {...}                            # parsed by bgp_speaker.config; absent = IPAM only
+```
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spiderbgp.fields import ConfigError, Fields
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "DEFAULT_STORE",
+    "AgentConfig",
+    "ConfigError",
+    "GcConfig",
+    "IpamConfig",
+    "LeaderConfig",
+    "load_agent_config",
+    "parse_agent_config",
+]
+
+DEFAULT_STORE = "/var/lib/spiderbgp/state.db"
+DEFAULT_SOCKET = "/run/spiderbgp/agent.sock"
+
+
+@dataclass(frozen=True)
+class GcConfig:
+    enabled: bool = True
+    interval_seconds: float = 600.0  # full scan of every record (Spiderpool's scan-all)
+    trace_interval_seconds: float = 5.0  # how often terminating/deleted pods are looked at
+    additional_grace_delay_seconds: float = 0.0
+    terminating_on_ready_node: bool = True
+    terminating_on_not_ready_node: bool = True
+
+
+@dataclass(frozen=True)
+class LeaderConfig:
+    enabled: bool = True
+    lease_name: str = "spiderbgp-controller"
+    lease_namespace: str = "kube-system"
+    lease_duration_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class IpamConfig:
+    enable_ipv4: bool = True
+    enable_ipv6: bool = True
+    enable_statefulset: bool = True
+    enable_spider_subnet: bool = True
+    auto_pool_default_flexible_ip_number: int = 1
+    conflict_retries: int = 5
+    max_allocated_ips_per_pool: int = 5000  # only enforced by the Kubernetes store (one CR string)
+    gc: GcConfig = field(default_factory=GcConfig)
+    leader: LeaderConfig = field(default_factory=LeaderConfig)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_name: str
+    store: str = DEFAULT_STORE
+    kubeconfig: str | None = None
+    socket_path: str = DEFAULT_SOCKET
+    health_host: str = "127.0.0.1"
+    health_port: int = 9710
+    log_level: str = "info"
+    log_format: str = "text"
+    ipam: IpamConfig = field(default_factory=IpamConfig)
+    bgp: Mapping[str, Any] | None = None  # raw section, parsed by bgp_speaker.config
+    source: str = ""
+
+
+def _parse_address(f: Fields, key: str, default: str) -> tuple[str, int]:
+    text = f.string(key, default)
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise f.error(key, f"must be HOST:PORT (for example 127.0.0.1:9710), not {text!r}")
+    return host, int(port_text)
+
+
+def _parse_ipam(f: Fields, source: str) -> IpamConfig:
+    gc = f.section("gc")
+    gc_config = GcConfig(
+        enabled=gc.boolean("enabled", True),
+        interval_seconds=gc.number("intervalSeconds", 600.0, minimum=1.0),
+        trace_interval_seconds=gc.number("traceIntervalSeconds", 5.0, minimum=0.1),
+        additional_grace_delay_seconds=gc.number("additionalGraceDelaySeconds", 0.0),
+        terminating_on_ready_node=gc.boolean("terminatingPodOnReadyNode", True),
+        terminating_on_not_ready_node=gc.boolean("terminatingPodOnNotReadyNode", True),
+    )
+    gc.done()
+    le = f.section("leaderElection")
+    duration = le.number("leaseDurationSeconds", 15.0, minimum=1.0)
+    renew = le.number("renewDeadlineSeconds", 10.0, minimum=0.5)
+    retry = le.number("retryPeriodSeconds", 2.0, minimum=0.1)
+    if not retry < renew < duration:
+        raise le.error("renewDeadlineSeconds", "must lie between retryPeriodSeconds and leaseDurationSeconds")
+    leader = LeaderConfig(
+        enabled=le.boolean("enabled", True),
+        lease_name=le.string("leaseName", "spiderbgp-controller"),
+        lease_namespace=le.string("leaseNamespace", "kube-system"),
+        lease_duration_seconds=duration,
+        renew_deadline_seconds=renew,
+        retry_period_seconds=retry,
+    )
+    le.done()
+    config = IpamConfig(
+        enable_ipv4=f.boolean("enableIPv4", True),
+        enable_ipv6=f.boolean("enableIPv6", True),
+        enable_statefulset=f.boolean("enableStatefulSet", True),
+        enable_spider_subnet=f.boolean("enableSpiderSubnet", True),
+        auto_pool_default_flexible_ip_number=f.integer("clusterSubnetDefaultFlexibleIPNumber", 1, minimum=0),
+        conflict_retries=f.integer("conflictRetries", 5, minimum=1, maximum=100),
+        max_allocated_ips_per_pool=f.integer("maxAllocatedIPsPerPool", 5000, minimum=1),
+        gc=gc_config,
+        leader=leader,
+    )
+    f.done()
+    if not (config.enable_ipv4 or config.enable_ipv6):
+        raise ConfigError(
+            source, "ipam.enableIPv4", "at least one of enableIPv4 and enableIPv6 must be true"
+        )
+    return config
+
+
+def parse_agent_config(raw: object, *, source: str, default_node_name: str | None = None) -> AgentConfig:
+    """Validate a parsed YAML document; raises ConfigError naming the field."""
+    f = Fields(raw, source=source)
+    node_name = f.optional_string("nodeName") or default_node_name
+    if not node_name:
+        raise f.error("nodeName", "is required")
+    health_host, health_port = _parse_address(f, "healthAddress", "127.0.0.1:9710")
+    log = f.section("log")
+    log_level = log.choice("level", "info", ("debug", "info", "warning", "error"))
+    log_format = log.choice("format", "text", ("text", "json"))
+    log.done()
+    ipam = _parse_ipam(f.section("ipam"), source)
+    bgp = f.raw("bgp")
+    if bgp is not None and not isinstance(bgp, Mapping):
+        raise f.error("bgp", "must be a mapping")
+    config = AgentConfig(
+        node_name=node_name,
+        store=f.string("store", DEFAULT_STORE),
+        kubeconfig=f.optional_string("kubeconfig"),
+        socket_path=f.string("socketPath", DEFAULT_SOCKET),
+        health_host=health_host,
+        health_port=health_port,
+        log_level=log_level,
+        log_format=log_format,
+        ipam=ipam,
+        bgp=bgp,
+        source=source,
+    )
+    f.done()
+    return config
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    """Read and validate a config file; every failure is a ConfigError with one line."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "is not UTF-8 text") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(source, "", f"{where}{problem}") from None
+    return parse_agent_config(raw, source=source, default_node_name=socket.gethostname())
