@@ -1,0 +1,827 @@
+"""An HTTP emulator of the Kubernetes API server, for tests.
+
+This is the project's only stand-in for a real component.  No API server can run on these machines
+(Debian ships no ``kube-apiserver`` and nothing can be downloaded), so the Kubernetes backend of the
+object store (``ipam.kube_store``) is tested against this emulator, over real HTTP, through the official
+``kubernetes`` client.  Everything else in the test suite runs real components.
+
+It implements, with the API server's semantics, what the backend relies on:
+
+* core/v1 pods, namespaces, nodes; apps/v1 and batch/v1 workloads; coordination.k8s.io/v1 leases; the
+  ``spiderpool.spidernet.io/v2beta1`` custom resources; all at their real URL paths
+  (``/api/v1/namespaces/{ns}/pods/{name}``, ``/apis/{group}/{version}/{plural}/{name}/status``, ...);
+* GET, LIST (``labelSelector`` with equality and set-based requirements, ``fieldSelector`` equality,
+  ``limit``/``continue``), POST (201, 409 AlreadyExists), PUT with the ``metadata.resourceVersion``
+  precondition (409 Conflict as a ``Status`` object with reason ``Conflict``; custom resources refuse an
+  update without resourceVersion, as ``AllowUnconditionalUpdate`` is false for them), the status
+  subresource (``PUT .../status`` changes only status; the main PUT ignores status for kinds that have
+  the subresource), DELETE with ``preconditions`` and finalizers (an object with finalizers gets a
+  ``deletionTimestamp`` and is removed when its last finalizer is);
+* one global resourceVersion counter (like etcd's revision), ``generation`` bumped on spec changes,
+  no new resourceVersion for an update that changes nothing;
+* watch (``?watch=1&resourceVersion=N``): newline-delimited JSON events after N from a bounded history,
+  ADDED/DELETED when a label change moves an object into/out of a label selector, and an ``ERROR``
+  event with a 410 ``Expired`` Status when N is older than the history window; without N the stream
+  starts with ADDED events of the current objects;
+* injected faults: latency on every request, 409 conflicts on the Nth write (or every Nth), 5xx
+  errors, and dropped watch streams.
+
+Not emulated (not used by the backend): PATCH, server-side apply, admission webhooks, schema validation,
+discovery, the garbage collector (ownerReferences cascade), namespace termination and graceful pod
+deletion.
+
+The server runs an aiohttp application on 127.0.0.1 at a random port in its own event-loop thread, so
+synchronous code (the ``kubernetes`` client) and asyncio code can both use it.  ``kube_emulator`` is a
+pytest fixture that yields a started emulator and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from ipam.kinds import KINDS, KindInfo
+
+__all__ = ["Faults", "KubeEmulator", "LabelSelector", "kube_emulator"]
+
+Obj = dict[str, Any]
+
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+# ---------------------------------------------------------------------------------------------------
+# label selectors
+
+
+@dataclass(frozen=True)
+class _Requirement:
+    key: str
+    op: str  # "=", "!=", "in", "notin", "exists", "!exists"
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        has = self.key in labels
+        value = labels.get(self.key)
+        if self.op == "exists":
+            return has
+        if self.op == "!exists":
+            return not has
+        if self.op in ("=", "in"):
+            return has and value in self.values
+        # "!=" and "notin" match objects without the label too, as in Kubernetes
+        return not has or value not in self.values
+
+
+_REQ_SET = re.compile(r"^\s*([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
+_REQ_EQ = re.compile(r"^\s*([\w./-]+)\s*(==|=|!=)\s*([\w.-]*)\s*$")
+_REQ_EXISTS = re.compile(r"^\s*(!?)\s*([\w./-]+)\s*$")
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A parsed ``labelSelector`` query string (Kubernetes' text syntax)."""
+
+    requirements: tuple[_Requirement, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> LabelSelector:
+        parts: list[str] = []
+        depth, start = 0, 0
+        for i, ch in enumerate(text):
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+            elif ch == "," and depth == 0:
+                parts.append(text[start:i])
+                start = i + 1
+        parts.append(text[start:])
+        reqs: list[_Requirement] = []
+        for part in parts:
+            if not part.strip():
+                continue
+            if m := _REQ_SET.match(part):
+                values = tuple(v.strip() for v in m.group(3).split(",") if v.strip())
+                reqs.append(_Requirement(m.group(1), m.group(2), values))
+            elif m := _REQ_EQ.match(part):
+                reqs.append(_Requirement(m.group(1), "!=" if m.group(2) == "!=" else "=", (m.group(3),)))
+            elif m := _REQ_EXISTS.match(part):
+                reqs.append(_Requirement(m.group(2), "!exists" if m.group(1) else "exists"))
+            else:
+                raise ValueError(f"unable to parse requirement: {part!r}")
+        return cls(tuple(reqs))
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(r.matches(labels) for r in self.requirements)
+
+
+def _field_value(obj: Obj, path: str) -> str:
+    cur: Any = obj
+    for part in path.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return "" if cur is None else str(cur)
+
+
+def _parse_field_selector(text: str) -> list[tuple[str, bool, str]]:
+    out: list[tuple[str, bool, str]] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        m = re.match(r"^\s*([\w.]+)\s*(==|=|!=)\s*(.*?)\s*$", part)
+        if m is None:
+            raise ValueError(f"invalid field selector: {part!r}")
+        out.append((m.group(1), m.group(2) != "!=", m.group(3)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# faults
+
+
+@dataclass
+class Faults:
+    """What goes wrong, and when.  Change it at any time from any thread (under ``lock``)."""
+
+    latency: float = 0.0  # seconds added before every request is handled (watch streams included)
+    conflict_every: int = 0  # every Nth write (POST/PUT/DELETE) fails with 409 Conflict; 0: never
+    conflict_writes: set[int] = field(default_factory=set)  # absolute write ordinals that fail with 409
+    error_budget: int = 0  # the next N requests fail with ``error_status``
+    error_status: int = 500
+    error_methods: frozenset[str] = frozenset({"GET", "POST", "PUT", "DELETE"})
+    drop_watch_budget: int = 0  # the next N watch streams are cut
+    drop_watch_after: int = 0  # ... after sending this many events
+    writes: int = 0  # writes seen so far (counts faulted ones too)
+    conflicts_injected: int = 0
+    errors_injected: int = 0
+    watches_dropped: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def conflict_on_writes(self, *nth: int) -> None:
+        """Make the Nth write from now (1 = the next one) fail with 409 Conflict."""
+        with self.lock:
+            self.conflict_writes.update(self.writes + n for n in nth)
+
+    def fail_requests(self, count: int, status: int = 500, methods: frozenset[str] | None = None) -> None:
+        with self.lock:
+            self.error_budget = count
+            self.error_status = status
+            if methods is not None:
+                self.error_methods = methods
+
+    def drop_watches(self, count: int, after_events: int = 0) -> None:
+        with self.lock:
+            self.drop_watch_budget = count
+            self.drop_watch_after = after_events
+
+    def _take_error(self, method: str) -> int:
+        with self.lock:
+            if self.error_budget > 0 and method in self.error_methods:
+                self.error_budget -= 1
+                self.errors_injected += 1
+                return self.error_status
+            return 0
+
+    def _take_write_conflict(self) -> bool:
+        with self.lock:
+            self.writes += 1
+            hit = self.writes in self.conflict_writes or (
+                self.conflict_every > 0 and self.writes % self.conflict_every == 0
+            )
+            self.conflict_writes.discard(self.writes)
+            if hit:
+                self.conflicts_injected += 1
+            return hit
+
+    def _take_watch_drop(self) -> int | None:
+        with self.lock:
+            if self.drop_watch_budget > 0:
+                self.drop_watch_budget -= 1
+                self.watches_dropped += 1
+                return self.drop_watch_after
+            return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# errors as the API server sends them
+
+
+class _ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
+
+    def status(self) -> Obj:
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": self.details,
+            "code": self.code,
+        }
+
+
+def _resource_name(info: KindInfo) -> str:
+    return f"{info.plural}.{info.group}" if info.group else info.plural
+
+
+def _details(info: KindInfo, name: str) -> Obj:
+    d: Obj = {"name": name, "kind": info.plural}
+    if info.group:
+        d["group"] = info.group
+    return d
+
+
+def _not_found(info: KindInfo, name: str) -> _ApiError:
+    return _ApiError(404, "NotFound", f'{_resource_name(info)} "{name}" not found', _details(info, name))
+
+
+def _conflict(info: KindInfo, name: str, why: str) -> _ApiError:
+    return _ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {_resource_name(info)} "{name}": {why}',
+        _details(info, name),
+    )
+
+
+_MODIFIED = "the object has been modified; please apply your changes to the latest version and try again"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the store
+
+
+@dataclass(frozen=True)
+class _Event:
+    rv: int
+    type: str  # ADDED, MODIFIED, DELETED
+    info: KindInfo
+    obj: Obj
+    old: Obj | None  # the previous state (MODIFIED, DELETED)
+
+
+@dataclass(frozen=True)
+class _Target:
+    info: KindInfo
+    namespace: str  # "" for cluster-scoped kinds and all-namespace lists
+    name: str  # "" for collections
+    subresource: str  # "" or "status"
+
+
+_STATUS_ON_CREATE: dict[str, Obj] = {"Pod": {"phase": "Pending"}, "Namespace": {"phase": "Active"}}
+_BUILTIN_GROUPS = {"", "apps", "batch", "coordination.k8s.io"}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(info: KindInfo, namespace: str, name: str) -> tuple[str, str, str]:
+    return (info.api_version + "/" + info.plural, namespace, name)
+
+
+def _content(obj: Obj) -> Obj:
+    """Everything but metadata and status: what bumps ``generation`` when it changes."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+class KubeEmulator:
+    """The emulated API server.  ``start()`` it (or use it as a context manager); ``url`` is its base URL."""
+
+    def __init__(self, *, history: int = 2000, namespaces: tuple[str, ...] = DEFAULT_NAMESPACES) -> None:
+        self.faults = Faults()
+        self.history_size = history
+        self.requests = 0  # requests handled, for tests and benchmarks
+        self._lock = threading.RLock()
+        self._objects: dict[tuple[str, str, str], Obj] = {}
+        self._history: deque[_Event] = deque()
+        self._compacted = 0  # watches from below this revision get 410
+        self._rv = 0
+        self._by_path: dict[tuple[str, str], KindInfo] = {(i.api_version, i.plural): i for i in KINDS}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._changed: asyncio.Event | None = None
+        self._watch_tasks: set[asyncio.Task[Any]] = set()
+        self.url = ""
+        for ns in namespaces:
+            self.put(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": ns},
+                    "status": {"phase": "Active"},
+                }
+            )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> KubeEmulator:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="kube-emulator", daemon=True)
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._serve(), loop)
+        port = fut.result(timeout=10)
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def _serve(self) -> int:
+        self._changed = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        port: int = server.sockets[0].getsockname()[1]
+        return port
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        async def shutdown() -> None:
+            for task in list(self._watch_tasks):
+                task.cancel()
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        loop.close()
+        self._loop = None
+
+    def __enter__(self) -> KubeEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- direct access for tests (bypasses HTTP and faults) ---------------------------------------
+
+    @property
+    def revision(self) -> int:
+        with self._lock:
+            return self._rv
+
+    def put(self, obj: Obj) -> Obj:
+        """Create or replace an object as-is (status included), as a controller would leave it."""
+        info = self._info_of(obj)
+        meta = obj.get("metadata", {})
+        ns = meta.get("namespace", "") if info.namespaced else ""
+        with self._lock:
+            old = self._objects.get(_key(info, ns, meta["name"]))
+            new = copy.deepcopy(obj)
+            if old is None:
+                self._fill_new(new, info, ns)
+            else:
+                new["metadata"] = {**old["metadata"], **new["metadata"]}
+            return self._commit(info, new, old)
+
+    def stored(self, kind: str, name: str, namespace: str = "") -> Obj | None:
+        info = self._info_of({"kind": kind})
+        with self._lock:
+            obj = self._objects.get(_key(info, namespace, name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def compact(self) -> None:
+        """Forget all watch history: every watch from an older resourceVersion now gets 410 Gone."""
+        with self._lock:
+            self._history.clear()
+            self._compacted = self._rv
+
+    # -- state changes (under self._lock) -----------------------------------------------------------
+
+    def _info_of(self, obj: Obj) -> KindInfo:
+        for info in KINDS:
+            if info.kind == obj.get("kind") and obj.get("apiVersion", info.api_version) == info.api_version:
+                return info
+        raise KeyError(f"unknown kind {obj.get('kind')!r}")
+
+    def _fill_new(self, obj: Obj, info: KindInfo, namespace: str) -> None:
+        meta = obj.setdefault("metadata", {})
+        if info.namespaced:
+            meta["namespace"] = namespace
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        meta["generation"] = 1
+        obj["apiVersion"], obj["kind"] = info.api_version, info.kind
+
+    def _commit(self, info: KindInfo, new: Obj | None, old: Obj | None) -> Obj:
+        """Store ``new`` (None: delete ``old``) under a new revision and record the event."""
+        self._rv += 1
+        if new is None:
+            assert old is not None
+            meta = old["metadata"]
+            del self._objects[_key(info, meta.get("namespace", ""), meta["name"])]
+            gone = copy.deepcopy(old)
+            gone["metadata"]["resourceVersion"] = str(self._rv)
+            self._record(_Event(self._rv, "DELETED", info, gone, old))
+            return gone
+        new["metadata"]["resourceVersion"] = str(self._rv)
+        meta = new["metadata"]
+        self._objects[_key(info, meta.get("namespace", ""), meta["name"])] = new
+        self._record(_Event(self._rv, "ADDED" if old is None else "MODIFIED", info, new, old))
+        return copy.deepcopy(new)
+
+    def _record(self, event: _Event) -> None:
+        self._history.append(event)
+        while len(self._history) > self.history_size:
+            self._compacted = self._history.popleft().rv
+        loop, changed = self._loop, self._changed
+        if loop is not None and changed is not None:
+            loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    def _parse_path(self, path: str) -> _Target:
+        parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["api", "v1"]:
+            api_version, rest = "v1", parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            api_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+        else:
+            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] == "status"):
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3 or (len(rest) == 3 and rest[2] != "status"):
+            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        info = self._by_path.get((api_version, rest[0]))
+        if info is None:
+            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        if namespace and not info.namespaced:
+            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        name = rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        if sub == "status" and not info.has_status:
+            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        return _Target(info, namespace, name, sub)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self.requests += 1
+        faults = self.faults
+        if faults.latency > 0:
+            await asyncio.sleep(faults.latency)
+        try:
+            if request.path == "/version":
+                return web.json_response({"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulator"})
+            status = faults._take_error(request.method)
+            if status:
+                raise _ApiError(status, "InternalError", f"injected error {status}")
+            target = self._parse_path(request.path)
+            body: Obj | None = None
+            if request.method in ("POST", "PUT", "DELETE") and request.can_read_body:
+                try:
+                    body = json.loads(await request.read() or b"null")
+                except ValueError as err:
+                    raise _ApiError(400, "BadRequest", f"invalid JSON body: {err}") from err
+            if request.method in ("POST", "PUT", "DELETE") and faults._take_write_conflict():
+                raise _conflict(target.info, target.name or "(collection)", _MODIFIED)
+            if request.method == "GET":
+                if target.name:
+                    return web.json_response(self._get(target))
+                if request.query.get("watch") in ("1", "true"):
+                    return await self._watch(request, target)
+                return web.json_response(self._list(target, request.query))
+            if request.method == "POST" and not target.name:
+                return web.json_response(self._create(target, body), status=201)
+            if request.method == "PUT" and target.name:
+                return web.json_response(self._update(target, body))
+            if request.method == "DELETE" and target.name and not target.subresource:
+                return web.json_response(self._delete(target, body))
+            raise _ApiError(
+                405, "MethodNotAllowed", f"the server does not allow this method ({request.method})"
+            )
+        except _ApiError as err:
+            return web.json_response(err.status(), status=err.code)
+
+    def _get(self, t: _Target) -> Obj:
+        with self._lock:
+            obj = self._objects.get(_key(t.info, t.namespace, t.name))
+            if obj is None:
+                raise _not_found(t.info, t.name)
+            return copy.deepcopy(obj)
+
+    def _selectors(
+        self, query: Mapping[str, str]
+    ) -> tuple[LabelSelector | None, list[tuple[str, bool, str]]]:
+        try:
+            labels = LabelSelector.parse(query["labelSelector"]) if query.get("labelSelector") else None
+            fields = _parse_field_selector(query.get("fieldSelector", ""))
+        except ValueError as err:
+            raise _ApiError(400, "BadRequest", str(err)) from err
+        return labels, fields
+
+    @staticmethod
+    def _selected(
+        obj: Obj, t: _Target, labels: LabelSelector | None, fields: list[tuple[str, bool, str]]
+    ) -> bool:
+        meta = obj["metadata"]
+        if t.namespace and meta.get("namespace") != t.namespace:
+            return False
+        if labels is not None and not labels.matches(meta.get("labels") or {}):
+            return False
+        return all((_field_value(obj, path) == value) == eq for path, eq, value in fields)
+
+    def _list(self, t: _Target, query: Mapping[str, str]) -> Obj:
+        labels, fields = self._selectors(query)
+        with self._lock:
+            prefix = t.info.api_version + "/" + t.info.plural
+            items = [
+                o
+                for k, o in sorted(self._objects.items())
+                if k[0] == prefix and self._selected(o, t, labels, fields)
+            ]
+            rv = self._rv
+            start = int(query.get("continue") or 0)
+            limit = int(query.get("limit") or 0)
+            page = items[start : start + limit] if limit > 0 else items[start:]
+            out = []
+            for o in page:
+                item = copy.deepcopy(o)
+                if t.info.group in _BUILTIN_GROUPS:  # built-in list items carry no apiVersion/kind
+                    item.pop("apiVersion", None)
+                    item.pop("kind", None)
+                out.append(item)
+        meta: Obj = {"resourceVersion": str(rv)}
+        if limit > 0 and start + limit < len(items):
+            meta["continue"] = str(start + limit)
+            meta["remainingItemCount"] = len(items) - start - limit
+        return {
+            "apiVersion": t.info.api_version,
+            "kind": t.info.kind + "List",
+            "metadata": meta,
+            "items": out,
+        }
+
+    def _check_body(self, t: _Target, body: Obj | None, name: str | None) -> Obj:
+        if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
+            raise _ApiError(400, "BadRequest", "the request body is not an object with metadata")
+        if body.get("kind") != t.info.kind or body.get("apiVersion") != t.info.api_version:
+            raise _ApiError(
+                400,
+                "BadRequest",
+                f"the body is {body.get('apiVersion')}/{body.get('kind')}, "
+                f"not {t.info.api_version}/{t.info.kind}",
+            )
+        meta = body["metadata"]
+        ns = meta.get("namespace")
+        if t.info.namespaced and ns and ns != t.namespace:
+            raise _ApiError(
+                400, "BadRequest", "the namespace of the provided object does not match the namespace sent"
+            )
+        if name is not None and meta.get("name") != name:
+            raise _ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
+        return copy.deepcopy(body)
+
+    def _create(self, t: _Target, body: Obj | None) -> Obj:
+        if t.info.namespaced and not t.namespace:
+            raise _ApiError(405, "MethodNotAllowed", "create needs a namespace")
+        obj = self._check_body(t, body, None)
+        meta = obj["metadata"]
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        name = meta.get("name") or ""
+        if not name:
+            raise _ApiError(422, "Invalid", f"{t.info.kind}: metadata.name: Required value: name is required")
+        if meta.get("resourceVersion"):
+            raise _ApiError(
+                422,
+                "Invalid",
+                f'{t.info.kind} "{name}" is invalid: metadata.resourceVersion: must be unset to create',
+            )
+        if t.info.has_status:
+            obj.pop("status", None)
+            if t.info.kind in _STATUS_ON_CREATE:
+                obj["status"] = copy.deepcopy(_STATUS_ON_CREATE[t.info.kind])
+        for stale in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+            meta.pop(stale, None)
+        with self._lock:
+            if t.info.namespaced and _key(self._info_of(_NS), "", t.namespace) not in self._objects:
+                raise _ApiError(
+                    404, "NotFound", f'namespaces "{t.namespace}" not found', {"name": t.namespace}
+                )
+            if _key(t.info, t.namespace, name) in self._objects:
+                raise _ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{_resource_name(t.info)} "{name}" already exists',
+                    _details(t.info, name),
+                )
+            self._fill_new(obj, t.info, t.namespace)
+            return self._commit(t.info, obj, None)
+
+    def _update(self, t: _Target, body: Obj | None) -> Obj:
+        obj = self._check_body(t, body, t.name)
+        with self._lock:
+            old = self._objects.get(_key(t.info, t.namespace, t.name))
+            if old is None:
+                raise _not_found(t.info, t.name)
+            rv = obj["metadata"].get("resourceVersion")
+            if rv:
+                if rv != old["metadata"]["resourceVersion"]:
+                    raise _conflict(t.info, t.name, _MODIFIED)
+            elif t.info.group not in _BUILTIN_GROUPS:
+                raise _ApiError(
+                    422,
+                    "Invalid",
+                    f'{t.info.kind}.{t.info.group} "{t.name}" is invalid: metadata.resourceVersion: '
+                    "Invalid value: 0x0: must be specified for an update",
+                )
+            new = copy.deepcopy(old)
+            if t.subresource == "status":
+                if "status" in obj:
+                    new["status"] = obj["status"]
+                else:
+                    new.pop("status", None)
+            else:
+                keep = {k: old["metadata"][k] for k in _SERVER_META if k in old["metadata"]}
+                new = {k: v for k, v in obj.items() if k != "status"}
+                meta = {k: v for k, v in obj["metadata"].items() if k not in _SERVER_META}
+                new["metadata"] = {**meta, **keep}
+                if t.info.has_status:
+                    if "status" in old:
+                        new["status"] = copy.deepcopy(old["status"])
+                elif "status" in obj:
+                    new["status"] = obj["status"]
+                if _content(new) != _content(old):
+                    new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+            new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            if new == old:
+                return copy.deepcopy(old)
+            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+                return self._commit(t.info, None, old)
+            return self._commit(t.info, new, old)
+
+    def _delete(self, t: _Target, body: Obj | None) -> Obj:
+        pre = (body or {}).get("preconditions") or {}
+        with self._lock:
+            old = self._objects.get(_key(t.info, t.namespace, t.name))
+            if old is None:
+                raise _not_found(t.info, t.name)
+            meta = old["metadata"]
+            if pre.get("uid") and pre["uid"] != meta["uid"]:
+                raise _conflict(
+                    t.info,
+                    t.name,
+                    f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}",
+                )
+            if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
+                raise _conflict(
+                    t.info,
+                    t.name,
+                    f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
+                    f"ResourceVersion in object meta: {meta['resourceVersion']}",
+                )
+            if meta.get("finalizers"):
+                if meta.get("deletionTimestamp"):
+                    return copy.deepcopy(old)
+                new = copy.deepcopy(old)
+                new["metadata"]["deletionTimestamp"] = _now()
+                new["metadata"]["deletionGracePeriodSeconds"] = 0
+                return self._commit(t.info, new, old)
+            return self._commit(t.info, None, old)
+
+    # -- watch --------------------------------------------------------------------------------------
+
+    def _events_after(
+        self, since: int, t: _Target, labels: LabelSelector | None, fields: list[tuple[str, bool, str]]
+    ) -> tuple[list[tuple[int, str, Obj]], int] | None:
+        """Matching events after ``since`` (None when ``since`` was compacted away), and the last rv."""
+        with self._lock:
+            if since < self._compacted:
+                return None
+            out: list[tuple[int, str, Obj]] = []
+            for ev in self._history:
+                if ev.rv <= since or ev.info is not t.info:
+                    continue
+                now_in = ev.type != "DELETED" and self._selected(ev.obj, t, labels, fields)
+                was_in = ev.old is not None and self._selected(ev.old, t, labels, fields)
+                if ev.type == "DELETED":
+                    if was_in:
+                        out.append((ev.rv, "DELETED", ev.obj))
+                elif now_in and was_in:
+                    out.append((ev.rv, "MODIFIED", ev.obj))
+                elif now_in:
+                    out.append((ev.rv, "ADDED", ev.obj))
+                elif was_in:
+                    gone = copy.deepcopy(ev.obj)
+                    out.append((ev.rv, "DELETED", gone))
+            return out, self._rv
+
+    async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
+        labels, fields = self._selectors(request.query)
+        timeout = float(request.query.get("timeoutSeconds") or 1800)
+        drop_after = self.faults._take_watch_drop()
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self._watch_tasks.add(task)
+        sent = 0
+
+        async def send(ev_type: str, obj: Obj) -> bool:
+            nonlocal sent
+            if drop_after is not None and sent >= drop_after:
+                if request.transport is not None:
+                    request.transport.close()  # cut the stream mid-way, as a broken connection does
+                return False
+            out = copy.deepcopy(obj)
+            if t.info.group in _BUILTIN_GROUPS and ev_type != "ERROR":
+                out.setdefault("apiVersion", t.info.api_version)
+                out.setdefault("kind", t.info.kind)
+            await resp.write(json.dumps({"type": ev_type, "object": out}).encode() + b"\n")
+            sent += 1
+            return True
+
+        try:
+            rv_text = request.query.get("resourceVersion", "")
+            if rv_text in ("", "0"):
+                with self._lock:
+                    since = self._rv
+                    current = [
+                        copy.deepcopy(o)
+                        for k, o in sorted(self._objects.items())
+                        if k[0] == t.info.api_version + "/" + t.info.plural
+                        and self._selected(o, t, labels, fields)
+                    ]
+                for obj in current:
+                    if not await send("ADDED", obj):
+                        return resp
+            else:
+                try:
+                    since = int(rv_text)
+                except ValueError:
+                    since = -1
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                changed = self._changed
+                assert changed is not None
+                found = self._events_after(since, t, labels, fields)
+                if found is None:
+                    expired = _ApiError(
+                        410, "Expired", f"too old resource version: {since} ({self._compacted})"
+                    )
+                    await send("ERROR", expired.status())
+                    break
+                events, _ = found
+                for rv, ev_type, obj in events:
+                    if not await send(ev_type, obj):
+                        return resp
+                    since = rv
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=remaining)
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._watch_tasks.discard(task)
+        return resp
+
+
+_NS: Obj = {"apiVersion": "v1", "kind": "Namespace"}
+_SERVER_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds")
+
+
+@pytest.fixture
+def kube_emulator() -> Iterator[KubeEmulator]:
+    """A started emulator, stopped (with its watch streams) after the test."""
+    emulator = KubeEmulator().start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
