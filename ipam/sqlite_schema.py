@@ -1,0 +1,132 @@
+"""The embedded store's SQLite schema, its version, and how a connection is opened and prepared.
+
+Tables (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
+
+``meta``
+    One row: ``revision`` (the global, strictly increasing store revision; every change takes the
+    next one) and ``compacted`` (``events`` and ``allocation_log`` rows at or below it were removed).
+``objects``
+    One row per object: (kind, namespace, name) -> revision (= metadata.resourceVersion) and the
+    object as JSON.  A SpiderIPPool's JSON never holds ``status.allocatedIPs``: that is rendered from
+    ``allocations`` when the pool is read.
+``events``
+    The watch history: one row per revision (type ADDED/MODIFIED/DELETED and the object at that
+    revision), appended in the same transaction as the change it describes.
+``allocations``
+    One row per allocated IP (canonical text, unique across pools, so the database itself refuses a
+    second owner), its pool, a 16-byte big-endian integer key for ordering, the pod and its UID.
+``allocation_log``
+    Row additions (added=1) and removals (added=0) of ``allocations`` by revision: what the per-pool
+    usage caches replay instead of re-reading a whole pool.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from ipam.errors import StoreUnavailable
+
+__all__ = ["SCHEMA_VERSION", "connect", "ensure_schema"]
+
+SCHEMA_VERSION = 1
+
+_DDL: tuple[str, ...] = (
+    """CREATE TABLE meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        revision INTEGER NOT NULL,
+        compacted INTEGER NOT NULL
+    )""",
+    "INSERT INTO meta (id, revision, compacted) VALUES (1, 0, 0)",
+    """CREATE TABLE objects (
+        kind TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (kind, namespace, name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE events (
+        revision INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
+        body TEXT NOT NULL
+    )""",
+    """CREATE TABLE allocations (
+        ip TEXT NOT NULL PRIMARY KEY,
+        pool TEXT NOT NULL,
+        ip_key BLOB NOT NULL,
+        pod TEXT NOT NULL,
+        pod_uid TEXT NOT NULL,
+        revision INTEGER NOT NULL
+    )""",
+    "CREATE INDEX allocations_by_pool ON allocations (pool, ip_key)",
+    "CREATE INDEX allocations_by_pod ON allocations (pod)",
+    """CREATE TABLE allocation_log (
+        revision INTEGER NOT NULL,
+        pool TEXT NOT NULL,
+        added INTEGER NOT NULL CHECK (added IN (0, 1)),
+        ip_key BLOB NOT NULL
+    )""",
+    "CREATE INDEX allocation_log_by_pool ON allocation_log (pool, revision)",
+    "CREATE INDEX allocation_log_by_revision ON allocation_log (revision)",
+)
+
+
+def connect(path: Path, *, busy_timeout: float, fsync: bool) -> sqlite3.Connection:
+    """Open one connection in autocommit mode (transactions are explicit BEGIN ... COMMIT).
+
+    ``fsync=False`` sets ``synchronous=NORMAL``: in WAL mode a committed transaction survives the
+    death of the process at any moment (it is in the WAL file), but the last transactions may be lost
+    if the machine loses power.  ``fsync=True`` sets ``synchronous=FULL``, which also survives power
+    loss at the price of an fsync per commit.
+    """
+    conn = sqlite3.connect(
+        str(path),
+        timeout=busy_timeout,
+        isolation_level=None,
+        check_same_thread=False,
+        cached_statements=256,
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA synchronous = FULL" if fsync else "PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = OFF")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Switch the file to WAL and create the schema if the file is new (safe if several processes
+    open a new file at once: the check is repeated inside the write transaction)."""
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        raise StoreUnavailable(f"{path}: cannot switch the store database to WAL mode (got {mode!r})")
+    if _version(conn) == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _version(conn)
+        if version == 0:
+            for statement in _DDL:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"{path}: store schema version {version} is not the version {SCHEMA_VERSION} this "
+                "program understands"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0]) if row else 0

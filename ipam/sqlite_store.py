@@ -1,0 +1,850 @@
+"""The embedded object store: Kubernetes-shaped objects and allocation records in one SQLite file.
+
+``SqliteStore`` implements ``ipam.store.Store`` (see that module for the contract) for every kind of
+``ipam.kinds``.  Design:
+
+- stdlib ``sqlite3`` in WAL mode, a connection per thread (the agent calls the store from a thread
+  pool), ``busy_timeout`` for waiting on other writers, and ``BEGIN IMMEDIATE`` for every write so that
+  a read-check-write is atomic across processes sharing the file.
+- Durability: ``synchronous=NORMAL`` by default, so a change is safe against the death of the process
+  (even SIGKILL) as soon as the call returns; ``fsync=True`` selects ``synchronous=FULL``, which also
+  survives power loss (one fsync per commit).
+- One global revision counter; every change takes the next revision, which becomes the object's
+  ``metadata.resourceVersion`` and the revision of its watch event (same transaction).
+- Allocation records are rows (one per IP, ``UNIQUE``), never a rewritten list: a claim costs
+  O(log n).  ``usage()`` keeps a per-pool sorted list in this instance and brings it up to date from
+  the allocation log, so it costs O(changes since the last call).
+- A SpiderIPPool read with ``get``/``list`` (and returned by ``create``/``update``/``update_status``)
+  carries ``status.allocatedIPs`` in Spiderpool's JSON-string format and ``status.allocatedIPCount``,
+  both from the rows.  Watch events of SpiderIPPool carry ``allocatedIPCount`` but NOT
+  ``allocatedIPs`` (rendering every record into every event would make a fill quadratic): read the
+  records with ``get``/``records`` when needed.
+- SQLite failures a caller can meet become ``StoreUnavailable`` with one line naming the file
+  ("database is locked" past the busy timeout, a corrupt or non-SQLite file, a read-only directory).
+"""
+
+from __future__ import annotations
+
+import bisect
+import builtins
+import ipaddress
+import itertools
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound, StoreUnavailable
+from ipam.kinds import KindInfo, kind_info
+from ipam.sqlite_schema import connect, ensure_schema
+from ipam.store import Claim, IPRecord, Obj, PoolUsage, WatchEvent
+
+__all__ = ["SqliteStore", "format_timestamp", "ip_key", "render_allocated_ips"]
+
+POOL_KIND = "SpiderIPPool"
+ENDPOINT_KIND = "SpiderEndpoint"
+
+# metadata fields the store owns: an update never takes them from the caller's object
+_SYSTEM_METADATA = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp", "generation")
+# status fields of a SpiderIPPool that are derived from the allocation records
+_DERIVED_POOL_STATUS = ("allocatedIPs", "allocatedIPCount")
+# above this many changes since the cached revision, re-read the pool instead of replaying the log
+_REPLAY_LIMIT = 256
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+def format_timestamp(seconds: float) -> str:
+    """RFC 3339 UTC with second precision, as Kubernetes writes it: ``2026-11-26T13:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def ip_key(ip: int) -> bytes:
+    """The ordering key stored beside each record: the address as 16 big-endian bytes."""
+    return ip.to_bytes(16, "big")
+
+
+def render_allocated_ips(records: Iterable[tuple[str, str, str]]) -> str | None:
+    """Spiderpool's ``status.allocatedIPs`` string from (ip, pod, pod_uid) in the order given (the
+    store passes them sorted by IP); None when there are none (Spiderpool leaves the field out)."""
+    entries = {ip: {"pod": pod, "podUid": uid} for ip, pod, uid in records}
+    if not entries:
+        return None
+    return json.dumps(entries, separators=(",", ":"))
+
+
+class _SortedView(Sequence[int]):
+    """A read-only view of the first ``length`` items of a sorted list the cache owns.
+
+    The cache only ever appends to a list it has handed out (other changes build a new list), so a
+    view stays a consistent snapshot without copying."""
+
+    __slots__ = ("_items", "_length")
+
+    def __init__(self, items: builtins.list[int], length: int) -> None:
+        self._items = items
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        if isinstance(index, slice):
+            return tuple(self._items[: self._length][index])
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("index out of range")
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(self._items, self._length)
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int):
+            return False
+        i = bisect.bisect_left(self._items, value, 0, self._length)
+        return i < self._length and self._items[i] == value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(other) == self._length and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"_SortedView({builtins.list(self)!r})"
+
+
+@dataclass
+class _PoolCache:
+    revision: int
+    items: builtins.list[int]
+
+
+@dataclass
+class _Tx:
+    """One write transaction: its connection and the revisions it hands out."""
+
+    conn: sqlite3.Connection
+    revision: int
+
+    def next_revision(self) -> int:
+        self.revision += 1
+        return self.revision
+
+    def event(self, info: KindInfo, namespace: str, name: str, kind: EventType, body: str, rev: int) -> None:
+        self.conn.execute(
+            "INSERT INTO events (revision, kind, namespace, name, type, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (rev, info.kind, namespace, name, kind, body),
+        )
+
+
+def _dumps(obj: Obj) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _revision_of(text: object, what: str) -> int:
+    try:
+        value = int(str(text))
+    except ValueError:
+        raise Conflict(f"{what}: resourceVersion {text!r} is not one this store issued") from None
+    return value
+
+
+def _canonical_ip(text: str, pool: str, field_name: str) -> tuple[str, int]:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise Invalid(POOL_KIND, pool, field_name, f"{text!r} is not an IP address") from None
+    return str(address), int(address)
+
+
+def _typed(info: KindInfo, obj: Obj) -> Obj:
+    """The object with apiVersion and kind set from the kind table, first (as kubectl shows them)."""
+    rest = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+    return {"apiVersion": info.api_version, "kind": info.kind, **rest}
+
+
+def _without_derived_status(obj: Obj) -> None:
+    status = obj.get("status")
+    if isinstance(status, dict):
+        for key in _DERIVED_POOL_STATUS:
+            status.pop(key, None)
+
+
+def _spec_part(info: KindInfo, obj: Obj) -> dict[str, Any]:
+    """What a change of bumps metadata.generation: everything but metadata (and status for kinds with
+    a status subresource)."""
+    skip = {"metadata", "status"} if info.has_status else {"metadata"}
+    return {k: v for k, v in obj.items() if k not in skip and k not in ("apiVersion", "kind")}
+
+
+class SqliteStore:
+    """``ipam.store.Store`` on one SQLite file, shared safely by threads and processes."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        uid_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
+        fsync: bool = False,
+        busy_timeout: float = 10.0,
+        history: int = 100_000,
+        poll_interval: float = 0.02,
+    ) -> None:
+        """Open (and on first use create) the store at ``path``; its directory is created with mode
+        0700 if missing.  ``history`` is how many watch events are kept; a watch from before them
+        raises Gone.  Raises StoreUnavailable naming the path if the file cannot be used."""
+        if history < 1:
+            raise ValueError("history must be at least 1")
+        self._path = Path(path)
+        self._clock = clock
+        self._uid_factory = uid_factory
+        self._fsync = fsync
+        self._busy_timeout = busy_timeout
+        self._history = history
+        self._compact_step = max(1, min(1000, history // 10))
+        self._poll_interval = poll_interval
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: builtins.list[sqlite3.Connection] = []
+        self._closed = False
+        self._cache_lock = threading.Lock()
+        self._cache: dict[str, _PoolCache] = {}
+        try:
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreUnavailable(f"{self._path}: cannot create its directory: {err.strerror}") from err
+        try:
+            conn = self._connection()
+            ensure_schema(conn, self._path)
+        except sqlite3.Error as err:
+            self.close()
+            raise self._unavailable(err) from err
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # ------------------------------------------------------------------ connections, transactions
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"{self._path}: the store is closed")
+            try:
+                conn = connect(self._path, busy_timeout=self._busy_timeout, fsync=self._fsync)
+            except sqlite3.Error as err:
+                raise self._unavailable(err) from err
+            self._connections.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def _unavailable(self, err: sqlite3.Error) -> StoreUnavailable:
+        text = str(err)
+        if isinstance(err, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return StoreUnavailable(
+                f"{self._path}: the store database stayed locked by another writer for more than "
+                f"{self._busy_timeout:g}s"
+            )
+        if isinstance(err, sqlite3.OperationalError):
+            return StoreUnavailable(f"{self._path}: cannot use the store database: {text}")
+        return StoreUnavailable(f"{self._path}: not a usable SQLite store database: {text}")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several SELECTs."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            raise self._unavailable(err) from err
+
+    @contextmanager
+    def _write(self) -> Iterator[_Tx]:
+        """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception so a failed call changes nothing."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise self._unavailable(err) from err
+        try:
+            row = conn.execute("SELECT revision, compacted FROM meta").fetchone()
+            start, compacted = int(row[0]), int(row[1])
+            tx = _Tx(conn, start)
+            yield tx
+            if tx.revision != start:
+                conn.execute("UPDATE meta SET revision = ?", (tx.revision,))
+                horizon = tx.revision - self._history
+                if horizon - compacted >= self._compact_step:
+                    conn.execute("DELETE FROM events WHERE revision <= ?", (horizon,))
+                    conn.execute("DELETE FROM allocation_log WHERE revision <= ?", (horizon,))
+                    conn.execute("UPDATE meta SET compacted = ?", (horizon,))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._unavailable(exc) from exc
+            raise
+
+    # ------------------------------------------------------------------ identity and rendering
+
+    @staticmethod
+    def _info(kind: object, name: str = "") -> KindInfo:
+        if not isinstance(kind, str) or not kind:
+            raise Invalid("object", name or "?", "kind", "is required")
+        try:
+            return kind_info(kind)
+        except KeyError:
+            raise Invalid(kind, name or "?", "kind", f"unknown kind {kind!r}") from None
+
+    def _identify(self, obj: object) -> tuple[KindInfo, str, str]:
+        """Kind, namespace and name of an object a caller passed in (Invalid if malformed)."""
+        if not isinstance(obj, dict):
+            raise Invalid("object", "?", "object", "must be a mapping")
+        meta = obj.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        shown = name if isinstance(name, str) and name else "?"
+        info = self._info(obj.get("kind"), shown)
+        if not isinstance(meta, dict):
+            raise Invalid(info.kind, shown, "metadata", "is required")
+        if not isinstance(name, str) or not name:
+            raise Invalid(info.kind, shown, "metadata.name", "is required")
+        if "/" in name:
+            raise Invalid(info.kind, name, "metadata.name", "may not contain '/'")
+        api_version = obj.get("apiVersion")
+        if api_version is not None and api_version != info.api_version:
+            raise Invalid(info.kind, name, "apiVersion", f"must be {info.api_version!r}, not {api_version!r}")
+        namespace = meta.get("namespace")
+        if info.namespaced:
+            if not isinstance(namespace, str) or not namespace:
+                raise Invalid(info.kind, name, "metadata.namespace", "is required for a namespaced kind")
+        else:
+            if namespace not in (None, ""):
+                raise Invalid(info.kind, name, "metadata.namespace", f"{info.kind} is not namespaced")
+            namespace = ""
+        for key in ("labels", "annotations"):
+            value = meta.get(key)
+            if value is not None and not (
+                isinstance(value, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+            ):
+                raise Invalid(info.kind, name, f"metadata.{key}", "must map strings to strings")
+        return info, namespace, name
+
+    @staticmethod
+    def _serialize(info: KindInfo, name: str, obj: Obj) -> str:
+        try:
+            return _dumps(obj)
+        except (TypeError, ValueError) as err:
+            raise Invalid(info.kind, name, "object", f"is not JSON-serializable: {err}") from None
+
+    def _render_pool(self, conn: sqlite3.Connection, obj: Obj) -> Obj:
+        """Add ``status.allocatedIPs`` (from the rows) and ``allocatedIPCount`` to a stored pool."""
+        name = obj["metadata"]["name"]
+        rows = conn.execute(
+            "SELECT ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key", (name,)
+        ).fetchall()
+        status = obj.setdefault("status", {})
+        status["allocatedIPCount"] = len(rows)
+        text = render_allocated_ips(rows)
+        if text is None:
+            status.pop("allocatedIPs", None)
+        else:
+            status["allocatedIPs"] = text
+        return obj
+
+    def _output(self, conn: sqlite3.Connection, info: KindInfo, body: str) -> Obj:
+        obj: Obj = json.loads(body)
+        if info.kind == POOL_KIND:
+            return self._render_pool(conn, obj)
+        return obj
+
+    @staticmethod
+    def _load(conn: sqlite3.Connection, info: KindInfo, namespace: str, name: str) -> tuple[int, Obj] | None:
+        row = conn.execute(
+            "SELECT revision, body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+            (info.kind, namespace, name),
+        ).fetchone()
+        if row is None:
+            return None
+        return int(row[0]), json.loads(row[1])
+
+    # ------------------------------------------------------------------ writes shared by create/update/commit
+
+    def _insert(self, tx: _Tx, info: KindInfo, namespace: str, name: str, obj: Obj) -> str:
+        if self._load(tx.conn, info, namespace, name) is not None:
+            raise AlreadyExists(info.kind, name, namespace)
+        given: Obj = json.loads(self._serialize(info, name, obj))
+        new = _typed(info, given)
+        meta = new["metadata"]
+        rev = tx.next_revision()
+        meta["name"] = name
+        if info.namespaced:
+            meta["namespace"] = namespace
+        meta.pop("deletionTimestamp", None)
+        meta["uid"] = self._uid_factory()
+        meta["resourceVersion"] = str(rev)
+        meta["creationTimestamp"] = format_timestamp(self._clock())
+        meta["generation"] = 1
+        if info.kind == POOL_KIND:
+            _without_derived_status(new)
+            new.setdefault("status", {})["allocatedIPCount"] = 0
+        body = _dumps(new)
+        tx.conn.execute(
+            "INSERT INTO objects (kind, namespace, name, revision, body) VALUES (?, ?, ?, ?, ?)",
+            (info.kind, namespace, name, rev, body),
+        )
+        tx.event(info, namespace, name, "ADDED", body, rev)
+        return body
+
+    def _replace(
+        self, tx: _Tx, info: KindInfo, namespace: str, name: str, obj: Obj, *, status_only: bool
+    ) -> str:
+        found = self._load(tx.conn, info, namespace, name)
+        if found is None:
+            raise NotFound(info.kind, name, namespace)
+        stored_rev, stored = found
+        wanted = obj.get("metadata", {}).get("resourceVersion")
+        if wanted not in (None, "") and _revision_of(wanted, f'{info.kind} "{name}"') != stored_rev:
+            raise Conflict(
+                f'{info.kind} "{name}": resourceVersion {wanted} is stale (now {stored_rev}); re-read and retry'
+            )
+        incoming: Obj = json.loads(self._serialize(info, name, obj))
+        if status_only:
+            new = stored
+            if "status" in incoming:
+                new["status"] = incoming["status"]
+            else:
+                new.pop("status", None)
+        else:
+            new = {k: v for k, v in incoming.items() if k != "status"}
+            if info.has_status:
+                if "status" in stored:
+                    new["status"] = stored["status"]
+            elif "status" in incoming:
+                new["status"] = incoming["status"]
+            meta = dict(incoming.get("metadata") or {})
+            for key in _SYSTEM_METADATA:
+                meta.pop(key, None)
+            meta["deletionTimestamp"] = stored["metadata"].get("deletionTimestamp")
+            if meta["deletionTimestamp"] is None:
+                del meta["deletionTimestamp"]
+            for key in _SYSTEM_METADATA:
+                if key in stored["metadata"]:
+                    meta[key] = stored["metadata"][key]
+            new["metadata"] = meta
+        new = _typed(info, new)
+        if info.kind == POOL_KIND:
+            count = stored.get("status", {}).get("allocatedIPCount", 0)
+            _without_derived_status(new)
+            new.setdefault("status", {})["allocatedIPCount"] = count
+        generation = int(stored["metadata"].get("generation", 1))
+        if _spec_part(info, new) != _spec_part(info, stored):
+            generation += 1
+        rev = tx.next_revision()
+        new["metadata"]["generation"] = generation
+        new["metadata"]["resourceVersion"] = str(rev)
+        body = _dumps(new)
+        tx.conn.execute(
+            "UPDATE objects SET revision = ?, body = ? WHERE kind = ? AND namespace = ? AND name = ?",
+            (rev, body, info.kind, namespace, name),
+        )
+        tx.event(info, namespace, name, "MODIFIED", body, rev)
+        return body
+
+    def _remove(
+        self, tx: _Tx, info: KindInfo, namespace: str, name: str, resource_version: str | None
+    ) -> None:
+        found = self._load(tx.conn, info, namespace, name)
+        if found is None:
+            raise NotFound(info.kind, name, namespace)
+        stored_rev, stored = found
+        if resource_version not in (None, "") and (
+            _revision_of(resource_version, f'{info.kind} "{name}"') != stored_rev
+        ):
+            raise Conflict(
+                f'{info.kind} "{name}": resourceVersion {resource_version} is stale (now {stored_rev}); '
+                "re-read and retry"
+            )
+        rev = tx.next_revision()
+        stored["metadata"]["resourceVersion"] = str(rev)
+        tx.conn.execute(
+            "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", (info.kind, namespace, name)
+        )
+        if info.kind == POOL_KIND:
+            # the records belong to the pool (as status.allocatedIPs does in Kubernetes)
+            tx.conn.execute(
+                "INSERT INTO allocation_log (revision, pool, added, ip_key) "
+                "SELECT ?, pool, 0, ip_key FROM allocations WHERE pool = ? ORDER BY ip_key",
+                (rev, name),
+            )
+            tx.conn.execute("DELETE FROM allocations WHERE pool = ?", (name,))
+            stored.get("status", {})["allocatedIPCount"] = 0
+        tx.event(info, namespace, name, "DELETED", _dumps(stored), rev)
+
+    # ------------------------------------------------------------------ ObjectStore
+
+    def create(self, obj: Obj) -> Obj:
+        info, namespace, name = self._identify(obj)
+        with self._write() as tx:
+            body = self._insert(tx, info, namespace, name, obj)
+            return self._output(tx.conn, info, body)
+
+    def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        info = self._info(kind, name)
+        if not info.namespaced:
+            namespace = ""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                (info.kind, namespace, name),
+            ).fetchone()
+            if row is None:
+                raise NotFound(info.kind, name, namespace)
+            return self._output(conn, info, row[0])
+
+    def list(
+        self,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> builtins.list[Obj]:
+        info = self._info(kind)
+        wanted = dict(labels or {})
+        with self._read() as conn:
+            if namespace is None or not info.namespaced:
+                rows = conn.execute(
+                    "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name", (info.kind,)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT body FROM objects WHERE kind = ? AND namespace = ? ORDER BY name",
+                    (info.kind, namespace),
+                ).fetchall()
+            out: builtins.list[Obj] = []
+            for (body,) in rows:
+                obj: Obj = json.loads(body)
+                have = obj["metadata"].get("labels") or {}
+                if all(have.get(k) == v for k, v in wanted.items()):
+                    out.append(self._render_pool(conn, obj) if info.kind == POOL_KIND else obj)
+            return out
+
+    def update(self, obj: Obj) -> Obj:
+        info, namespace, name = self._identify(obj)
+        with self._write() as tx:
+            body = self._replace(tx, info, namespace, name, obj, status_only=False)
+            return self._output(tx.conn, info, body)
+
+    def update_status(self, obj: Obj) -> Obj:
+        info, namespace, name = self._identify(obj)
+        with self._write() as tx:
+            body = self._replace(tx, info, namespace, name, obj, status_only=True)
+            return self._output(tx.conn, info, body)
+
+    def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str | None = None
+    ) -> None:
+        info = self._info(kind, name)
+        if not info.namespaced:
+            namespace = ""
+        with self._write() as tx:
+            self._remove(tx, info, namespace, name, resource_version)
+
+    def revision(self) -> str:
+        try:
+            row = self._connection().execute("SELECT revision FROM meta").fetchone()
+        except sqlite3.Error as err:
+            raise self._unavailable(err) from err
+        return str(row[0])
+
+    def watch(self, kinds: Sequence[str], since: str, *, timeout: float) -> Iterator[WatchEvent]:
+        """Checks ``since`` now (Gone, Invalid) and returns an iterator that polls every
+        ``poll_interval`` seconds until ``timeout`` seconds pass without a new event."""
+        names = tuple(self._info(k).kind for k in kinds)
+        try:
+            start = int(since) if since else 0
+        except ValueError:
+            raise Invalid("watch", str(since), "since", "is not a revision of this store") from None
+        self._check_horizon(start)
+        return self._watch(names, start, timeout)
+
+    def _check_horizon(self, since: int) -> None:
+        try:
+            row = self._connection().execute("SELECT compacted FROM meta").fetchone()
+        except sqlite3.Error as err:
+            raise self._unavailable(err) from err
+        if since < int(row[0]):
+            raise Gone(
+                f"revision {since} is older than the oldest change the store keeps ({int(row[0]) + 1}); "
+                "list again and watch from the list's revision"
+            )
+
+    def _watch(self, kinds: tuple[str, ...], since: int, timeout: float) -> Iterator[WatchEvent]:
+        if not kinds:
+            return
+        marks = ", ".join("?" for _ in kinds)
+        query = (
+            f"SELECT revision, type, body FROM events WHERE revision > ? AND kind IN ({marks}) "
+            "ORDER BY revision LIMIT 500"
+        )
+        last = since
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._read() as conn:
+                compacted = int(conn.execute("SELECT compacted FROM meta").fetchone()[0])
+                if last < compacted:
+                    raise Gone(
+                        f"revision {last} was compacted while watching (the store keeps "
+                        f"{self._history} events); list again and watch from the list's revision"
+                    )
+                rows = conn.execute(query, (last, *kinds)).fetchall()
+            for rev, kind, body in rows:
+                last = int(rev)
+                yield WatchEvent(type=kind, object=json.loads(body), revision=str(rev))
+            if rows:
+                deadline = time.monotonic() + timeout
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(self._poll_interval, remaining))
+
+    # ------------------------------------------------------------------ AllocationStore
+
+    def usage(self, pool: str) -> PoolUsage:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT revision FROM objects WHERE kind = ? AND namespace = '' AND name = ?",
+                (POOL_KIND, pool),
+            ).fetchone()
+            if row is None:
+                with self._cache_lock:
+                    self._cache.pop(pool, None)
+                raise NotFound(POOL_KIND, pool)
+            pool_rev = int(row[0])
+            with self._cache_lock:
+                cache = self._cache.get(pool)
+                if cache is not None and cache.revision < pool_rev:
+                    compacted = int(conn.execute("SELECT compacted FROM meta").fetchone()[0])
+                    if cache.revision < compacted or not self._replay(conn, pool, cache, pool_rev):
+                        cache = None
+                if cache is None:
+                    items = [
+                        int.from_bytes(key, "big")
+                        for (key,) in conn.execute(
+                            "SELECT ip_key FROM allocations WHERE pool = ? ORDER BY ip_key", (pool,)
+                        )
+                    ]
+                    cache = _PoolCache(pool_rev, items)
+                    self._cache[pool] = cache
+                # a cache newer than this snapshot (another thread refreshed it) is just as consistent
+                return PoolUsage(pool, str(cache.revision), _SortedView(cache.items, len(cache.items)))
+
+    def _replay(self, conn: sqlite3.Connection, pool: str, cache: _PoolCache, upto: int) -> bool:
+        """Bring ``cache`` to revision ``upto`` from the allocation log; False if a reload is cheaper."""
+        rows = conn.execute(
+            "SELECT added, ip_key FROM allocation_log WHERE pool = ? AND revision > ? AND revision <= ? "
+            "ORDER BY revision, rowid LIMIT ?",
+            (pool, cache.revision, upto, _REPLAY_LIMIT + 1),
+        ).fetchall()
+        if len(rows) > _REPLAY_LIMIT:
+            return False
+        changes = [(bool(added), int.from_bytes(key, "big")) for added, key in rows]
+        items = cache.items
+        tail = items[-1] if items else -1
+        appends: builtins.list[int] = []
+        for added, value in changes:
+            if not added or value <= tail:
+                break
+            appends.append(value)
+            tail = value
+        if len(appends) == len(changes):
+            # views handed out earlier cover only a prefix: appending in place keeps them valid
+            items.extend(appends)
+        else:
+            items = builtins.list(items)
+            for added, value in changes:
+                i = bisect.bisect_left(items, value)
+                present = i < len(items) and items[i] == value
+                if added and not present:
+                    items.insert(i, value)
+                elif not added and present:
+                    del items[i]
+            cache.items = items
+        cache.revision = upto
+        return True
+
+    def records(self, pool: str) -> builtins.list[IPRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT pool, ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key", (pool,)
+            ).fetchall()
+        return [IPRecord(*row) for row in rows]
+
+    def records_of_pod(self, namespace: str, name: str) -> builtins.list[IPRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT pool, ip, pod, pod_uid FROM allocations WHERE pod = ? ORDER BY pool, ip_key",
+                (f"{namespace}/{name}",),
+            ).fetchall()
+        return [IPRecord(*row) for row in rows]
+
+    def commit(
+        self,
+        *,
+        claims: Sequence[Claim] = (),
+        releases: Sequence[IPRecord] = (),
+        endpoint: Obj | None = None,
+        delete_endpoint: tuple[str, str] | None = None,
+    ) -> None:
+        """Releases first, then claims (so one commit can hand an IP from an old pod UID to a new
+        one), then the endpoint; all in one transaction, durable when this returns."""
+        endpoint_id = None
+        if endpoint is not None:
+            endpoint_id = self._identify(endpoint)
+            if endpoint_id[0].kind != ENDPOINT_KIND:
+                raise Invalid(
+                    endpoint_id[0].kind, endpoint_id[2], "kind", f"commit writes only {ENDPOINT_KIND}"
+                )
+        parsed_claims = [(c, *_canonical_ip(c.ip, c.pool, "claim ip")) for c in claims]
+        parsed_releases = [(r, *_canonical_ip(r.ip, r.pool, "release ip")) for r in releases]
+        for claim, _, _ in parsed_claims:
+            if claim.pod.count("/") != 1 or not all(claim.pod.split("/")):
+                raise Invalid(POOL_KIND, claim.pool, "claim pod", f'{claim.pod!r} is not "namespace/name"')
+        with self._write() as tx:
+            pool_info = kind_info(POOL_KIND)
+            before: dict[str, int] = {}
+            touched: dict[str, tuple[int, Obj]] = {}  # pool -> (new revision, stored body)
+            counts: dict[str, int] = {}
+
+            def touch(pool: str) -> int | None:
+                if pool in touched:
+                    return touched[pool][0]
+                found = self._load(tx.conn, pool_info, "", pool)
+                if found is None:
+                    return None
+                touched[pool] = (tx.next_revision(), found[1])
+                counts[pool] = 0
+                return touched[pool][0]
+
+            def version_before(pool: str) -> int | None:
+                if pool not in before:
+                    found = tx.conn.execute(
+                        "SELECT revision FROM objects WHERE kind = ? AND namespace = '' AND name = ?",
+                        (POOL_KIND, pool),
+                    ).fetchone()
+                    if found is None:
+                        return None
+                    before[pool] = int(found[0])
+                return before[pool]
+
+            for claim, _, _ in parsed_claims:
+                current = version_before(claim.pool)
+                if current is None:
+                    raise NotFound(POOL_KIND, claim.pool)
+                if str(current) != claim.pool_version:
+                    raise Conflict(
+                        f'{POOL_KIND} "{claim.pool}": resourceVersion {claim.pool_version} is stale '
+                        f"(now {current}); re-read and retry"
+                    )
+            for release, ip, value in parsed_releases:
+                row = tx.conn.execute(
+                    "SELECT pool FROM allocations WHERE ip = ? AND pool = ? AND pod_uid = ?",
+                    (ip, release.pool, release.pod_uid),
+                ).fetchone()
+                if row is None:
+                    continue  # absent or owned by another UID: a no-op
+                rev = touch(release.pool)
+                if rev is None:
+                    continue
+                tx.conn.execute("DELETE FROM allocations WHERE ip = ?", (ip,))
+                tx.conn.execute(
+                    "INSERT INTO allocation_log (revision, pool, added, ip_key) VALUES (?, ?, 0, ?)",
+                    (rev, release.pool, ip_key(value)),
+                )
+                counts[release.pool] -= 1
+            for claim, ip, value in parsed_claims:
+                rev = touch(claim.pool)
+                assert rev is not None  # checked above, inside this transaction
+                try:
+                    tx.conn.execute(
+                        "INSERT INTO allocations (ip, pool, ip_key, pod, pod_uid, revision) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (ip, claim.pool, ip_key(value), claim.pod, claim.pod_uid, rev),
+                    )
+                except sqlite3.IntegrityError:
+                    owner = tx.conn.execute(
+                        "SELECT pool, pod FROM allocations WHERE ip = ?", (ip,)
+                    ).fetchone()
+                    raise Conflict(
+                        f'{POOL_KIND} "{claim.pool}": {ip} is already allocated'
+                        + (f" (pool {owner[0]}, pod {owner[1]})" if owner else "")
+                    ) from None
+                tx.conn.execute(
+                    "INSERT INTO allocation_log (revision, pool, added, ip_key) VALUES (?, ?, 1, ?)",
+                    (rev, claim.pool, ip_key(value)),
+                )
+                counts[claim.pool] += 1
+            for pool, (rev, body) in touched.items():
+                status = body.setdefault("status", {})
+                status["allocatedIPCount"] = int(status.get("allocatedIPCount", 0)) + counts[pool]
+                body["metadata"]["resourceVersion"] = str(rev)
+                text = _dumps(body)
+                tx.conn.execute(
+                    "UPDATE objects SET revision = ?, body = ? WHERE kind = ? AND namespace = '' AND name = ?",
+                    (rev, text, POOL_KIND, pool),
+                )
+                tx.event(pool_info, "", pool, "MODIFIED", text, rev)
+            if endpoint is not None and endpoint_id is not None:
+                info, namespace, name = endpoint_id
+                if self._load(tx.conn, info, namespace, name) is None:
+                    if endpoint.get("metadata", {}).get("resourceVersion") not in (None, ""):
+                        raise Conflict(
+                            f'{ENDPOINT_KIND} "{namespace}/{name}": resourceVersion '
+                            f"{endpoint['metadata']['resourceVersion']} is stale (the object is gone)"
+                        )
+                    self._insert(tx, info, namespace, name, endpoint)
+                else:
+                    self._replace(tx, info, namespace, name, endpoint, status_only=False)
+            if delete_endpoint is not None:
+                info = kind_info(ENDPOINT_KIND)
+                namespace, name = delete_endpoint
+                if self._load(tx.conn, info, namespace, name) is not None:
+                    self._remove(tx, info, namespace, name, None)
