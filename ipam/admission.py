@@ -1,0 +1,465 @@
+"""Admission: what Spiderpool's mutating and validating webhooks do on every write, as pure functions.
+
+:func:`admit` takes the object being written, the stored version it replaces (for an update), the
+other stored objects it must not collide with, and the IPs in use; it returns the mutated object or
+raises ``ipam.errors.Invalid`` naming the object, the field and the reason, in one line.  It never
+changes its inputs, so a rejected write changes nothing.
+
+Mutation (as Spiderpool's webhook): ``spec.ipVersion`` from the subnet (from ``ips[0]`` for a
+SpiderReservedIP), the ``ipam.spidernet.io/ippool-cidr`` label (``subnet-cidr`` on a SpiderSubnet),
+``ips``/``excludeIPs`` merged and sorted, ``default``/``disable`` defaulted to false, and, when a
+SpiderSubnet of the same CIDR exists, the pool's owner reference and label and the subnet's gateway
+and routes where the pool has none.  Every check works on intervals: O(ranges + objects + in-use IPs),
+never O(addresses).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
+
+from ipam.errors import Invalid
+from ipam.kinds import SPIDER_API
+from ipam.model import (
+    LABEL_IPPOOL_CIDR,
+    LABEL_OWNER_SUBNET,
+    LABEL_SUBNET_CIDR,
+    IPPool,
+    ReservedIP,
+    Route,
+    Subnet,
+    object_name,
+)
+from ipam.ranges import (
+    Family,
+    IntervalSet,
+    canonical_cidr,
+    cidr_interval,
+    cidr_label_value,
+    int_to_ip,
+    ip_to_int,
+    is_canonical_cidr,
+    parse_cidr,
+    total_ip_count,
+)
+from ipam.store import Obj
+
+__all__ = ["admit", "pool_status", "validate_name"]
+
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
+_T = TypeVar("_T")
+_MAX_SHOWN = 3  # ranges quoted in an overlap message
+
+
+def validate_name(kind: str, obj: Mapping[str, Any]) -> str:
+    """``metadata.name`` must be a DNS-1123 subdomain (lower case, digits, ``-``, ``.``; <= 253)."""
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    if not isinstance(name, str) or not name:
+        raise Invalid(kind, "", "metadata.name", "is required")
+    if len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
+        raise Invalid(
+            kind,
+            name,
+            "metadata.name",
+            "must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters",
+        )
+    return name
+
+
+def admit(
+    obj: Obj,
+    *,
+    old: Obj | None,
+    existing: Sequence[Obj],
+    in_use: Collection[str] = (),
+    subnets: Sequence[Obj] = (),
+    pools: Sequence[Obj] = (),
+) -> Obj:
+    """Mutate and validate a write of a SpiderIPPool, SpiderSubnet or SpiderReservedIP.
+
+    ``existing``: the stored objects of the same kind (the object's own stored version may be among
+    them; it is skipped by name).  ``in_use``: IPs that are allocated from this pool (for a
+    SpiderSubnet: held by its controlled pools); a Mapping ``ip -> holder`` (``"ns/name"`` of the pod,
+    or the pool name for a subnet) gives the holder in the error.  ``subnets``: stored SpiderSubnets,
+    for a SpiderIPPool (ownership and inheritance).  ``pools``: stored SpiderIPPools, for a SpiderSubnet
+    (no overlapping different CIDR).  Objects of other kinds are returned unchanged (as a copy).
+    """
+    kind = obj.get("kind")
+    if kind == IPPool.KIND:
+        return _admit_pool(obj, old=old, existing=existing, in_use=in_use, subnets=subnets)
+    if kind == Subnet.KIND:
+        return _admit_subnet(obj, old=old, existing=existing, in_use=in_use, pools=pools)
+    if kind == ReservedIP.KIND:
+        return _admit_reserved(obj, old=old)
+    return copy.deepcopy(obj)
+
+
+def pool_status(pool: IPPool, allocated_count: int) -> dict[str, int]:
+    """The counters of a SpiderIPPool status: ``totalIPCount`` (ips - excludeIPs, not minus reserved
+    IPs, saturating at the int64 maximum) and ``allocatedIPCount``."""
+    return {
+        "totalIPCount": total_ip_count(pool.usable.size),
+        "allocatedIPCount": allocated_count,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def _spec(kind: str, name: str, obj: Obj) -> dict[str, Any]:
+    spec = obj.get("spec")
+    if spec is None:
+        spec = obj["spec"] = {}
+    if not isinstance(spec, dict):
+        raise Invalid(kind, name, "spec", "must be an object")
+    return spec
+
+
+def _labels(kind: str, name: str, obj: Obj) -> dict[str, str]:
+    meta = obj.setdefault("metadata", {})
+    labels = meta.get("labels")
+    if labels is None:
+        labels = meta["labels"] = {}
+    if not isinstance(labels, dict):
+        raise Invalid(kind, name, "metadata.labels", "must be a map of strings")
+    return labels
+
+
+def _shown(ranges: IntervalSet, family: int) -> str:
+    items = IntervalSet(ranges.intervals[:_MAX_SHOWN]).to_strings(family)
+    more = " ..." if len(ranges) > _MAX_SHOWN else ""
+    return f"[{' '.join(items)}{more}]"
+
+
+def _merge_ranges(spec: dict[str, Any], parsed: IntervalSet, key: str, family: int) -> None:
+    if spec.get(key) is not None:
+        spec[key] = parsed.to_strings(family)
+
+
+def _same_cidr(a: str, b: str) -> bool:
+    try:
+        return canonical_cidr(a) == canonical_cidr(b)
+    except ValueError:
+        return a == b
+
+
+def _check_immutable(kind: str, name: str, new_spec: Mapping[str, Any], old: Obj | None) -> None:
+    if old is None:
+        return
+    old_spec = old.get("spec") if isinstance(old.get("spec"), Mapping) else {}
+    assert isinstance(old_spec, Mapping)
+    old_subnet, new_subnet = old_spec.get("subnet"), new_spec.get("subnet")
+    if isinstance(old_subnet, str) and isinstance(new_subnet, str) and not _same_cidr(old_subnet, new_subnet):
+        raise Invalid(kind, name, "spec.subnet", f"is not changeable (was {old_subnet}, now {new_subnet})")
+    old_version, new_version = old_spec.get("ipVersion"), new_spec.get("ipVersion")
+    if old_version is not None and new_version is not None and old_version != new_version:
+        raise Invalid(
+            kind, name, "spec.ipVersion", f"is not changeable (was {old_version}, now {new_version})"
+        )
+
+
+def _check_canonical(kind: str, name: str, subnet: str) -> None:
+    if not is_canonical_cidr(subnet):
+        net = parse_cidr(subnet)
+        raise Invalid(kind, name, "spec.subnet", f"{subnet} is not a canonical CIDR (use {net.cidr})")
+
+
+def _check_range_rules(
+    kind: str,
+    name: str,
+    *,
+    subnet: str,
+    family: Family,
+    ips: IntervalSet,
+    exclude_ips: IntervalSet,
+    gateway: str | None,
+    routes: Sequence[Route],
+) -> None:
+    """The rules pools and subnets share: canonical subnet, ranges inside it, gateway, routes."""
+    _check_canonical(kind, name, subnet)
+    whole = IntervalSet((cidr_interval(subnet),))
+    for field, ranges in (("spec.ips", ips), ("spec.excludeIPs", exclude_ips)):
+        outside = ranges.difference(whole)
+        if outside.first is not None:
+            raise Invalid(kind, name, field, f"{int_to_ip(outside.first, family)} is outside subnet {subnet}")
+    if gateway is not None:
+        gw = ip_to_int(gateway, family)
+        if gw not in whole:
+            raise Invalid(kind, name, "spec.gateway", f"{gateway} is outside subnet {subnet}")
+        if gw in ips and gw not in exclude_ips:
+            raise Invalid(
+                kind,
+                name,
+                "spec.gateway",
+                f"{gateway} is in spec.ips; add it to spec.excludeIPs or remove it",
+            )
+    seen: dict[tuple[int, int], int] = {}
+    for i, route in enumerate(routes):
+        net = parse_cidr(route.dst)
+        if net.prefixlen == 0:
+            raise Invalid(
+                kind,
+                name,
+                f"spec.routes[{i}].dst",
+                f"{route.dst} is a default route: please specify spec.gateway",
+            )
+        key = (int(net.first), int(net.prefixlen))
+        if key in seen:
+            raise Invalid(
+                kind, name, f"spec.routes[{i}].dst", f"{route.dst} duplicates spec.routes[{seen[key]}].dst"
+            )
+        seen[key] = i
+        if ip_to_int(route.gw, family) not in whole:
+            raise Invalid(kind, name, f"spec.routes[{i}].gw", f"{route.gw} is outside subnet {subnet}")
+
+
+def _check_in_use(
+    kind: str,
+    name: str,
+    *,
+    ips: IntervalSet,
+    usable: IntervalSet,
+    family: int,
+    in_use: Collection[str],
+    holder_kind: str,
+) -> None:
+    """No IP that is in use may leave ``ips - excludeIPs`` (removed or excluded)."""
+    for ip in in_use:
+        try:
+            value = ip_to_int(ip, family)
+        except ValueError:
+            continue  # an address of the other family cannot be in this object
+        if value not in usable:
+            holder = in_use[ip] if isinstance(in_use, Mapping) else ""
+            by = f" by {holder_kind} {holder}" if holder else ""
+            field = "spec.excludeIPs" if value in ips else "spec.ips"
+            raise Invalid(
+                kind, name, field, f"remove an IP address {ip} that is being used{by} (excluded or removed)"
+            )
+
+
+def _parse_others(parse: Callable[[Obj], _T], objs: Sequence[Obj], skip: str) -> list[_T]:
+    """Parse stored objects, skipping this object's own version and any that no longer parse."""
+    out: list[_T] = []
+    for o in objs:
+        if object_name(o) == skip:
+            continue
+        try:
+            out.append(parse(o))
+        except Invalid:
+            continue  # a broken stored object must not block writes to other objects
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# SpiderIPPool
+
+
+def _admit_pool(
+    obj: Obj, *, old: Obj | None, existing: Sequence[Obj], in_use: Collection[str], subnets: Sequence[Obj]
+) -> Obj:
+    kind = IPPool.KIND
+    out = copy.deepcopy(obj)
+    out.setdefault("apiVersion", SPIDER_API)
+    name = validate_name(kind, out)
+    spec = _spec(kind, name, out)
+    _check_immutable(kind, name, spec, old)
+    pool = IPPool.from_obj(out)  # raises Invalid on anything unparseable
+    _check_canonical(kind, name, pool.subnet)  # before the CIDR becomes a label
+
+    # mutation
+    spec["ipVersion"] = pool.ip_version
+    _merge_ranges(spec, pool.ips, "ips", pool.ip_version)
+    _merge_ranges(spec, pool.exclude_ips, "excludeIPs", pool.ip_version)
+    spec.setdefault("default", False)
+    spec.setdefault("disable", False)
+    if spec["default"] is None:
+        spec["default"] = False
+    if spec["disable"] is None:
+        spec["disable"] = False
+    labels = _labels(kind, name, out)
+    labels[LABEL_IPPOOL_CIDR] = cidr_label_value(canonical_cidr(pool.subnet))
+    owner = next(
+        (s for s in _parse_others(Subnet.from_obj, subnets, "") if _same_cidr(s.subnet, pool.subnet)),
+        None,
+    )
+    if owner is not None:
+        labels[LABEL_OWNER_SUBNET] = owner.name
+        _set_controller_ref(out, owner)
+        if spec.get("gateway") is None and owner.gateway is not None:
+            spec["gateway"] = owner.gateway
+        if spec.get("routes") is None and owner.routes:
+            spec["routes"] = [r.to_obj() for r in owner.routes]
+    pool = IPPool.from_obj(out)
+
+    # validation
+    _check_range_rules(
+        kind,
+        name,
+        subnet=pool.subnet,
+        family=pool.ip_version,
+        ips=pool.ips,
+        exclude_ips=pool.exclude_ips,
+        gateway=pool.gateway,
+        routes=pool.routes,
+    )
+    if pool.pod_affinity is not None and pool.pod_affinity.is_empty:
+        raise Invalid(kind, name, "spec.podAffinity", "empty podAffinity is invalid")
+    if owner is not None:
+        outside = pool.usable.difference(owner.usable)
+        if outside.first is not None:
+            raise Invalid(
+                kind,
+                name,
+                "spec.ips",
+                f"{int_to_ip(outside.first, pool.ip_version)} is not in the IPs of "
+                f"SpiderSubnet {owner.name} (its ips minus excludeIPs)",
+            )
+    _check_in_use(
+        kind,
+        name,
+        ips=pool.ips,
+        usable=pool.usable,
+        family=pool.ip_version,
+        in_use=in_use,
+        holder_kind="Pod",
+    )
+    subnet_iv = IntervalSet((pool.subnet_interval,))
+    for other in _parse_others(IPPool.from_obj, existing, name):
+        if other.ip_version != pool.ip_version:
+            continue
+        if _same_cidr(other.subnet, pool.subnet):
+            common = pool.usable.intersection(other.usable)
+            if common:
+                raise Invalid(
+                    kind,
+                    name,
+                    "spec.ips",
+                    f"overlaps with SpiderIPPool {other.name} in IP ranges {_shown(common, pool.ip_version)}",
+                )
+        elif subnet_iv.overlaps(IntervalSet((other.subnet_interval,))):
+            raise Invalid(
+                kind,
+                name,
+                "spec.subnet",
+                f"{pool.subnet} overlaps with subnet {other.subnet} of SpiderIPPool {other.name}",
+            )
+    return out
+
+
+def _set_controller_ref(out: Obj, owner: Subnet) -> None:
+    meta = out.setdefault("metadata", {})
+    refs = meta.get("ownerReferences")
+    if not isinstance(refs, list):
+        refs = []
+    refs = [r for r in refs if not (isinstance(r, Mapping) and r.get("controller"))]
+    refs.append(
+        {
+            "apiVersion": SPIDER_API,
+            "kind": Subnet.KIND,
+            "name": owner.name,
+            "uid": owner.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    )
+    meta["ownerReferences"] = refs
+
+
+# --------------------------------------------------------------------------------------------------
+# SpiderSubnet
+
+
+def _admit_subnet(
+    obj: Obj, *, old: Obj | None, existing: Sequence[Obj], in_use: Collection[str], pools: Sequence[Obj]
+) -> Obj:
+    kind = Subnet.KIND
+    out = copy.deepcopy(obj)
+    out.setdefault("apiVersion", SPIDER_API)
+    name = validate_name(kind, out)
+    spec = _spec(kind, name, out)
+    _check_immutable(kind, name, spec, old)
+    subnet = Subnet.from_obj(out)
+    _check_range_rules(
+        kind,
+        name,
+        subnet=subnet.subnet,
+        family=subnet.ip_version,
+        ips=subnet.ips,
+        exclude_ips=subnet.exclude_ips,
+        gateway=subnet.gateway,
+        routes=subnet.routes,
+    )
+
+    spec["ipVersion"] = subnet.ip_version
+    _merge_ranges(spec, subnet.ips, "ips", subnet.ip_version)
+    _merge_ranges(spec, subnet.exclude_ips, "excludeIPs", subnet.ip_version)
+    _labels(kind, name, out)[LABEL_SUBNET_CIDR] = cidr_label_value(canonical_cidr(subnet.subnet))
+
+    _check_in_use(
+        kind,
+        name,
+        ips=subnet.ips,
+        usable=subnet.usable,
+        family=subnet.ip_version,
+        in_use=in_use,
+        holder_kind="SpiderIPPool",
+    )
+    mine = IntervalSet((subnet.subnet_interval,))
+    for other in _parse_others(Subnet.from_obj, existing, name):
+        if other.ip_version == subnet.ip_version and mine.overlaps(IntervalSet((other.subnet_interval,))):
+            raise Invalid(
+                kind,
+                name,
+                "spec.subnet",
+                f"{subnet.subnet} overlaps with subnet {other.subnet} of SpiderSubnet {other.name}",
+            )
+    for pool in _parse_others(IPPool.from_obj, pools, ""):
+        if (
+            pool.ip_version == subnet.ip_version
+            and not _same_cidr(pool.subnet, subnet.subnet)
+            and mine.overlaps(IntervalSet((pool.subnet_interval,)))
+        ):
+            raise Invalid(
+                kind,
+                name,
+                "spec.subnet",
+                f"{subnet.subnet} overlaps with subnet {pool.subnet} of SpiderIPPool {pool.name}",
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# SpiderReservedIP
+
+
+def _admit_reserved(obj: Obj, *, old: Obj | None) -> Obj:
+    kind = ReservedIP.KIND
+    out = copy.deepcopy(obj)
+    out.setdefault("apiVersion", SPIDER_API)
+    name = validate_name(kind, out)
+    spec = _spec(kind, name, out)
+    reserved = ReservedIP.from_obj(out)  # one family, ipVersion agreeing with ips[0]
+    if reserved.ip_version is None:
+        raise Invalid(kind, name, "spec.ips", "is empty and spec.ipVersion is not set: give at least one IP")
+    if old is not None:
+        try:
+            old_version = ReservedIP.from_obj(old).ip_version
+        except Invalid:
+            old_version = None
+        if old_version is not None and old_version != reserved.ip_version:
+            raise Invalid(
+                kind,
+                name,
+                "spec.ipVersion",
+                f"is not changeable (was {old_version}, now {reserved.ip_version})",
+            )
+    spec["ipVersion"] = reserved.ip_version
+    _merge_ranges(spec, reserved.ips, "ips", reserved.ip_version)
+    return out
