@@ -157,12 +157,15 @@ def _dumps(obj: Obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def _revision_of(text: object, what: str) -> int:
-    try:
-        value = int(str(text))
-    except ValueError:
-        raise Conflict(f"{what}: resourceVersion {text!r} is not one this store issued") from None
-    return value
+def _check_version(info: KindInfo, namespace: str, name: str, wanted: object, stored: int) -> None:
+    """The resourceVersion precondition: absent or empty means none; otherwise it must be current."""
+    if wanted is None or wanted == "":
+        return
+    if str(wanted) != str(stored):
+        raise Conflict(
+            f'{info.kind} "{_shown(namespace, name)}": resourceVersion {wanted} is stale '
+            f"(now {stored}); re-read and retry"
+        )
 
 
 def _canonical_ip(text: str, pool: str, field_name: str) -> tuple[str, int]:
@@ -171,6 +174,10 @@ def _canonical_ip(text: str, pool: str, field_name: str) -> tuple[str, int]:
     except ValueError:
         raise Invalid(POOL_KIND, pool, field_name, f"{text!r} is not an IP address") from None
     return str(address), int(address)
+
+
+def _shown(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}" if namespace else name
 
 
 def _typed(info: KindInfo, obj: Obj) -> Obj:
@@ -440,14 +447,10 @@ class SqliteStore:
         if found is None:
             raise NotFound(info.kind, name, namespace)
         stored_rev, stored = found
-        wanted = obj.get("metadata", {}).get("resourceVersion")
-        if wanted not in (None, "") and _revision_of(wanted, f'{info.kind} "{name}"') != stored_rev:
-            raise Conflict(
-                f'{info.kind} "{name}": resourceVersion {wanted} is stale (now {stored_rev}); re-read and retry'
-            )
+        _check_version(info, namespace, name, obj.get("metadata", {}).get("resourceVersion"), stored_rev)
         incoming: Obj = json.loads(self._serialize(info, name, obj))
         if status_only:
-            new = stored
+            new = {**stored, "metadata": dict(stored["metadata"])}
             if "status" in incoming:
                 new["status"] = incoming["status"]
             else:
@@ -477,8 +480,11 @@ class SqliteStore:
         generation = int(stored["metadata"].get("generation", 1))
         if _spec_part(info, new) != _spec_part(info, stored):
             generation += 1
-        rev = tx.next_revision()
         new["metadata"]["generation"] = generation
+        new["metadata"]["resourceVersion"] = str(stored_rev)
+        if new == stored:
+            return _dumps(stored)  # nothing changed: no new revision, no event (as the API server does)
+        rev = tx.next_revision()
         new["metadata"]["resourceVersion"] = str(rev)
         body = _dumps(new)
         tx.conn.execute(
@@ -495,13 +501,7 @@ class SqliteStore:
         if found is None:
             raise NotFound(info.kind, name, namespace)
         stored_rev, stored = found
-        if resource_version not in (None, "") and (
-            _revision_of(resource_version, f'{info.kind} "{name}"') != stored_rev
-        ):
-            raise Conflict(
-                f'{info.kind} "{name}": resourceVersion {resource_version} is stale (now {stored_rev}); '
-                "re-read and retry"
-            )
+        _check_version(info, namespace, name, resource_version, stored_rev)
         rev = tx.next_revision()
         stored["metadata"]["resourceVersion"] = str(rev)
         tx.conn.execute(
