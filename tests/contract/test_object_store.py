@@ -113,7 +113,7 @@ def test_get_missing_is_not_found(store: Store) -> None:
     store.create(pod("default", "web"))
     with pytest.raises(NotFound) as err:
         store.get("SpiderIPPool", "nope")
-    assert 'SpiderIPPool "nope" not found' == str(err.value)
+    assert str(err.value) == 'SpiderIPPool "nope" not found'
     with pytest.raises(NotFound) as err2:
         store.get("Pod", "web", "elsewhere")
     assert err2.value.namespace == "elsewhere"
