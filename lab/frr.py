@@ -194,6 +194,15 @@ class FrrRouter:
     def pids(self) -> dict[str, ProcRef]:
         return dict(self._procs)
 
+    def reattach(self) -> None:
+        """Pick up daemons started by an earlier process (``python -m lab up``) from their pid files."""
+        for daemon in self.daemons:
+            pid_file = self.state_dir / f"{daemon}.pid"
+            try:
+                self._procs[daemon] = ProcRef.of(int(pid_file.read_text().strip()))
+            except (OSError, ValueError, ProcessLookupError):
+                self._procs.pop(daemon, None)
+
     # ---- vtysh ------------------------------------------------------------------------------
 
     def push_config(self, text: str) -> None:

@@ -341,6 +341,25 @@ class Sandbox:
         self._deferred: list[Callable[[], object]] = []
         self.closed = False
 
+    # persistence: a lab built by one command is torn down by another
+    def snapshot(self) -> dict[str, Any]:
+        """What ``restore`` needs to undo this sandbox from another process (JSON-ready)."""
+        return {
+            "token": self.token,
+            "namespaces": [ns.name for ns in self._namespaces],
+            "procs": [[p.pid, p.start_time] for p in self._procs],
+            "paths": [str(p) for p in self._paths],
+        }
+
+    @classmethod
+    def restore(cls, data: Mapping[str, Any]) -> Sandbox:
+        """A sandbox that owns what ``snapshot`` listed (processes are matched by start time)."""
+        sb = cls(token=str(data["token"]))
+        sb._namespaces = [Netns(str(n)) for n in data.get("namespaces", [])]
+        sb._procs = [ProcRef(int(pid), int(start)) for pid, start in data.get("procs", [])]
+        sb._paths = [Path(str(p)) for p in data.get("paths", [])]
+        return sb
+
     # context manager
     def __enter__(self) -> Sandbox:
         return self
