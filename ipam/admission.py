@@ -152,8 +152,8 @@ def _same_cidr(a: str, b: str) -> bool:
 def _check_immutable(kind: str, name: str, new_spec: Mapping[str, Any], old: Obj | None) -> None:
     if old is None:
         return
-    old_spec = old.get("spec") if isinstance(old.get("spec"), Mapping) else {}
-    assert isinstance(old_spec, Mapping)
+    raw_old_spec = old.get("spec")
+    old_spec: Mapping[str, Any] = raw_old_spec if isinstance(raw_old_spec, Mapping) else {}
     old_subnet, new_subnet = old_spec.get("subnet"), new_spec.get("subnet")
     if isinstance(old_subnet, str) and isinstance(new_subnet, str) and not _same_cidr(old_subnet, new_subnet):
         raise Invalid(kind, name, "spec.subnet", f"is not changeable (was {old_subnet}, now {new_subnet})")

@@ -33,6 +33,7 @@ from ipam.ranges import (
     family_of_ip,
     ip_to_int,
     parse_cidr,
+    parse_range,
 )
 from ipam.selectors import LabelSelector, SelectorError
 
@@ -149,12 +150,13 @@ class _Ctx:
             return IntervalSet()
         if not isinstance(value, list):
             raise self.fail(path, "must be a list of IP addresses or ranges")
+        parsed: list[Interval] = []
         for i, item in enumerate(value):
             try:
-                IntervalSet.from_strings([item], family)
+                parsed.append(parse_range(item, family))
             except ValueError as err:
                 raise self.fail(f"{path}[{i}]", str(err)) from None
-        return IntervalSet.from_strings(value, family)
+        return IntervalSet.of(parsed)
 
     def ip(self, value: object, path: str, family: int) -> str:
         if not isinstance(value, str):

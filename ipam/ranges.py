@@ -30,6 +30,7 @@ __all__ = [
     "ip_to_int",
     "is_canonical_cidr",
     "parse_cidr",
+    "parse_range",
     "total_ip_count",
 ]
 
@@ -181,10 +182,7 @@ class IntervalSet:
         _check_family(family)
         if isinstance(items, str):
             raise ValueError(f'expected a list of IP ranges, got the string "{items}"')
-        parsed: list[Interval] = []
-        for item in items:
-            parsed.append(_parse_range_item(item, family))
-        return cls.of(parsed)
+        return cls.of(parse_range(item, family) for item in items)
 
     @classmethod
     def from_cidr(cls, text: str) -> IntervalSet:
@@ -295,7 +293,9 @@ class IntervalSet:
         return self.difference(other)
 
 
-def _parse_range_item(item: object, family: int) -> Interval:
+def parse_range(item: object, family: int) -> Interval:
+    """One Spiderpool range item (``"a"`` or ``"a-b"``) as an interval; ValueError names the item."""
+    _check_family(family)
     if not isinstance(item, str):
         raise ValueError(f"{item!r} is not a string")
     if item != item.strip() or " " in item:
