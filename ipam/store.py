@@ -140,11 +140,12 @@ class AllocationStore(Protocol):
         endpoint: Obj | None = None,
         delete_endpoint: tuple[str, str] | None = None,
     ) -> None:
-        """Apply claims and releases, then create-or-replace ``endpoint`` (a SpiderEndpoint object; its
+        """Apply releases, then claims (so one commit can hand an IP from an old pod UID to a new one),
+        then create-or-replace ``endpoint`` (a SpiderEndpoint object; its
         resourceVersion, when set, is a precondition) or delete ``delete_endpoint`` ((namespace, name)).
 
-        A claim fails with Conflict when the pool's resourceVersion is no longer ``pool_version`` or the
-        IP is already recorded (in any pool).  A release removes the record only when its pod_uid
+        A claim fails with Conflict when the pool's resourceVersion (as it was before this commit) is no
+        longer ``pool_version`` or the IP is already recorded (in any pool).  A release removes the record only when its pod_uid
         matches (a release of something absent or owned by another UID is a no-op).  Every claim and
         release bumps the pool's resourceVersion and status.allocatedIPCount.
 
