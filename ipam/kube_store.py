@@ -1,0 +1,663 @@
+"""The Kubernetes backend of the object store: ``ipam.store.Store`` on the API server.
+
+Objects are the API server's own: the Spiderpool CRDs (``spiderpool.spidernet.io/v2beta1``), Pods,
+Namespaces, Nodes, workloads and Leases, reached through the official ``kubernetes`` client
+(``ipam.kube_api``).  The API server's optimistic concurrency is what keeps two nodes from handing out
+one IP: every write of a pool carries the resourceVersion it was computed from.
+
+Allocation records live where Spiderpool keeps them, so ``kubectl get sp`` and Spiderpool's own tools
+read them unchanged:
+
+* ``status.allocatedIPs`` of the SpiderIPPool, Spiderpool's JSON string
+  ``{"<ip>":{"pod":"<ns>/<name>","podUid":"<uid>"}}`` (absent when empty), and ``allocatedIPCount`` kept
+  equal to the number of records, written with a status-subresource PUT (``Status().Update``) carrying
+  the pool's resourceVersion;
+* the pod's SpiderEndpoint, written after the pools.
+
+``commit()`` works pool by pool, releases before claims (as the embedded store does).  A claim is
+conditional on the resourceVersion the caller read (``Claim.pool_version``): if the pool changed since,
+the claim fails with Conflict and the caller re-reads and recomputes; releases and unconditional writes
+are read-modify-write loops that re-read and retry on 409 with bounded backoff (client-go's
+DefaultRetry, as Spiderpool).  A failure part-way leaves records the IP GC reclaims.
+
+**The per-pool record limit.**  All records of a pool live in one string of one object, and an object is
+limited in size by etcd (1.5 MiB by default), so a pool holds at most ``max_pool_records`` records
+(Spiderpool's ``SPIDERPOOL_IPPOOL_MAX_ALLOCATED_IPS``, default 5000: about 110 bytes a record, ~550 kB).
+A claim that would take a pool past it fails with ``PoolFull`` (an ``AllocationError`` naming the pool
+and the limit) and writes nothing; the allocator then moves on to the next candidate pool, and a pod
+that needs more IPs than one pool can hold needs more pools (or a SpiderSubnet with auto-pools).
+
+Reads: ``get``/``list`` of the kinds given as ``cached_kinds`` are served from informers (list+watch in
+background threads, ``ipam.kube_informer``) once they are synced; everything on the write path (``usage``,
+``records``, ``commit``, preconditions) reads the server.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import copy
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import netaddr
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from ipam.errors import (
+    AllocationError,
+    AlreadyExists,
+    Conflict,
+    Gone,
+    Invalid,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from ipam.kinds import KindInfo, kind_info
+from ipam.kube_api import DEFAULT_RETRY, Backoff, KubeApi, WatchStream
+from ipam.kube_informer import Informer
+from ipam.model import PoolIPAllocation, decode_allocated_ips, encode_allocated_ips
+from ipam.store import Claim, IPRecord, Obj, PoolUsage, WatchEvent
+
+__all__ = [
+    "DEFAULT_MAX_POOL_RECORDS",
+    "KubeStore",
+    "PoolFull",
+    "load_configuration",
+]
+
+POOL = "SpiderIPPool"
+ENDPOINT = "SpiderEndpoint"
+FINALIZER = "spiderpool.spidernet.io"
+DEFAULT_MAX_POOL_RECORDS = 5000  # Spiderpool's SPIDERPOOL_IPPOOL_MAX_ALLOCATED_IPS
+_DERIVED = ("allocatedIPs", "allocatedIPCount")  # pool status fields owned by the records
+
+
+class PoolFull(AllocationError):
+    """The pool holds as many records as one Kubernetes object can (``max_pool_records``)."""
+
+    def __init__(self, pool: str, limit: int) -> None:
+        self.pool, self.limit = pool, limit
+        super().__init__(
+            f'SpiderIPPool "{pool}": status.allocatedIPs: holds {limit} records, the most one pool can '
+            "hold in Kubernetes (SPIDERPOOL_IPPOOL_MAX_ALLOCATED_IPS); use another pool",
+            retryable=False,
+        )
+
+
+def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> k8s.Configuration:
+    """In-cluster configuration (service account token and CA) when ``kubeconfig`` is None, else the
+    given kubeconfig file.  Raises StoreUnavailable with one line when neither works."""
+    cfg = k8s.Configuration()
+    try:
+        if kubeconfig is None:
+            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, client_configuration=cfg
+            )
+    except (k8s_config.ConfigException, OSError) as err:
+        where = kubeconfig or "in-cluster service account"
+        raise StoreUnavailable(f"Kubernetes configuration ({where}): {err}") from None
+    return cfg
+
+
+@dataclass(frozen=True)
+class _PoolState:
+    """A pool as last read from the server, with its records parsed (reused while the RV is the same)."""
+
+    obj: Obj
+    records: dict[str, PoolIPAllocation]
+    usage: PoolUsage
+
+
+def _rv(obj: Obj) -> str:
+    return str(obj["metadata"].get("resourceVersion") or "")
+
+
+def _typed(info: KindInfo, obj: Obj) -> Obj:
+    obj.setdefault("apiVersion", info.api_version)
+    obj.setdefault("kind", info.kind)
+    return obj
+
+
+def _canonical(ip: str, pool: str, field: str) -> tuple[str, int]:
+    try:
+        addr = netaddr.IPAddress(ip)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise Invalid(POOL, pool, field, f"{ip!r} is not an IP address") from None
+    return str(addr), int(addr)
+
+
+class KubeStore:
+    """``ipam.store.Store`` on a Kubernetes API server."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        cached_kinds: Sequence[str] = (),
+        max_pool_records: int = DEFAULT_MAX_POOL_RECORDS,
+        retry: Backoff = DEFAULT_RETRY,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        sync_timeout: float = 30.0,
+    ) -> None:
+        self.api = api
+        self.max_pool_records = max_pool_records
+        self.retry = retry
+        self._sleep = sleep
+        self._rand = rand
+        self.conflicts = 0  # 409s met by this store's writes (retried inside, or passed to the caller)
+        self.retries = 0  # re-reads after a 409 done inside the store
+        self._lock = threading.Lock()
+        self._pools: dict[str, _PoolState] = {}
+        self._informers: dict[str, Informer] = {}
+        for name in cached_kinds:
+            info = kind_info(name)
+            self._informers[info.kind] = Informer(api, info).start()
+        for inf in self._informers.values():
+            if not inf.wait_synced(sync_timeout):
+                self.close()
+                raise StoreUnavailable(
+                    f"Kubernetes API {api.host}: could not list {inf.info.plural} ({inf.last_error or 'timeout'})"
+                )
+
+    @classmethod
+    def connect(
+        cls,
+        configuration: k8s.Configuration | k8s.ApiClient,
+        **kwargs: Any,
+    ) -> KubeStore:
+        """A store on the API server a ``Configuration`` (or an ``ApiClient``) points at."""
+        client = configuration if isinstance(configuration, k8s.ApiClient) else k8s.ApiClient(configuration)
+        return cls(KubeApi(client), **kwargs)
+
+    def close(self) -> None:
+        for inf in self._informers.values():
+            inf.stop()
+        self._informers.clear()
+        self.api.close()
+
+    def informer(self, kind: str) -> Informer | None:
+        """The informer caching ``kind`` (to add event handlers or check sync), if any."""
+        return self._informers.get(kind_info(kind).kind)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _identify(obj: Obj) -> tuple[KindInfo, str, str]:
+        if not isinstance(obj, dict):
+            raise Invalid("object", "?", "object", "must be a mapping")
+        meta = obj.get("metadata")
+        name = str(meta.get("name") or "") if isinstance(meta, dict) else ""
+        try:
+            info = kind_info(str(obj.get("kind")))
+        except KeyError:
+            raise Invalid(str(obj.get("kind") or "object"), name or "?", "kind", "unknown kind") from None
+        if obj.get("apiVersion", info.api_version) != info.api_version:
+            raise Invalid(info.kind, name or "?", "apiVersion", f"must be {info.api_version!r}")
+        if not name:
+            raise Invalid(info.kind, "?", "metadata.name", "is required")
+        ns = str(meta.get("namespace") or "") if isinstance(meta, dict) else ""
+        if info.namespaced and not ns:
+            raise Invalid(info.kind, name, "metadata.namespace", "is required for a namespaced kind")
+        return info, (ns if info.namespaced else ""), name
+
+    def _retrying(self, attempt: Callable[[], Obj]) -> Obj:
+        """Run a read-modify-write ``attempt`` (which re-reads first), retrying on Conflict."""
+        delays = self.retry.delays(self._rand)
+        while True:
+            try:
+                return attempt()
+            except _StaleClaim:
+                raise
+            except Conflict:
+                self.conflicts += 1
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                self.retries += 1
+                self._sleep(delay)
+
+    def _seen(self, info: KindInfo, obj: Obj) -> Obj:
+        inf = self._informers.get(info.kind)
+        if inf is not None:
+            inf.observe(obj)
+        if info.kind == POOL:
+            self._remember_pool(obj)
+        return obj
+
+    def _put(self, info: KindInfo, obj: Obj, ns: str, name: str, sub: str = "") -> Obj:
+        try:
+            out = self.api.request("PUT", info, namespace=ns, name=name, subresource=sub, body=obj)
+        except Conflict:
+            self.conflicts += 1
+            raise
+        return self._seen(info, _typed(info, out))
+
+    def _get_server(self, info: KindInfo, name: str, ns: str) -> Obj:
+        return _typed(info, self.api.request("GET", info, namespace=ns, name=name))
+
+    # -- ObjectStore ----------------------------------------------------------------------------------
+
+    def create(self, obj: Obj) -> Obj:
+        info, ns, name = self._identify(obj)
+        body = copy.deepcopy(obj)
+        body["apiVersion"], body["kind"] = info.api_version, info.kind
+        meta = body["metadata"]
+        for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "deletionTimestamp"):
+            meta.pop(key, None)
+        status = body.get("status")
+        if info.kind == POOL:
+            status = {k: v for k, v in (status or {}).items() if k not in _DERIVED}
+            status["allocatedIPCount"] = 0
+        out = self._seen(info, _typed(info, self.api.request("POST", info, namespace=ns, body=body)))
+        if info.has_status and status and out.get("status") != status:
+            # the API server drops status on create for kinds with the subresource: write it after
+            out["status"] = status
+            out = self._put(info, out, ns, name, "status")
+        return out
+
+    def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        info = kind_info(kind)
+        ns = namespace if info.namespaced else ""
+        inf = self._informers.get(info.kind)
+        if inf is not None and inf.synced:
+            obj = inf.get(name, ns)
+            if obj is None:
+                raise NotFound(info.kind, name, ns)
+            return obj
+        return self._seen(info, self._get_server(info, name, ns))
+
+    def list(
+        self,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> builtins.list[Obj]:
+        info = kind_info(kind)
+        ns = namespace if info.namespaced else None
+        inf = self._informers.get(info.kind)
+        if inf is not None and inf.synced:
+            return inf.list(ns, labels)
+        return self._list_server(info, ns, labels)
+
+    def _list_server(
+        self, info: KindInfo, namespace: str | None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Obj]:
+        items: builtins.list[Obj] = []
+        cont = ""
+        selector = ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+        while True:
+            query = [("limit", "500")]
+            if selector:
+                query.append(("labelSelector", selector))
+            if cont:
+                query.append(("continue", cont))
+            doc = self.api.request("GET", info, namespace=namespace or "", query=query)
+            items.extend(_typed(info, o) for o in doc.get("items") or [])
+            cont = str((doc.get("metadata") or {}).get("continue") or "")
+            if not cont:
+                break
+        items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+        return items
+
+    def update(self, obj: Obj) -> Obj:
+        info, ns, name = self._identify(obj)
+        body = copy.deepcopy(obj)
+        body["apiVersion"], body["kind"] = info.api_version, info.kind
+        if body["metadata"].get("resourceVersion"):
+            return self._put(info, body, ns, name)
+
+        def attempt() -> Obj:
+            body["metadata"]["resourceVersion"] = _rv(self._get_server(info, name, ns))
+            return self._put(info, body, ns, name)
+
+        return self._retrying(attempt)
+
+    def update_status(self, obj: Obj) -> Obj:
+        info, ns, name = self._identify(obj)
+        wanted = str(obj["metadata"].get("resourceVersion") or "")
+        new_status = copy.deepcopy(obj.get("status"))
+
+        def attempt() -> Obj:
+            if info.has_status and info.kind != POOL:
+                body = copy.deepcopy(obj)
+                body["apiVersion"], body["kind"] = info.api_version, info.kind
+                body["metadata"]["resourceVersion"] = wanted or _rv(self._get_server(info, name, ns))
+                return self._put(info, body, ns, name, "status")
+            # Replace only status: start from the stored object.  Pools keep the record-derived fields.
+            current = self._get_server(info, name, ns)
+            if wanted and wanted != _rv(current):
+                self.conflicts += 1
+                raise Conflict(
+                    f'{info.kind} "{name}": resourceVersion {wanted} is stale (now {_rv(current)}); '
+                    "re-read and retry"
+                )
+            status = new_status
+            if info.kind == POOL:
+                status = {k: v for k, v in (status or {}).items() if k not in _DERIVED}
+                for key in _DERIVED:
+                    if key in (current.get("status") or {}):
+                        status[key] = current["status"][key]
+            if status is None:
+                current.pop("status", None)
+            else:
+                current["status"] = status
+            return self._put(info, current, ns, name, "status" if info.has_status else "")
+
+        if wanted:
+            return attempt()
+        return self._retrying(attempt)
+
+    def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str | None = None
+    ) -> None:
+        info = kind_info(kind)
+        ns = namespace if info.namespaced else ""
+        body: Obj = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if resource_version:
+            body["preconditions"] = {"resourceVersion": resource_version}
+        try:
+            out = self.api.request("DELETE", info, namespace=ns, name=name, body=body)
+        except Conflict:
+            self.conflicts += 1
+            raise
+        inf = self._informers.get(info.kind)
+        if out.get("kind") == info.kind and (out.get("metadata") or {}).get("deletionTimestamp"):
+            self._seen(info, out)  # held by finalizers: it is still there, terminating
+        elif inf is not None:
+            gone = {"metadata": {"namespace": ns, "name": name, "resourceVersion": _rv(out) or "0"}}
+            inf.forget(gone)
+        if info.kind == POOL:
+            with self._lock:
+                self._pools.pop(name, None)
+
+    def revision(self) -> str:
+        doc = self.api.request("GET", kind_info("Namespace"), query=[("limit", "1")])
+        return str((doc.get("metadata") or {}).get("resourceVersion") or "0")
+
+    def watch(self, kinds: Sequence[str], since: str, *, timeout: float) -> Iterator[WatchEvent]:
+        infos = [kind_info(k) for k in kinds]
+        # Open every stream now, so a stale ``since`` raises Gone here, as the embedded store does.
+        streams = [self._open_watch(info, since) for info in infos]
+        return self._merge(infos, streams, since, timeout)
+
+    def _open_watch(self, info: KindInfo, since: str) -> WatchStream:
+        return self.api.watch(info, resource_version=since, timeout_seconds=300)
+
+    def _merge(
+        self, infos: builtins.list[KindInfo], streams: builtins.list[WatchStream], since: str, timeout: float
+    ) -> Iterator[WatchEvent]:
+        """One ordered iterator over one watch stream per kind (a reader thread each)."""
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stop = threading.Event()
+        current: builtins.list[WatchStream] = list(streams)
+
+        def reader(i: int, info: KindInfo) -> None:
+            rv = since
+            try:
+                while not stop.is_set():
+                    for ev in current[i]:
+                        kind = ev.get("type")
+                        obj = ev.get("object") or {}
+                        if kind == "ERROR":
+                            if obj.get("code") == 410:
+                                raise Gone(f"{info.kind}: {obj.get('message', 'too old resource version')}")
+                            raise StoreUnavailable(f"watch of {info.plural}: {obj.get('message', ev)}")
+                        rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                        if kind in ("ADDED", "MODIFIED", "DELETED"):
+                            events.put(("event", WatchEvent(kind, _typed(info, obj), rv)))
+                    if stop.is_set():
+                        return
+                    current[i] = self._open_watch(info, rv)  # the stream ended: resume where it stopped
+            except StoreError as err:
+                if not stop.is_set():
+                    events.put(("error", err))
+
+        threads = [
+            threading.Thread(target=reader, args=(i, info), name=f"watch-{info.plural}", daemon=True)
+            for i, info in enumerate(infos)
+        ]
+        for t in threads:
+            t.start()
+        settle = min(0.02, timeout)
+        try:
+            while True:
+                try:
+                    item = events.get(timeout=timeout)
+                except queue.Empty:
+                    return
+                batch = [item]
+                deadline = time.monotonic() + settle  # let the other streams deliver what came with it
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        batch.append(events.get(timeout=left))
+                    except queue.Empty:
+                        break
+                for tag, value in batch:
+                    if tag == "error":
+                        raise value
+                ordered = sorted((v for _, v in batch), key=lambda e: _rv_key(e.revision))
+                yield from ordered
+        finally:
+            stop.set()
+            for s in current:
+                s.close()
+            for t in threads:
+                t.join(timeout=5)
+
+    # -- AllocationStore ------------------------------------------------------------------------------
+
+    def _remember_pool(self, obj: Obj) -> _PoolState:
+        name, rv = obj["metadata"]["name"], _rv(obj)
+        with self._lock:
+            cached = self._pools.get(name)
+            if cached is not None and _rv(cached.obj) == rv:
+                return cached
+        status = obj.get("status") or {}
+        try:
+            records = decode_allocated_ips(status.get("allocatedIPs"))
+        except ValueError as err:
+            raise Invalid(POOL, name, "status.allocatedIPs", str(err)) from None
+        allocated = sorted(int(netaddr.IPAddress(ip)) for ip in records)
+        state = _PoolState(copy.deepcopy(obj), records, PoolUsage(name, rv, tuple(allocated)))
+        with self._lock:
+            self._pools[name] = state
+        return state
+
+    def _pool_from_server(self, pool: str) -> _PoolState:
+        return self._remember_pool(self._get_server(kind_info(POOL), pool, ""))
+
+    def usage(self, pool: str) -> PoolUsage:
+        return self._pool_from_server(pool).usage
+
+    def records(self, pool: str) -> builtins.list[IPRecord]:
+        return _records_of(self._pool_from_server(pool))
+
+    def records_of_pod(self, namespace: str, name: str) -> builtins.list[IPRecord]:
+        pod = f"{namespace}/{name}"
+        out: builtins.list[IPRecord] = []
+        for obj in self._list_server(kind_info(POOL), None):
+            out.extend(r for r in _records_of(self._remember_pool(obj)) if r.pod == pod)
+        return out
+
+    def commit(
+        self,
+        *,
+        claims: Sequence[Claim] = (),
+        releases: Sequence[IPRecord] = (),
+        endpoint: Obj | None = None,
+        delete_endpoint: tuple[str, str] | None = None,
+    ) -> None:
+        if endpoint is not None:
+            info, _, name = self._identify(endpoint)
+            if info.kind != ENDPOINT:
+                raise Invalid(info.kind, name, "kind", f"commit writes only {ENDPOINT}")
+        for c in claims:
+            if c.pod.count("/") != 1 or not all(c.pod.split("/")):
+                raise Invalid(POOL, c.pool, "claim pod", f'{c.pod!r} is not "namespace/name"')
+        canon_claims = [(c, _canonical(c.ip, c.pool, "claim ip")[0]) for c in claims]
+        canon_releases = [(r, _canonical(r.ip, r.pool, "release ip")[0]) for r in releases]
+        pools = list(dict.fromkeys([c.pool for c in claims] + [r.pool for r in releases]))
+        for pool in pools:
+            self._commit_pool(
+                pool,
+                [(c, ip) for c, ip in canon_claims if c.pool == pool],
+                [(r, ip) for r, ip in canon_releases if r.pool == pool],
+            )
+        if endpoint is not None:
+            self._write_endpoint(endpoint)
+        if delete_endpoint is not None:
+            self._delete_endpoint(*delete_endpoint)
+
+    def _commit_pool(
+        self,
+        pool: str,
+        claims: builtins.list[tuple[Claim, str]],
+        releases: builtins.list[tuple[IPRecord, str]],
+    ) -> None:
+        info = kind_info(POOL)
+        versions = {c.pool_version for c, _ in claims}
+        if len(versions) > 1:
+            raise Conflict(f'{POOL} "{pool}": claims read different resourceVersions {sorted(versions)}')
+
+        def attempt() -> Obj:
+            state: _PoolState | None = None
+            if claims:
+                version = claims[0][0].pool_version
+                with self._lock:
+                    cached = self._pools.get(pool)
+                # The pool as read at the caller's version saves a GET; the PUT's precondition is the same.
+                if cached is not None and _rv(cached.obj) == version:
+                    state = cached
+                else:
+                    state = self._pool_from_server(pool)
+                    if state.usage.resource_version != version:
+                        self.conflicts += 1
+                        raise _StaleClaim(
+                            f'{POOL} "{pool}": resourceVersion {version} is stale '
+                            f"(now {state.usage.resource_version}); re-read and retry"
+                        )
+            else:
+                state = self._pool_from_server(pool)
+            records = dict(state.records)
+            changed = False
+            for rel, ip in releases:
+                held = records.get(ip)
+                if held is not None and held.pod_uid == rel.pod_uid:
+                    del records[ip]
+                    changed = True
+            for claim, ip in claims:
+                held = records.get(ip)
+                if held is not None:
+                    raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pod {held.pod})')
+                other = self._holder_elsewhere(ip, pool)
+                if other is not None:
+                    raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pool {other})')
+                records[ip] = PoolIPAllocation(claim.pod, claim.pod_uid)
+                changed = True
+            if not changed:
+                return state.obj
+            if claims and len(records) > self.max_pool_records:
+                raise PoolFull(pool, self.max_pool_records)
+            body = copy.deepcopy(state.obj)
+            status = body.setdefault("status", {})
+            text = encode_allocated_ips(dict(sorted(records.items(), key=lambda kv: _ip_int(kv[0]))))
+            if text is None:
+                status.pop("allocatedIPs", None)
+            else:
+                status["allocatedIPs"] = text
+            status["allocatedIPCount"] = len(records)
+            try:
+                return self._put(info, body, "", pool, "status")
+            except Conflict as err:
+                if claims:
+                    raise _StaleClaim(str(err)) from None
+                raise
+
+        try:
+            self._retrying(attempt)
+        except _StaleClaim as err:
+            raise Conflict(str(err)) from None
+
+    def _holder_elsewhere(self, ip: str, pool: str) -> str | None:
+        """Another pool recording ``ip``, from the pool informer (best effort: in Kubernetes the
+        admission check that pools never share IPs is what really rules this out)."""
+        inf = self._informers.get(POOL)
+        if inf is None or not inf.synced:
+            return None
+        for obj in inf.list():
+            name = obj["metadata"]["name"]
+            if name != pool and ip in self._remember_pool(obj).records:
+                return str(name)
+        return None
+
+    def _write_endpoint(self, endpoint: Obj) -> None:
+        info, ns, name = self._identify(endpoint)
+        body = copy.deepcopy(endpoint)
+        body["apiVersion"], body["kind"] = info.api_version, info.kind
+        if body["metadata"].get("resourceVersion"):
+            try:
+                self._put(info, body, ns, name)
+            except NotFound:
+                raise Conflict(
+                    f'{ENDPOINT} "{ns}/{name}": resourceVersion {_rv(body)} is stale (the object is gone)'
+                ) from None
+            return
+        try:
+            self.create(body)
+            return
+        except AlreadyExists:
+            pass
+
+        def attempt() -> Obj:
+            body["metadata"]["resourceVersion"] = _rv(self._get_server(info, name, ns))
+            return self._put(info, body, ns, name)
+
+        self._retrying(attempt)
+
+    def _delete_endpoint(self, namespace: str, name: str) -> None:
+        info = kind_info(ENDPOINT)
+
+        def attempt() -> Obj:
+            current = self._get_server(info, name, namespace)
+            finalizers = current["metadata"].get("finalizers") or []
+            if FINALIZER in finalizers:  # the IPs are released: let it go, as Spiderpool's agent does
+                current["metadata"]["finalizers"] = [f for f in finalizers if f != FINALIZER]
+                current = self._put(info, current, namespace, name)
+            if not current["metadata"].get("deletionTimestamp"):
+                self.delete(ENDPOINT, name, namespace, resource_version=_rv(current))
+            return current
+
+        with contextlib.suppress(NotFound):
+            self._retrying(attempt)
+
+
+class _StaleClaim(Conflict):
+    """A claim's precondition failed: not retried inside the store (the caller must re-read)."""
+
+
+def _ip_int(ip: str) -> int:
+    return int(netaddr.IPAddress(ip))
+
+
+def _rv_key(rv: str) -> tuple[int, str]:
+    try:
+        return (int(rv), "")
+    except ValueError:
+        return (0, rv)
+
+
+def _records_of(state: _PoolState) -> builtins.list[IPRecord]:
+    pool = state.obj["metadata"]["name"]
+    ordered = sorted(state.records.items(), key=lambda kv: _ip_int(kv[0]))
+    return [IPRecord(pool, ip, rec.pod, rec.pod_uid) for ip, rec in ordered]

@@ -1,0 +1,42 @@
+"""Fixtures of the Kubernetes tests: an emulated API server and stores talking HTTP to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from ipam.kube_store import KubeStore
+from tests.kube_emulator import KubeEmulator, kube_emulator
+
+__all__ = ["kube_emulator", "kube_store", "store_factory"]
+
+
+def configuration(emulator: KubeEmulator) -> k8s.Configuration:
+    cfg = k8s.Configuration()
+    cfg.host = emulator.url
+    return cfg
+
+
+@pytest.fixture
+def store_factory(kube_emulator: KubeEmulator) -> Iterator[Callable[..., KubeStore]]:
+    """Make KubeStores on the test's emulator (closed after the test)."""
+    made: list[KubeStore] = []
+
+    def make(**kwargs: Any) -> KubeStore:
+        store = KubeStore.connect(configuration(kube_emulator), **kwargs)
+        made.append(store)
+        return store
+
+    try:
+        yield make
+    finally:
+        for store in made:
+            store.close()
+
+
+@pytest.fixture
+def kube_store(store_factory: Callable[..., KubeStore]) -> KubeStore:
+    return store_factory()
