@@ -53,6 +53,7 @@ CODE_RESERVATION_MISMATCH = 103  # CHECK: the agent's record differs from prevRe
 CODE_AGENT_INTERNAL = 104  # the agent failed unexpectedly (its log has the details)
 CODE_PROTOCOL = 105  # the agent's answer did not follow this schema
 CODE_BAD_REQUEST = 106  # the agent refused the request body (a bug in the plugin or a version skew)
+CODE_PLUGIN_INTERNAL = 107  # the plugin itself failed unexpectedly (never 999, never a traceback)
 
 ERROR_MESSAGES = {
     CODE_INCOMPATIBLE_VERSION: "incompatible CNI version",
@@ -72,6 +73,7 @@ ERROR_MESSAGES = {
     CODE_AGENT_INTERNAL: "agent internal error",
     CODE_PROTOCOL: "unexpected answer from the agent",
     CODE_BAD_REQUEST: "the agent refused the request",
+    CODE_PLUGIN_INTERNAL: "plugin internal error",
 }
 
 
@@ -798,6 +800,7 @@ __all__ = [
     "CODE_IO_FAILURE",
     "CODE_NO_IP_AVAILABLE",
     "CODE_NO_POOL",
+    "CODE_PLUGIN_INTERNAL",
     "CODE_POD_NOT_FOUND",
     "CODE_PROTOCOL",
     "CODE_RESERVATION_MISMATCH",
