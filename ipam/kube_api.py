@@ -10,6 +10,7 @@ writes never are (the caller's resourceVersion precondition decides what a retry
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -88,10 +89,9 @@ class WatchStream:
     def close(self) -> None:
         if not self._closed.is_set():
             self._closed.set()
-            try:
+            with contextlib.suppress(RuntimeError, OSError):  # already finished and released
                 self._response.shutdown()
-            finally:
-                self._response.release_conn()
+            self._response.release_conn()
 
     def __iter__(self) -> Iterator[Obj]:
         buf = b""
@@ -176,8 +176,10 @@ class KubeApi:
         subresource: str = "",
         query: Sequence[tuple[str, str]] = (),
         body: Obj | None = None,
+        about: str = "",
     ) -> Obj:
-        """One JSON request on a kind; the decoded body of a 2xx answer, a store error otherwise."""
+        """One JSON request on a kind; the decoded body of a 2xx answer, a store error otherwise.
+        ``about`` names the object in errors when the path does not (a create)."""
         path = resource_path(info, namespace, name, subresource)
         attempts = self.read_retries.steps if method == "GET" else 1
         delays = self.read_retries.delays(self._rand)
@@ -194,7 +196,7 @@ class KubeApi:
                     if not isinstance(doc, dict):
                         raise StoreUnavailable(f"Kubernetes API {self.host}: {path}: answer is not an object")
                     return doc
-                raise self.error(status, doc, info, namespace, name)
+                raise self.error(status, doc, info, namespace, name or about)
             except StoreUnavailable:
                 if attempt + 1 >= attempts:
                     raise

@@ -37,6 +37,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
+import json
 import queue
 import random
 import threading
@@ -62,7 +63,7 @@ from ipam.errors import (
 from ipam.kinds import KindInfo, kind_info
 from ipam.kube_api import DEFAULT_RETRY, Backoff, KubeApi, WatchStream
 from ipam.kube_informer import Informer
-from ipam.model import PoolIPAllocation, decode_allocated_ips, encode_allocated_ips
+from ipam.model import PoolIPAllocation, decode_allocated_ips
 from ipam.store import Claim, IPRecord, Obj, PoolUsage, WatchEvent
 
 __all__ = [
@@ -197,12 +198,16 @@ class KubeStore:
             raise Invalid("object", "?", "object", "must be a mapping")
         meta = obj.get("metadata")
         name = str(meta.get("name") or "") if isinstance(meta, dict) else ""
+        if not isinstance(obj.get("kind"), str) or not obj.get("kind"):
+            raise Invalid("object", name or "?", "kind", "is required")
         try:
             info = kind_info(str(obj.get("kind")))
         except KeyError:
             raise Invalid(str(obj.get("kind") or "object"), name or "?", "kind", "unknown kind") from None
         if obj.get("apiVersion", info.api_version) != info.api_version:
             raise Invalid(info.kind, name or "?", "apiVersion", f"must be {info.api_version!r}")
+        if not isinstance(meta, dict):
+            raise Invalid(info.kind, "?", "metadata", "is required")
         if not name:
             raise Invalid(info.kind, "?", "metadata.name", "is required")
         ns = str(meta.get("namespace") or "") if isinstance(meta, dict) else ""
@@ -227,11 +232,23 @@ class KubeStore:
                 self._sleep(delay)
 
     def _seen(self, info: KindInfo, obj: Obj) -> Obj:
+        """An object just read from or written to the server: into the caches, then out to the caller."""
         inf = self._informers.get(info.kind)
         if inf is not None:
             inf.observe(obj)
+        return self._out(info, obj)
+
+    def _out(self, info: KindInfo, obj: Obj) -> Obj:
+        """What callers get: kind and apiVersion set; a pool's allocatedIPCount equal to its records."""
+        _typed(info, obj)
         if info.kind == POOL:
-            self._remember_pool(obj)
+            try:
+                count = len(self._remember_pool(obj).records)
+            except Invalid:
+                return obj  # a malformed allocatedIPs is shown as it is (usage() reports it)
+            if not isinstance(obj.get("status"), dict):
+                obj["status"] = {}
+            obj["status"]["allocatedIPCount"] = count
         return obj
 
     def _put(self, info: KindInfo, obj: Obj, ns: str, name: str, sub: str = "") -> Obj:
@@ -255,10 +272,11 @@ class KubeStore:
         for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "deletionTimestamp"):
             meta.pop(key, None)
         status = body.get("status")
-        if info.kind == POOL:
+        if info.kind == POOL:  # a new pool has no records, whatever its status says
             status = {k: v for k, v in (status or {}).items() if k not in _DERIVED}
-            status["allocatedIPCount"] = 0
-        out = self._seen(info, _typed(info, self.api.request("POST", info, namespace=ns, body=body)))
+            body["status"] = status
+        posted = self.api.request("POST", info, namespace=ns, body=body, about=name)
+        out = self._seen(info, _typed(info, posted))
         if info.has_status and status and out.get("status") != status:
             # the API server drops status on create for kinds with the subresource: write it after
             out["status"] = status
@@ -273,7 +291,7 @@ class KubeStore:
             obj = inf.get(name, ns)
             if obj is None:
                 raise NotFound(info.kind, name, ns)
-            return obj
+            return self._out(info, obj)
         return self._seen(info, self._get_server(info, name, ns))
 
     def list(
@@ -287,8 +305,8 @@ class KubeStore:
         ns = namespace if info.namespaced else None
         inf = self._informers.get(info.kind)
         if inf is not None and inf.synced:
-            return inf.list(ns, labels)
-        return self._list_server(info, ns, labels)
+            return [self._out(info, o) for o in inf.list(ns, labels)]
+        return [self._out(info, o) for o in self._list_server(info, ns, labels)]
 
     def _list_server(
         self, info: KindInfo, namespace: str | None, labels: Mapping[str, str] | None = None
@@ -415,7 +433,7 @@ class KubeStore:
                             raise StoreUnavailable(f"watch of {info.plural}: {obj.get('message', ev)}")
                         rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
                         if kind in ("ADDED", "MODIFIED", "DELETED"):
-                            events.put(("event", WatchEvent(kind, _typed(info, obj), rv)))
+                            events.put(("event", WatchEvent(kind, self._out(info, obj), rv)))
                     if stop.is_set():
                         return
                     current[i] = self._open_watch(info, rv)  # the stream ended: resume where it stopped
@@ -571,7 +589,7 @@ class KubeStore:
                 raise PoolFull(pool, self.max_pool_records)
             body = copy.deepcopy(state.obj)
             status = body.setdefault("status", {})
-            text = encode_allocated_ips(dict(sorted(records.items(), key=lambda kv: _ip_int(kv[0]))))
+            text = _render_records(records)
             if text is None:
                 status.pop("allocatedIPs", None)
             else:
@@ -590,12 +608,12 @@ class KubeStore:
             raise Conflict(str(err)) from None
 
     def _holder_elsewhere(self, ip: str, pool: str) -> str | None:
-        """Another pool recording ``ip``, from the pool informer (best effort: in Kubernetes the
-        admission check that pools never share IPs is what really rules this out)."""
+        """Another pool recording ``ip``: from the pool informer when there is one, else a list from the
+        server.  Best effort (Kubernetes has no transaction across objects): what really rules it out is
+        the admission check that pools of one subnet never share IPs."""
         inf = self._informers.get(POOL)
-        if inf is None or not inf.synced:
-            return None
-        for obj in inf.list():
+        pools = inf.list() if inf is not None and inf.synced else self._list_server(kind_info(POOL), None)
+        for obj in pools:
             name = obj["metadata"]["name"]
             if name != pool and ip in self._remember_pool(obj).records:
                 return str(name)
@@ -648,6 +666,15 @@ class _StaleClaim(Conflict):
 
 def _ip_int(ip: str) -> int:
     return int(netaddr.IPAddress(ip))
+
+
+def _render_records(records: Mapping[str, PoolIPAllocation]) -> str | None:
+    """Spiderpool's ``status.allocatedIPs`` string, records in address order (as the embedded store
+    renders them); None (the field is left out) when there are none."""
+    if not records:
+        return None
+    ordered = sorted(records.items(), key=lambda kv: _ip_int(kv[0]))
+    return json.dumps({ip: {"pod": r.pod, "podUid": r.pod_uid} for ip, r in ordered}, separators=(",", ":"))
 
 
 def _rv_key(rv: str) -> tuple[int, str]:

@@ -27,8 +27,8 @@ It implements, with the API server's semantics, what the backend relies on:
   errors, and dropped watch streams.
 
 Not emulated (not used by the backend): PATCH, server-side apply, admission webhooks, schema validation,
-discovery, the garbage collector (ownerReferences cascade), namespace termination and graceful pod
-deletion.
+discovery, defaulting of built-in kinds (a new Pod gets no ``status.phase``), the garbage collector
+(ownerReferences cascade), namespace termination and graceful pod deletion.
 
 The server runs an aiohttp application on 127.0.0.1 at a random port in its own event-loop thread, so
 synchronous code (the ``kubernetes`` client) and asyncio code can both use it.  ``kube_emulator`` is a
@@ -284,7 +284,7 @@ class _Target:
     subresource: str  # "" or "status"
 
 
-_STATUS_ON_CREATE: dict[str, Obj] = {"Pod": {"phase": "Pending"}, "Namespace": {"phase": "Active"}}
+_STATUS_ON_CREATE: dict[str, Obj] = {"Namespace": {"phase": "Active"}}
 _BUILTIN_GROUPS = {"", "apps", "batch", "coordination.k8s.io"}
 
 
@@ -304,8 +304,16 @@ def _content(obj: Obj) -> Obj:
 class KubeEmulator:
     """The emulated API server.  ``start()`` it (or use it as a context manager); ``url`` is its base URL."""
 
-    def __init__(self, *, history: int = 2000, namespaces: tuple[str, ...] = DEFAULT_NAMESPACES) -> None:
+    def __init__(
+        self,
+        *,
+        history: int = 2000,
+        namespaces: tuple[str, ...] = DEFAULT_NAMESPACES,
+        require_namespaces: bool = True,
+    ) -> None:
         self.faults = Faults()
+        # As the NamespaceLifecycle admission plugin: creating in a missing namespace is 404.
+        self.require_namespaces = require_namespaces
         self.history_size = history
         self.requests = 0  # requests handled, for tests and benchmarks
         self._lock = threading.RLock()
@@ -627,7 +635,11 @@ class KubeEmulator:
         for stale in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
             meta.pop(stale, None)
         with self._lock:
-            if t.info.namespaced and _key(self._info_of(_NS), "", t.namespace) not in self._objects:
+            if (
+                self.require_namespaces
+                and t.info.namespaced
+                and _key(self._info_of(_NS), "", t.namespace) not in self._objects
+            ):
                 raise _ApiError(
                     404, "NotFound", f'namespaces "{t.namespace}" not found', {"name": t.namespace}
                 )

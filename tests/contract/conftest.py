@@ -17,6 +17,7 @@ import pytest
 
 from ipam.sqlite_store import SqliteStore
 from ipam.store import Store
+from tests.kube.backend import kube_backend
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ def sqlite_backend(tmp: Path, options: BackendOptions) -> Iterator[Store]:
 
 BACKENDS: dict[str, StoreFactory] = {
     "sqlite": sqlite_backend,
+    "kubernetes": kube_backend,
 }
 
 MakeStore = Callable[[BackendOptions], Store]

@@ -1,0 +1,39 @@
+"""The Kubernetes backend of the contract suite: a KubeStore talking HTTP to a fresh emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+from kubernetes import client as k8s
+
+from ipam.kube_store import KubeStore
+from ipam.store import Store
+from tests.kube_emulator import KubeEmulator
+
+__all__ = ["kube_backend"]
+
+
+class _Options(Protocol):
+    @property
+    def history(self) -> int: ...
+
+
+@contextmanager
+def kube_backend(tmp: Path, options: _Options) -> Iterator[Store]:
+    """An empty store: a new emulator (its watch history as the options say) and a KubeStore on it."""
+    del tmp  # nothing on disk
+    # The suite writes into namespaces it never creates (the embedded store has no namespace rule).
+    emulator = KubeEmulator(history=options.history, require_namespaces=False).start()
+    try:
+        cfg = k8s.Configuration()
+        cfg.host = emulator.url
+        store = KubeStore.connect(cfg)
+        try:
+            yield store
+        finally:
+            store.close()
+    finally:
+        emulator.stop()
