@@ -1,0 +1,198 @@
+"""The rendered plugin file, run as a subprocess (``python -I -S``), against a real agent endpoint."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.cni.backend import StoreBackend
+from tests.cni.conftest import Agent, Plugin, cni_env, netconf
+
+
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+def test_add_result_in_every_version(plugin: Plugin, agent: Agent, version: str) -> None:
+    res = plugin.run(cni_env("ADD"), netconf(agent.socket_path, version))
+    assert res.rc == 0, res
+    out = res.json
+    assert out["cniVersion"] == version
+    ip = out["ips"][0]
+    assert ip["address"] == "10.244.100.10/24" and ip["gateway"] == "10.244.100.1"
+    if version.startswith("0."):
+        assert ip["version"] == "4"
+    else:
+        assert "version" not in ip
+    assert "interface" not in ip and "interfaces" not in out
+    assert out["routes"] == [
+        {"dst": "10.99.0.0/16", "gw": "10.244.100.1"},
+        {"dst": "0.0.0.0/0", "gw": "10.244.100.1"},
+    ]
+
+
+def test_dual_stack_clean_gateway_and_pool_prefix(plugin: Plugin, agent: Agent) -> None:
+    conf = netconf(
+        agent.socket_path,
+        "0.4.0",
+        default_ipv4_ippool=["pool4"],
+        default_ipv6_ippool=["pool6"],
+        clean_gateway=True,
+    )
+    out = plugin.run(cni_env("ADD"), conf).json
+    assert out["ips"] == [
+        {"version": "4", "address": "10.244.100.10/24"},
+        {"version": "6", "address": "fd00:244::10/64"},
+    ]
+    assert out["routes"] == [{"dst": "10.99.0.0/16", "gw": "10.244.100.1"}]
+
+
+def test_repeated_add_same_ip_then_del_idempotent(plugin: Plugin, agent: Agent) -> None:
+    conf = netconf(agent.socket_path)
+    first = plugin.run(cni_env("ADD", "c1"), conf).json["ips"]
+    assert plugin.run(cni_env("ADD", "c1"), conf).json["ips"] == first
+    assert plugin.run(cni_env("ADD", "c2"), conf).json["ips"][0]["address"] == "10.244.100.11/24"
+    for _ in range(2):
+        res = plugin.run(cni_env("DEL", "c1"), conf)
+        assert (res.rc, res.stdout) == (0, ""), res
+    assert [r.ip for r in agent.store.records("pool4")] == ["10.244.100.11"]
+    # DEL of something never added, without CNI_NETNS or CNI_ARGS, succeeds too
+    env = cni_env("DEL", "never-added")
+    del env["CNI_NETNS"], env["CNI_ARGS"]
+    assert plugin.run(env, conf).rc == 0
+    assert plugin.run(cni_env("ADD", "c3"), conf).json["ips"][0]["address"] == "10.244.100.10/24"
+
+
+def test_add_with_prev_result_keeps_it(plugin: Plugin, agent: Agent) -> None:
+    conf = netconf(agent.socket_path, "1.0.0")
+    conf["prevResult"] = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+        "ips": [],
+        "dns": {"nameservers": ["1.1.1.1"]},
+    }
+    out = plugin.run(cni_env("ADD"), conf).json
+    assert out["interfaces"] == [{"name": "eth0", "sandbox": "/x"}] and out["dns"] == {
+        "nameservers": ["1.1.1.1"]
+    }
+    assert out["ips"] == [{"address": "10.244.100.10/24", "gateway": "10.244.100.1"}]
+
+
+def test_exhausted_pool_is_code_100_and_status_50(plugin: Plugin, agent: Agent) -> None:
+    conf = netconf(agent.socket_path, default_ipv4_ippool=["tiny"])
+    assert plugin.run(cni_env("ADD", "a"), conf).rc == 0
+    assert plugin.run(cni_env("STATUS"), conf).rc == 1
+    res = plugin.run(cni_env("ADD", "b"), conf)
+    assert res.rc == 1 and res.json["code"] == 100 and "tiny" in res.json["details"]
+    status = plugin.run({"CNI_COMMAND": "STATUS", "CNI_PATH": "/usr/lib/cni"}, conf)
+    assert status.rc == 1 and status.json["code"] == 50, status
+    assert plugin.run(cni_env("DEL", "a"), conf).rc == 0
+    assert plugin.run({"CNI_COMMAND": "STATUS"}, conf).rc == 0
+
+
+def test_unknown_pool_is_plugin_code(plugin: Plugin, agent: Agent) -> None:
+    res = plugin.run(cni_env("ADD"), netconf(agent.socket_path, default_ipv4_ippool=["nope"]))
+    assert res.rc == 1 and res.json["code"] == 102 and '"nope"' in res.json["details"]
+    assert "Traceback" not in res.stdout + res.stderr
+
+
+def test_check_matches_agent_record(plugin: Plugin, agent: Agent) -> None:
+    conf = netconf(agent.socket_path, "0.4.0")
+    added = plugin.run(cni_env("ADD"), conf).json
+    conf["prevResult"] = added
+    res = plugin.run(cni_env("CHECK"), conf)
+    assert (res.rc, res.stdout) == (0, ""), res
+    conf["prevResult"] = {**added, "ips": [{"version": "4", "address": "10.244.100.99/24"}]}
+    res = plugin.run(cni_env("CHECK"), conf)
+    assert res.rc == 1 and res.json["code"] == 103
+    del conf["prevResult"]
+    assert plugin.run(cni_env("CHECK"), conf).json["code"] == 7
+
+
+def test_gc_releases_only_stale_attachments(plugin: Plugin, agent: Agent) -> None:
+    conf = netconf(agent.socket_path)
+    for c in ("keep", "drop"):
+        assert plugin.run(cni_env("ADD", c), conf).rc == 0
+    conf["cni.dev/valid-attachments"] = [{"containerID": "uid-keep", "ifname": "eth0"}]
+    res = plugin.run({"CNI_COMMAND": "GC", "CNI_PATH": "/usr/lib/cni"}, conf)
+    assert (res.rc, res.stdout) == (0, ""), res
+    assert [r.pod_uid for r in agent.store.records("pool4")] == ["uid-keep"]
+
+
+@pytest.mark.parametrize(("command", "version"), [("CHECK", "0.3.1"), ("GC", "1.0.0"), ("STATUS", "1.0.0")])
+def test_version_gates(plugin: Plugin, agent: Agent, command: str, version: str) -> None:
+    conf = netconf(agent.socket_path, version)
+    conf["prevResult"] = {"ips": []}
+    conf["cni.dev/valid-attachments"] = []
+    res = plugin.run(cni_env(command), conf)
+    assert res.rc == 1 and res.json["code"] == 1 and command in res.json["details"]
+    assert agent.backend.calls == []
+
+
+def test_agent_down_no_socket(plugin: Plugin, tmp_path: Path) -> None:
+    conf = netconf(tmp_path / "missing.sock")
+    for command, code in (("ADD", 11), ("DEL", 11), ("CHECK", 11), ("STATUS", 50)):
+        conf["prevResult"] = {"ips": []}
+        res = plugin.run(cni_env(command), conf)
+        assert res.rc == 1 and res.json["code"] == code, res
+        assert "missing.sock" in res.json["details"] and "does not exist" in res.json["details"]
+
+
+def test_stale_socket_nobody_listening(plugin: Plugin, tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()
+    path.chmod(0o600)
+    res = plugin.run(cni_env("ADD"), netconf(path))
+    assert res.json["code"] == 11 and "cannot talk to the agent" in res.json["details"]
+
+
+def test_socket_with_wrong_mode_or_kind_is_refused(plugin: Plugin, agent: Agent, tmp_path: Path) -> None:
+    os.chmod(agent.socket_path, 0o666)
+    res = plugin.run(cni_env("ADD"), netconf(agent.socket_path))
+    assert (
+        res.json["code"] == 11
+        and "mode 0666" in res.json["details"]
+        and str(agent.socket_path) in res.json["details"]
+    )
+    os.chmod(agent.socket_path, 0o600)
+    if os.geteuid() == 0:
+        os.chown(agent.socket_path, 1234, -1)
+        res = plugin.run(cni_env("ADD"), netconf(agent.socket_path))
+        assert res.json["code"] == 11 and "owned by uid 1234" in res.json["details"]
+        os.chown(agent.socket_path, 0, -1)
+    regular = tmp_path / "regular"
+    regular.write_text("")
+    regular.chmod(0o600)
+    assert "not a unix socket" in plugin.run(cni_env("ADD"), netconf(regular)).json["details"]
+    assert agent.backend.calls == []
+    assert plugin.run(cni_env("ADD"), netconf(agent.socket_path)).rc == 0
+
+
+def test_slow_agent_times_out_with_code_11(plugin: Plugin, tmp_path: Path, store: object) -> None:
+    from ipam.sqlite_store import SqliteStore
+
+    assert isinstance(store, SqliteStore)
+    slow = Agent(tmp_path / "slow.sock", store, StoreBackend(store, delay=3.0))
+    slow.start()
+    try:
+        res = plugin.run(cni_env("ADD"), netconf(slow.socket_path, timeout=0.3))
+        assert res.json["code"] == 11 and "no answer within 0.3s" in res.json["details"]
+    finally:
+        slow.stop()
+
+
+def test_metrics_observer_sees_every_call(plugin: Plugin, agent: Agent) -> None:
+    assert plugin.run(cni_env("ADD"), netconf(agent.socket_path)).rc == 0
+    assert [(op, code) for op, code, _ in agent.observed] == [("add", 0)]
+    plugin.run(cni_env("ADD", "x"), netconf(agent.socket_path, default_ipv4_ippool=["nope"]))
+    assert agent.observed[-1][:2] == ("add", 102)
+
+
+def test_logs_go_to_the_log_file_never_stdout(plugin: Plugin, agent: Agent, tmp_path: Path) -> None:
+    log = tmp_path / "plugin.log"
+    res = plugin.run(cni_env("ADD"), netconf(agent.socket_path, log_level="debug", log_file_path=str(log)))
+    assert res.rc == 0 and res.stderr == ""
+    text = log.read_text()
+    assert "DEBUG" in text and "ADD default/pod-c1 eth0" in text
