@@ -65,8 +65,13 @@ class Invalid(IpamError):
 
 
 class AllocationError(IpamError):
-    """No IP could be allocated; the message names the pools tried and why each was skipped."""
+    """No IP could be allocated; the message names the pools tried and why each was skipped.
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    ``reason`` is a stable word the agent maps to a CNI error code: ``exhausted`` (every candidate pool
+    is full), ``no-pool`` (no eligible candidate), ``pod-not-found``, ``pod-dead``, ``uid-mismatch``,
+    ``conflict`` (the store kept changing), ``mismatch`` (CHECK), or ``other``."""
+
+    def __init__(self, message: str, *, retryable: bool = False, reason: str = "other") -> None:
         self.retryable = retryable
+        self.reason = reason
         super().__init__(message)

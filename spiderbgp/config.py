@@ -136,9 +136,7 @@ def _parse_ipam(f: Fields, source: str) -> IpamConfig:
     )
     f.done()
     if not (config.enable_ipv4 or config.enable_ipv6):
-        raise ConfigError(
-            source, "ipam.enableIPv4", "at least one of enableIPv4 and enableIPv6 must be true"
-        )
+        raise ConfigError(source, "ipam.enableIPv4", "at least one of enableIPv4 and enableIPv6 must be true")
     return config
 
 

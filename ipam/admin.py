@@ -1,0 +1,252 @@
+"""Writing objects the way ``kubectl apply`` and ``kubectl delete`` do, through admission.
+
+Spiderpool runs its rules in a webhook; here they run in ``ipam.admission`` before every write, with
+the same read -> check -> conditional write -> retry-on-Conflict loop as allocations, so a check such
+as "no excluded IP is in use" cannot interleave with a concurrent allocation (a claim bumps the pool's
+resourceVersion, which fails this write's precondition, which re-reads and re-checks).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import yaml
+
+from ipam import admission
+from ipam.errors import AlreadyExists, Conflict, IpamError, NotFound
+from ipam.kinds import KindInfo, kind_info, resolve_kind
+from ipam.model import IPPool, Subnet
+from ipam.ranges import total_ip_count
+from ipam.store import Obj, Store
+
+__all__ = [
+    "ApplyOutcome",
+    "DocumentError",
+    "apply_documents",
+    "apply_object",
+    "delete_object",
+    "load_documents",
+]
+
+ApplyOutcome = Literal["created", "configured", "unchanged"]
+ADMITTED_KINDS = ("SpiderIPPool", "SpiderSubnet", "SpiderReservedIP")
+_RETRIES = 8
+
+
+class DocumentError(IpamError):
+    """A YAML document that is not a Kubernetes object: ``<source>: document N: reason``."""
+
+
+def load_documents(text: str, *, source: str) -> list[Obj]:
+    """Parse multi-document YAML into objects, checking only the envelope (apiVersion/kind/name)."""
+    try:
+        raw_docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise DocumentError(f"{source}: {where}{getattr(exc, 'problem', None) or 'invalid YAML'}") from None
+    docs: list[Obj] = []
+    for index, doc in enumerate(raw_docs, start=1):
+        if doc is None:
+            continue
+        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            items: list[Any] = doc["items"]
+        else:
+            items = [doc]
+        for item in items:
+            docs.append(_check_envelope(item, f"{source}: document {index}"))
+    if not docs:
+        raise DocumentError(f"{source}: no objects found")
+    return docs
+
+
+def _check_envelope(doc: object, where: str) -> Obj:
+    if not isinstance(doc, dict):
+        raise DocumentError(f"{where}: must be a mapping (an object), not {type(doc).__name__}")
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise DocumentError(f"{where}: kind: is required")
+    try:
+        info = resolve_kind(kind)
+    except KeyError:
+        raise DocumentError(f'{where}: kind: unknown kind "{kind}"') from None
+    if info.kind != kind:
+        raise DocumentError(f'{where}: kind: "{kind}" is not a kind name (did you mean "{info.kind}"?)')
+    if doc.get("apiVersion") != info.api_version:
+        raise DocumentError(
+            f'{where}: apiVersion: {kind} needs "{info.api_version}", not {doc.get("apiVersion")!r}'
+        )
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
+        raise DocumentError(f"{where}: metadata.name: is required")
+    namespace = metadata.get("namespace")
+    if info.namespaced:
+        if namespace is not None and (not isinstance(namespace, str) or not namespace):
+            raise DocumentError(f"{where}: metadata.namespace: must be a non-empty string")
+    elif namespace not in (None, ""):
+        raise DocumentError(f"{where}: metadata.namespace: {kind} is cluster-scoped")
+    for key in ("spec", "status"):
+        if key in doc and not isinstance(doc[key], dict | type(None)):
+            raise DocumentError(f"{where}: {key}: must be a mapping")
+    return copy.deepcopy(doc)
+
+
+def _namespace(info: KindInfo, obj: Obj) -> str:
+    return str(obj["metadata"].get("namespace") or "default") if info.namespaced else ""
+
+
+def _in_use(store: Store, kind: str, obj: Obj) -> dict[str, str]:
+    """Allocated IPs an update must not remove: the pool's own records, or for a SpiderSubnet the
+    records of every pool of the same CIDR (ip -> holder, for the error message)."""
+    name = obj["metadata"]["name"]
+    if kind == "SpiderIPPool":
+        pools = [name]
+    elif kind == "SpiderSubnet":
+        subnet = (obj.get("spec") or {}).get("subnet")
+        pools = [
+            p["metadata"]["name"]
+            for p in store.list("SpiderIPPool")
+            if p.get("spec", {}).get("subnet") == subnet
+        ]
+    else:
+        return {}
+    in_use: dict[str, str] = {}
+    for pool in pools:
+        try:
+            in_use.update({r.ip: r.pod if kind == "SpiderIPPool" else pool for r in store.records(pool)})
+        except NotFound:
+            continue
+    return in_use
+
+
+def _admit(store: Store, obj: Obj, old: Obj | None, pending: Sequence[Obj]) -> Obj:
+    kind = obj["kind"]
+    if kind not in ADMITTED_KINDS:
+        return obj
+    name = obj["metadata"]["name"]
+    existing = [o for o in store.list(kind) if o["metadata"]["name"] != name]
+    existing += [o for o in pending if o["kind"] == kind and o["metadata"]["name"] != name]
+    admitted = admission.admit(
+        obj,
+        old=old,
+        existing=existing,
+        in_use=_in_use(store, kind, obj),
+        subnets=store.list("SpiderSubnet") if kind == "SpiderIPPool" else (),
+        pools=store.list("SpiderIPPool") if kind == "SpiderSubnet" else (),
+    )
+    if kind in ("SpiderIPPool", "SpiderSubnet"):
+        # totalIPCount is Spiderpool's controller's job; here it follows every write of the spec
+        usable = (IPPool if kind == "SpiderIPPool" else Subnet).from_obj(admitted).usable
+        status: dict[str, Any] = admitted["status"] if isinstance(admitted.get("status"), dict) else {}
+        admitted["status"] = {**status, "totalIPCount": total_ip_count(usable.size)}
+    return admitted
+
+
+def _desired(store: Store, obj: Obj) -> tuple[Obj | None, Obj]:
+    """The stored object (if any) and what it becomes: apply replaces what the user wrote and keeps what
+    the system owns (uid, resourceVersion, status of kinds with a status subresource)."""
+    info = kind_info(obj["kind"])
+    try:
+        old: Obj | None = store.get(info.kind, obj["metadata"]["name"], _namespace(info, obj))
+    except NotFound:
+        return None, copy.deepcopy(obj)
+    assert old is not None
+    desired = copy.deepcopy(old)
+    for key in ("labels", "annotations", "ownerReferences", "finalizers"):
+        if key in obj["metadata"]:
+            desired["metadata"][key] = copy.deepcopy(obj["metadata"][key])
+    for key, value in obj.items():
+        if key not in ("metadata", "status", "apiVersion", "kind"):
+            desired[key] = copy.deepcopy(value)
+    if not info.has_status and "status" in obj:
+        desired["status"] = copy.deepcopy(obj["status"])
+    return old, desired
+
+
+def apply_object(store: Store, obj: Obj, *, pending: Sequence[Obj] = ()) -> tuple[ApplyOutcome, Obj]:
+    """Create or update one object through admission; retries on Conflict, re-reading each time."""
+    info = kind_info(obj["kind"])
+    name = obj["metadata"]["name"]
+    if info.namespaced:
+        obj = {**obj, "metadata": {**obj["metadata"], "namespace": _namespace(info, obj)}}
+    for _ in range(_RETRIES):
+        old, desired = _desired(store, obj)
+        admitted = _admit(store, desired, old, pending)
+        try:
+            if old is None:
+                written = store.create(admitted)
+                outcome: ApplyOutcome = "created"
+            elif _comparable(admitted) == _comparable(old):
+                return "unchanged", old
+            else:
+                written = store.update(admitted)
+                outcome = "configured"
+            status = {
+                k: v
+                for k, v in (admitted.get("status") or {}).items()
+                if k not in ("allocatedIPs", "allocatedIPCount")
+            }
+            if info.has_status and any(written.get("status", {}).get(k) != v for k, v in status.items()):
+                written["status"] = {**written.get("status", {}), **status}
+                written = store.update_status(written)
+            return outcome, written
+        except (Conflict, AlreadyExists):
+            continue
+    raise Conflict(f'{info.kind} "{name}": kept changing while being written; try again')
+
+
+def _comparable(obj: Obj) -> Obj:
+    meta = obj["metadata"]
+    return {
+        "metadata": {k: meta.get(k) for k in ("labels", "annotations", "ownerReferences", "finalizers")},
+        "body": {k: v for k, v in obj.items() if k not in ("metadata", "apiVersion", "kind")},
+    }
+
+
+def object_ref(info: KindInfo, name: str) -> str:
+    return f"{info.kind.lower()}.{info.group}/{name}" if info.group else f"{info.kind.lower()}/{name}"
+
+
+def apply_documents(store: Store, docs: Sequence[Obj]) -> Iterator[str]:
+    """Admit every document first (nothing is written if any is rejected), then write them in order."""
+    admitted: list[Obj] = []
+    for doc in docs:
+        old, desired = _desired(store, doc)
+        _admit(store, desired, old, admitted)
+        admitted.append(doc)
+    for doc in docs:
+        outcome, _ = apply_object(store, doc)
+        yield f"{object_ref(kind_info(doc['kind']), doc['metadata']['name'])} {outcome}"
+
+
+def delete_object(store: Store, kind: str, name: str, namespace: str = "") -> str:
+    """Delete an object.  A SpiderIPPool that still holds allocations is marked terminating instead
+    (Spiderpool's finalizer behaviour): no new allocations come from it, and the pool controller removes
+    it once its last IP is released."""
+    info = kind_info(kind)
+    ref = object_ref(info, name)
+    for _ in range(_RETRIES):
+        obj = store.get(kind, name, namespace)
+        if kind == "SpiderIPPool" and store.records(name):
+            count = len(store.records(name))
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj["metadata"]["deletionTimestamp"] = _now_rfc3339()
+                try:
+                    store.update(obj)
+                except Conflict:
+                    continue
+            return f"{ref} deleted (terminating until its {count} allocated IPs are released)"
+        try:
+            store.delete(kind, name, namespace, resource_version=obj["metadata"].get("resourceVersion"))
+        except Conflict:
+            continue
+        return f"{ref} deleted"
+    raise Conflict(f'{kind} "{name}": kept changing while being deleted; try again')
+
+
+def _now_rfc3339() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,558 @@
+"""The allocation path: CNI ADD / DEL / CHECK / GC turned into store reads, pure decisions and one commit.
+
+Everything that decides is pure (``selection``, ``allocator``, ``workload``); this module only reads the
+store, calls those functions and commits the result, retrying a bounded number of times on Conflict
+and re-reading before every attempt (Spiderpool's ``RetryOnConflict`` over an uncached read).  Inside
+one process a lock per pool serialises allocations from the same pool (Spiderpool's ticket limiter),
+so conflicts only come from other processes or nodes.
+
+The store is synchronous; the agent calls this service from a thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import netaddr
+
+from ipam import annotations as an
+from ipam import selection
+from ipam.allocator import free_intervals, lowest_free
+from ipam.errors import AllocationError, Conflict, NotFound
+from ipam.model import Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
+from ipam.ranges import int_to_ip
+from ipam.store import Claim, IPRecord, Obj, Store
+from ipam.workload import (
+    PodInfo,
+    TopController,
+    is_pod_alive,
+    is_valid_statefulset_pod,
+    resolve_top_controller,
+)
+
+__all__ = [
+    "AllocateRequest",
+    "AllocatedIP",
+    "Allocation",
+    "IpamService",
+    "IpamSettings",
+    "ReleaseRequest",
+    "Released",
+    "RouteSpec",
+]
+
+CONTAINER_ID_ANNOTATION = "spiderbgp.io/container-id"
+LOG = logging.getLogger("spiderbgp.ipam")
+_EXHAUSTED = "all IP addresses used out"
+
+
+@dataclass(frozen=True)
+class IpamSettings:
+    enable_ipv4: bool = True
+    enable_ipv6: bool = True
+    enable_statefulset: bool = True
+    conflict_retries: int = 5
+    backoff_seconds: float = 0.01  # first retry delay; grows 1.5x, with jitter (Spiderpool's DefaultRetry)
+
+
+@dataclass(frozen=True)
+class AllocateRequest:
+    container_id: str
+    nic: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str = ""  # K8S_POD_UID when the runtime sends it
+    netns: str = ""
+    default_v4_pools: tuple[str, ...] = ()
+    default_v6_pools: tuple[str, ...] = ()
+    clean_gateway: bool | None = None
+
+
+@dataclass(frozen=True)
+class AllocatedIP:
+    nic: str
+    version: int
+    ip: str
+    prefix_len: int
+    subnet: str
+    pool: str
+    gateway: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}/{self.prefix_len}"
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    nic: str
+    dst: str
+    gw: str
+
+
+@dataclass(frozen=True)
+class Allocation:
+    pod: str  # "namespace/name"
+    pod_uid: str
+    node: str
+    ips: tuple[AllocatedIP, ...]
+    routes: tuple[RouteSpec, ...]
+    new: bool  # False when an existing allocation was returned (repeated ADD, StatefulSet restart)
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    container_id: str
+    nic: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str = ""
+
+
+@dataclass(frozen=True)
+class Released:
+    records: tuple[IPRecord, ...] = ()
+    kept_reason: str = ""  # why nothing was released, when nothing was
+    node: str = ""
+
+
+@dataclass
+class _Locks:
+    """One lock per pool name; a request takes the locks of all pools it may touch, in sorted order."""
+
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    by_pool: dict[str, threading.Lock] = field(default_factory=dict)
+
+    @contextmanager
+    def hold(self, pools: Sequence[str]) -> Iterator[None]:
+        with ExitStack() as stack:
+            for name in sorted(set(pools)):
+                with self.guard:
+                    lock = self.by_pool.setdefault(name, threading.Lock())
+                stack.enter_context(lock)
+            yield
+
+
+def _ip_of(cidr: str | None) -> str | None:
+    return cidr.partition("/")[0] if cidr else None
+
+
+class IpamService:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        node_name: str,
+        settings: IpamSettings | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        on_conflict: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.node_name = node_name
+        self.settings = settings or IpamSettings()
+        self._sleep = sleep
+        self._rand = rand
+        self._on_conflict = on_conflict
+        self._locks = _Locks()
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def _get(self, kind: str, name: str, namespace: str = "") -> Obj | None:
+        try:
+            return self.store.get(kind, name, namespace)
+        except NotFound:
+            return None
+
+    def _get_owner(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return self._get(kind, name, namespace)
+
+    def _endpoint(self, namespace: str, name: str) -> Endpoint | None:
+        obj = self._get("SpiderEndpoint", name, namespace)
+        return Endpoint.from_obj(obj) if obj is not None else None
+
+    def _retrying(self, what: str, attempt: Callable[[], Any]) -> Any:
+        delay = self.settings.backoff_seconds
+        for tries in range(self.settings.conflict_retries):
+            try:
+                return attempt()
+            except Conflict:
+                self._on_conflict()
+                if tries + 1 == self.settings.conflict_retries:
+                    break
+                self._sleep(delay * (1.0 + 0.1 * self._rand()))
+                delay *= 1.5
+        raise AllocationError(
+            f"{what}: the store kept changing under {self.settings.conflict_retries} attempts; try again",
+            retryable=True,
+            reason="conflict",
+        )
+
+    # -- ADD --------------------------------------------------------------------------------------
+
+    def allocate(self, req: AllocateRequest) -> Allocation:
+        """Give the pod's interface its addresses, idempotently; durable when this returns."""
+        key = f"{req.pod_namespace}/{req.pod_name}"
+        pod_obj = self._get("Pod", req.pod_name, req.pod_namespace)
+        if pod_obj is None:
+            raise AllocationError(f"pod {key} not found in the store", retryable=True, reason="pod-not-found")
+        pod = PodInfo.from_obj(pod_obj)
+        if req.pod_uid and pod.uid != req.pod_uid:
+            raise AllocationError(
+                f"pod {key} has UID {pod.uid}, the runtime asked for UID {req.pod_uid}: "
+                "the pod was deleted and re-created",
+                retryable=True,
+                reason="uid-mismatch",
+            )
+        if not is_pod_alive(pod):
+            raise AllocationError(
+                f"pod {key} is terminating or finished: no IP is allocated to a dead pod", reason="pod-dead"
+            )
+        top = resolve_top_controller(pod, self._get_owner)
+        result: Allocation = self._retrying(
+            f"allocate {key} {req.nic}", lambda: self._allocate_once(req, pod, top)
+        )
+        return result
+
+    def _allocate_once(self, req: AllocateRequest, pod: PodInfo, top: TopController) -> Allocation:
+        endpoint = self._endpoint(pod.namespace, pod.name)
+        static = (
+            self.settings.enable_statefulset and top.kind == "StatefulSet" and top.api_version == "apps/v1"
+        )
+        releases: list[IPRecord] = []
+        if endpoint is not None:
+            held = endpoint.nic(req.nic)
+            if held is not None and (endpoint.uid == pod.uid or static):
+                pools = [p for p in (held.ipv4_pool, held.ipv6_pool) if p]
+                if static and not self._still_candidates(req, pod, top, held):
+                    # the StatefulSet's pool choice changed (Spiderpool #3543): give the old IPs back
+                    releases = self._endpoint_records(endpoint)
+                    endpoint = None
+                else:
+                    with self._locks.hold(pools):
+                        return self._retrieve(req, pod, top, endpoint, held)
+            elif endpoint.uid != pod.uid:
+                # a pod of the same name that is gone (Spiderpool #4916): its IPs go back in this commit
+                releases = self._endpoint_records(endpoint)
+                endpoint = None
+        sel = self._select(req, pod, top)
+        nic = sel.nic(req.nic)
+        if nic is None:
+            raise AllocationError(
+                f"pod {pod.key}: no pool selection for interface {req.nic}", reason="no-pool"
+            )
+        with self._locks.hold([p for fam in nic.families for p in fam.pools]):
+            return self._allocate_new(req, pod, top, sel, nic, endpoint, releases)
+
+    def _endpoint_records(self, endpoint: Endpoint) -> list[IPRecord]:
+        key = f"{endpoint.namespace}/{endpoint.name}"
+        out: list[IPRecord] = []
+        for nic in endpoint.ips:
+            for pool, cidr in ((nic.ipv4_pool, nic.ipv4), (nic.ipv6_pool, nic.ipv6)):
+                ip = _ip_of(cidr)
+                if pool and ip:
+                    out.append(IPRecord(pool=pool, ip=ip, pod=key, pod_uid=endpoint.uid))
+        return out
+
+    def _select(self, req: AllocateRequest, pod: PodInfo, top: TopController) -> selection.Selection:
+        namespace = self._get("Namespace", pod.namespace, "") or {}
+        node = self._get("Node", pod.node_name, "") if pod.node_name else None
+        pools = [IPPool.from_obj(o) for o in self.store.list("SpiderIPPool")]
+        return selection.candidates(
+            pod,
+            req.nic,
+            namespace_annotations=(namespace.get("metadata") or {}).get("annotations") or {},
+            namespace_labels=(namespace.get("metadata") or {}).get("labels") or {},
+            node_labels=((node or {}).get("metadata") or {}).get("labels") or {},
+            cni_default_v4=req.default_v4_pools,
+            cni_default_v6=req.default_v6_pools,
+            pools=pools,
+            top_controller=top,
+            enable_v4=self.settings.enable_ipv4,
+            enable_v6=self.settings.enable_ipv6,
+            clean_gateway=bool(req.clean_gateway),
+        )
+
+    def _still_candidates(
+        self, req: AllocateRequest, pod: PodInfo, top: TopController, held: NicAllocation
+    ) -> bool:
+        try:
+            sel = self._select(req, pod, top)
+        except AllocationError:
+            return True  # keep the fixed IP when selection itself cannot be evaluated right now
+        nic = sel.nic(req.nic)
+        for family, pool in ((4, held.ipv4_pool), (6, held.ipv6_pool)):
+            fam = nic.family(family) if nic is not None else None
+            if pool and (fam is None or pool not in fam.pools):
+                return False
+        return True
+
+    def _reserved(self, family: int) -> Any:
+        reserved = [ReservedIP.from_obj(o) for o in self.store.list("SpiderReservedIP")]
+        return reserved_set(reserved, family)
+
+    def _pick(self, pool_name: str, family: int, pod: PodInfo) -> tuple[IPPool, str, str, bool]:
+        """(pool, ip, pool_version, existing): the pod's existing record in this pool, else the lowest
+        free IP.  Raises AllocationError (not retryable by itself) when the pool has nothing free."""
+        for _ in range(3):
+            obj = self.store.get("SpiderIPPool", pool_name)
+            pool = IPPool.from_obj(obj)
+            usage = self.store.usage(pool_name)
+            if usage.resource_version == pool.resource_version:
+                break
+        else:
+            raise Conflict(f'SpiderIPPool "{pool_name}" is changing')
+        if pool.terminating:
+            raise AllocationError("terminating")
+        if pool.disable:
+            raise AllocationError("disabled")
+        # Spiderpool #4295: a pod UID never holds two IPs of one pool
+        for record in self.store.records_of_pod(pod.namespace, pod.name):
+            if record.pool == pool_name and record.pod_uid == pod.uid:
+                return pool, record.ip, usage.resource_version, True
+        value = lowest_free(free_intervals(pool, self._reserved(family)), usage.allocated)
+        if value is None:
+            raise AllocationError(_EXHAUSTED)
+        return pool, int_to_ip(value, family), usage.resource_version, False
+
+    def _allocate_new(
+        self,
+        req: AllocateRequest,
+        pod: PodInfo,
+        top: TopController,
+        sel: selection.Selection,
+        nic: selection.NicCandidates,
+        endpoint: Endpoint | None,
+        releases: list[IPRecord],
+    ) -> Allocation:
+        claims: list[Claim] = []
+        chosen: list[tuple[int, IPPool, str]] = []
+        for fam in nic.families:
+            errors: dict[str, str] = {}
+            for pool_name in fam.pools:
+                try:
+                    pool, ip, version, existing = self._pick(pool_name, fam.family, pod)
+                except AllocationError as exc:
+                    errors[pool_name] = str(exc)
+                    continue
+                except NotFound:
+                    errors[pool_name] = "not found"
+                    continue
+                if not existing:
+                    claims.append(
+                        Claim(pool=pool_name, pool_version=version, ip=ip, pod=pod.key, pod_uid=pod.uid)
+                    )
+                chosen.append((fam.family, pool, ip))
+                break
+            else:
+                exhausted = any(why == _EXHAUSTED for why in errors.values())
+                raise AllocationError(
+                    selection.describe_failure(fam.family, req.nic, sel, errors),
+                    reason="exhausted" if exhausted else "no-pool",
+                )
+        routes = an.parse_pod_annotations(pod.key, pod.annotations, nic=req.nic).routes
+        held = self._nic_allocation(req.nic, chosen, nic.clean_gateway, routes)
+        others = tuple(n for n in (endpoint.ips if endpoint else ()) if n.interface != req.nic)
+        new_endpoint = Endpoint(
+            namespace=pod.namespace,
+            name=pod.name,
+            uid=pod.uid,
+            node=pod.node_name,
+            ips=(*others, held),
+            owner_controller_type=top.kind,
+            owner_controller_name=top.name,
+            container_id=req.container_id,
+            resource_version=endpoint.resource_version if endpoint else "",
+            owner_references=() if top.kind == "StatefulSet" else (self._pod_owner_ref(pod),),
+        )
+        self.store.commit(claims=claims, releases=releases, endpoint=new_endpoint.to_obj())
+        return self._result(pod, held, new=True)
+
+    @staticmethod
+    def _pod_owner_ref(pod: PodInfo) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid}
+
+    @staticmethod
+    def _nic_allocation(
+        nic: str,
+        chosen: Sequence[tuple[int, IPPool, str]],
+        clean_gateway: bool,
+        annotation_routes: Sequence[an.AnnotationRoute],
+    ) -> NicAllocation:
+        """The endpoint entry: addresses, pools, gateways, and every route but the default ones (those
+        follow from the gateway and cleanGateway, so a retrieved allocation rebuilds the same result)."""
+        fields: dict[str, Any] = {"interface": nic, "clean_gateway": clean_gateway}
+        routes: list[Route] = []
+        for family, pool, ip in chosen:
+            prefix = "ipv4" if family == 4 else "ipv6"
+            fields[prefix] = f"{ip}/{pool.prefix_len}"
+            fields[f"{prefix}_pool"] = pool.name
+            fields[f"{prefix}_gateway"] = pool.gateway
+            for route in selection.response_routes(pool, nic, True, annotation_routes):
+                routes.append(Route(dst=route.dst, gw=route.gw))
+        return NicAllocation(**fields, routes=tuple(routes))
+
+    def _retrieve(
+        self, req: AllocateRequest, pod: PodInfo, top: TopController, endpoint: Endpoint, held: NicAllocation
+    ) -> Allocation:
+        """A repeated ADD (same UID) or a StatefulSet pod re-created under its old name: the same IPs."""
+        claims: list[Claim] = []
+        releases: list[IPRecord] = []
+        for pool_name, cidr in ((held.ipv4_pool, held.ipv4), (held.ipv6_pool, held.ipv6)):
+            ip = _ip_of(cidr)
+            if not pool_name or not ip:
+                continue
+            if endpoint.uid != pod.uid:
+                version = self.store.usage(pool_name).resource_version
+                # hand the record from the old pod UID to the new one in one commit
+                releases.append(IPRecord(pool=pool_name, ip=ip, pod=pod.key, pod_uid=endpoint.uid))
+                claims.append(
+                    Claim(
+                        pool=pool_name,
+                        pool_version=version,
+                        ip=ip,
+                        pod=pod.key,
+                        pod_uid=pod.uid,
+                    )
+                )
+        if claims or endpoint.container_id != req.container_id or endpoint.node != pod.node_name:
+            updated = replace(endpoint, uid=pod.uid, node=pod.node_name, container_id=req.container_id)
+            self.store.commit(claims=claims, releases=releases, endpoint=updated.to_obj())
+        return self._result(pod, held, new=bool(claims))
+
+    @staticmethod
+    def _result(pod: PodInfo, nic: NicAllocation, *, new: bool) -> Allocation:
+        ips: list[AllocatedIP] = []
+        routes = [RouteSpec(nic.interface, r.dst, r.gw) for r in nic.routes]
+        for family, pool_name, cidr, gateway in (
+            (4, nic.ipv4_pool, nic.ipv4, nic.ipv4_gateway),
+            (6, nic.ipv6_pool, nic.ipv6, nic.ipv6_gateway),
+        ):
+            if not pool_name or not cidr:
+                continue
+            ip, _, prefix = cidr.partition("/")
+            subnet = str(netaddr.IPNetwork(cidr).cidr)
+            ips.append(AllocatedIP(nic.interface, family, ip, int(prefix), subnet, pool_name, gateway))
+            if gateway and not nic.clean_gateway:
+                routes.append(RouteSpec(nic.interface, "0.0.0.0/0" if family == 4 else "::/0", gateway))
+        return Allocation(
+            pod=pod.key, pod_uid=pod.uid, node=pod.node_name, ips=tuple(ips), routes=tuple(routes), new=new
+        )
+
+    # -- DEL --------------------------------------------------------------------------------------
+
+    def release(self, req: ReleaseRequest) -> Released:
+        """Release what this container holds.  Unknown containers, pods and endpoints succeed."""
+        key = f"{req.pod_namespace}/{req.pod_name}"
+        result: Released = self._retrying(f"release {key} {req.nic}", lambda: self._release_once(req))
+        return result
+
+    def _release_once(self, req: ReleaseRequest) -> Released:
+        endpoint = self._endpoint(req.pod_namespace, req.pod_name)
+        if endpoint is None:
+            return Released(kept_reason="no SpiderEndpoint: nothing allocated")
+        pod_obj = self._get("Pod", req.pod_name, req.pod_namespace)
+        pod = PodInfo.from_obj(pod_obj) if pod_obj is not None else None
+        uid = pod.uid if pod is not None else req.pod_uid
+        if not uid:
+            return Released(
+                kept_reason="pod gone and no K8S_POD_UID given: left to the IP GC", node=endpoint.node
+            )
+        if endpoint.uid != uid:
+            return Released(
+                kept_reason=f"SpiderEndpoint belongs to pod UID {endpoint.uid}", node=endpoint.node
+            )
+        if endpoint.container_id and req.container_id and endpoint.container_id != req.container_id:
+            return Released(
+                kept_reason=f"held by container {endpoint.container_id}, not {req.container_id}",
+                node=endpoint.node,
+            )
+        if pod is not None and is_pod_alive(pod):
+            # Spiderpool keeps the IP of a live pod (sandbox re-creation); GC frees it once the pod dies
+            return Released(kept_reason="pod still alive: IP kept for its next sandbox", node=endpoint.node)
+        if self.settings.enable_statefulset and endpoint.owner_controller_type == "StatefulSet":
+            sts = self._get("StatefulSet", endpoint.owner_controller_name, req.pod_namespace)
+            if is_valid_statefulset_pod(req.pod_name, sts):
+                return Released(kept_reason="StatefulSet member: fixed IP kept", node=endpoint.node)
+        records = self._endpoint_records(endpoint)
+        with self._locks.hold([r.pool for r in records]):
+            self.store.commit(releases=records, delete_endpoint=(endpoint.namespace, endpoint.name))
+        return Released(records=tuple(records), node=endpoint.node)
+
+    # -- CHECK ------------------------------------------------------------------------------------
+
+    def check(self, req: ReleaseRequest, expected_ips: Sequence[str]) -> None:
+        """CHECK: the container's reservation exists and holds exactly ``expected_ips`` (bare addresses)."""
+        key = f"{req.pod_namespace}/{req.pod_name}"
+        endpoint = self._endpoint(req.pod_namespace, req.pod_name)
+        held = endpoint.nic(req.nic) if endpoint is not None else None
+        if endpoint is None or held is None:
+            raise AllocationError(f"pod {key} {req.nic}: no allocation recorded", reason="mismatch")
+        if endpoint.container_id and req.container_id and endpoint.container_id != req.container_id:
+            raise AllocationError(
+                f"pod {key} {req.nic}: allocation belongs to container {endpoint.container_id}"
+            )
+        have = sorted(ip for ip in (_ip_of(held.ipv4), _ip_of(held.ipv6)) if ip)
+        if sorted(expected_ips) != have:
+            raise AllocationError(
+                f"pod {key} {req.nic}: holds {have}, the runtime expects {sorted(expected_ips)}"
+            )
+        records = {(r.ip, r.pod_uid) for r in self.store.records_of_pod(req.pod_namespace, req.pod_name)}
+        missing = [ip for ip in have if (ip, endpoint.uid) not in records]
+        if missing:
+            raise AllocationError(
+                f"pod {key} {req.nic}: no pool record for {', '.join(missing)}", reason="mismatch"
+            )
+
+    # -- GC (CNI 1.1.0) ---------------------------------------------------------------------------
+
+    def gc_attachments(self, valid: set[tuple[str, str]]) -> list[IPRecord]:
+        """Release what this node's endpoints hold for containers not in ``valid`` ((containerID, ifname)).
+        Endpoints of live pods are kept (as CNI DEL does); an error on one does not stop the others."""
+        released: list[IPRecord] = []
+        for obj in self.store.list("SpiderEndpoint"):
+            endpoint = Endpoint.from_obj(obj)
+            if endpoint.node != self.node_name or not endpoint.container_id:
+                continue
+            if any((endpoint.container_id, nic.interface) in valid for nic in endpoint.ips):
+                continue
+            for nic in endpoint.ips:
+                req = ReleaseRequest(
+                    container_id=endpoint.container_id,
+                    nic=nic.interface,
+                    pod_namespace=endpoint.namespace,
+                    pod_name=endpoint.name,
+                    pod_uid=endpoint.uid,
+                )
+                try:
+                    released.extend(self.release(req).records)
+                except AllocationError as exc:
+                    LOG.warning("GC of %s/%s: %s", endpoint.namespace, endpoint.name, exc)
+                break
+        return released
+
+    # -- views used by the agent ------------------------------------------------------------------
+
+    def node_ips(self, node: str | None = None) -> dict[str, str]:
+        """ip -> pool subnet for every address held by pods on ``node`` (default: this node)."""
+        node = node or self.node_name
+        subnets = {
+            p["metadata"]["name"]: p.get("spec", {}).get("subnet", "")
+            for p in self.store.list("SpiderIPPool")
+        }
+        out: dict[str, str] = {}
+        for obj in self.store.list("SpiderEndpoint"):
+            endpoint = Endpoint.from_obj(obj)
+            if endpoint.node != node:
+                continue
+            for record in self._endpoint_records(endpoint):
+                if record.pool in subnets:
+                    out[record.ip] = subnets[record.pool]
+        return out
