@@ -1,0 +1,157 @@
+"""The invariants checked after every lab scenario.
+
+1. No IP is allocated twice (across every pool).
+2. Every allocation belongs to a live pod (same UID) that has that IP on its interface.
+3. Every pool's ``status.allocatedIPCount`` equals its records.
+4. The router's BGP table holds exactly the pods' /32s, each with the next hop of the pod's node.
+5. Every pod answers the client with its name.
+
+The comparisons are pure functions over plain values; ``check_invariants`` gathers the values from the
+store, the namespaces, the router and the client (waiting a bounded time for BGP to converge).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ipam.store import IPRecord, Store
+from lab.build import REPO_ROOT, Lab
+from lab.frr import BgpPath
+from lab.kubelet import POD_IFNAME, Kubelet
+from lab.netns import Netns, addresses, run
+
+__all__ = [
+    "PodView",
+    "allocation_problems",
+    "answer_problems",
+    "check_invariants",
+    "count_problems",
+    "fetch_pages",
+    "route_problems",
+]
+
+
+@dataclass(frozen=True)
+class PodView:
+    """A running pod as the checks see it."""
+
+    key: str  # namespace/name
+    uid: str
+    ip: str
+    node_addresses: frozenset[str]
+    iface_addresses: frozenset[str]  # bare IPs on the pod's interface
+
+
+def allocation_problems(records: Sequence[IPRecord], pods: Mapping[str, PodView]) -> list[str]:
+    """Invariants 1 and 2."""
+    problems: list[str] = []
+    for ip, n in sorted(Counter(r.ip for r in records).items()):
+        if n > 1:
+            holders = ", ".join(f"{r.pool}:{r.pod}" for r in records if r.ip == ip)
+            problems.append(f"IP {ip} is allocated {n} times ({holders})")
+    for r in records:
+        pod = pods.get(r.pod)
+        if pod is None:
+            problems.append(
+                f"SpiderIPPool {r.pool!r}: {r.ip} is allocated to {r.pod}, which has no running pod"
+            )
+        elif pod.uid != r.pod_uid:
+            problems.append(
+                f"SpiderIPPool {r.pool!r}: {r.ip} is held by UID {r.pod_uid}, pod {r.pod} is {pod.uid}"
+            )
+        elif r.ip not in pod.iface_addresses:
+            problems.append(f"SpiderIPPool {r.pool!r}: {r.ip} of pod {r.pod} is not on its {POD_IFNAME}")
+    return problems
+
+
+def count_problems(counts: Mapping[str, int | None], records: Sequence[IPRecord]) -> list[str]:
+    """Invariant 3: ``counts`` is status.allocatedIPCount per pool."""
+    per_pool = Counter(r.pool for r in records)
+    return [
+        f"SpiderIPPool {pool!r}: status.allocatedIPCount is {count}, records say {per_pool.get(pool, 0)}"
+        for pool, count in sorted(counts.items())
+        if (count or 0) != per_pool.get(pool, 0)
+    ]
+
+
+def route_problems(routes: Mapping[str, BgpPath], pods: Mapping[str, PodView]) -> list[str]:
+    """Invariant 4: the router's best paths are exactly the pods' /32s via their nodes."""
+    problems: list[str] = []
+    wanted = {f"{p.ip}/32": p for p in pods.values() if p.ip}
+    for prefix, pod in sorted(wanted.items()):
+        path = routes.get(prefix)
+        if path is None:
+            problems.append(f"router: no BGP route for {prefix} (pod {pod.key})")
+        elif path.nexthop not in pod.node_addresses:
+            problems.append(
+                f"router: {prefix} (pod {pod.key}) has next hop {path.nexthop}, its node is {sorted(pod.node_addresses)}"
+            )
+    for prefix in sorted(set(routes) - set(wanted)):
+        problems.append(f"router: BGP route {prefix} via {routes[prefix].nexthop} belongs to no running pod")
+    return problems
+
+
+def answer_problems(answers: Mapping[str, str | None], pods: Mapping[str, PodView]) -> list[str]:
+    """Invariant 5: each pod's page, fetched by the client, names the pod."""
+    problems: list[str] = []
+    for pod in sorted(pods.values(), key=lambda p: p.key):
+        name = pod.key.split("/", 1)[1]
+        got = answers.get(pod.ip)
+        if got != name:
+            problems.append(f"client: http://{pod.ip}/ (pod {pod.key}) answered {got!r}, wanted {name!r}")
+    return problems
+
+
+def fetch_pages(lab: Lab, ips: Sequence[str], *, timeout: float = 2.0) -> dict[str, str | None]:
+    """One ``lab.probe`` run inside the client namespace."""
+    if not ips:
+        return {}
+    res = run(
+        Netns(lab.sandbox.name(lab.client)),
+        [sys.executable, "-m", "lab.probe", "--timeout", str(timeout), *ips],
+        env={**lab.env, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=REPO_ROOT,
+        timeout=30 + timeout,
+    )
+    data = json.loads(res.stdout)
+    return {str(k): (None if v is None else str(v)) for k, v in data.items()}
+
+
+def pod_views(lab: Lab, kubelet: Kubelet) -> dict[str, PodView]:
+    views: dict[str, PodView] = {}
+    node_addrs = {n: frozenset(lab.node_addresses(n)) for n in lab.k8s_nodes}
+    for key, rt in kubelet.pods.items():
+        try:
+            on_iface = frozenset(a.split("/")[0] for a in addresses(Netns(rt.netns), POD_IFNAME))
+        except (LookupError, OSError):
+            on_iface = frozenset()
+        views[key] = PodView(key, rt.uid, rt.ip, node_addrs.get(rt.node, frozenset()), on_iface)
+    return views
+
+
+def _wait_for_empty(probe: Callable[[], list[str]], timeout: float, interval: float = 0.5) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = probe()
+        if not problems or time.monotonic() >= deadline:
+            return problems
+        time.sleep(interval)
+
+
+def check_invariants(lab: Lab, kubelet: Kubelet, store: Store, *, timeout: float = 20.0) -> list[str]:
+    """Every invariant; returns the problems (empty = all hold).  BGP and the client check are
+    retried for up to ``timeout`` seconds, since announcements converge asynchronously."""
+    pods = pod_views(lab, kubelet)
+    pools = store.list("SpiderIPPool")
+    records = [r for pool in pools for r in store.records(pool["metadata"]["name"])]
+    counts = {p["metadata"]["name"]: (p.get("status") or {}).get("allocatedIPCount") for p in pools}
+    problems = allocation_problems(records, pods) + count_problems(counts, records)
+    problems += _wait_for_empty(lambda: route_problems(lab.router.bgp_routes(), pods), timeout)
+    ips = sorted(p.ip for p in pods.values() if p.ip)
+    problems += _wait_for_empty(lambda: answer_problems(fetch_pages(lab, ips), pods), timeout / 2)
+    return problems
