@@ -228,7 +228,7 @@ class _Ask:
 
 
 def _fail(pod: PodInfo, message: str, *, retryable: bool = False) -> AllocationError:
-    return AllocationError(f'Pod "{pod.key}": {message}', retryable=retryable)
+    return AllocationError(f'Pod "{pod.key}": {message}', retryable=retryable, reason="no-pool")
 
 
 def _expand(

@@ -191,6 +191,7 @@ def test_named_pool_not_found() -> None:
     assert str(info.value) == (
         'Pod "default/p": pod annotation ipam.spidernet.io/ippool: SpiderIPPool "nope" not found'
     )
+    assert info.value.reason == "no-pool" and not info.value.retryable
 
 
 def test_duplicate_within_nic_is_an_error() -> None:
