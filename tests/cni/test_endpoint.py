@@ -1,0 +1,212 @@
+"""spiderbgp.cni_endpoint over a real unix socket: validation, error mapping, socket set-up, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cni import wire
+from spiderbgp.cni_endpoint import BackendError, SocketInUse, make_app, serve, shutdown
+
+
+class ScriptedBackend:
+    """A CniBackend whose answers the test sets (the endpoint, not IPAM, is under test here)."""
+
+    def __init__(self) -> None:
+        self.raise_: BaseException | None = None
+        self.release = asyncio.Event()
+        self.release.set()
+        self.started = asyncio.Event()
+        self.seen: list[object] = []
+        self.is_healthy = True
+
+    async def _step(self, request: object) -> None:
+        self.seen.append(request)
+        self.started.set()
+        await self.release.wait()
+        if self.raise_ is not None:
+            raise self.raise_
+
+    async def add(self, request: wire.AddRequest) -> wire.AddResponse:
+        await self._step(request)
+        return wire.AddResponse(
+            ips=[wire.IPConfig(address="10.0.0.9/24", gateway="10.0.0.1", pool="p", nic=request.if_name)]
+        )
+
+    async def delete(self, request: wire.DelRequest) -> None:
+        await self._step(request)
+
+    async def check(self, request: wire.CheckRequest) -> None:
+        await self._step(request)
+
+    async def gc(self, request: wire.GcRequest) -> wire.GcResult:
+        await self._step(request)
+        return wire.GcResult(released=["10.0.0.7"])
+
+    async def status(self, request: wire.StatusRequest) -> None:
+        await self._step(request)
+
+    async def healthy(self) -> bool:
+        return self.is_healthy
+
+    async def ready(self) -> bool:
+        if self.raise_ is not None:
+            raise self.raise_
+        return self.is_healthy
+
+
+ADD = wire.AddRequest(
+    container_id="c", if_name="eth0", netns="/n", pod_namespace="ns", pod_name="p", network="net"
+).to_json()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> Any:
+    backend = ScriptedBackend()
+    observed: list[tuple[str, int]] = []
+    path = tmp_path / "d" / "agent.sock"
+    runner = await serve(
+        make_app(backend, metrics=lambda op, code, _s: observed.append((op, code))),
+        str(path),
+        shutdown_timeout=5,
+    )
+    session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path)))
+    try:
+        yield backend, session, observed, path, runner
+    finally:
+        await session.close()
+        await shutdown(runner)
+
+
+async def call(session: aiohttp.ClientSession, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+    async with session.request(method, f"http://agent{path}", **kw) as resp:
+        assert resp.content_type == "application/json"
+        return resp.status, await resp.json()
+
+
+async def test_every_endpoint_round_trips(served: Any) -> None:
+    backend, session, observed, _, _ = served
+    assert await call(session, "POST", wire.PATH_ADD, json=ADD) == (
+        200,
+        wire.AddResponse.from_json((await call(session, "POST", wire.PATH_ADD, json=ADD))[1]).to_json(),
+    )
+    assert backend.seen[0] == wire.AddRequest.from_json(ADD)
+    dreq = wire.DelRequest(container_id="c", if_name="eth0", network="net").to_json()
+    assert (await call(session, "POST", wire.PATH_DEL, json=dreq))[0] == 200
+    creq = wire.CheckRequest(container_id="c", if_name="eth0", ips=["10.0.0.9/24"], network="net").to_json()
+    assert (await call(session, "POST", wire.PATH_CHECK, json=creq))[0] == 200
+    greq = wire.GcRequest(
+        network="net", valid_attachments=[wire.Attachment(container_id="c", if_name="eth0")]
+    ).to_json()
+    status, body = await call(session, "POST", wire.PATH_GC, json=greq)
+    assert (status, wire.GcResult.from_json(body).released) == (200, ("10.0.0.7",))
+    sreq = wire.StatusRequest(network="net", default_ipv4_ippool=["a b/c"])
+    assert (await call(session, "GET", f"{wire.PATH_STATUS}?{sreq.to_query()}"))[0] == 200
+    assert backend.seen[-1] == sreq
+    assert [op for op, _ in observed] == ["add", "add", "del", "check", "gc", "status"]
+
+
+@pytest.mark.parametrize(("body", "needle"), [({**ADD, "ifName": 3}, "AddRequest.ifName: expected a string"), ({"containerID": "c"}, "AddRequest.ifName: missing"),
+                                              ({**ADD, "apiVersion": "v9"}, "AddRequest.apiVersion"), ("not json", "not JSON")])  # fmt: skip
+async def test_bad_bodies_are_400_naming_the_field(served: Any, body: Any, needle: str) -> None:
+    backend, session, observed, _, _ = served
+    kw = {"data": body} if isinstance(body, str) else {"json": body}
+    status, err = await call(session, "POST", wire.PATH_ADD, **kw)
+    assert status == 400 and err["code"] == wire.CODE_BAD_REQUEST and needle in err["details"]
+    assert backend.seen == [] and observed == [("add", wire.CODE_BAD_REQUEST)]
+
+
+async def test_oversized_body_is_413(served: Any) -> None:
+    _, session, _, _, _ = served
+    status, err = await call(
+        session, "POST", wire.PATH_ADD, data=io.BytesIO(b"x" * (wire.MAX_BODY_BYTES + 1))
+    )
+    assert status == 413 and err["code"] == wire.CODE_BAD_REQUEST
+
+
+async def test_unknown_path_and_method_are_json(served: Any) -> None:
+    _, session, _, _, _ = served
+    assert (await call(session, "GET", "/v1/cni/nothing"))[1]["code"] == wire.CODE_BAD_REQUEST
+    assert (await call(session, "GET", wire.PATH_ADD))[0] == 405
+    assert (await call(session, "GET", f"{wire.PATH_STATUS}?bogus=1"))[1][
+        "details"
+    ] == "StatusRequest.bogus: unknown query parameter"
+
+
+async def test_backend_errors_and_crashes(served: Any) -> None:
+    backend, session, _, _, _ = served
+    backend.raise_ = BackendError(
+        wire.CODE_NO_IP_AVAILABLE, details='SpiderIPPool "p": all IPs allocated', http_status=409
+    )
+    status, err = await call(session, "POST", wire.PATH_ADD, json=ADD)
+    assert status == 409 and wire.ErrorResponse.from_json(err) == wire.ErrorResponse(
+        code=100, msg="no IP available", details='SpiderIPPool "p": all IPs allocated'
+    )
+    backend.raise_ = RuntimeError("secret internals at /some/path")
+    status, err = await call(session, "POST", wire.PATH_ADD, json=ADD)
+    assert (
+        status == 500
+        and err["code"] == wire.CODE_AGENT_INTERNAL
+        and "secret" not in str(err)
+        and "Traceback" not in str(err)
+    )
+    assert (await call(session, "GET", wire.PATH_READYZ))[0] == 503
+
+
+async def test_probes(served: Any) -> None:
+    backend, session, _, _, _ = served
+    assert await call(session, "GET", wire.PATH_HEALTHZ) == (200, {"apiVersion": "v1", "status": "ok"})
+    backend.is_healthy = False
+    status, err = await call(session, "GET", wire.PATH_HEALTHZ)
+    assert status == 503 and err["code"] == wire.CODE_UNAVAILABLE
+
+
+async def test_socket_and_directory_modes(served: Any) -> None:
+    _, _, _, path, _ = served
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and stat.S_ISSOCK(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    with pytest.raises(SocketInUse, match="another process is listening"):
+        await serve(make_app(ScriptedBackend()), str(path))
+
+
+async def test_stale_socket_replaced_and_regular_file_refused(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    runner = await serve(make_app(ScriptedBackend()), str(path))
+    await shutdown(runner)
+    assert not path.exists()
+    path.write_text("keep me")
+    with pytest.raises(SocketInUse, match="is not a socket"):
+        await serve(make_app(ScriptedBackend()), str(path))
+    assert path.read_text() == "keep me"
+
+
+async def test_graceful_shutdown_finishes_in_flight_request(served: Any) -> None:
+    backend, session, _, path, runner = served
+    backend.release.clear()
+    pending = asyncio.create_task(call(session, "POST", wire.PATH_ADD, json=ADD))
+    await asyncio.wait_for(backend.started.wait(), 5)
+    stopping = asyncio.create_task(shutdown(runner))
+    await asyncio.sleep(0.2)
+    assert not stopping.done()
+    # no new connections are accepted once shutdown began
+    with pytest.raises(OSError):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        finally:
+            probe.close()
+    backend.release.set()
+    status, body = await asyncio.wait_for(pending, 5)
+    assert status == 200 and body["ips"][0]["address"] == "10.0.0.9/24"
+    await asyncio.wait_for(stopping, 5)
