@@ -61,7 +61,7 @@ _DDL: tuple[str, ...] = (
         pod TEXT NOT NULL,
         pod_uid TEXT NOT NULL,
         revision INTEGER NOT NULL
-    )""",
+    ) WITHOUT ROWID""",
     "CREATE INDEX allocations_by_pool ON allocations (pool, ip_key)",
     "CREATE INDEX allocations_by_pod ON allocations (pod)",
     """CREATE TABLE allocation_log (
@@ -71,7 +71,6 @@ _DDL: tuple[str, ...] = (
         ip_key BLOB NOT NULL
     )""",
     "CREATE INDEX allocation_log_by_pool ON allocation_log (pool, revision)",
-    "CREATE INDEX allocation_log_by_revision ON allocation_log (revision)",
 )
 
 

@@ -414,8 +414,10 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ writes shared by create/update/commit
 
-    def _insert(self, tx: _Tx, info: KindInfo, namespace: str, name: str, obj: Obj) -> str:
-        if self._load(tx.conn, info, namespace, name) is not None:
+    def _insert(
+        self, tx: _Tx, info: KindInfo, namespace: str, name: str, obj: Obj, *, known_absent: bool = False
+    ) -> str:
+        if not known_absent and self._load(tx.conn, info, namespace, name) is not None:
             raise AlreadyExists(info.kind, name, namespace)
         given: Obj = json.loads(self._serialize(info, name, obj))
         new = _typed(info, given)
@@ -441,9 +443,17 @@ class SqliteStore:
         return body
 
     def _replace(
-        self, tx: _Tx, info: KindInfo, namespace: str, name: str, obj: Obj, *, status_only: bool
+        self,
+        tx: _Tx,
+        info: KindInfo,
+        namespace: str,
+        name: str,
+        obj: Obj,
+        *,
+        status_only: bool,
+        found: tuple[int, Obj] | None = None,
     ) -> str:
-        found = self._load(tx.conn, info, namespace, name)
+        found = found or self._load(tx.conn, info, namespace, name)
         if found is None:
             raise NotFound(info.kind, name, namespace)
         stored_rev, stored = found
@@ -651,20 +661,23 @@ class SqliteStore:
     def usage(self, pool: str) -> PoolUsage:
         with self._read() as conn:
             row = conn.execute(
-                "SELECT revision FROM objects WHERE kind = ? AND namespace = '' AND name = ?",
+                "SELECT o.revision, m.compacted FROM objects AS o, meta AS m "
+                "WHERE o.kind = ? AND o.namespace = '' AND o.name = ?",
                 (POOL_KIND, pool),
             ).fetchone()
             if row is None:
                 with self._cache_lock:
                     self._cache.pop(pool, None)
                 raise NotFound(POOL_KIND, pool)
-            pool_rev = int(row[0])
+            pool_rev, compacted = int(row[0]), int(row[1])
             with self._cache_lock:
                 cache = self._cache.get(pool)
-                if cache is not None and cache.revision < pool_rev:
-                    compacted = int(conn.execute("SELECT compacted FROM meta").fetchone()[0])
-                    if cache.revision < compacted or not self._replay(conn, pool, cache, pool_rev):
-                        cache = None
+                if (
+                    cache is not None
+                    and cache.revision < pool_rev
+                    and (cache.revision < compacted or not self._replay(conn, pool, cache, pool_rev))
+                ):
+                    cache = None
                 if cache is None:
                     items = [
                         int.from_bytes(key, "big")
@@ -750,14 +763,19 @@ class SqliteStore:
                 raise Invalid(POOL_KIND, claim.pool, "claim pod", f'{claim.pod!r} is not "namespace/name"')
         with self._write() as tx:
             pool_info = kind_info(POOL_KIND)
-            before: dict[str, int] = {}
+            loaded: dict[str, tuple[int, Obj] | None] = {}  # pool -> (revision before, stored body)
             touched: dict[str, tuple[int, Obj]] = {}  # pool -> (new revision, stored body)
             counts: dict[str, int] = {}
+
+            def stored_pool(pool: str) -> tuple[int, Obj] | None:
+                if pool not in loaded:
+                    loaded[pool] = self._load(tx.conn, pool_info, "", pool)
+                return loaded[pool]
 
             def touch(pool: str) -> int | None:
                 if pool in touched:
                     return touched[pool][0]
-                found = self._load(tx.conn, pool_info, "", pool)
+                found = stored_pool(pool)
                 if found is None:
                     return None
                 touched[pool] = (tx.next_revision(), found[1])
@@ -765,15 +783,8 @@ class SqliteStore:
                 return touched[pool][0]
 
             def version_before(pool: str) -> int | None:
-                if pool not in before:
-                    found = tx.conn.execute(
-                        "SELECT revision FROM objects WHERE kind = ? AND namespace = '' AND name = ?",
-                        (POOL_KIND, pool),
-                    ).fetchone()
-                    if found is None:
-                        return None
-                    before[pool] = int(found[0])
-                return before[pool]
+                found = stored_pool(pool)
+                return None if found is None else found[0]
 
             for claim, _, _ in parsed_claims:
                 current = version_before(claim.pool)
@@ -834,15 +845,16 @@ class SqliteStore:
                 tx.event(pool_info, "", pool, "MODIFIED", text, rev)
             if endpoint is not None and endpoint_id is not None:
                 info, namespace, name = endpoint_id
-                if self._load(tx.conn, info, namespace, name) is None:
+                current = self._load(tx.conn, info, namespace, name)
+                if current is None:
                     if endpoint.get("metadata", {}).get("resourceVersion") not in (None, ""):
                         raise Conflict(
                             f'{ENDPOINT_KIND} "{namespace}/{name}": resourceVersion '
                             f"{endpoint['metadata']['resourceVersion']} is stale (the object is gone)"
                         )
-                    self._insert(tx, info, namespace, name, endpoint)
+                    self._insert(tx, info, namespace, name, endpoint, known_absent=True)
                 else:
-                    self._replace(tx, info, namespace, name, endpoint, status_only=False)
+                    self._replace(tx, info, namespace, name, endpoint, status_only=False, found=current)
             if delete_endpoint is not None:
                 info = kind_info(ENDPOINT_KIND)
                 namespace, name = delete_endpoint
