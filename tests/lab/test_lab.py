@@ -1,0 +1,197 @@
+"""End to end on the namespace lab built from lab/seed.clab.yml: the demo path, agent restart,
+router restart, node-router link flap and a 200-cycle pod churn, each ending with the invariants.
+
+One lab per module (building it costs a few seconds); every test leaves it consistent, and the fixture
+removes every namespace, process and file even when a test fails."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ipam.sqlite_store import SqliteStore
+from lab.build import REPO_ROOT, SEED_TOPOLOGY, Lab
+from lab.demo import Demo
+from lab.invariants import check_invariants, fetch_pages
+from lab.kubelet import Kubelet
+from lab.netns import ProcRef, list_netns
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+]
+
+
+@dataclass
+class Running:
+    lab: Lab
+    kubelet: Kubelet
+    store: SqliteStore
+    log: io.StringIO
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    run_dir = tmp_path_factory.mktemp("lab") / "run"
+    lab = Lab.create(run_dir=run_dir, env=dict(os.environ), topology_file=SEED_TOPOLOGY)
+    store: SqliteStore | None = None
+    kubelet: Kubelet | None = None
+    prefix = lab.sandbox.prefix
+    try:
+        lab.up(timeout=60)
+        store = SqliteStore(lab.store_path)
+        log = io.StringIO()
+        kubelet = Kubelet(lab, store, log=lambda line: print(line, file=log))
+        kubelet.ensure_cluster_objects()
+        yield Running(lab, kubelet, store, log)
+    finally:
+        try:
+            if kubelet is not None:
+                kubelet.down()
+        finally:
+            if store is not None:
+                store.close()
+            lab.down()
+    assert not list_netns(prefix), "the lab left namespaces behind"
+
+
+def apply(r: Running, name: str) -> None:
+    from lab.cli import run_spiderbgp
+
+    out = io.StringIO()
+    assert (
+        run_spiderbgp(r.lab, ["apply", "-f", str(SEED_TOPOLOGY.parent.parent / "configs" / name)], out) == 0
+    ), out.getvalue()
+    r.kubelet.reconcile()
+
+
+def assert_invariants(r: Running) -> None:
+    problems = check_invariants(r.lab, r.kubelet, r.store, timeout=30)
+    assert problems == [], "\n".join(problems)
+
+
+def test_demo_path(running: Running) -> None:
+    out = io.StringIO()
+    demo = Demo(running.lab, running.kubelet, running.store, out)
+    demo.run()
+    assert demo.failures == [], out.getvalue()
+
+
+def test_pod_churn_200_cycles(running: Running) -> None:
+    r = running
+    apply(r, "nginx-ippool-v4.yaml")
+    apply(r, "nginx-deployment.yaml")
+    created_before = sum(1 for line in r.log.getvalue().splitlines() if line.startswith("pod/"))
+    start = time.monotonic()
+    for _ in range(20):  # 20 x (10 up, 10 down) = 200 create/delete cycles
+        r.kubelet.scale("nginx", 10)
+        r.kubelet.scale("nginx", 0)
+    r.kubelet.scale("nginx", 4)
+    created = sum(1 for line in r.log.getvalue().splitlines() if line.startswith("pod/")) - created_before
+    assert created >= 204
+    nodes = {rt.node for key, rt in r.kubelet.pods.items() if key.startswith("default/nginx-")}
+    assert nodes == set(r.lab.k8s_nodes), "pods ran on both nodes"
+    assert time.monotonic() - start < 240
+    assert_invariants(r)
+
+
+def test_agent_restart_keeps_routes_and_serves_new_pods(running: Running) -> None:
+    r = running
+    apply(r, "nginx-ippool-v4.yaml")
+    apply(r, "nginx-deployment.yaml")
+    r.kubelet.scale("nginx", 4)
+    assert_invariants(r)
+    before = r.lab.router.bgp_routes()
+    r.lab.stop_cmd("node1", sig=signal.SIGKILL)
+    time.sleep(1.0)
+    # graceful restart: the router keeps node1's routes while its agent is gone
+    assert set(r.lab.router.bgp_routes()) == set(before)
+    r.lab.start_cmd("node1")
+    r.lab.router.wait_established({"172.16.13.11"}, timeout=60)
+    r.kubelet.scale("nginx", 6)
+    assert_invariants(r)
+
+
+def test_router_restart(running: Running) -> None:
+    r = running
+    apply(r, "nginx-ippool-v4.yaml")
+    apply(r, "nginx-deployment.yaml")
+    r.kubelet.scale("nginx", 3)
+    r.lab.router.restart(sig=signal.SIGKILL)
+    r.lab.router.wait_established({"172.16.13.11", "172.16.13.21"}, timeout=90)
+    assert_invariants(r)
+
+
+def test_node_router_link_flap(running: Running) -> None:
+    r = running
+    apply(r, "nginx-ippool-v4.yaml")
+    apply(r, "nginx-deployment.yaml")
+    r.kubelet.scale("nginx", 4)
+    on_node2 = [rt.ip for rt in r.kubelet.pods.values() if rt.node == "node2"]
+    r.lab.set_link("router", "eth2", up=False)
+    try:
+        time.sleep(3)
+        answers = fetch_pages(r.lab, on_node2, timeout=1.0)
+        assert all(v is None for v in answers.values()), "node2's pods cannot answer while its link is down"
+        # a pod created while node2 is cut off is still allocated and announced once the link is back
+        r.kubelet.scale("nginx", 6)
+    finally:
+        r.lab.set_link("router", "eth2", up=True)
+    r.lab.router.wait_established({"172.16.13.11", "172.16.13.21"}, timeout=90)
+    assert_invariants(r)
+
+
+def test_down_after_a_crash_removes_everything(tmp_path: Path) -> None:
+    """`python -m lab up` killed half-way: `down` still removes every namespace, process and file."""
+    run_dir = tmp_path / "crashed"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "lab", "--run-dir", str(run_dir), "up"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state_file = run_dir / "state.json"
+    state: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and up.poll() is None:
+            if state_file.exists():
+                state = json.loads(state_file.read_text())
+                if state.get("agents"):
+                    break
+            time.sleep(0.05)
+    finally:
+        up.kill()
+        up.wait()
+    assert state.get("agents"), "the builder got as far as starting an agent"
+    prefix = f"sbgp-{state['sandbox']['token']}-"
+    pids = [ProcRef(pid, start) for pid, start in state["sandbox"]["procs"]]
+    assert list_netns(prefix)
+    down = subprocess.run(
+        [sys.executable, "-m", "lab", "--run-dir", str(run_dir), "down"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert down.returncode == 0, down.stderr
+    assert not list_netns(prefix)
+    assert not any(p.alive() for p in pids)
+    assert not run_dir.exists()
+    assert not list(Path("/var/run/frr").glob(f"{prefix}*"))
