@@ -48,7 +48,7 @@ __all__ = [
     "RouteSpec",
 ]
 
-CONTAINER_ID_ANNOTATION = "spiderbgp.io/container-id"
+NETWORK_ANNOTATION = "spiderbgp.io/network"
 LOG = logging.getLogger("spiderbgp.ipam")
 _EXHAUSTED = "all IP addresses used out"
 
@@ -73,6 +73,7 @@ class AllocateRequest:
     default_v4_pools: tuple[str, ...] = ()
     default_v6_pools: tuple[str, ...] = ()
     clean_gateway: bool | None = None
+    network: str = ""  # the CNI network name, kept on the endpoint so CNI GC stays within its network
 
 
 @dataclass(frozen=True)
@@ -371,6 +372,7 @@ class IpamService:
             container_id=req.container_id,
             resource_version=endpoint.resource_version if endpoint else "",
             owner_references=() if top.kind == "StatefulSet" else (self._pod_owner_ref(pod),),
+            annotations={NETWORK_ANNOTATION: req.network} if req.network else {},
         )
         self.store.commit(claims=claims, releases=releases, endpoint=new_endpoint.to_obj())
         return self._result(pod, held, new=True)
@@ -513,13 +515,16 @@ class IpamService:
 
     # -- GC (CNI 1.1.0) ---------------------------------------------------------------------------
 
-    def gc_attachments(self, valid: set[tuple[str, str]]) -> list[IPRecord]:
-        """Release what this node's endpoints hold for containers not in ``valid`` ((containerID, ifname)).
-        Endpoints of live pods are kept (as CNI DEL does); an error on one does not stop the others."""
+    def gc_attachments(self, network: str, valid: set[tuple[str, str]]) -> list[IPRecord]:
+        """Release what this node's endpoints of ``network`` hold for containers not in ``valid``
+        ((containerID, ifname)).  Endpoints of live pods are kept (as CNI DEL does); an error on one
+        endpoint does not stop the others."""
         released: list[IPRecord] = []
         for obj in self.store.list("SpiderEndpoint"):
             endpoint = Endpoint.from_obj(obj)
             if endpoint.node != self.node_name or not endpoint.container_id:
+                continue
+            if endpoint.annotations.get(NETWORK_ANNOTATION, network) != network:
                 continue
             if any((endpoint.container_id, nic.interface) in valid for nic in endpoint.ips):
                 continue
@@ -537,6 +542,21 @@ class IpamService:
                     LOG.warning("GC of %s/%s: %s", endpoint.namespace, endpoint.name, exc)
                 break
         return released
+
+    def has_free(self, pool_names: Sequence[str]) -> bool:
+        """Whether any of these pools (all pools when empty) can still give an address (CNI STATUS)."""
+        names = list(pool_names) or [o["metadata"]["name"] for o in self.store.list("SpiderIPPool")]
+        for name in names:
+            try:
+                pool = IPPool.from_obj(self.store.get("SpiderIPPool", name))
+            except NotFound:
+                continue
+            if pool.disable or pool.terminating:
+                continue
+            free = free_intervals(pool, self._reserved(pool.ip_version))
+            if lowest_free(free, self.store.usage(name).allocated) is not None:
+                return True
+        return False
 
     # -- views used by the agent ------------------------------------------------------------------
 

@@ -1,0 +1,310 @@
+"""The node agent: one asyncio process that wires the store, the IPAM service, the CNI socket, the route
+announcer, the health/metrics endpoint and the leader-only controllers.  The only composition root.
+
+Start-up order: store -> IPAM service -> announcer (seeded with this node's addresses, so a restart
+re-announces before it serves) -> CNI socket -> health endpoint -> watchers and leader election.
+Shut-down (SIGTERM/SIGINT) runs it backwards: stop accepting CNI requests and let in-flight ones finish,
+stop the controllers, stop the announcer (withdrawing first when asked to), close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ipam.errors import Gone, IpamError
+from ipam.service import IpamService, IpamSettings
+from ipam.store import Store
+from spiderbgp.cni_endpoint import make_app, serve, shutdown
+from spiderbgp.config import AgentConfig
+from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
+from spiderbgp.metrics import IpamMetrics
+
+__all__ = ["Agent", "Announcer", "run_agent"]
+
+LOG = logging.getLogger("spiderbgp.agent")
+CACHED_KINDS = ("Pod", "Namespace", "Node", "SpiderReservedIP", "Deployment", "ReplicaSet", "StatefulSet")
+
+
+class Announcer(Protocol):
+    """What the agent needs from the BGP side (bgp_speaker), seen from here."""
+
+    async def start(self) -> None: ...
+
+    def set_pod_ips(self, ips: Mapping[str, str]) -> None:
+        """The full set of this node's pod addresses (ip -> pool subnet)."""
+
+    def add_pod_ips(self, ips: Mapping[str, str]) -> None: ...
+
+    def remove_pod_ips(self, ips: Sequence[str]) -> None: ...
+
+    def status(self) -> list[dict[str, Any]]: ...
+
+    async def routes(self) -> list[dict[str, Any]]: ...
+
+    async def stop(self, *, withdraw: bool) -> None: ...
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        store: Store,
+        *,
+        announcer: Announcer | None = None,
+        registry: CollectorRegistry | None = None,
+        withdraw_on_exit: bool = False,
+        controllers: Callable[[Store, Callable[[Sequence[str]], None]], Sequence[Callable[[], object]]]
+        | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.announcer = announcer
+        self.registry = registry or CollectorRegistry()
+        self.metrics = IpamMetrics.create(self.registry)
+        self.withdraw_on_exit = withdraw_on_exit
+        self._controllers_factory = controllers
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ipam")
+        self.service = IpamService(
+            store,
+            node_name=config.node_name,
+            settings=IpamSettings(
+                enable_ipv4=config.ipam.enable_ipv4,
+                enable_ipv6=config.ipam.enable_ipv6,
+                enable_statefulset=config.ipam.enable_statefulset,
+                conflict_retries=config.ipam.conflict_retries,
+            ),
+            on_conflict=self.metrics.conflicts.inc,
+        )
+        self._stopping = threading.Event()
+        self._resync = asyncio.Event()
+        self._started = False
+        self._leading = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- events from the CNI path and the store ---------------------------------------------------
+
+    def _ips_added(self, ips: Mapping[str, str]) -> None:
+        self.metrics.allocations.inc()
+        if self.announcer is not None:
+            self.announcer.add_pod_ips(ips)
+
+    def _ips_removed(self, ips: Sequence[str]) -> None:
+        self.metrics.releases.inc(len(ips))
+        if self.announcer is not None:
+            self.announcer.remove_pod_ips(ips)
+
+    def _observe(self, operation: str, code: int, seconds: float) -> None:
+        self.metrics.latency.labels(operation).observe(seconds)
+        if code:
+            self.metrics.errors.labels(operation).inc()
+
+    def _watch_endpoints(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Thread: any change to SpiderEndpoints or pools asks for a resync of the announced set (this
+        catches releases done by the leader's GC on another node, and pool subnet changes)."""
+        since = self.store.revision()
+        while not self._stopping.is_set():
+            try:
+                for _event in self.store.watch(["SpiderEndpoint", "SpiderIPPool"], since, timeout=1.0):
+                    since = _event.revision
+                    loop.call_soon_threadsafe(self._resync.set)
+                    if self._stopping.is_set():
+                        return
+            except Gone:
+                since = self.store.revision()
+                loop.call_soon_threadsafe(self._resync.set)
+            except IpamError as exc:
+                LOG.warning("endpoint watch: %s; retrying", exc)
+                self._stopping.wait(1.0)
+            except Exception:
+                LOG.exception("endpoint watch failed; retrying")
+                self._stopping.wait(1.0)
+
+    async def _resync_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._resync.wait()
+            await asyncio.sleep(0.05)  # debounce bursts of events into one recomputation
+            self._resync.clear()
+            try:
+                ips = await loop.run_in_executor(self.executor, self.service.node_ips)
+            except Exception as exc:
+                LOG.warning("resync of this node's addresses failed: %s", exc)
+                continue
+            if self.announcer is not None:
+                self.announcer.set_pod_ips(ips)
+
+    async def _controllers_loop(self) -> None:
+        """Leader-only controllers (GC, pools, SpiderSubnet auto-pools), each a sync run-once callable."""
+        if self._controllers_factory is None:
+            return
+        loop = asyncio.get_running_loop()
+        runners = self._controllers_factory(self.store, self._ips_removed_threadsafe(loop))
+        interval = self.config.ipam.gc.trace_interval_seconds
+        while True:
+            for run_once in runners:
+                try:
+                    await loop.run_in_executor(self.executor, run_once)
+                except Exception:
+                    LOG.exception("controller %s failed", getattr(run_once, "__name__", run_once))
+            await asyncio.sleep(interval)
+
+    def _ips_removed_threadsafe(self, loop: asyncio.AbstractEventLoop) -> Callable[[Sequence[str]], None]:
+        def removed(ips: Sequence[str]) -> None:
+            loop.call_soon_threadsafe(self._resync.set)
+
+        return removed
+
+    # -- HTTP: BGP views on the CNI socket, health and metrics on TCP ---------------------------
+
+    async def _bgp_status(self, request: web.Request) -> web.Response:
+        if self.announcer is None:
+            return web.json_response({"peers": [], "note": "BGP is not configured on this agent"})
+        return web.json_response({"peers": self.announcer.status()})
+
+    async def _bgp_routes(self, request: web.Request) -> web.Response:
+        if self.announcer is None:
+            return web.json_response({"routes": [], "note": "BGP is not configured on this agent"})
+        return web.json_response({"routes": await self.announcer.routes()})
+
+    def _ready(self) -> bool:
+        return self._started
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if not self._started:
+            return web.Response(status=503, text="starting\n")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.store.revision)
+        except Exception as exc:
+            return web.Response(status=503, text=f"store unavailable: {exc}\n")
+        return web.Response(text="ok\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        backend = IpamBackend(
+            self.service,
+            executor=self.executor,
+            events=NodeIpEvents(added=self._ips_added, removed=self._ips_removed),
+            ready=self._ready,
+        )
+        if self.announcer is not None:
+            ips = await loop.run_in_executor(self.executor, self.service.node_ips)
+            self.announcer.set_pod_ips(ips)
+            await self.announcer.start()
+        app = make_app(backend, metrics=self._observe)
+        app.router.add_get("/v1/bgp/status", self._bgp_status)
+        app.router.add_get("/v1/bgp/routes", self._bgp_routes)
+        runner = await serve(app, self.config.socket_path)
+        health = web.Application()
+        health.router.add_get("/healthz", self._healthz)
+        health.router.add_get("/readyz", self._readyz)
+        health.router.add_get("/metrics", self._metrics)
+        health_runner = web.AppRunner(health, access_log=None)
+        await health_runner.setup()
+        await web.TCPSite(health_runner, self.config.health_host, self.config.health_port).start()
+        watcher = threading.Thread(
+            target=self._watch_endpoints, args=(loop,), name="endpoint-watch", daemon=True
+        )
+        watcher.start()
+        self._tasks.append(asyncio.create_task(self._resync_loop()))
+        self._tasks.append(asyncio.create_task(self._controllers_loop()))
+        self._started = True
+        LOG.info("agent for node %s serving on %s", self.config.node_name, self.config.socket_path)
+        try:
+            await stop.wait()
+        finally:
+            LOG.info("stopping: finishing in-flight CNI requests")
+            self._started = False
+            await shutdown(runner)
+            self._stopping.set()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.announcer is not None:
+                await self.announcer.stop(withdraw=self.withdraw_on_exit)
+            await health_runner.cleanup()
+            await loop.run_in_executor(None, watcher.join, 3.0)
+            self.executor.shutdown(wait=True)
+            self.store.close()
+            LOG.info("stopped")
+
+
+def run_agent(
+    config: AgentConfig, *, store_override: str | None = None, withdraw_on_exit: bool = False
+) -> int:
+    """Run until SIGTERM/SIGINT.  Returns the process exit code."""
+    from spiderbgp.stores import open_store
+
+    configure_logging(config.log_level, config.log_format)
+    store = open_store(store_override or config.store, kubeconfig=config.kubeconfig, cached_kinds=())
+    announcer = None
+    if config.bgp is not None:
+        from spiderbgp.bgp import build_announcer
+
+        announcer = build_announcer(config, withdraw_on_exit=withdraw_on_exit)
+    agent = Agent(
+        config,
+        store,
+        announcer=announcer,
+        withdraw_on_exit=withdraw_on_exit or bool(getattr(announcer, "withdraw_on_exit", False)),
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await agent.run(stop)
+
+    started = time.monotonic()
+    asyncio.run(main())
+    LOG.debug("agent ran %.1f s", time.monotonic() - started)
+    return 0

@@ -1,0 +1,175 @@
+"""The CNI endpoint's backend: socket requests (cni.wire) turned into IpamService calls, and back.
+
+The service is synchronous (it talks to SQLite or the API server), so every call runs in the agent's
+thread pool; the event loop only parses, answers and tells the route announcer what changed on this
+node.  Errors become CNI codes here, in one table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cni import wire
+from ipam.errors import AllocationError, Invalid, IpamError, StoreUnavailable
+from ipam.service import AllocateRequest, Allocation, IpamService, ReleaseRequest
+from spiderbgp.cni_endpoint import BackendError
+
+__all__ = ["IpamBackend", "NodeIpEvents"]
+
+LOG = logging.getLogger("spiderbgp.agent")
+T = TypeVar("T")
+
+_REASON_CODES = {
+    "exhausted": wire.CODE_NO_IP_AVAILABLE,
+    "no-pool": wire.CODE_NO_POOL,
+    "pod-not-found": wire.CODE_POD_NOT_FOUND,
+    "pod-dead": wire.CODE_NO_POOL,
+    "uid-mismatch": wire.CODE_TRY_AGAIN,
+    "conflict": wire.CODE_TRY_AGAIN,
+    "mismatch": wire.CODE_RESERVATION_MISMATCH,
+}
+
+
+@dataclass(frozen=True)
+class NodeIpEvents:
+    """What the announcer is told: addresses that appeared on or left this node (ip -> pool subnet)."""
+
+    added: Callable[[Mapping[str, str]], None]
+    removed: Callable[[Sequence[str]], None]
+
+
+def _backend_error(exc: Exception) -> BackendError:
+    if isinstance(exc, AllocationError):
+        code = (
+            wire.CODE_TRY_AGAIN if exc.retryable else _REASON_CODES.get(exc.reason, wire.CODE_NO_IP_AVAILABLE)
+        )
+        status = (
+            503 if code == wire.CODE_TRY_AGAIN else 409 if code == wire.CODE_RESERVATION_MISMATCH else 422
+        )
+        return BackendError(code, wire.ERROR_MESSAGES.get(code, "allocation failed"), str(exc), status)
+    if isinstance(exc, StoreUnavailable):
+        return BackendError(wire.CODE_TRY_AGAIN, "object store unavailable", str(exc), 503)
+    if isinstance(exc, Invalid):
+        return BackendError(
+            wire.CODE_NO_POOL, "invalid IPAM configuration of the pod or its pools", str(exc), 422
+        )
+    if isinstance(exc, IpamError):
+        return BackendError(wire.CODE_TRY_AGAIN, "store error", str(exc), 503)
+    LOG.exception("unexpected failure in the IPAM service")
+    return BackendError(wire.CODE_AGENT_INTERNAL, "agent internal error", f"{type(exc).__name__}: {exc}", 500)
+
+
+class IpamBackend:
+    """Implements spiderbgp.cni_endpoint.CniBackend over an IpamService."""
+
+    def __init__(
+        self,
+        service: IpamService,
+        *,
+        executor: Executor,
+        events: NodeIpEvents,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.service = service
+        self._executor = executor
+        self._events = events
+        self._ready = ready
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise _backend_error(exc) from None
+
+    def _announce(self, allocation: Allocation) -> None:
+        if allocation.node == self.service.node_name:
+            self._events.added({ip.ip: ip.subnet for ip in allocation.ips})
+
+    async def add(self, request: wire.AddRequest) -> wire.AddResponse:
+        req = AllocateRequest(
+            container_id=request.container_id,
+            nic=request.if_name,
+            pod_namespace=request.pod_namespace,
+            pod_name=request.pod_name,
+            pod_uid=request.pod_uid,
+            netns=request.netns,
+            default_v4_pools=request.default_ipv4_ippool,
+            default_v6_pools=request.default_ipv6_ippool,
+            clean_gateway=request.clean_gateway or None,
+            network=request.network,
+        )
+        allocation = await self._run(lambda: self.service.allocate(req))
+        self._announce(allocation)
+        return wire.AddResponse(
+            ips=[
+                wire.IPConfig(address=ip.address, nic=ip.nic, pool=ip.pool, gateway=ip.gateway)
+                for ip in allocation.ips
+            ],
+            routes=[wire.Route(if_name=r.nic, dst=r.dst, gw=r.gw) for r in allocation.routes],
+        )
+
+    @staticmethod
+    def _release_request(request: wire.DelRequest | wire.CheckRequest) -> ReleaseRequest:
+        return ReleaseRequest(
+            container_id=request.container_id,
+            nic=request.if_name,
+            pod_namespace=request.pod_namespace,
+            pod_name=request.pod_name,
+            pod_uid=request.pod_uid,
+        )
+
+    async def delete(self, request: wire.DelRequest) -> None:
+        if not request.pod_namespace or not request.pod_name:
+            return  # without K8S_POD_NAMESPACE/NAME nothing can be looked up: left to the IP GC
+        released = await self._run(lambda: self.service.release(self._release_request(request)))
+        if released.records and released.node == self.service.node_name:
+            self._events.removed([r.ip for r in released.records])
+        elif not released.records:
+            LOG.debug(
+                "DEL %s/%s %s kept: %s",
+                request.pod_namespace,
+                request.pod_name,
+                request.if_name,
+                released.kept_reason,
+            )
+
+    async def check(self, request: wire.CheckRequest) -> None:
+        expected = [cidr.partition("/")[0] for cidr in request.ips]
+        await self._run(lambda: self.service.check(self._release_request(request), expected))
+
+    async def gc(self, request: wire.GcRequest) -> wire.GcResult:
+        valid = {(a.container_id, a.if_name) for a in request.valid_attachments}
+        records = await self._run(lambda: self.service.gc_attachments(request.network, valid))
+        if records:
+            self._events.removed([r.ip for r in records])
+        return wire.GcResult(released=[r.ip for r in records])
+
+    async def status(self, request: wire.StatusRequest) -> None:
+        pools = [*request.default_ipv4_ippool, *request.default_ipv6_ippool]
+        free = await self._run(lambda: self.service.has_free(pools))
+        if not free:
+            raise BackendError(
+                wire.CODE_UNAVAILABLE,
+                wire.ERROR_MESSAGES.get(wire.CODE_UNAVAILABLE, "unavailable"),
+                f"no free IP in {', '.join(pools) if pools else 'any pool'}",
+                503,
+            )
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        if not self._ready():
+            return False
+        try:
+            await self._run(self.service.store.revision)
+        except BackendError:
+            return False
+        return True
