@@ -89,7 +89,7 @@ class WatchStream:
     def close(self) -> None:
         if not self._closed.is_set():
             self._closed.set()
-            with contextlib.suppress(RuntimeError, OSError):  # already finished and released
+            with contextlib.suppress(RuntimeError, OSError, ValueError):  # already finished or released
                 self._response.shutdown()
             self._response.release_conn()
 

@@ -422,21 +422,32 @@ class KubeStore:
 
         def reader(i: int, info: KindInfo) -> None:
             rv = since
+            broken = 0  # consecutive broken streams / failed re-opens
             try:
                 while not stop.is_set():
-                    for ev in current[i]:
-                        kind = ev.get("type")
-                        obj = ev.get("object") or {}
-                        if kind == "ERROR":
-                            if obj.get("code") == 410:
-                                raise Gone(f"{info.kind}: {obj.get('message', 'too old resource version')}")
-                            raise StoreUnavailable(f"watch of {info.plural}: {obj.get('message', ev)}")
-                        rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                        if kind in ("ADDED", "MODIFIED", "DELETED"):
-                            events.put(("event", WatchEvent(kind, self._out(info, obj), rv)))
+                    try:
+                        for ev in current[i]:
+                            kind = ev.get("type")
+                            obj = ev.get("object") or {}
+                            if kind == "ERROR":
+                                if obj.get("code") == 410:
+                                    raise Gone(
+                                        f"{info.kind}: {obj.get('message', 'too old resource version')}"
+                                    )
+                                raise StoreUnavailable(f"watch of {info.plural}: {obj.get('message', ev)}")
+                            rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                            broken = 0
+                            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                                events.put(("event", WatchEvent(kind, self._out(info, obj), rv)))
+                    except StoreUnavailable:
+                        broken += 1
+                        if broken > self.retry.steps:
+                            raise
+                        stop.wait(self.retry.duration * broken)
                     if stop.is_set():
                         return
-                    current[i] = self._open_watch(info, rv)  # the stream ended: resume where it stopped
+                    # the stream ended (server timeout, broken connection): resume where it stopped
+                    current[i] = self._open_watch(info, rv)
             except StoreError as err:
                 if not stop.is_set():
                     events.put(("error", err))
@@ -493,7 +504,12 @@ class KubeStore:
         return state
 
     def _pool_from_server(self, pool: str) -> _PoolState:
-        return self._remember_pool(self._get_server(kind_info(POOL), pool, ""))
+        info = kind_info(POOL)
+        obj = self._get_server(info, pool, "")
+        inf = self._informers.get(POOL)
+        if inf is not None:
+            inf.observe(obj)  # a read from the server is news for the cache too
+        return self._remember_pool(obj)
 
     def usage(self, pool: str) -> PoolUsage:
         return self._pool_from_server(pool).usage

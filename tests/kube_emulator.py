@@ -161,8 +161,8 @@ class Faults:
     error_budget: int = 0  # the next N requests fail with ``error_status``
     error_status: int = 500
     error_methods: frozenset[str] = frozenset({"GET", "POST", "PUT", "DELETE"})
-    drop_watch_budget: int = 0  # the next N watch streams are cut
-    drop_watch_after: int = 0  # ... after sending this many events
+    drop_watch_budget: int = 0  # the next N watch streams that have an event to send are cut
+    drop_watch_after: int = 0  # ... after sending this many more events
     writes: int = 0  # writes seen so far (counts faulted ones too)
     conflicts_injected: int = 0
     errors_injected: int = 0
@@ -206,6 +206,8 @@ class Faults:
             return hit
 
     def _take_watch_drop(self) -> int | None:
+        """For a stream about to send an event: how many more events it may send before it is cut
+        (None: it is not to be cut).  The budget goes to the first streams that send after it is set."""
         with self.lock:
             if self.drop_watch_budget > 0:
                 self.drop_watch_budget -= 1
@@ -641,7 +643,10 @@ class KubeEmulator:
                 and _key(self._info_of(_NS), "", t.namespace) not in self._objects
             ):
                 raise _ApiError(
-                    404, "NotFound", f'namespaces "{t.namespace}" not found', {"name": t.namespace}
+                    404,
+                    "NotFound",
+                    f'namespaces "{t.namespace}" not found',
+                    {"name": t.namespace, "kind": "namespaces"},
                 )
             if _key(t.info, t.namespace, name) in self._objects:
                 raise _ApiError(
@@ -754,7 +759,7 @@ class KubeEmulator:
     async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
         labels, fields = self._selectors(request.query)
         timeout = float(request.query.get("timeoutSeconds") or 1800)
-        drop_after = self.faults._take_watch_drop()
+        drop_after: int | None = None  # cut the stream once ``sent`` reaches it
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
@@ -764,7 +769,9 @@ class KubeEmulator:
         sent = 0
 
         async def send(ev_type: str, obj: Obj) -> bool:
-            nonlocal sent
+            nonlocal sent, drop_after
+            if drop_after is None and (more := self.faults._take_watch_drop()) is not None:
+                drop_after = sent + more
             if drop_after is not None and sent >= drop_after:
                 if request.transport is not None:
                     request.transport.close()  # cut the stream mid-way, as a broken connection does
