@@ -251,6 +251,15 @@ class SqliteStore:
     def path(self) -> Path:
         return self._path
 
+    def synchronous(self) -> str:
+        """The durability level in force on this thread's connection: "NORMAL" (survives process
+        death) or "FULL" (also survives power loss; ``fsync=True``)."""
+        try:
+            row = self._connection().execute("PRAGMA synchronous").fetchone()
+        except sqlite3.Error as err:
+            raise self._unavailable(err) from err
+        return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(int(row[0]), str(row[0]))
+
     # ------------------------------------------------------------------ connections, transactions
 
     def close(self) -> None:
@@ -845,8 +854,8 @@ class SqliteStore:
                 tx.event(pool_info, "", pool, "MODIFIED", text, rev)
             if endpoint is not None and endpoint_id is not None:
                 info, namespace, name = endpoint_id
-                current = self._load(tx.conn, info, namespace, name)
-                if current is None:
+                existing = self._load(tx.conn, info, namespace, name)
+                if existing is None:
                     if endpoint.get("metadata", {}).get("resourceVersion") not in (None, ""):
                         raise Conflict(
                             f'{ENDPOINT_KIND} "{namespace}/{name}": resourceVersion '
@@ -854,7 +863,7 @@ class SqliteStore:
                         )
                     self._insert(tx, info, namespace, name, endpoint, known_absent=True)
                 else:
-                    self._replace(tx, info, namespace, name, endpoint, status_only=False, found=current)
+                    self._replace(tx, info, namespace, name, endpoint, status_only=False, found=existing)
             if delete_endpoint is not None:
                 info = kind_info(ENDPOINT_KIND)
                 namespace, name = delete_endpoint
