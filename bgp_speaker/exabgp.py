@@ -1,0 +1,281 @@
+"""The ExaBGP driver: one ExaBGP child process and the command channel to it.
+
+``ExabgpProcess`` is one *generation*: it listens on a unix socket in the runtime dir, starts ExaBGP
+(which starts our relay, which connects back and says ``hello <token>``), then reads every line
+ExaBGP writes on its own task so the pipe never fills, matches ``done``/``error`` acks to the commands
+in the order they were sent (output of a ``show`` command comes before its ack), and hands session
+events to a callback.  Commands may be pipelined: ``send_many`` writes a whole batch and then awaits
+all the acks.
+
+The generation is over when ExaBGP exits, the relay's connection closes, or ``stop()`` is called;
+``closed`` is set at once in each case, and every command still waiting fails with ExabgpGone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import signal
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bgp_speaker.commands import Ack, Output, ShutdownEvent, StateEvent, check_line, parse_line
+
+__all__ = ["CommandResult", "Event", "ExabgpError", "ExabgpGone", "ExabgpProcess"]
+
+log = logging.getLogger(__name__)
+
+Event = StateEvent | ShutdownEvent
+_PR_SET_PDEATHSIG = 1
+READ_LIMIT = 4 * 1024 * 1024
+
+
+class ExabgpError(RuntimeError):
+    """ExaBGP could not be started (one line, with the tail of its log when there is one)."""
+
+
+class ExabgpGone(ExabgpError):
+    """The ExaBGP generation ended while a command was waiting for its ack."""
+
+
+@dataclass
+class CommandResult:
+    command: str
+    ok: bool = False
+    output: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    result: CommandResult
+    future: asyncio.Future[CommandResult]
+
+
+def _pdeathsig_hook() -> Callable[[], None]:
+    """A preexec function that asks the kernel to SIGTERM ExaBGP when the agent dies, so ExaBGP
+    never outlives its agent.  libc is loaded here, in the parent: between fork and exec the child
+    must only call the ready function (loading a library there can deadlock)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    sig = int(signal.SIGTERM)
+
+    def hook() -> None:  # pragma: no cover - runs in the child
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return hook
+
+
+class ExabgpProcess:
+    def __init__(
+        self,
+        *,
+        command: Sequence[str],
+        config_path: Path,
+        socket_path: Path,
+        log_path: Path,
+        env: Mapping[str, str],
+        on_event: Callable[[Event], None],
+        token: str | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.config_path = config_path
+        self.socket_path = socket_path
+        self.log_path = log_path
+        self.env = dict(env)
+        self.token = token or secrets.token_hex(8)
+        self._on_event = on_event
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: deque[_Pending] = deque()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self._connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.returncode
+
+    # ---- start -------------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello = await asyncio.wait_for(reader.readline(), 5.0)
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            writer.close()
+            return
+        fut = self._connected
+        if hello.decode("ascii", "replace").strip() != f"hello {self.token}" or fut is None or fut.done():
+            log.warning("ExaBGP relay: refused a connection with an unknown token")
+            writer.close()
+            return
+        fut.set_result((reader, writer))
+
+    async def start(self, *, timeout: float = 15.0) -> None:
+        """Start ExaBGP and wait until its relay is connected; ExabgpError if it is not."""
+        loop = asyncio.get_running_loop()
+        self._connected = loop.create_future()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        server = await asyncio.start_unix_server(self._accept, path=str(self.socket_path), limit=READ_LIMIT)
+        os.chmod(self.socket_path, 0o600)
+        try:
+            self._rotate_log()
+            with open(self.log_path, "ab") as logf:
+                os.chmod(self.log_path, 0o600)
+                self._proc = await asyncio.create_subprocess_exec(
+                    *self.command,
+                    str(self.config_path),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=self.env,
+                    preexec_fn=_pdeathsig_hook(),
+                    start_new_session=True,
+                )
+            exited: asyncio.Future[Any] = asyncio.ensure_future(self._proc.wait())
+            connected: asyncio.Future[Any] = self._connected
+            done, _ = await asyncio.wait(
+                {connected, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if connected not in done:
+                exited.cancel()
+                await self._kill()
+                why = "exited" if exited in done else f"did not connect within {timeout:.0f}s"
+                raise ExabgpError(f"ExaBGP {why}: {self.log_tail() or 'no output'}")
+            exited.cancel()
+        finally:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        reader, self._writer = self._connected.result()
+        self._tasks = [
+            asyncio.create_task(self._read(reader), name="exabgp-reader"),
+            asyncio.create_task(self._watch_exit(), name="exabgp-exit"),
+        ]
+
+    def _rotate_log(self) -> None:
+        if self.log_path.exists() and self.log_path.stat().st_size > 0:
+            os.replace(self.log_path, self.log_path.with_suffix(self.log_path.suffix + ".1"))
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        tail = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+        return " | ".join(tail)
+
+    # ---- the running generation -----------------------------------------------------------
+
+    def _close(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        while self._pending:
+            p = self._pending.popleft()
+            if not p.future.done():
+                p.future.set_exception(ExabgpGone(f"ExaBGP went away ({reason})"))
+        if self._writer is not None:
+            self._writer.close()
+
+    async def _watch_exit(self) -> None:
+        assert self._proc is not None
+        code = await self._proc.wait()
+        self._close(f"ExaBGP exited with status {code}")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                raw = await reader.readline()
+                if not raw:
+                    break
+                self._dispatch(raw.decode("utf-8", "replace"))
+        except (ConnectionError, ValueError) as exc:  # ValueError: a line beyond READ_LIMIT
+            self._close(f"relay connection failed: {exc}")
+            return
+        self._close("relay connection closed")
+
+    def _dispatch(self, line: str) -> None:
+        if not line.strip():
+            return
+        item = parse_line(line)
+        if isinstance(item, Ack):
+            if not self._pending:
+                log.warning("ExaBGP sent an ack for no command")
+                return
+            p = self._pending.popleft()
+            p.result.ok = item.ok
+            if not p.future.done():
+                p.future.set_result(p.result)
+        elif isinstance(item, StateEvent | ShutdownEvent):
+            self._on_event(item)
+        elif isinstance(item, Output):
+            if self._pending:
+                self._pending[0].result.output.append(item.text)
+            else:
+                log.debug("ExaBGP output outside any command: %s", item.text[:200])
+
+    async def send_many(self, commands: Sequence[str]) -> list[CommandResult]:
+        """Write every command (pipelined) and wait for all their acks."""
+        if self.closed.is_set() or self._writer is None:
+            raise ExabgpGone(f"ExaBGP is not running ({self.close_reason or 'not started'})")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[CommandResult]] = []
+        for cmd in commands:
+            check_line(cmd)
+            fut: asyncio.Future[CommandResult] = loop.create_future()
+            self._pending.append(_Pending(CommandResult(cmd), fut))
+            futures.append(fut)
+            self._writer.write(cmd.encode("ascii") + b"\n")
+        try:
+            await self._writer.drain()
+        except ConnectionError as exc:
+            self._close(f"relay connection failed: {exc}")
+        return list(await asyncio.gather(*futures))
+
+    async def send(self, command: str) -> CommandResult:
+        return (await self.send_many([command]))[0]
+
+    # ---- stop ----------------------------------------------------------------------------------
+
+    async def _kill(self, *, grace: float = 5.0) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """SIGTERM ExaBGP (SIGKILL after ``grace``), and end the generation."""
+        await self._kill(grace=grace)
+        self._close("stopped")
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+
+    def kill_now(self) -> None:
+        """SIGKILL ExaBGP (tests and the restart path use it to model a crash)."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()

@@ -1,0 +1,206 @@
+"""Kernel route readiness: a pod IP is announced only while this node's kernel delivers it locally.
+
+The CNI plugins make that route: ``ptp`` adds ``<pod-ip> dev vethXXXX scope host``, ``bridge`` has
+the bridge's connected subnet.  BIRD's kernel protocol learns Calico's routes the same way (netlink,
+asynchronously).  An IP is *ready* when the longest-prefix match for it in the main table is a direct
+route (unicast, an output interface, no gateway) more specific than a default route.  When the host
+route goes away (pod deleted, veth gone) the match falls back to the default route via the router
+and the IP stops being ready, so it is withdrawn.
+
+``RouteTable`` is the pure part.  ``HostRouteSource`` is the seam: the speaker consumes batches of
+``RouteChange`` from it.  ``NetlinkRouteSource`` is the real one (pyroute2, asyncio), optionally
+inside a named network namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from bgp_speaker.config import IPAddress, IPNetwork
+
+__all__ = [
+    "MAIN_TABLE",
+    "HostRouteSource",
+    "NetlinkRouteSource",
+    "RouteBatch",
+    "RouteChange",
+    "RouteTable",
+    "route_change_from_netlink",
+]
+
+log = logging.getLogger(__name__)
+
+MAIN_TABLE = 254
+_RTN_UNICAST = 1
+_AF_INET = 2
+_AF_INET6 = 10
+
+
+@dataclass(frozen=True)
+class RouteChange:
+    kind: Literal["add", "del"]
+    dst: IPNetwork
+    direct: bool  # unicast via an interface, no gateway: the node itself delivers it
+    oif: int = 0
+    gateway: str = ""
+    metric: int = 0
+
+    @property
+    def entry(self) -> tuple[int, str, int]:
+        """What tells apart several routes to the same destination."""
+        return (self.oif, self.gateway, self.metric)
+
+
+@dataclass(frozen=True)
+class RouteBatch:
+    """Changes to apply in order; with ``reset`` the table is replaced by the batch's adds."""
+
+    changes: tuple[RouteChange, ...]
+    reset: bool = False
+
+
+class HostRouteSource(Protocol):
+    """Yields a reset batch (the current table) first, then changes as they happen."""
+
+    def watch(self) -> AsyncIterator[RouteBatch]: ...
+
+
+class RouteTable:
+    """The main table's routes by destination, and longest-prefix-match readiness."""
+
+    def __init__(self) -> None:
+        self._routes: dict[IPNetwork, dict[tuple[int, str, int], bool]] = {}
+        self._lengths: dict[int, set[int]] = {4: set(), 6: set()}
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def _reindex(self) -> None:
+        self._lengths = {4: set(), 6: set()}
+        for net in self._routes:
+            self._lengths[net.version].add(net.prefixlen)
+
+    def apply(self, batch: RouteBatch) -> set[IPNetwork]:
+        """Apply a batch; returns the destinations whose entry changed."""
+        touched: set[IPNetwork] = set()
+        if batch.reset:
+            touched.update(self._routes)
+            self._routes.clear()
+        for ch in batch.changes:
+            entries = self._routes.get(ch.dst)
+            if ch.kind == "add":
+                if entries is None:
+                    entries = self._routes[ch.dst] = {}
+                if entries.get(ch.entry) != ch.direct:
+                    entries[ch.entry] = ch.direct
+                    touched.add(ch.dst)
+            elif entries is not None and entries.pop(ch.entry, None) is not None:
+                touched.add(ch.dst)
+                if not entries:
+                    del self._routes[ch.dst]
+        if batch.reset:
+            touched.update(self._routes)
+        self._reindex()
+        return touched
+
+    def lookup(self, ip: IPAddress) -> tuple[IPNetwork, bool] | None:
+        """The longest matching route for ``ip`` and whether it is direct."""
+        for plen in sorted(self._lengths[ip.version], reverse=True):
+            net = ipaddress.ip_network(f"{ip}/{plen}", strict=False)
+            entries = self._routes.get(net)
+            if entries:
+                return net, any(entries.values())
+        return None
+
+    def is_local(self, ip: IPAddress) -> bool:
+        hit = self.lookup(ip)
+        return hit is not None and hit[1] and hit[0].prefixlen > 0
+
+    def ready(self, ips: Iterable[IPAddress]) -> set[IPAddress]:
+        return {ip for ip in ips if self.is_local(ip)}
+
+
+def route_change_from_netlink(msg: Mapping[str, Any]) -> RouteChange | None:
+    """A RouteChange for a netlink route message of the main table, or None to ignore it."""
+    event = msg.get("event")
+    if event not in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+        return None
+    attrs = dict(msg.get("attrs") or ())
+    table = attrs.get("RTA_TABLE", msg.get("table"))
+    if table != MAIN_TABLE:
+        return None
+    family = msg.get("family")
+    plen = int(msg.get("dst_len", 0))
+    dst = attrs.get("RTA_DST")
+    if dst is None:
+        dst = "0.0.0.0" if family == _AF_INET else "::"
+    try:
+        net = ipaddress.ip_network(f"{dst}/{plen}", strict=False)
+    except ValueError:
+        return None
+    direct = (
+        msg.get("type") == _RTN_UNICAST
+        and "RTA_GATEWAY" not in attrs
+        and "RTA_MULTIPATH" not in attrs
+        and "RTA_VIA" not in attrs
+        and "RTA_OIF" in attrs
+    )
+    oif = attrs.get("RTA_OIF")
+    return RouteChange(
+        "add" if event == "RTM_NEWROUTE" else "del",
+        net,
+        direct,
+        oif=int(oif) if isinstance(oif, int) else 0,
+        gateway=str(attrs.get("RTA_GATEWAY") or ""),
+        metric=int(attrs.get("RTA_PRIORITY") or 0),
+    )
+
+
+class NetlinkRouteSource:
+    """Route changes from the kernel through pyroute2 (asyncio), in ``netns`` or the current namespace."""
+
+    def __init__(self, *, netns: str | None = None) -> None:
+        self.netns = netns
+
+    async def watch(self) -> AsyncIterator[RouteBatch]:
+        from pyroute2 import AsyncIPRoute
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
+
+        kwargs: dict[str, Any] = {} if self.netns is None else {"netns": self.netns}
+        async with AsyncIPRoute(**kwargs) as ipr:
+            await ipr.bind(groups=RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+            snapshot: list[RouteChange] = []
+            for family in (_AF_INET, _AF_INET6):
+                async for msg in await ipr.route("dump", family=family, table=MAIN_TABLE):
+                    msg_dict = _as_mapping(msg)
+                    msg_dict["event"] = "RTM_NEWROUTE"
+                    ch = route_change_from_netlink(msg_dict)
+                    if ch is not None:
+                        snapshot.append(ch)
+            yield RouteBatch(tuple(snapshot), reset=True)
+            while True:
+                changes: list[RouteChange] = []
+                async for msg in ipr.get():
+                    ch = route_change_from_netlink(_as_mapping(msg))
+                    if ch is not None:
+                        changes.append(ch)
+                if changes:
+                    yield RouteBatch(tuple(changes))
+
+
+def _as_mapping(msg: Any) -> dict[str, Any]:
+    return {
+        "event": msg.get("event"),
+        "family": msg.get("family"),
+        "dst_len": msg.get("dst_len"),
+        "type": msg.get("type"),
+        "table": msg.get("table"),
+        "attrs": [(name, value) for name in _ATTRS if (value := msg.get_attr(name)) is not None],
+    }
+
+
+_ATTRS = ("RTA_TABLE", "RTA_DST", "RTA_OIF", "RTA_GATEWAY", "RTA_MULTIPATH", "RTA_VIA", "RTA_PRIORITY")
