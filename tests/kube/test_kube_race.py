@@ -11,8 +11,6 @@ import json
 import threading
 from collections.abc import Callable
 
-import pytest
-
 from ipam.errors import AllocationError
 from ipam.kube_store import KubeStore
 from ipam.service import AllocateRequest, Allocation, IpamService, IpamSettings, ReleaseRequest
