@@ -334,8 +334,9 @@ class Kubelet:
         try:
             result = self._cni("ADD", runtime, pod)
         except CniError:
-            self._teardown(runtime, pod, run_del=True)
-            self.store.delete("Pod", name, ns)
+            with contextlib.suppress(NotFound):
+                self.store.delete("Pod", name, ns)
+            self._teardown(runtime, None, run_del=True)
             raise
         ips = [str(ip["address"]).split("/")[0] for ip in result.get("ips", [])]
         server = self._start_server(pod_ns, name)
@@ -397,11 +398,13 @@ class Kubelet:
         runtime = self.pods.get(key)
         if pod is None and runtime is None:
             raise NotFound("Pod", name, ns)
-        if runtime is not None:
-            self._teardown(runtime, pod, run_del=True)
+        # The embedded store has no graceful (terminating) state, so the object goes first: the IPAM
+        # keeps the IP of a pod that still looks alive, and releases it once the pod is gone.
         if pod is not None:
             with contextlib.suppress(NotFound):
                 self.store.delete("Pod", name, ns)
+        if runtime is not None:
+            self._teardown(runtime, None, run_del=True)
         self.log(f'pod "{name}" deleted')
         if replace:
             self.reconcile()
