@@ -123,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"get pool with {args.count} records (renders allocatedIPs)",
                 lambda: store.get("SpiderIPPool", "fill"),
             )
+            timed("get the same, unchanged pool again", lambda: store.get("SpiderIPPool", "fill"))
+            timed("list both pools (unchanged)", lambda: store.list("SpiderIPPool"))
             timed("usage() of that pool, cached", lambda: store.usage("fill"))
             timed("records() of that pool", lambda: store.records("fill"))
             fresh = SqliteStore(Path(tmp) / "state.db")

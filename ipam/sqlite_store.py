@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ from ipam.kinds import KindInfo, kind_info
 from ipam.sqlite_schema import connect, ensure_schema
 from ipam.store import Claim, IPRecord, Obj, PoolUsage, WatchEvent
 
-__all__ = ["SqliteStore", "format_timestamp", "ip_key", "render_allocated_ips"]
+__all__ = ["SqliteStore", "format_timestamp", "ip_key"]
 
 POOL_KIND = "SpiderIPPool"
 ENDPOINT_KIND = "SpiderEndpoint"
@@ -59,6 +59,13 @@ _REPLAY_LIMIT = 256
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 
+# Spiderpool's allocatedIPs string, {"10.0.0.1":{"pod":"ns/name","podUid":"..."},...}, built by SQLite;
+# the subquery walks the (pool, ip_key) index, so keys come in IP order.
+_RENDER_RECORDS = (
+    "SELECT count(*), json_group_object(ip, json_object('pod', pod, 'podUid', pod_uid)) "
+    "FROM (SELECT ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key)"
+)
+
 
 def format_timestamp(seconds: float) -> str:
     """RFC 3339 UTC with second precision, as Kubernetes writes it: ``2026-11-26T13:00:00Z``."""
@@ -68,15 +75,6 @@ def format_timestamp(seconds: float) -> str:
 def ip_key(ip: int) -> bytes:
     """The ordering key stored beside each record: the address as 16 big-endian bytes."""
     return ip.to_bytes(16, "big")
-
-
-def render_allocated_ips(records: Iterable[tuple[str, str, str]]) -> str | None:
-    """Spiderpool's ``status.allocatedIPs`` string from (ip, pod, pod_uid) in the order given (the
-    store passes them sorted by IP); None when there are none (Spiderpool leaves the field out)."""
-    entries = {ip: {"pod": pod, "podUid": uid} for ip, pod, uid in records}
-    if not entries:
-        return None
-    return json.dumps(entries, separators=(",", ":"))
 
 
 class _SortedView(Sequence[int]):
@@ -233,6 +231,7 @@ class SqliteStore:
         self._closed = False
         self._cache_lock = threading.Lock()
         self._cache: dict[str, _PoolCache] = {}
+        self._rendered: dict[str, tuple[str, int, str | None]] = {}  # pool -> (revision, count, text)
         try:
             self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as err:
@@ -390,25 +389,36 @@ class SqliteStore:
         except (TypeError, ValueError) as err:
             raise Invalid(info.kind, name, "object", f"is not JSON-serializable: {err}") from None
 
-    def _render_pool(self, conn: sqlite3.Connection, obj: Obj) -> Obj:
-        """Add ``status.allocatedIPs`` (from the rows) and ``allocatedIPCount`` to a stored pool."""
+    def _render_pool(self, conn: sqlite3.Connection, obj: Obj, *, committed: bool = True) -> Obj:
+        """Add ``status.allocatedIPs`` (Spiderpool's JSON string, keys in IP order, absent when there
+        are no records) and ``allocatedIPCount``, both from the rows, to a stored pool.
+
+        SQLite builds the string (``json_group_object`` over the (pool, ip_key) index, in C); the
+        result is kept per pool revision, so reading pools that did not change costs no rendering.
+        Inside a write transaction (``committed=False``) nothing is cached: the revision could still
+        be rolled back and then be reused."""
         name = obj["metadata"]["name"]
-        rows = conn.execute(
-            "SELECT ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key", (name,)
-        ).fetchall()
+        revision = obj["metadata"]["resourceVersion"]
+        with self._cache_lock:
+            cached = self._rendered.get(name)
+        if cached is None or cached[0] != revision:
+            count, text = conn.execute(_RENDER_RECORDS, (name,)).fetchone()
+            cached = (revision, int(count), text if count else None)
+            if committed:
+                with self._cache_lock:
+                    self._rendered[name] = cached
         status = obj.setdefault("status", {})
-        status["allocatedIPCount"] = len(rows)
-        text = render_allocated_ips(rows)
-        if text is None:
+        status["allocatedIPCount"] = cached[1]
+        if cached[2] is None:
             status.pop("allocatedIPs", None)
         else:
-            status["allocatedIPs"] = text
+            status["allocatedIPs"] = cached[2]
         return obj
 
-    def _output(self, conn: sqlite3.Connection, info: KindInfo, body: str) -> Obj:
+    def _output(self, conn: sqlite3.Connection, info: KindInfo, body: str, *, committed: bool) -> Obj:
         obj: Obj = json.loads(body)
         if info.kind == POOL_KIND:
-            return self._render_pool(conn, obj)
+            return self._render_pool(conn, obj, committed=committed)
         return obj
 
     @staticmethod
@@ -543,7 +553,7 @@ class SqliteStore:
         info, namespace, name = self._identify(obj)
         with self._write() as tx:
             body = self._insert(tx, info, namespace, name, obj)
-            return self._output(tx.conn, info, body)
+            return self._output(tx.conn, info, body, committed=False)
 
     def get(self, kind: str, name: str, namespace: str = "") -> Obj:
         info = self._info(kind, name)
@@ -556,7 +566,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 raise NotFound(info.kind, name, namespace)
-            return self._output(conn, info, row[0])
+            return self._output(conn, info, row[0], committed=True)
 
     def list(
         self,
@@ -589,13 +599,13 @@ class SqliteStore:
         info, namespace, name = self._identify(obj)
         with self._write() as tx:
             body = self._replace(tx, info, namespace, name, obj, status_only=False)
-            return self._output(tx.conn, info, body)
+            return self._output(tx.conn, info, body, committed=False)
 
     def update_status(self, obj: Obj) -> Obj:
         info, namespace, name = self._identify(obj)
         with self._write() as tx:
             body = self._replace(tx, info, namespace, name, obj, status_only=True)
-            return self._output(tx.conn, info, body)
+            return self._output(tx.conn, info, body, committed=False)
 
     def delete(
         self, kind: str, name: str, namespace: str = "", *, resource_version: str | None = None
