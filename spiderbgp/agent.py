@@ -51,6 +51,9 @@ class Announcer(Protocol):
 
     def remove_pod_ips(self, ips: Sequence[str]) -> None: ...
 
+    def set_pool_subnets(self, subnets: Sequence[str]) -> None:
+        """The pools' subnets: the export policy never announces anything outside them."""
+
     def status(self) -> list[dict[str, Any]]: ...
 
     async def routes(self) -> list[dict[str, Any]]: ...
@@ -164,12 +167,17 @@ class Agent:
             await asyncio.sleep(0.05)  # debounce bursts of events into one recomputation
             self._resync.clear()
             try:
-                ips = await loop.run_in_executor(self.executor, self.service.node_ips)
+                ips, subnets = await loop.run_in_executor(self.executor, self._node_state)
             except Exception as exc:
                 LOG.warning("resync of this node's addresses failed: %s", exc)
                 continue
             if self.announcer is not None:
+                self.announcer.set_pool_subnets(subnets)
                 self.announcer.set_pod_ips(ips)
+
+    def _node_state(self) -> tuple[dict[str, str], list[str]]:
+        subnets = sorted({str(p.get("spec", {}).get("subnet")) for p in self.store.list("SpiderIPPool")})
+        return self.service.node_ips(), subnets
 
     async def _controllers_loop(self) -> None:
         """Leader-only controllers (GC, pools, SpiderSubnet auto-pools), each a sync run-once callable."""
@@ -234,7 +242,8 @@ class Agent:
             ready=self._ready,
         )
         if self.announcer is not None:
-            ips = await loop.run_in_executor(self.executor, self.service.node_ips)
+            ips, subnets = await loop.run_in_executor(self.executor, self._node_state)
+            self.announcer.set_pool_subnets(subnets)
             self.announcer.set_pod_ips(ips)
             await self.announcer.start()
         app = make_app(backend, metrics=self._observe)
@@ -284,17 +293,19 @@ def run_agent(
     from spiderbgp.stores import open_store
 
     configure_logging(config.log_level, config.log_format)
-    store = open_store(store_override or config.store, kubeconfig=config.kubeconfig, cached_kinds=())
+    registry = CollectorRegistry()
     announcer = None
     if config.bgp is not None:
         from spiderbgp.bgp import build_announcer
 
-        announcer = build_announcer(config, withdraw_on_exit=withdraw_on_exit)
+        announcer = build_announcer(config, withdraw_on_exit=withdraw_on_exit, registry=registry)
+    store = open_store(store_override or config.store, kubeconfig=config.kubeconfig, cached_kinds=())
     agent = Agent(
         config,
         store,
         announcer=announcer,
-        withdraw_on_exit=withdraw_on_exit or bool(getattr(announcer, "withdraw_on_exit", False)),
+        registry=registry,
+        withdraw_on_exit=withdraw_on_exit or bool(announcer is not None and announcer.withdraw_on_exit),
     )
 
     async def main() -> None:

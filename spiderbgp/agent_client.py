@@ -76,14 +76,14 @@ def render_bgp_status(data: Mapping[str, Any]) -> str:
     for family, title in ((4, "IPv4 BGP status"), (6, "IPv6 BGP status")):
         rows = [
             [
-                str(p.get("address", "")),
-                str(p.get("type", "global")),
+                str(p.get("peerAddress", "")),
+                str(p.get("peerType", "")),
                 str(p.get("state", "")),
-                str(p.get("since", "")),
+                str(p.get("since") or ""),
                 str(p.get("info", "")),
             ]
             for p in peers
-            if (":" in str(p.get("address", ""))) == (family == 6)
+            if (":" in str(p.get("peerAddress", ""))) == (family == 6)
         ]
         out.append(title)
         if rows:
@@ -100,8 +100,5 @@ def render_bgp_routes(data: Mapping[str, Any]) -> str:
     routes = list(data.get("routes") or [])
     if not routes:
         return str(data.get("note") or "No routes announced.")
-    rows = [
-        [str(r.get("peer", "")), str(r.get("prefix", "")), str(r.get("nexthop", r.get("next_hop", "")))]
-        for r in routes
-    ]
+    rows = [[str(r.get("peer", "")), str(r.get("prefix", "")), str(r.get("nextHop") or "")] for r in routes]
     return _table(["PEER", "PREFIX", "NEXT HOP"], rows)
