@@ -144,10 +144,12 @@ class _Tx:
         self.revision += 1
         return self.revision
 
-    def event(self, info: KindInfo, namespace: str, name: str, kind: EventType, body: str, rev: int) -> None:
+    def event(
+        self, info: KindInfo, namespace: str, name: str, change: EventType, body: str, rev: int
+    ) -> None:
         self.conn.execute(
             "INSERT INTO events (revision, kind, namespace, name, type, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (rev, info.kind, namespace, name, kind, body),
+            (rev, info.kind, namespace, name, change, body),
         )
 
 
