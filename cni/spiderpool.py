@@ -911,7 +911,7 @@ def run(
     if env.command == "ADD":
         result = cmd_add(env, conf, transport)
         log.log(
-            "info",
+            "debug",
             f"ADD {env.args.pod_namespace}/{env.args.pod_name} {env.if_name}: {json_dumps(result.get('ips'))}",
         )
         return result

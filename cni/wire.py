@@ -381,8 +381,11 @@ class Route(_Record):
     def from_json(cls, value: object, where: str = "Route") -> Route:
         obj = _obj(value, where)
         dst = _str(obj, "dst", where)
-        _cidr(dst, f"{where}.dst")
-        return cls(if_name=_str(obj, "ifName", where), dst=dst, gw=_ip(obj, "gw", where))
+        version = _cidr(dst, f"{where}.dst")
+        gw = _ip(obj, "gw", where)
+        if gw is not None and (":" in gw) != (version == 6):
+            raise ValueError(f"{where}.gw: {gw!r} is not an IPv{version} address like dst {dst!r}")
+        return cls(if_name=_str(obj, "ifName", where), dst=dst, gw=gw)
 
 
 class DNS(_Record):

@@ -1,0 +1,122 @@
+"""cni.wire: every record survives to_json/from_json, and bad input is one ValueError naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cni import wire
+
+names = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789-."), min_size=1, max_size=20)
+v4 = st.ip_addresses(v=4).map(str)
+v6 = st.ip_addresses(v=6).map(str)
+ipconfigs = st.one_of(
+    st.builds(lambda ip, p, gw, pool, nic: wire.IPConfig(address=f"{ip}/{p}", gateway=gw, pool=pool, nic=nic), v4, st.integers(0, 32), st.none() | v4, names, names),
+    st.builds(lambda ip, p, gw, pool, nic: wire.IPConfig(address=f"{ip}/{p}", gateway=gw, pool=pool, nic=nic), v6, st.integers(0, 128), st.none() | v6, names, names),
+)  # fmt: skip
+routes = st.one_of(
+    st.builds(lambda dst, gw, nic: wire.Route(if_name=nic, dst=dst, gw=gw), st.sampled_from(["0.0.0.0/0", "10.0.0.0/8"]), st.none() | v4, names),
+    st.builds(lambda dst, gw, nic: wire.Route(if_name=nic, dst=dst, gw=gw), st.sampled_from(["::/0", "fd00::/64"]), st.none() | v6, names),
+)  # fmt: skip
+requests = st.builds(
+    wire.AddRequest, container_id=names, if_name=names, netns=names, pod_namespace=names, pod_name=names, pod_uid=st.text(max_size=5),
+    default_ipv4_ippool=st.lists(names, max_size=3), default_ipv6_ippool=st.lists(names, max_size=3), clean_gateway=st.booleans(), network=names,
+)  # fmt: skip
+
+
+@given(
+    st.lists(ipconfigs, min_size=1, max_size=4),
+    st.lists(routes, max_size=3),
+    st.none() | st.builds(wire.DNS, nameservers=st.lists(v4, max_size=2)),
+)
+def test_add_response_round_trip(
+    ips: list[wire.IPConfig], rts: list[wire.Route], dns: wire.DNS | None
+) -> None:
+    response = wire.AddResponse(ips=ips, routes=rts, dns=dns)
+    again = wire.AddResponse.from_json(response.to_json())
+    assert again == response and hash(again) == hash(response)
+    for ip in again.ips:
+        assert ip.version == (6 if ":" in ip.address else 4)
+
+
+@given(requests)
+def test_requests_round_trip(request: wire.AddRequest) -> None:
+    assert wire.AddRequest.from_json(request.to_json()) == request
+    d = wire.DelRequest(
+        container_id=request.container_id,
+        if_name=request.if_name,
+        network=request.network,
+        pod_uid=request.pod_uid,
+    )
+    assert wire.DelRequest.from_json(d.to_json()) == d
+    s = wire.StatusRequest(network=request.network, default_ipv4_ippool=request.default_ipv4_ippool)
+    pairs = [tuple(kv.split("=", 1)) for kv in s.to_query().split("&")]
+    from urllib.parse import unquote
+
+    assert wire.StatusRequest.from_query((k, unquote(v)) for k, v in pairs) == s
+
+
+@pytest.mark.parametrize(
+    ("cls", "body", "message"),
+    [
+        (wire.AddRequest, {"containerID": "c"}, "AddRequest.ifName: missing"),
+        (wire.AddRequest, "x", "AddRequest: expected a JSON object, got a string"),
+        (wire.AddResponse, {"ips": []}, "AddResponse.ips: must hold at least one address"),
+        (wire.AddResponse, {"ips": [{"address": "10.0.0.1/33", "nic": "e"}]}, "AddResponse.ips[0].address"),
+        (
+            wire.AddResponse,
+            {"ips": [{"address": "10.0.0.1/24", "nic": "e", "version": 6}]},
+            "AddResponse.ips[0].version",
+        ),
+        (
+            wire.AddResponse,
+            {"ips": [{"address": "10.0.0.1/24", "nic": "e", "gateway": "fd00::1"}]},
+            "AddResponse.ips[0].gateway",
+        ),
+        (
+            wire.AddResponse,
+            {"ips": [{"address": "10.0.0.1/24", "nic": "e"}], "routes": [{"ifName": "e", "dst": "x"}]},
+            "AddResponse.routes[0].dst",
+        ),
+        (
+            wire.AddResponse,
+            {
+                "ips": [{"address": "10.0.0.1/24", "nic": "e"}],
+                "routes": [{"ifName": "e", "dst": "::/0", "gw": "10.0.0.1"}],
+            },
+            "AddResponse.routes[0].gw",
+        ),
+        (wire.GcRequest, {"network": "n", "cniVersion": "1.1.0"}, "GcRequest.validAttachments: missing"),
+        (
+            wire.GcRequest,
+            {"network": "n", "cniVersion": "1.1.0", "validAttachments": [{"containerID": "c", "ifname": 1}]},
+            "GcRequest.validAttachments[0].ifname",
+        ),
+        (
+            wire.CheckRequest,
+            {"containerID": "c", "ifName": "e", "cniVersion": "1", "network": "n", "ips": ["10.0.0.1"]},
+            "CheckRequest.ips[0]",
+        ),
+        (wire.ErrorResponse, {"code": "100", "msg": "m"}, "ErrorResponse.code"),
+        (
+            wire.DelRequest,
+            {"containerID": "c", "ifName": "e", "cniVersion": "1", "network": "n", "apiVersion": "v2"},
+            "DelRequest.apiVersion",
+        ),
+    ],
+)
+def test_validation_names_the_field(cls: Any, body: object, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        cls.from_json(body)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_records_are_immutable_values() -> None:
+    a = wire.ErrorResponse(code=100, msg="m")
+    with pytest.raises(AttributeError):
+        a.code = 3
+    assert a == wire.ErrorResponse(code=100, msg="m") != wire.ErrorResponse(code=101, msg="m")
+    assert repr(a) == "ErrorResponse(code=100, details='', msg='m')"
