@@ -109,7 +109,9 @@ class ObjectStore(Protocol):
     def update_status(self, obj: Obj) -> Obj:
         """Replace only status, with the same resourceVersion precondition.  Raises NotFound."""
 
-    def delete(self, kind: str, name: str, namespace: str = "", *, resource_version: str | None = None) -> None:
+    def delete(
+        self, kind: str, name: str, namespace: str = "", *, resource_version: str | None = None
+    ) -> None:
         """Remove an object (no finalizer semantics in the embedded store).  Raises NotFound, Conflict."""
 
     def revision(self) -> str:

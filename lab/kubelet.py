@@ -51,7 +51,15 @@ _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the consonants-and-digits set 
 
 
 class CniError(RuntimeError):
-    """A CNI plugin failed: ``pod default/x: CNI ADD ptp: <its message>``."""
+    """A CNI plugin failed: ``pod default/x: CNI ADD ptp: <its message>``; ``code`` is its CNI code."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+CNI_TRY_AGAIN = 11
+ADD_RETRY_SECONDS = 30.0  # like the kubelet, keep retrying a sandbox whose ADD said "try again later"
 
 
 @dataclass(frozen=True)
@@ -303,6 +311,22 @@ class Kubelet:
 
     # ---- pods ----------------------------------------------------------------------------------
 
+    def _add_with_retries(self, runtime: PodRuntime, pod: Obj) -> dict[str, Any]:
+        """CNI ADD; on "try again later" (code 11, e.g. a SpiderSubnet auto pool not created yet) tear
+        the attempt down with DEL and retry with backoff, as the kubelet re-creates a failed sandbox."""
+        deadline = time.monotonic() + ADD_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                return self._cni("ADD", runtime, pod)
+            except CniError as exc:
+                if exc.code != CNI_TRY_AGAIN or time.monotonic() + delay > deadline:
+                    raise
+                with contextlib.suppress(CniError):
+                    self._cni("DEL", runtime, pod)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def _start_pod(
         self, name: str, owner: Obj, template: Mapping[str, Any], labels: Mapping[str, str]
     ) -> Obj:
@@ -332,7 +356,7 @@ class Kubelet:
         self.pods[key] = runtime
         self._save()
         try:
-            result = self._cni("ADD", runtime, pod)
+            result = self._add_with_retries(runtime, pod)
         except CniError:
             with contextlib.suppress(NotFound):
                 self.store.delete("Pod", name, ns)
@@ -506,11 +530,21 @@ class Kubelet:
             )
             if res.returncode != 0:
                 raise CniError(
-                    f"pod {runtime.key}: CNI {command} {ptype}: {_cni_message(res.stdout, res.stderr)}"
+                    f"pod {runtime.key}: CNI {command} {ptype}: {_cni_message(res.stdout, res.stderr)}",
+                    _cni_code(res.stdout),
                 )
             if command == "ADD":
                 prev = json.loads(res.stdout)
         return prev or {}
+
+
+def _cni_code(stdout: str) -> int | None:
+    try:
+        err = json.loads(stdout)
+    except json.JSONDecodeError:
+        return None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if isinstance(code, int) else None
 
 
 def _cni_message(stdout: str, stderr: str) -> str:

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from ipam.store import Store
 from spiderbgp.cni_endpoint import make_app, serve, shutdown
 from spiderbgp.config import AgentConfig
 from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
+from spiderbgp.leadership import Leadership
 from spiderbgp.metrics import IpamMetrics
 
 __all__ = ["Agent", "Announcer", "run_agent"]
@@ -94,8 +95,6 @@ class Agent:
         announcer: Announcer | None = None,
         registry: CollectorRegistry | None = None,
         withdraw_on_exit: bool = False,
-        controllers: Callable[[Store, Callable[[Sequence[str]], None]], Sequence[Callable[[], object]]]
-        | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -103,7 +102,6 @@ class Agent:
         self.registry = registry or CollectorRegistry()
         self.metrics = IpamMetrics.create(self.registry)
         self.withdraw_on_exit = withdraw_on_exit
-        self._controllers_factory = controllers
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ipam")
         self.service = IpamService(
             store,
@@ -119,7 +117,6 @@ class Agent:
         self._stopping = threading.Event()
         self._resync = asyncio.Event()
         self._started = False
-        self._leading = False
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- events from the CNI path and the store ---------------------------------------------------
@@ -160,6 +157,10 @@ class Agent:
                 LOG.exception("endpoint watch failed; retrying")
                 self._stopping.wait(1.0)
 
+    def _wake_resync(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From any thread: recompute this node's announced addresses soon."""
+        loop.call_soon_threadsafe(self._resync.set)
+
     async def _resync_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -178,27 +179,6 @@ class Agent:
     def _node_state(self) -> tuple[dict[str, str], list[str]]:
         subnets = sorted({str(p.get("spec", {}).get("subnet")) for p in self.store.list("SpiderIPPool")})
         return self.service.node_ips(), subnets
-
-    async def _controllers_loop(self) -> None:
-        """Leader-only controllers (GC, pools, SpiderSubnet auto-pools), each a sync run-once callable."""
-        if self._controllers_factory is None:
-            return
-        loop = asyncio.get_running_loop()
-        runners = self._controllers_factory(self.store, self._ips_removed_threadsafe(loop))
-        interval = self.config.ipam.gc.trace_interval_seconds
-        while True:
-            for run_once in runners:
-                try:
-                    await loop.run_in_executor(self.executor, run_once)
-                except Exception:
-                    LOG.exception("controller %s failed", getattr(run_once, "__name__", run_once))
-            await asyncio.sleep(interval)
-
-    def _ips_removed_threadsafe(self, loop: asyncio.AbstractEventLoop) -> Callable[[Sequence[str]], None]:
-        def removed(ips: Sequence[str]) -> None:
-            loop.call_soon_threadsafe(self._resync.set)
-
-        return removed
 
     # -- HTTP: BGP views on the CNI socket, health and metrics on TCP ---------------------------
 
@@ -262,7 +242,16 @@ class Agent:
         )
         watcher.start()
         self._tasks.append(asyncio.create_task(self._resync_loop()))
-        self._tasks.append(asyncio.create_task(self._controllers_loop()))
+        leadership: Leadership | None = None
+        if self.config.ipam.leader.enabled:
+            leadership = Leadership(
+                self.store,
+                self.config.ipam,
+                identity=self.config.node_name,
+                on_released=lambda ips: self._wake_resync(loop),
+                on_change=lambda leading: self.metrics.leader.set(1 if leading else 0),
+            )
+            leadership.start()
         self._started = True
         LOG.info("agent for node %s serving on %s", self.config.node_name, self.config.socket_path)
         try:
@@ -271,6 +260,8 @@ class Agent:
             LOG.info("stopping: finishing in-flight CNI requests")
             self._started = False
             await shutdown(runner)
+            if leadership is not None:
+                await leadership.stop()
             self._stopping.set()
             for task in self._tasks:
                 task.cancel()

@@ -1,0 +1,174 @@
+"""The leader-only side of the agent: elect one agent per store, and run the IPAM controllers there.
+
+The controllers (``ipam.controllers.LeaderControllers``) are synchronous store loops, so they run in a
+thread of their own that the election starts and stops.  The thread follows the store's watch: Pod
+events feed the GC's pod tracing, workload events the SpiderSubnet auto-pool controller, pool and subnet
+events the pool controller; a full pass (auto pools, GC scan-all, pools) runs when leadership starts and
+every GC interval.  Losing the lease stops the thread before the next store write it would make.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from ipam.controllers import APP_KINDS, LeaderControllers
+from ipam.errors import Gone, IpamError
+from ipam.gc_policy import GCSettings
+from ipam.store import Store, WatchEvent
+from spiderbgp.config import IpamConfig
+from spiderbgp.leader import ElectionConfig, LeaderElector
+
+__all__ = ["ControllerThread", "Leadership"]
+
+LOG = logging.getLogger("spiderbgp.leader")
+POOL_KINDS = ("SpiderIPPool", "SpiderSubnet", "SpiderReservedIP")
+
+
+class ControllerThread:
+    """Runs the leader-only controllers until ``stop()``; ``on_released`` hears of every GC release."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: IpamConfig,
+        *,
+        on_released: Callable[[list[str]], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self._on_released = on_released
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        gc = config.gc
+        self.controllers = LeaderControllers(
+            store,
+            gc_settings=GCSettings(
+                additional_grace_delay=gc.additional_grace_delay_seconds,
+                terminating_on_ready_node=gc.terminating_on_ready_node,
+                terminating_on_not_ready_node=gc.terminating_on_not_ready_node,
+                enable_statefulset=config.enable_statefulset,
+            ),
+            clock=clock,
+            default_flexible_ip_number=config.auto_pool_default_flexible_ip_number,
+        )
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="leader-controllers", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _released(self, released: list[tuple[object, str]]) -> None:
+        ips = [str(getattr(record, "ip", "")) for record, _ in released]
+        if ips:
+            LOG.info("GC released %d IPs: %s", len(ips), ", ".join(ips[:10]))
+            self._on_released(ips)
+
+    def _full_pass(self) -> None:
+        report = self.controllers.full_pass()
+        self._released(list(report.released))
+        while self.controllers.gc.scan_pending and not self._stop.is_set():
+            self._released(list(self.controllers.gc.scan_all()))
+
+    def _handle(self, events: list[WatchEvent]) -> None:
+        pods = [e for e in events if e.object.get("kind") == "Pod"]
+        apps = [e for e in events if e.object.get("kind") in APP_KINDS]
+        pools_changed = any(e.object.get("kind") in POOL_KINDS for e in events)
+        for event in apps:
+            self.controllers.subnets.handle(event)
+        self._released(list(self.controllers.gc.trace_pods(pods)))
+        if apps or pools_changed or pods:
+            self.controllers.pools.reconcile()
+
+    def _run(self) -> None:
+        kinds = ["Pod", *APP_KINDS, *POOL_KINDS]
+        interval = self.config.gc.interval_seconds
+        tick = min(self.config.gc.trace_interval_seconds, 1.0)
+        since = self.store.revision()
+        next_full = 0.0
+        while not self._stop.is_set():
+            try:
+                if self._clock() >= next_full:
+                    self._full_pass()
+                    next_full = self._clock() + interval
+                batch: list[WatchEvent] = []
+                for event in self.store.watch(kinds, since, timeout=tick):
+                    since = event.revision
+                    batch.append(event)
+                    if len(batch) >= 500 or self._stop.is_set():
+                        break
+                if self._stop.is_set():
+                    return
+                self._handle(batch)
+            except Gone:
+                since = self.store.revision()
+                next_full = 0.0  # missed events: look at everything again
+            except IpamError as exc:
+                LOG.warning("leader controllers: %s; retrying", exc)
+                self._stop.wait(1.0)
+            except Exception:
+                LOG.exception("leader controllers failed; retrying")
+                self._stop.wait(1.0)
+
+
+class Leadership:
+    """The election task plus the controller thread it starts and stops."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: IpamConfig,
+        *,
+        identity: str,
+        on_released: Callable[[list[str]], None],
+        on_change: Callable[[bool], None] = lambda leading: None,
+    ) -> None:
+        self.controllers = ControllerThread(store, config, on_released=on_released)
+        self._on_change = on_change
+        leader = config.leader
+        self.elector = LeaderElector(
+            store,
+            ElectionConfig(
+                name=leader.lease_name,
+                namespace=leader.lease_namespace,
+                identity=identity,
+                lease_duration=leader.lease_duration_seconds,
+                renew_deadline=leader.renew_deadline_seconds,
+                retry_period=leader.retry_period_seconds,
+            ),
+            on_started_leading=self._started,
+            on_stopped_leading=self._stopped,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def _started(self) -> None:
+        LOG.info("became leader: starting GC, pool and SpiderSubnet controllers")
+        self.controllers.start()
+        self._on_change(True)
+
+    def _stopped(self) -> None:
+        LOG.info("lost leadership: stopping the controllers")
+        self.controllers.stop(timeout=0.0)
+        self._on_change(False)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.elector.run(), name="leader-election")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.get_running_loop().run_in_executor(None, self.controllers.stop)
