@@ -309,7 +309,7 @@ def _subnet_asks(
     for family in families:
         subnet = choice.ipv4 if family == 4 else choice.ipv6
         if subnet is None:
-            raise _fail(pod, f"annotation {key} names no IPv{family} SpiderSubnet for {nic}")
+            continue  # a family the annotation leaves out is not allocated (as with ippool)
         request = AppRequest(top=top, nic=nic, family=family, subnet=subnet, ip_number=an.IPNumber(True, 0))
         pool = find_auto_pool(pools, request)
         if pool is None:
@@ -320,6 +320,9 @@ def _subnet_asks(
                 retryable=True,
             )
         names[family] = (pool.name,)
+    if not names:
+        enabled = " or ".join(f"IPv{f}" for f in families)
+        raise _fail(pod, f"annotation {key} names no {enabled} SpiderSubnet for {nic}")
     return [_Ask(nic, clean_gateway, names)]
 
 

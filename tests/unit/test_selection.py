@@ -414,8 +414,11 @@ def test_subnet_annotation_errors() -> None:
     with pytest.raises(AllocationError, match="does not exist yet") as info:
         select(pod, ALL, top_controller=DEPLOY)
     assert info.value.retryable
+    # a family the annotation leaves out is not allocated (Spiderpool), unless it is the only one enabled
+    dual = select(pod, [auto_pool_for(DEPLOY)], top_controller=DEPLOY, enable_v6=True)
+    assert v4_pools(dual) == (auto_pool_for(DEPLOY).name,)
     with pytest.raises(AllocationError, match="names no IPv6 SpiderSubnet for eth0"):
-        select(pod, [auto_pool_for(DEPLOY)], top_controller=DEPLOY, enable_v6=True)
+        select(pod, [auto_pool_for(DEPLOY)], top_controller=DEPLOY, enable_v4=False, enable_v6=True)
     multi = make_pod({an.ANNO_SUBNETS: '[{"interface":"net1","ipv4":["s1"]}]'})
     with pytest.raises(AllocationError, match="does not list interface eth0"):
         select(multi, ALL, top_controller=DEPLOY)
