@@ -134,6 +134,9 @@ class RouteMonitor:
         self._ref.signal(15)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=2)
+        self._thread.join(timeout=2)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
 
 
 @dataclass
@@ -242,11 +245,12 @@ def start_bird(lab: BgpLab, config: str) -> tuple[Path, subprocess.Popen[bytes]]
     d.mkdir(exist_ok=True)
     conf, sock = d / "bird.conf", d / "bird.ctl"
     conf.write_text(config)
-    proc = lab.sandbox.popen(
-        lab.router_ns,
-        ["bird", "-f", "-c", str(conf), "-s", str(sock), "-P", str(d / "bird.pid")],
-        stdout=open(d / "bird.log", "wb"),  # noqa: SIM115 - the sandbox outlives this function
-    )
+    with open(d / "bird.log", "wb") as logf:
+        proc = lab.sandbox.popen(
+            lab.router_ns,
+            ["bird", "-f", "-c", str(conf), "-s", str(sock), "-P", str(d / "bird.pid")],
+            stdout=logf,
+        )
     wait_until(sock.exists, timeout=10, interval=0.05, what="bird control socket")
     return sock, proc
 
@@ -262,21 +266,19 @@ def start_gobgp(lab: BgpLab, config: str, *, api_port: int = 50061) -> subproces
     d.mkdir(exist_ok=True)
     conf = d / "gobgpd.toml"
     conf.write_text(config)
-    proc = lab.sandbox.popen(
-        lab.router_ns,
-        [
-            "gobgpd",
-            "-f",
-            str(conf),
-            "-t",
-            "toml",
-            "--api-hosts",
-            f"127.0.0.1:{api_port}",
-            "--log-level",
-            "warn",
-        ],
-        stdout=open(d / "gobgpd.log", "wb"),  # noqa: SIM115 - the sandbox outlives this function
-    )
+    argv = [
+        "gobgpd",
+        "-f",
+        str(conf),
+        "-t",
+        "toml",
+        "--api-hosts",
+        f"127.0.0.1:{api_port}",
+        "--log-level",
+        "warn",
+    ]
+    with open(d / "gobgpd.log", "wb") as logf:
+        proc = lab.sandbox.popen(lab.router_ns, argv, stdout=logf)
     wait_until(
         lambda: run(lab.router_ns, ["gobgp", "-p", str(api_port), "global"], check=False).returncode == 0,
         timeout=10,

@@ -1,0 +1,142 @@
+"""The speaker keeps FRR's view right across failures: bgpd restart, ExaBGP crash, agent restart with
+graceful restart, link flap, withdraw on exit.  Real FRR and ExaBGP in namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from lab.netns import set_link
+from tests.bgp.labkit import ROUTER_AS, ROUTER_V4, BgpLab, RouteMonitor, frr_config, hosts, speaker_config
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
+
+POOL = "10.244.0.0/16"
+
+
+async def _up(lab: BgpLab, timeout: float = 20.0) -> None:
+    sp = lab.speakers[-1]
+    for _ in range(int(timeout / 0.05)):
+        if sp.status()[0].state == "up":
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"session not up: {sp.status()}")
+
+
+async def _all_back(lab: BgpLab, want: set[str], timeout: float = 30.0, what: str = "all routes") -> None:
+    await asyncio.to_thread(
+        lab.wait_router_routes, lambda r: set(r) == want, timeout=timeout, what=f"{what} ({len(want)})"
+    )
+
+
+async def test_bgpd_restart_gets_every_route_back(lab: BgpLab) -> None:
+    router = lab.start_frr()
+    sp = lab.speaker(speaker_config(lab.runtime_dir, requireHostRoute=False))
+    await sp.start()
+    ips = hosts("10.244.8.0/24", 50)
+    sp.set_pod_ips(dict.fromkeys(ips, POOL))
+    want = {f"{ip}/32" for ip in ips}
+    await _all_back(lab, want)
+    await asyncio.to_thread(router.stop_daemon, "bgpd", sig=signal.SIGKILL)
+    await asyncio.to_thread(router.start_daemon, "bgpd")
+    await asyncio.to_thread(router.push_config, frr_config())
+    await asyncio.to_thread(router.wait_established, {"172.16.13.11"}, timeout=30)
+    await _all_back(lab, want, what="routes after bgpd restart")
+    assert sp.restarts == 0  # ExaBGP itself was not restarted: its session came back and re-sent
+
+
+async def test_exabgp_killed_is_restarted_and_every_route_comes_back(lab: BgpLab) -> None:
+    lab.start_frr()
+    sp = lab.speaker(speaker_config(lab.runtime_dir, requireHostRoute=False))
+    await sp.start()
+    ips = hosts("10.244.9.0/24", 40)
+    sp.set_pod_ips(dict.fromkeys(ips, POOL))
+    want = {f"{ip}/32" for ip in ips}
+    await _all_back(lab, want)
+    old_pid = int((lab.runtime_dir / "exabgp.pid").read_text())
+    os.kill(old_pid, signal.SIGKILL)
+    # without graceful restart the router drops everything at once (TCP closed)
+    await asyncio.to_thread(lab.wait_router_routes, lambda r: not r, timeout=10, what="routes gone")
+    sp.add_pod_ip("10.244.9.200", POOL)  # a change while ExaBGP is down is not lost
+    want.add("10.244.9.200/32")
+    await _all_back(lab, want, what="routes after ExaBGP restart")
+    assert sp.restarts == 1
+    assert int((lab.runtime_dir / "exabgp.pid").read_text()) != old_pid
+    assert sp.metrics.exabgp_restarts._value.get() == 1
+
+
+async def test_agent_restart_with_graceful_restart_never_removes_a_route(lab: BgpLab) -> None:
+    lab.start_frr()
+    cfg = speaker_config(
+        lab.runtime_dir,
+        requireHostRoute=False,
+        peers=[{"address": ROUTER_V4, "asn": ROUTER_AS, "gracefulRestart": 30}],
+    )
+    first = lab.speaker(cfg)
+    await first.start()
+    ips = hosts("10.244.10.0/24", 60)
+    kept, released = ips[:50], ips[50:]
+    first.set_pod_ips(dict.fromkeys(ips, POOL))
+    await _all_back(lab, {f"{ip}/32" for ip in ips})
+    await _up(lab)
+    monitor = RouteMonitor(lab.sandbox, lab.router_ns)
+    try:
+        await first.stop(withdraw=False)  # GR: ExaBGP closes silently, FRR keeps the routes (stale)
+        await asyncio.sleep(1.0)
+        assert len(lab.router_routes()) == 60
+        second = lab.speaker(cfg)
+        second.set_pod_ips(dict.fromkeys([*kept, "10.244.10.100"], POOL))  # 10 released, 1 new meanwhile
+        await second.start()
+        want = {f"{ip}/32" for ip in [*kept, "10.244.10.100"]}
+        await _all_back(lab, want, what="refreshed routes after the agent restart")
+        await asyncio.sleep(0.5)
+    finally:
+        monitor.stop()
+    for ip in kept:
+        assert not monitor.deleted(f"{ip}/32"), f"{ip} left the router's FIB during the restart"
+    for ip in released:
+        assert monitor.deleted(f"{ip}/32"), f"stale {ip} was not removed after End-of-RIB"
+    stale = [p for p, path in (await asyncio.to_thread(lab.router.bgp_routes)).items() if path.stale]  # type: ignore[union-attr]
+    assert stale == []
+
+
+async def test_link_down_and_up_brings_the_routes_back(lab: BgpLab) -> None:
+    lab.start_frr()
+    sp = lab.speaker(speaker_config(lab.runtime_dir, requireHostRoute=False))
+    await sp.start()
+    ips = hosts("10.244.11.0/24", 20)
+    sp.set_pod_ips(dict.fromkeys(ips, POOL))
+    want = {f"{ip}/32" for ip in ips}
+    await _all_back(lab, want)
+    await asyncio.to_thread(set_link, lab.router_ns, "r-node", up=False)
+    await asyncio.to_thread(
+        lab.wait_router_routes, lambda r: not r, timeout=10, what="routes gone on link down"
+    )
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(set_link, lab.router_ns, "r-node", up=True)
+    await _all_back(lab, want, timeout=40, what="routes after link up")
+
+
+async def test_withdraw_on_exit_removes_routes_even_with_graceful_restart(lab: BgpLab) -> None:
+    lab.start_frr()
+    cfg = speaker_config(
+        lab.runtime_dir,
+        requireHostRoute=False,
+        withdrawOnExit=True,
+        peers=[{"address": ROUTER_V4, "asn": ROUTER_AS, "gracefulRestart": 60}],
+    )
+    sp = lab.speaker(cfg)
+    await sp.start()
+    ips = hosts("10.244.12.0/24", 30)
+    sp.set_pod_ips(dict.fromkeys(ips, POOL))
+    await _all_back(lab, {f"{ip}/32" for ip in ips})
+    await _up(lab)
+    await sp.stop()  # bgp.withdrawOnExit: withdraw, wait for the acks and the UPDATEs, then stop
+    # the routes are gone right away, not kept stale for 60 s
+    await asyncio.to_thread(
+        lab.wait_router_routes, lambda r: not r, timeout=3, what="routes withdrawn on exit"
+    )
+    assert not (lab.runtime_dir / "exabgp.pid").exists()
