@@ -354,10 +354,16 @@ class IpamService:
                 break
             else:
                 exhausted = any(why == _EXHAUSTED for why in errors.values())
-                raise AllocationError(
-                    selection.describe_failure(fam.family, req.nic, sel, errors),
-                    reason="exhausted" if exhausted else "no-pool",
-                )
+                message = selection.describe_failure(fam.family, req.nic, sel, errors)
+                if exhausted and sel.source == "subnet":
+                    # an auto pool is sized by the leader's SpiderSubnet controller after the workload
+                    # scales; like Spiderpool's agent, wait for it (the runtime retries code 11)
+                    raise AllocationError(
+                        f"{message} (waiting for the SpiderSubnet controller to grow it)",
+                        retryable=True,
+                        reason="exhausted",
+                    )
+                raise AllocationError(message, reason="exhausted" if exhausted else "no-pool")
         routes = an.parse_pod_annotations(pod.key, pod.annotations, nic=req.nic).routes
         held = self._nic_allocation(req.nic, chosen, nic.clean_gateway, routes)
         others = tuple(n for n in (endpoint.ips if endpoint else ()) if n.interface != req.nic)

@@ -211,9 +211,10 @@ class Demo:
         )
 
     def _auto_pool_size(self) -> int:
-        for pool in self.store.list("SpiderIPPool"):
-            if (pool.get("spec") or {}).get("subnet") == "10.245.0.0/16":
-                return int((pool.get("status") or {}).get("totalIPCount") or 0)
+        """Usable IPs of the "auto" Deployment's auto pool (found by its application labels)."""
+        wanted = {"ipam.spidernet.io/owner-application-name": "auto"}
+        for pool in self.store.list("SpiderIPPool", labels=wanted):
+            return int((pool.get("status") or {}).get("totalIPCount") or 0)
         return 0
 
 
