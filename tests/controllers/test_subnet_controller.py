@@ -251,3 +251,25 @@ def test_errors_are_one_line_and_change_nothing(
     assert all("\n" not in e for e in errors) and len(errors) == 3
     assert store.revision() == after_setup != before
     assert auto_pools(store) == {}
+
+
+def test_a_broken_pool_does_not_stop_the_pass(store: SqliteStore, world: World) -> None:
+    store.create(
+        {
+            "apiVersion": SPIDER_API,
+            "kind": "SpiderIPPool",
+            "metadata": {"name": "broken"},
+            "spec": {"subnet": "10.2.0.0/24", "ips": ["10.3.0.1-nonsense"]},
+        }
+    )
+    store.create(
+        {
+            "apiVersion": SPIDER_API,
+            "kind": "SpiderIPPool",
+            "metadata": {"name": "zfine"},
+            "spec": {"subnet": "10.1.0.0/24", "ips": ["10.1.0.1-10.1.0.4"]},
+        }
+    )
+    report = PoolController(store).reconcile()
+    assert report.updated == ["SpiderIPPool/zfine"]
+    assert len(report.errors) == 1 and report.errors[0].startswith('SpiderIPPool "broken": spec.ips[0]:')
