@@ -406,7 +406,14 @@ class KubeStore:
     def watch(self, kinds: Sequence[str], since: str, *, timeout: float) -> Iterator[WatchEvent]:
         infos = [kind_info(k) for k in kinds]
         # Open every stream now, so a stale ``since`` raises Gone here, as the embedded store does.
-        streams = [self._open_watch(info, since) for info in infos]
+        streams: builtins.list[WatchStream] = []
+        try:
+            for info in infos:
+                streams.append(self._open_watch(info, since))
+        except BaseException:
+            for s in streams:
+                s.close()
+            raise
         return self._merge(infos, streams, since, timeout)
 
     def _open_watch(self, info: KindInfo, since: str) -> WatchStream:

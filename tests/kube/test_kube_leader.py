@@ -174,7 +174,7 @@ async def test_leader_stops_at_its_deadline_when_the_store_hangs(
     a.start()
     await wait_for(lambda: a.elector.is_leader, 3)
     loop = asyncio.get_running_loop()
-    kube_emulator.faults.latency = 3.0  # every request now hangs for longer than the renew deadline
+    kube_emulator.faults.latency = 1.5  # every request now hangs for longer than the renew deadline
     began = loop.time()
     await wait_for(lambda: not a.elector.is_leader, 3)
     assert loop.time() - began < 0.6 + 0.1 + 0.3  # renew deadline + a retry period + slack
