@@ -231,7 +231,7 @@ class IpamService:
         if endpoint is not None:
             held = endpoint.nic(req.nic)
             if held is not None and (endpoint.uid == pod.uid or static):
-                pools = [p for p in (held.ipv4_pool, held.ipv6_pool) if p]
+                pools = [p for n in endpoint.ips for p in (n.ipv4_pool, n.ipv6_pool) if p]
                 if static and not self._still_candidates(req, pod, top, held):
                     # the StatefulSet's pool choice changed (Spiderpool #3543): give the old IPs back
                     releases = self._endpoint_records(endpoint)
@@ -413,19 +413,17 @@ class IpamService:
         """A repeated ADD (same UID) or a StatefulSet pod re-created under its old name: the same IPs."""
         claims: list[Claim] = []
         releases: list[IPRecord] = []
-        for pool_name, cidr in ((held.ipv4_pool, held.ipv4), (held.ipv6_pool, held.ipv6)):
-            ip = _ip_of(cidr)
-            if not pool_name or not ip:
-                continue
-            if endpoint.uid != pod.uid:
-                version = self.store.usage(pool_name).resource_version
-                # hand the record from the old pod UID to the new one in one commit
-                releases.append(IPRecord(pool=pool_name, ip=ip, pod=pod.key, pod_uid=endpoint.uid))
+        if endpoint.uid != pod.uid:
+            # hand the records of EVERY interface from the old pod UID to the new one in one commit:
+            # a record left under the old UID would be reclaimed by the IP GC while the endpoint keeps it
+            for record in dict.fromkeys(self._endpoint_records(endpoint)):
+                version = self.store.usage(record.pool).resource_version
+                releases.append(record)
                 claims.append(
                     Claim(
-                        pool=pool_name,
+                        pool=record.pool,
                         pool_version=version,
-                        ip=ip,
+                        ip=record.ip,
                         pod=pod.key,
                         pod_uid=pod.uid,
                     )
