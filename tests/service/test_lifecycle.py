@@ -276,3 +276,51 @@ def test_node_ips_lists_this_nodes_addresses(world: World, service: IpamService)
         there.ips[1].ip: "fd00:40::/64",
     }
     assert service.node_ips("node3") == {}
+
+
+def test_two_nics_from_two_pools_and_del_releases_both(world: World, service: IpamService) -> None:
+    world.pool("net1-pool", "10.43.0.0/24", ["10.43.0.10-10.43.0.20"])
+    annotations = {
+        "ipam.spidernet.io/ippools": json.dumps(
+            [{"interface": "eth0", "ipv4": [POOL]}, {"interface": "net1", "ipv4": ["net1-pool"]}]
+        )
+    }
+    world.pod("multi", annotations=annotations)
+    eth0 = service.allocate(world.add("multi", container="ctr"))
+    net1 = service.allocate(world.add("multi", container="ctr", nic="net1"))
+    assert [(i.nic, i.ip) for i in eth0.ips] == [("eth0", "10.40.0.10")]
+    assert [(i.nic, i.ip) for i in net1.ips] == [("net1", "10.43.0.10")]
+    endpoint = world.endpoint("multi")
+    assert endpoint is not None
+    assert [n["interface"] for n in endpoint["status"]["current"]["ips"]] == ["eth0", "net1"]
+    world.delete_pod("multi")
+    released = service.release(world.delete_request(world.add("multi", container="ctr", uid=eth0.pod_uid)))
+    assert sorted(r.ip for r in released.records) == ["10.40.0.10", "10.43.0.10"]
+    assert world.held(POOL) == {} and world.held("net1-pool") == {}
+
+
+def test_statefulset_pod_with_two_nics_moves_every_record_to_the_new_uid(
+    world: World, service: IpamService, store: SqliteStore
+) -> None:
+    world.pool("net1-pool", "10.43.0.0/24", ["10.43.0.10-10.43.0.20"])
+    owner = world.statefulset("web")
+    annotations = {
+        "ipam.spidernet.io/ippools": json.dumps(
+            [{"interface": "eth0", "ipv4": [POOL]}, {"interface": "net1", "ipv4": ["net1-pool"]}]
+        )
+    }
+    world.pod("web-0", owner=owner, annotations=annotations)
+    for nic in ("eth0", "net1"):
+        service.allocate(world.add("web-0", container="ctr-1", nic=nic))
+    world.delete_pod("web-0")
+    world.pod("web-0", owner=owner, annotations=annotations)
+    new_uid = world.uid("web-0")
+
+    eth0 = service.allocate(world.add("web-0", container="ctr-2"))
+    net1 = service.allocate(world.add("web-0", container="ctr-2", nic="net1"))
+
+    assert (eth0.ips[0].ip, net1.ips[0].ip) == ("10.40.0.10", "10.43.0.10")
+    assert world.held(POOL) == {"10.40.0.10": ("default/web-0", new_uid)}
+    assert world.held("net1-pool") == {"10.43.0.10": ("default/web-0", new_uid)}
+    report, problems = check(store)
+    assert problems == 0, report
