@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from ipam import admission
-from ipam.errors import AlreadyExists, Conflict, IpamError, NotFound
+from ipam.errors import AlreadyExists, Conflict, Invalid, IpamError, NotFound
 from ipam.kinds import KindInfo, kind_info, resolve_kind
 from ipam.model import IPPool, Subnet
 from ipam.ranges import total_ip_count
@@ -222,31 +222,28 @@ def apply_documents(store: Store, docs: Sequence[Obj]) -> Iterator[str]:
 
 
 def delete_object(store: Store, kind: str, name: str, namespace: str = "") -> str:
-    """Delete an object.  A SpiderIPPool that still holds allocations is marked terminating instead
-    (Spiderpool's finalizer behaviour): no new allocations come from it, and the pool controller removes
-    it once its last IP is released."""
+    """Delete an object.  A SpiderIPPool that still holds allocations is refused (Spiderpool's in-use
+    deletion check): neither store can hold it terminating here (the embedded store has no
+    finalizers, and nothing would remove one on Kubernetes), and deleting it would drop the records of
+    addresses that pods still use.  The check and the delete cannot interleave with an allocation: a
+    claim bumps the pool's resourceVersion, which fails the delete's precondition and re-checks."""
     info = kind_info(kind)
     ref = object_ref(info, name)
     for _ in range(_RETRIES):
         obj = store.get(kind, name, namespace)
-        if kind == "SpiderIPPool" and store.records(name):
+        if kind == "SpiderIPPool":
             count = len(store.records(name))
-            if not obj["metadata"].get("deletionTimestamp"):
-                obj["metadata"]["deletionTimestamp"] = _now_rfc3339()
-                try:
-                    store.update(obj)
-                except Conflict:
-                    continue
-            return f"{ref} deleted (terminating until its {count} allocated IPs are released)"
+            if count:
+                raise Invalid(
+                    kind,
+                    name,
+                    "status.allocatedIPCount",
+                    f"{count} IPs are still allocated; release them first "
+                    "(set spec.disable: true to stop new allocations)",
+                )
         try:
             store.delete(kind, name, namespace, resource_version=obj["metadata"].get("resourceVersion"))
         except Conflict:
             continue
         return f"{ref} deleted"
     raise Conflict(f'{kind} "{name}": kept changing while being deleted; try again')
-
-
-def _now_rfc3339() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
