@@ -221,29 +221,45 @@ def apply_documents(store: Store, docs: Sequence[Obj]) -> Iterator[str]:
         yield f"{object_ref(kind_info(doc['kind']), doc['metadata']['name'])} {outcome}"
 
 
-def delete_object(store: Store, kind: str, name: str, namespace: str = "") -> str:
-    """Delete an object.  A SpiderIPPool that still holds allocations is refused (Spiderpool's in-use
-    deletion check): neither store can hold it terminating here (the embedded store has no
-    finalizers, and nothing would remove one on Kubernetes), and deleting it would drop the records of
-    addresses that pods still use.  The check and the delete cannot interleave with an allocation: a
-    claim bumps the pool's resourceVersion, which fails the delete's precondition and re-checks."""
+def delete_object(
+    store: Store, kind: str, name: str, namespace: str = "", *, refuse_in_use: bool = False
+) -> str:
+    """Delete an object.  A SpiderIPPool that still holds allocations is marked terminating instead
+    (Spiderpool's finalizer behaviour): no new allocations come from it, and the pool controller removes
+    it once its last IP is released.  The check and the delete cannot interleave with an allocation: a
+    claim bumps the pool's resourceVersion, which fails the write's precondition and re-checks.
+
+    A store that does not keep the mark (the embedded store keeps the stored deletionTimestamp on
+    update) leaves the pool as it was: then the message says so (``"... kept: ..."``, never
+    ``"... deleted"``), or with ``refuse_in_use`` (the CLI) an Invalid naming status.allocatedIPCount
+    is raised, so nobody is told a pool is terminating while it still hands out addresses."""
     info = kind_info(kind)
     ref = object_ref(info, name)
     for _ in range(_RETRIES):
         obj = store.get(kind, name, namespace)
-        if kind == "SpiderIPPool":
-            count = len(store.records(name))
-            if count:
-                raise Invalid(
-                    kind,
-                    name,
-                    "status.allocatedIPCount",
-                    f"{count} IPs are still allocated; release them first "
-                    "(set spec.disable: true to stop new allocations)",
-                )
+        count = len(store.records(name)) if kind == "SpiderIPPool" else 0
+        if count:
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj["metadata"]["deletionTimestamp"] = _now_rfc3339()
+                try:
+                    obj = store.update(obj)
+                except Conflict:
+                    continue
+            if obj["metadata"].get("deletionTimestamp"):
+                return f"{ref} deleted (terminating until its {count} allocated IPs are released)"
+            why = f"{count} IPs are still allocated; release them first (set spec.disable: true to stop new allocations)"
+            if refuse_in_use:
+                raise Invalid(kind, name, "status.allocatedIPCount", why)
+            return f"{ref} kept: {why}"
         try:
             store.delete(kind, name, namespace, resource_version=obj["metadata"].get("resourceVersion"))
         except Conflict:
             continue
         return f"{ref} deleted"
     raise Conflict(f'{kind} "{name}": kept changing while being deleted; try again')
+
+
+def _now_rfc3339() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -170,7 +170,7 @@ def _cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     namespace = (args.namespace or "default") if info.namespaced else ""
     store = open_store(args.store, kubeconfig=args.kubeconfig)
     try:
-        print(delete_object(store, info.kind, args.name, namespace), file=out)
+        print(delete_object(store, info.kind, args.name, namespace, refuse_in_use=True), file=out)
     finally:
         store.close()
     return EXIT_OK
