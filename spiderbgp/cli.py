@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -127,7 +128,7 @@ def _parse_selector(text: str | None) -> dict[str, str] | None:
     return labels
 
 
-def _cmd_get(args: argparse.Namespace, out: TextIO) -> int:
+def _cmd_get(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ipam.kinds import resolve_kind
     from spiderbgp.printing import render_objects
     from spiderbgp.stores import open_store
@@ -147,12 +148,16 @@ def _cmd_get(args: argparse.Namespace, out: TextIO) -> int:
             objs = store.list(info.kind, namespace=namespace, labels=_parse_selector(args.selector))
     finally:
         store.close()
-    if not objs:
+    if not objs and args.output not in ("yaml", "json"):
         where = f" in {namespace} namespace" if namespace else ""
-        print(f"No resources found{where}.", file=sys.stderr)
+        print(f"No resources found{where}.", file=err)
         return EXIT_OK
     text = render_objects(
-        objs, info, output=args.output, namespaced_column=bool(info.namespaced and args.all_namespaces)
+        objs,
+        info,
+        output=args.output,
+        namespaced_column=bool(info.namespaced and args.all_namespaces),
+        as_list=not args.name,
     )
     print(text, file=out)
     return EXIT_OK
@@ -260,7 +265,9 @@ def main(
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser(env.get("SPIDERBGP_STORE") or DEFAULT_STORE)
     try:
-        args = parser.parse_args(argv)
+        # usage errors and --help go to the streams the caller gave, not the process's
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     args.store_given = (
@@ -270,7 +277,7 @@ def main(
         if args.command == "apply":
             return _cmd_apply(args, out, stdin)
         if args.command == "get":
-            return _cmd_get(args, out)
+            return _cmd_get(args, out, err)
         if args.command == "delete":
             return _cmd_delete(args, out)
         if args.command == "ipam":

@@ -141,16 +141,26 @@ def render_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
 
 
 def render_objects(
-    objs: Sequence[Obj], info: KindInfo, *, output: str, namespaced_column: bool = False
+    objs: Sequence[Obj],
+    info: KindInfo,
+    *,
+    output: str,
+    namespaced_column: bool = False,
+    as_list: bool | None = None,
 ) -> str:
-    """``output`` is "" (table), "wide", "yaml", "json" or "name"."""
+    """``output`` is "" (table), "wide", "yaml", "json" or "name".  For yaml/json, ``as_list`` says
+    whether to wrap the objects in a ``kind: List`` (kubectl does for ``get KIND``, even of one object,
+    and not for ``get KIND NAME``); None wraps all but a single object."""
     if output in ("yaml", "json"):
-        doc: object = objs[0] if len(objs) == 1 else {"apiVersion": "v1", "kind": "List", "items": list(objs)}
+        wrap = len(objs) != 1 if as_list is None else as_list
+        doc: object = {"apiVersion": "v1", "kind": "List", "items": list(objs)} if wrap else objs[0]
         if output == "json":
             return json.dumps(doc, indent=4, sort_keys=False)
         return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).rstrip("\n")
     if output == "name":
-        return "\n".join(f"{info.plural}.{info.group or 'core'}/{o['metadata']['name']}" for o in objs)
+        # kubectl's resource/name: the lower-case kind, qualified by the group outside the core group
+        kind = f"{info.kind.lower()}.{info.group}" if info.group else info.kind.lower()
+        return "\n".join(f"{kind}/{o['metadata']['name']}" for o in objs)
     columns = columns_for(info, wide=output == "wide")
     headers = [c.header for c in columns]
     rows = [[_cell(c.value(o)) for c in columns] for o in objs]
