@@ -360,7 +360,7 @@ def parse_bgp_config(raw: Mapping[str, Any] | None, *, source: str) -> BgpConfig
         raise r.error("nextHopV6", "conflicts with the IPv6 nextHop")
     nh4 = next_hop if isinstance(next_hop, ipaddress.IPv4Address) else None
     nh6 = next_hop_v6 or (next_hop if isinstance(next_hop, ipaddress.IPv6Address) else None)
-    for key, hop in (("nextHop", nh4), ("nextHopV6", nh6)):
+    for key, hop in (("nextHop", nh4), ("nextHopV6" if next_hop_v6 is not None else "nextHop", nh6)):
         if hop is not None and (hop.is_unspecified or hop.is_multicast or hop.is_loopback):
             raise r.error(key, f"{hop} cannot be a next hop")
     router_id = r.address("routerId")

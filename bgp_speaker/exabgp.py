@@ -2,10 +2,8 @@
 
 ``ExabgpProcess`` is one *generation*: it listens on a unix socket in the runtime dir, starts ExaBGP
 (which starts our relay, which connects back and says ``hello <token>``), then reads every line
-ExaBGP writes on its own task so the pipe never fills, matches ``done``/``error`` acks to the commands
-in the order they were sent (output of a ``show`` command comes before its ack), and hands session
-events to a callback.  Commands may be pipelined: ``send_many`` writes a whole batch and then awaits
-all the acks.
+ExaBGP writes on its own task so the pipe never fills, matches each ``done``/``error`` ack to the one command in flight (output of a ``show`` command comes
+before its ack), and hands session events to a callback.
 
 The generation is over when ExaBGP exits, the relay's connection closes, or ``stop()`` is called;
 ``closed`` is set at once in each case, and every command still waiting fails with ExabgpGone.
@@ -228,25 +226,27 @@ class ExabgpProcess:
                 log.debug("ExaBGP output outside any command: %s", item.text[:200])
 
     async def send_many(self, commands: Sequence[str]) -> list[CommandResult]:
-        """Write every command (pipelined) and wait for all their acks."""
+        """Send the commands one after the other, each once the previous one is acked.
+
+        They are not pipelined on purpose: ExaBGP answers some errors (an unknown command, an EoR for
+        a peer that is not established) at once, ahead of announcements still in its queue, so acks
+        of pipelined commands could not be matched by order.  Batches of hundreds of prefixes per
+        line keep the number of round trips small."""
+        return [await self.send(cmd) for cmd in commands]
+
+    async def send(self, command: str) -> CommandResult:
+        """Send one command and wait for its ack (and any output it produces)."""
         if self.closed.is_set() or self._writer is None:
             raise ExabgpGone(f"ExaBGP is not running ({self.close_reason or 'not started'})")
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[CommandResult]] = []
-        for cmd in commands:
-            check_line(cmd)
-            fut: asyncio.Future[CommandResult] = loop.create_future()
-            self._pending.append(_Pending(CommandResult(cmd), fut))
-            futures.append(fut)
-            self._writer.write(cmd.encode("ascii") + b"\n")
+        check_line(command)
+        fut: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(CommandResult(command), fut))
+        self._writer.write(command.encode("ascii") + b"\n")
         try:
             await self._writer.drain()
         except ConnectionError as exc:
             self._close(f"relay connection failed: {exc}")
-        return list(await asyncio.gather(*futures))
-
-    async def send(self, command: str) -> CommandResult:
-        return (await self.send_many([command]))[0]
+        return await fut
 
     # ---- stop ----------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -166,7 +166,7 @@ class NetlinkRouteSource:
     def __init__(self, *, netns: str | None = None) -> None:
         self.netns = netns
 
-    async def watch(self) -> AsyncIterator[RouteBatch]:
+    async def watch(self) -> AsyncGenerator[RouteBatch, None]:
         from pyroute2 import AsyncIPRoute
         from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
 

@@ -54,7 +54,7 @@ def _peer_block(cfg: BgpConfig, peer: PeerConfig, password: Secret | None) -> li
     for family in peer.families:
         add(f"        {family} unicast;")
     add("    }")
-    add(f"    api {PROCESS_NAME} {{")
+    add("    api {")
     add(f"        processes [ {PROCESS_NAME} ];")
     add("        neighbor-changes;")
     add("    }")

@@ -529,7 +529,9 @@ class BgpSpeaker:
             chunk = results[i : i + len(cmds)]
             i += len(cmds)
             ok = all(r.ok for r in chunk)
-            if not ok:
+            if not ok and op.action == "eor":  # the session went down again before the EoR: harmless
+                log.info("End-of-RIB to %s not sent: the session is not established", op.peer)
+            elif not ok:
                 failed = True
                 self.metrics.command_errors.inc(sum(1 for r in chunk if not r.ok))
                 log.error("ExaBGP refused: %s", next(r.command for r in chunk if not r.ok)[:300])

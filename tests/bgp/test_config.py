@@ -1,0 +1,211 @@
+"""parse_bgp_config: defaults, every field, and one-line errors naming the field path."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bgp_speaker.config import BgpConfigError, parse_bgp_config
+from bgp_speaker.passwords import read_passwords
+
+
+def _raw(**top: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "asn": 64512,
+        "nextHop": "172.16.13.11",
+        "peers": [{"address": "172.16.13.1", "asn": 23000}],
+    }
+    raw.update(top)
+    return raw
+
+
+def _peer(**fields: Any) -> dict[str, Any]:
+    return _raw(peers=[{"address": "172.16.13.1", "asn": 23000, **fields}])
+
+
+def test_minimal_config_gets_the_defaults() -> None:
+    cfg = parse_bgp_config(_raw(), source="agent.yaml")
+    assert cfg.asn == 64512
+    assert cfg.router_id == ipaddress.ip_address("172.16.13.11")
+    assert cfg.next_hop_v4 == ipaddress.ip_address("172.16.13.11")
+    assert cfg.next_hop_v6 is None
+    assert cfg.advertise == "host"
+    assert cfg.require_host_route is True
+    assert cfg.withdraw_on_exit is False
+    (peer,) = cfg.peers
+    assert peer.hold_time == 90
+    assert peer.graceful_restart == 120
+    assert peer.port == 179
+    assert peer.families == ("ipv4",)
+    assert peer.local_address == ipaddress.ip_address("172.16.13.11")
+    assert peer.key == "172.16.13.1"
+
+
+def test_full_config() -> None:
+    cfg = parse_bgp_config(
+        {
+            "asn": 4200000001,
+            "routerId": "10.0.0.1",
+            "nextHop": "172.16.13.11",
+            "nextHopV6": "fd00:13::11",
+            "advertise": "aggregate",
+            "exportCIDRs": ["10.244.0.0/16", "fd00:244::/48"],
+            "withdrawOnExit": True,
+            "requireHostRoute": False,
+            "reconcileInterval": 5,
+            "runtimeDir": "/run/spiderbgp/node1",
+            "peers": [
+                {
+                    "address": "fd00:13::1",
+                    "asn": 23000,
+                    "port": 1179,
+                    "passwordFile": "/etc/spiderbgp/md5",
+                    "holdTime": 0,
+                    "multihop": 3,
+                    "gracefulRestart": 0,
+                    "families": ["ipv6", "ipv4 unicast"],
+                    "communities": ["64512:100", "NO_EXPORT"],
+                    "largeCommunities": ["4200000001:1:2"],
+                    "localPref": 200,
+                    "med": 0,
+                    "maxPrefixes": 100,
+                    "description": "tor-a rack 7",
+                },
+                {
+                    "address": "172.16.13.2",
+                    "asn": 4200000001,
+                    "ttlSecurity": 1,
+                    "localAddress": "172.16.13.12",
+                },
+            ],
+        },
+        source="agent.yaml",
+    )
+    a, b = cfg.peers
+    assert a.local_address == ipaddress.ip_address("fd00:13::11")
+    assert a.families == ("ipv6", "ipv4")
+    assert a.communities == ("64512:100", "no-export")
+    assert a.large_communities == ("4200000001:1:2",)
+    assert (a.hold_time, a.multihop, a.max_prefixes, a.med, a.local_pref) == (0, 3, 100, 0, 200)
+    assert b.families == ("ipv4", "ipv6")
+    assert b.ttl_security == 1 and b.index == 1
+    assert cfg.export_cidrs[1] == ipaddress.ip_network("fd00:244::/48")
+
+
+def test_community_number_alone_is_refused() -> None:
+    with pytest.raises(BgpConfigError) as err:
+        parse_bgp_config(_peer(communities=[65535]), source="a.yaml")
+    assert str(err.value) == (
+        "a.yaml: bgp.peers[0].communities[0]: '65535' is not a community "
+        "(ASN:VALUE, each 0..65535, or a well-known name)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (_peer(holdTime=2), "bgp.peers[0].holdTime: must be 0 or >= 3"),
+        (_peer(holdtime=9), "bgp.peers[0].holdtime: unknown field (did you mean holdTime?)"),
+        (_peer(holdTime="9"), "bgp.peers[0].holdTime: must be an integer, not '9'"),
+        (_peer(asn=0), "bgp.peers[0].asn: must be between 1 and 4294967295, not 0"),
+        (_raw(peers=[{"asn": 1}]), "bgp.peers[0].address: is required"),
+        (
+            _raw(peers=[{"address": "10.0.0.300", "asn": 1}]),
+            "bgp.peers[0].address: '10.0.0.300' is not an IPv4 or IPv6 address",
+        ),
+        (_raw(peers=[]), "bgp.peers: at least one peer is required"),
+        (_raw(peers={"a": 1}), "bgp.peers: must be a list, not dict"),
+        (_raw(peers=["x"]), "bgp.peers[0]: must be a mapping, not str"),
+        (_raw(asn=None), "bgp.asn: is required"),
+        (_raw(nextHop=None), "bgp.nextHop: is required (the node's peering address)"),
+        (_raw(nextHop="::1", routerId="1.1.1.1"), "bgp.nextHop: ::1 cannot be a next hop"),
+        (_raw(nextHop="fd00::1"), "bgp.routerId: is required when nextHop is not IPv4"),
+        (_raw(routerId="fd00::1"), "bgp.routerId: must be a non-zero IPv4 address, not fd00::1"),
+        (_raw(nextHopV6="10.0.0.1"), "bgp.nextHopV6: 10.0.0.1 is not an IPv6 address"),
+        (_raw(advertise="all"), "bgp.advertise: must be one of host, aggregate, pool, not 'all'"),
+        (
+            _raw(exportCIDRs=["10.244.1.1/16"]),
+            "bgp.exportCIDRs[0]: '10.244.1.1/16' is not a CIDR (10.244.1.1/16 has host bits set)",
+        ),
+        (_raw(exportCIDRs="10.0.0.0/8"), "bgp.exportCIDRs: must be a list, not str"),
+        (_raw(withdrawOnExit="yes"), "bgp.withdrawOnExit: must be true or false, not 'yes'"),
+        (_raw(reconcileInterval=-1), "bgp.reconcileInterval: must be at least 0, not -1"),
+        (_raw(runtimeDir="run/x"), "bgp.runtimeDir: must be an absolute path, not 'run/x'"),
+        (_raw(peer=[]), "bgp.peer: unknown field (did you mean peers?)"),
+        (
+            _peer(multihop=2, ttlSecurity=1),
+            "bgp.peers[0].ttlSecurity: cannot be combined with multihop (choose one)",
+        ),
+        (_peer(gracefulRestart=5000), "bgp.peers[0].gracefulRestart: must be between 0 and 4095, not 5000"),
+        (
+            _peer(families=["ipv6"]),
+            "bgp.peers[0].families[0]: ipv6 needs an ipv6 next hop (set bgp.nextHopV6)",
+        ),
+        (_peer(families=["ipv4", "ipv4"]), "bgp.peers[0].families[1]: ipv4 is listed twice"),
+        (_peer(families=["l2vpn"]), "bgp.peers[0].families[0]: must be ipv4 or ipv6, not 'l2vpn'"),
+        (
+            _peer(communities=["70000:1"]),
+            "bgp.peers[0].communities[0]: '70000:1' is not a community (ASN:VALUE, each 0..65535, or a well-known name)",
+        ),
+        (
+            _peer(largeCommunities=["1:2"]),
+            "bgp.peers[0].largeCommunities[0]: '1:2' is not a large community (GLOBAL:LOCAL1:LOCAL2, each 0..4294967295)",
+        ),
+        (
+            _peer(localAddress="fd00::1"),
+            "bgp.peers[0].localAddress: fd00::1 is not of the same family as the peer 172.16.13.1",
+        ),
+        (_peer(passwordFile="a\nb"), "bgp.peers[0].passwordFile: must not contain control characters"),
+        (
+            _peer(description='x"; md5-password y'),
+            "bgp.peers[0].description: may only hold letters, digits, spaces and ._:/@+- (at most 80)",
+        ),
+        (_peer(maxPrefixes=0), "bgp.peers[0].maxPrefixes: must be between 1 and 10000000, not 0"),
+        (
+            _raw(peers=[{"address": "172.16.13.1", "asn": 1}, {"address": "172.16.13.1", "asn": 2}]),
+            "bgp.peers[1].address: 172.16.13.1 is already bgp.peers[0]",
+        ),
+        (
+            _raw(peers=[{"address": "172.16.13.11", "asn": 1}]),
+            "bgp.peers[0].address: 172.16.13.11 is this node's own address",
+        ),
+        ([1, 2], "bgp: must be a mapping, not list"),
+    ],
+)
+def test_errors_are_one_line_naming_the_field(raw: Any, message: str) -> None:
+    with pytest.raises(BgpConfigError) as err:
+        parse_bgp_config(raw, source="agent.yaml")
+    assert str(err.value) == f"agent.yaml: {message}"
+    assert "\n" not in str(err.value)
+
+
+def test_passwords_come_from_files_and_never_show(tmp_path: Path) -> None:
+    key = tmp_path / "md5"
+    key.write_bytes(b"s3cret with spaces\n")
+    cfg = parse_bgp_config(_peer(passwordFile=str(key)), source="a.yaml")
+    secrets = read_passwords(cfg)
+    assert secrets["172.16.13.1"].value == b"s3cret with spaces"
+    assert "s3cret" not in repr(secrets) and "s3cret" not in str(secrets["172.16.13.1"])
+    assert "s3cret" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read {path}: No such file or directory"),
+        (b"\n", "{path} is empty"),
+        (b"x" * 81, "the key in {path} is longer than 80 bytes"),
+        (b"ab\x01c", "the key in {path} contains control characters"),
+    ],
+)
+def test_password_file_errors(tmp_path: Path, content: bytes | None, message: str) -> None:
+    key = tmp_path / "md5"
+    if content is not None:
+        key.write_bytes(content)
+    cfg = parse_bgp_config(_peer(passwordFile=str(key)), source="a.yaml")
+    with pytest.raises(BgpConfigError) as err:
+        read_passwords(cfg)
+    assert str(err.value) == "a.yaml: bgp.peers[0].passwordFile: " + message.format(path=key)
