@@ -53,15 +53,19 @@ def show_pools(store: Store) -> str:
 
 
 def find_record(store: Store, ip: str) -> tuple[IPPool | None, IPRecord | None]:
-    """The pool whose usable range holds ``ip`` and the record that allocates it, if any."""
+    """The pool that holds ``ip`` and the record that allocates it, if any.
+
+    Several pools of one subnet may list an IP in ``spec.ips`` as long as all but one exclude it, so
+    the pool with a record wins, then the pool that may hand it out, then any pool listing it."""
     family = family_of_ip(ip)
     value = ip_to_int(ip, family)
-    for pool in _pools(store):
-        if pool.ip_version != family or not pool.ips.contains(value):
-            continue
+    listing = [p for p in _pools(store) if p.ip_version == family and p.ips.contains(value)]
+    for pool in listing:
         record = next((r for r in store.records(pool.name) if r.ip == ip), None)
-        return pool, record
-    return None, None
+        if record is not None:
+            return pool, record
+    usable = [p for p in listing if p.usable.contains(value)]
+    return next(iter(usable or listing), None), None
 
 
 def _ip_arg(ip: str) -> str:
