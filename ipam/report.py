@@ -31,8 +31,10 @@ def show_pools(store: Store) -> str:
     for pool in _pools(store):
         usable = pool.usable
         blocked = usable & reserved_set(reserved, pool.ip_version)
-        in_use = len(store.usage(pool.name).allocated)
-        free = max(usable.size - blocked.size - in_use, 0)
+        allocated = store.usage(pool.name).allocated
+        in_use = len(allocated)
+        # an IP reserved after it was handed out is both: count it once
+        free = max(usable.size - blocked.size - sum(1 for v in allocated if not blocked.contains(v)), 0)
         share = f"{100 * in_use / usable.size:.1f}%" if usable.size else "-"
         state = "terminating" if pool.terminating else ("disabled" if pool.disable else "")
         rows.append(
