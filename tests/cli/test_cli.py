@@ -412,3 +412,13 @@ def test_install_cni_writes_an_executable_plugin(run: Run, tmp_path: Path) -> No
     blocked.write_text("")
     failed = run("install-cni", "--dir", str(blocked))
     assert failed.code == 1 and str(blocked) in one_error_line(failed.err)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_ipam_show_counts_an_allocated_ip_reserved_later_once(run: Run, db: Path) -> None:
+    ip, _ = allocate(db, "nginx-1")
+    reserve = f"apiVersion: {SPIDER_API}\nkind: SpiderReservedIP\nmetadata: {{name: r}}\nspec: {{ips: [{ip}, 10.244.100.7]}}\n"
+    assert run("apply", "-f", "-", stdin=reserve).code == 0
+    row = run("ipam", "show").lines[1].split()
+    # 25602 usable, 2 reserved, 1 in use (and reserved): 25600 can still be handed out
+    assert row[2:5] == ["25602", "2", "1"] and row[6] == "25600"
