@@ -64,6 +64,7 @@ from ipam.kinds import KindInfo, kind_info
 from ipam.kube_api import DEFAULT_RETRY, Backoff, KubeApi, WatchStream
 from ipam.kube_informer import Informer
 from ipam.model import PoolIPAllocation, decode_allocated_ips
+from ipam.ranges import canonical_ip
 from ipam.store import Claim, IPRecord, Obj, PoolUsage, WatchEvent
 
 __all__ = [
@@ -128,12 +129,11 @@ def _typed(info: KindInfo, obj: Obj) -> Obj:
     return obj
 
 
-def _canonical(ip: str, pool: str, field: str) -> tuple[str, int]:
+def _canonical(ip: str, pool: str, field: str) -> str:
     try:
-        addr = netaddr.IPAddress(ip)
-    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return canonical_ip(ip)
+    except (ValueError, TypeError):
         raise Invalid(POOL, pool, field, f"{ip!r} is not an IP address") from None
-    return str(addr), int(addr)
 
 
 class KubeStore:
@@ -546,8 +546,8 @@ class KubeStore:
         for c in claims:
             if c.pod.count("/") != 1 or not all(c.pod.split("/")):
                 raise Invalid(POOL, c.pool, "claim pod", f'{c.pod!r} is not "namespace/name"')
-        canon_claims = [(c, _canonical(c.ip, c.pool, "claim ip")[0]) for c in claims]
-        canon_releases = [(r, _canonical(r.ip, r.pool, "release ip")[0]) for r in releases]
+        canon_claims = [(c, _canonical(c.ip, c.pool, "claim ip")) for c in claims]
+        canon_releases = [(r, _canonical(r.ip, r.pool, "release ip")) for r in releases]
         pools = list(dict.fromkeys([c.pool for c in claims] + [r.pool for r in releases]))
         for pool in pools:
             self._commit_pool(

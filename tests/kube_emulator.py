@@ -54,8 +54,9 @@ import pytest
 from aiohttp import web
 
 from ipam.kinds import KINDS, KindInfo
+from ipam.selectors import LabelSelector, Requirement
 
-__all__ = ["Faults", "KubeEmulator", "LabelSelector", "kube_emulator"]
+__all__ = ["Faults", "KubeEmulator", "kube_emulator", "parse_label_selector"]
 
 Obj = dict[str, Any]
 
@@ -66,66 +67,39 @@ DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 # label selectors
 
 
-@dataclass(frozen=True)
-class _Requirement:
-    key: str
-    op: str  # "=", "!=", "in", "notin", "exists", "!exists"
-    values: tuple[str, ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        has = self.key in labels
-        value = labels.get(self.key)
-        if self.op == "exists":
-            return has
-        if self.op == "!exists":
-            return not has
-        if self.op in ("=", "in"):
-            return has and value in self.values
-        # "!=" and "notin" match objects without the label too, as in Kubernetes
-        return not has or value not in self.values
-
-
 _REQ_SET = re.compile(r"^\s*([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
 _REQ_EQ = re.compile(r"^\s*([\w./-]+)\s*(==|=|!=)\s*([\w.-]*)\s*$")
 _REQ_EXISTS = re.compile(r"^\s*(!?)\s*([\w./-]+)\s*$")
 
 
-@dataclass(frozen=True)
-class LabelSelector:
-    """A parsed ``labelSelector`` query string (Kubernetes' text syntax)."""
-
-    requirements: tuple[_Requirement, ...]
-
-    @classmethod
-    def parse(cls, text: str) -> LabelSelector:
-        parts: list[str] = []
-        depth, start = 0, 0
-        for i, ch in enumerate(text):
-            if ch == "(":
-                depth += 1
-            elif ch == ")":
-                depth -= 1
-            elif ch == "," and depth == 0:
-                parts.append(text[start:i])
-                start = i + 1
-        parts.append(text[start:])
-        reqs: list[_Requirement] = []
-        for part in parts:
-            if not part.strip():
-                continue
-            if m := _REQ_SET.match(part):
-                values = tuple(v.strip() for v in m.group(3).split(",") if v.strip())
-                reqs.append(_Requirement(m.group(1), m.group(2), values))
-            elif m := _REQ_EQ.match(part):
-                reqs.append(_Requirement(m.group(1), "!=" if m.group(2) == "!=" else "=", (m.group(3),)))
-            elif m := _REQ_EXISTS.match(part):
-                reqs.append(_Requirement(m.group(2), "!exists" if m.group(1) else "exists"))
-            else:
-                raise ValueError(f"unable to parse requirement: {part!r}")
-        return cls(tuple(reqs))
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return all(r.matches(labels) for r in self.requirements)
+def parse_label_selector(text: str) -> LabelSelector:
+    """A ``labelSelector`` query string (Kubernetes' text syntax: ``a=b``, ``a!=b``, ``a in (x,y)``,
+    ``a notin (x)``, ``a``, ``!a``) as the project's LabelSelector, which does the matching."""
+    parts: list[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    reqs: list[Requirement] = []
+    for part in parts:
+        if not part.strip():
+            continue
+        if m := _REQ_SET.match(part):
+            values = tuple(v.strip() for v in m.group(3).split(",") if v.strip())
+            reqs.append(Requirement(m.group(1), "In" if m.group(2) == "in" else "NotIn", values))
+        elif m := _REQ_EQ.match(part):
+            reqs.append(Requirement(m.group(1), "NotIn" if m.group(2) == "!=" else "In", (m.group(3),)))
+        elif m := _REQ_EXISTS.match(part):
+            reqs.append(Requirement(m.group(2), "DoesNotExist" if m.group(1) else "Exists"))
+        else:
+            raise ValueError(f"unable to parse requirement: {part!r}")
+    return LabelSelector((), tuple(reqs))
 
 
 def _field_value(obj: Obj, path: str) -> str:
@@ -546,7 +520,7 @@ class KubeEmulator:
         self, query: Mapping[str, str]
     ) -> tuple[LabelSelector | None, list[tuple[str, bool, str]]]:
         try:
-            labels = LabelSelector.parse(query["labelSelector"]) if query.get("labelSelector") else None
+            labels = parse_label_selector(query["labelSelector"]) if query.get("labelSelector") else None
             fields = _parse_field_selector(query.get("fieldSelector", ""))
         except ValueError as err:
             raise _ApiError(400, "BadRequest", str(err)) from err
