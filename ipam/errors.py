@@ -15,6 +15,7 @@ __all__ = [
     "Invalid",
     "IpamError",
     "NotFound",
+    "PoolFull",
     "StoreError",
     "StoreUnavailable",
 ]
@@ -75,3 +76,12 @@ class AllocationError(IpamError):
         self.retryable = retryable
         self.reason = reason
         super().__init__(message)
+
+
+class PoolFull(AllocationError):
+    """A pool cannot take another record in this store (one Kubernetes object holds a bounded number of
+    records); the allocator moves on to the next candidate pool."""
+
+    def __init__(self, pool: str, message: str) -> None:
+        self.pool = pool
+        super().__init__(message, reason="exhausted")

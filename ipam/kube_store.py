@@ -50,8 +50,8 @@ import netaddr
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from ipam import errors
 from ipam.errors import (
-    AllocationError,
     AlreadyExists,
     Conflict,
     Gone,
@@ -81,15 +81,15 @@ DEFAULT_MAX_POOL_RECORDS = 5000  # Spiderpool's SPIDERPOOL_IPPOOL_MAX_ALLOCATED_
 _DERIVED = ("allocatedIPs", "allocatedIPCount")  # pool status fields owned by the records
 
 
-class PoolFull(AllocationError):
+class PoolFull(errors.PoolFull):
     """The pool holds as many records as one Kubernetes object can (``max_pool_records``)."""
 
     def __init__(self, pool: str, limit: int) -> None:
-        self.pool, self.limit = pool, limit
+        self.limit = limit
         super().__init__(
+            pool,
             f'SpiderIPPool "{pool}": status.allocatedIPs: holds {limit} records, the most one pool can '
             "hold in Kubernetes (SPIDERPOOL_IPPOOL_MAX_ALLOCATED_IPS); use another pool",
-            retryable=False,
         )
 
 
@@ -283,7 +283,8 @@ class KubeStore:
             out = self._put(info, out, ns, name, "status")
         return out
 
-    def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+    def get(self, kind: str, name: str, namespace: str = "", *, allocated_ips: bool = True) -> Obj:
+        # allocatedIPs lives in the object here, so there is nothing to skip
         info = kind_info(kind)
         ns = namespace if info.namespaced else ""
         inf = self._informers.get(info.kind)
@@ -300,6 +301,7 @@ class KubeStore:
         *,
         namespace: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allocated_ips: bool = True,
     ) -> builtins.list[Obj]:
         info = kind_info(kind)
         ns = namespace if info.namespaced else None

@@ -25,9 +25,9 @@ import netaddr
 from ipam import annotations as an
 from ipam import selection
 from ipam.allocator import free_intervals, lowest_free
-from ipam.errors import AllocationError, Conflict, NotFound
+from ipam.errors import AllocationError, Conflict, NotFound, PoolFull
 from ipam.model import Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
-from ipam.ranges import int_to_ip
+from ipam.ranges import IntervalSet, int_to_ip
 from ipam.store import Claim, IPRecord, Obj, Store
 from ipam.workload import (
     PodInfo,
@@ -243,14 +243,22 @@ class IpamService:
                 # a pod of the same name that is gone (Spiderpool #4916): its IPs go back in this commit
                 releases = self._endpoint_records(endpoint)
                 endpoint = None
-        sel = self._select(req, pod, top)
+        sel, pools_read = self._select(req, pod, top)
         nic = sel.nic(req.nic)
         if nic is None:
             raise AllocationError(
                 f"pod {pod.key}: no pool selection for interface {req.nic}", reason="no-pool"
             )
+        full: set[str] = set()
         with self._locks.hold([p for fam in nic.families for p in fam.pools]):
-            return self._allocate_new(req, pod, top, sel, nic, endpoint, releases)
+            while True:
+                try:
+                    return self._allocate_new(req, pod, top, sel, nic, endpoint, releases, pools_read, full)
+                except PoolFull as exc:
+                    # the store cannot record more in that pool (Kubernetes' per-object limit): next one
+                    if exc.pool in full:
+                        raise
+                    full.add(exc.pool)
 
     def _endpoint_records(self, endpoint: Endpoint) -> list[IPRecord]:
         key = f"{endpoint.namespace}/{endpoint.name}"
@@ -262,11 +270,14 @@ class IpamService:
                     out.append(IPRecord(pool=pool, ip=ip, pod=key, pod_uid=endpoint.uid))
         return out
 
-    def _select(self, req: AllocateRequest, pod: PodInfo, top: TopController) -> selection.Selection:
+    def _select(
+        self, req: AllocateRequest, pod: PodInfo, top: TopController
+    ) -> tuple[selection.Selection, dict[str, IPPool]]:
+        """The candidates, and every pool as read for them (the pick re-reads only a pool that changed)."""
         namespace = self._get("Namespace", pod.namespace, "") or {}
         node = self._get("Node", pod.node_name, "") if pod.node_name else None
-        pools = [IPPool.from_obj(o) for o in self.store.list("SpiderIPPool")]
-        return selection.candidates(
+        pools = [IPPool.from_obj(o) for o in self.store.list("SpiderIPPool", allocated_ips=False)]
+        sel = selection.candidates(
             pod,
             req.nic,
             namespace_annotations=(namespace.get("metadata") or {}).get("annotations") or {},
@@ -280,12 +291,13 @@ class IpamService:
             enable_v6=self.settings.enable_ipv6,
             clean_gateway=bool(req.clean_gateway),
         )
+        return sel, {p.name: p for p in pools}
 
     def _still_candidates(
         self, req: AllocateRequest, pod: PodInfo, top: TopController, held: NicAllocation
     ) -> bool:
         try:
-            sel = self._select(req, pod, top)
+            sel, _ = self._select(req, pod, top)
         except AllocationError:
             return True  # keep the fixed IP when selection itself cannot be evaluated right now
         nic = sel.nic(req.nic)
@@ -295,30 +307,44 @@ class IpamService:
                 return False
         return True
 
-    def _reserved(self, family: int) -> Any:
+    def _reserved(self, family: int) -> IntervalSet:
         reserved = [ReservedIP.from_obj(o) for o in self.store.list("SpiderReservedIP")]
         return reserved_set(reserved, family)
 
-    def _pick(self, pool_name: str, family: int, pod: PodInfo) -> tuple[IPPool, str, str, bool]:
+    def _pick(
+        self,
+        pool_name: str,
+        family: int,
+        pod: PodInfo,
+        *,
+        known: IPPool | None,
+        held: Sequence[IPRecord],
+        reserved: IntervalSet,
+    ) -> tuple[IPPool, str, str, bool]:
         """(pool, ip, pool_version, existing): the pod's existing record in this pool, else the lowest
-        free IP.  Raises AllocationError (not retryable by itself) when the pool has nothing free."""
+        free IP.  Raises AllocationError (not retryable by itself) when the pool has nothing free.
+
+        The pool as read for selection is used when its resourceVersion is still the one ``usage``
+        reports; otherwise it is read again (without its records: only spec and version are needed)."""
+        usage = self.store.usage(pool_name)
+        pool = known
         for _ in range(3):
-            obj = self.store.get("SpiderIPPool", pool_name)
-            pool = IPPool.from_obj(obj)
-            usage = self.store.usage(pool_name)
-            if usage.resource_version == pool.resource_version:
+            if pool is not None and pool.resource_version == usage.resource_version:
                 break
+            pool = IPPool.from_obj(self.store.get("SpiderIPPool", pool_name, allocated_ips=False))
+            usage = self.store.usage(pool_name)
         else:
             raise Conflict(f'SpiderIPPool "{pool_name}" is changing')
+        assert pool is not None
         if pool.terminating:
             raise AllocationError("terminating")
         if pool.disable:
             raise AllocationError("disabled")
         # Spiderpool #4295: a pod UID never holds two IPs of one pool
-        for record in self.store.records_of_pod(pod.namespace, pod.name):
+        for record in held:
             if record.pool == pool_name and record.pod_uid == pod.uid:
                 return pool, record.ip, usage.resource_version, True
-        value = lowest_free(free_intervals(pool, self._reserved(family)), usage.allocated)
+        value = lowest_free(free_intervals(pool, reserved), usage.allocated)
         if value is None:
             raise AllocationError(_EXHAUSTED)
         return pool, int_to_ip(value, family), usage.resource_version, False
@@ -332,14 +358,28 @@ class IpamService:
         nic: selection.NicCandidates,
         endpoint: Endpoint | None,
         releases: list[IPRecord],
+        pools_read: dict[str, IPPool],
+        full: set[str],
     ) -> Allocation:
         claims: list[Claim] = []
         chosen: list[tuple[int, IPPool, str]] = []
+        pod_records = self.store.records_of_pod(pod.namespace, pod.name)
         for fam in nic.families:
             errors: dict[str, str] = {}
+            reserved = self._reserved(fam.family)
             for pool_name in fam.pools:
+                if pool_name in full:
+                    errors[pool_name] = "holds the most records one pool can hold in this store"
+                    continue
                 try:
-                    pool, ip, version, existing = self._pick(pool_name, fam.family, pod)
+                    pool, ip, version, existing = self._pick(
+                        pool_name,
+                        fam.family,
+                        pod,
+                        known=pools_read.get(pool_name),
+                        held=pod_records,
+                        reserved=reserved,
+                    )
                 except AllocationError as exc:
                     errors[pool_name] = str(exc)
                     continue

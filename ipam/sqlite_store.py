@@ -557,7 +557,7 @@ class SqliteStore:
             body = self._insert(tx, info, namespace, name, obj)
             return self._output(tx.conn, info, body, committed=False)
 
-    def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+    def get(self, kind: str, name: str, namespace: str = "", *, allocated_ips: bool = True) -> Obj:
         info = self._info(kind, name)
         if not info.namespaced:
             namespace = ""
@@ -568,6 +568,9 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 raise NotFound(info.kind, name, namespace)
+            if not allocated_ips:
+                obj: Obj = json.loads(row[0])  # the stored body already carries allocatedIPCount
+                return obj
             return self._output(conn, info, row[0], committed=True)
 
     def list(
@@ -576,6 +579,7 @@ class SqliteStore:
         *,
         namespace: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allocated_ips: bool = True,
     ) -> builtins.list[Obj]:
         info = self._info(kind)
         wanted = dict(labels or {})
@@ -594,7 +598,8 @@ class SqliteStore:
                 obj: Obj = json.loads(body)
                 have = obj["metadata"].get("labels") or {}
                 if all(have.get(k) == v for k, v in wanted.items()):
-                    out.append(self._render_pool(conn, obj) if info.kind == POOL_KIND else obj)
+                    render = allocated_ips and info.kind == POOL_KIND
+                    out.append(self._render_pool(conn, obj) if render else obj)
             return out
 
     def update(self, obj: Obj) -> Obj:

@@ -87,8 +87,10 @@ class ObjectStore(Protocol):
         """Store a new object; fills uid, resourceVersion, creationTimestamp, generation.
         Raises AlreadyExists."""
 
-    def get(self, kind: str, name: str, namespace: str = "") -> Obj:
-        """Raises NotFound."""
+    def get(self, kind: str, name: str, namespace: str = "", *, allocated_ips: bool = True) -> Obj:
+        """Raises NotFound.  ``allocated_ips=False``: a SpiderIPPool may come without
+        ``status.allocatedIPs`` (``allocatedIPCount`` is always there) so the allocation path does not
+        pay for rendering every record of a large pool."""
 
     def list(
         self,
@@ -96,9 +98,10 @@ class ObjectStore(Protocol):
         *,
         namespace: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allocated_ips: bool = True,
     ) -> list[Obj]:
         """Objects of a kind, optionally in one namespace and carrying all the given labels (equality),
-        sorted by (namespace, name)."""
+        sorted by (namespace, name).  ``allocated_ips`` as for ``get``."""
 
     def update(self, obj: Obj) -> Obj:
         """Replace metadata (labels, annotations, ownerReferences, finalizers) and spec.  If

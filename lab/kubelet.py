@@ -30,7 +30,7 @@ from typing import Any
 from ipam.errors import NotFound
 from ipam.store import Obj, Store
 from lab.build import REPO_ROOT, Lab
-from lab.netns import Netns, ProcRef, ip_netns_exec, kill_procs
+from lab.netns import Netns, ProcRef, ip_netns_exec, kill_procs, run
 
 __all__ = [
     "CNI_BIN_DIR",
@@ -442,6 +442,12 @@ class Kubelet:
         if runtime.server is not None:
             kill_procs([ProcRef(*runtime.server)], grace=1.0)
         self.lab.sandbox.remove_netns(Netns(runtime.netns), grace=1.0)
+        if runtime.ip:
+            # the bridge plugin shares cni0 between pods, so a node keeps this pod's MAC in its neighbour
+            # table (REACHABLE for up to ~45 s); the lowest-free allocator hands the IP out again at once,
+            # and traffic to the next pod would go to the dead MAC.  Forget it, as a new veth would.
+            for node in self.lab.k8s_nodes:
+                run(Netns(self.lab.sandbox.name(node)), ["ip", "neigh", "flush", "to", runtime.ip], check=False)
         self.pods.pop(runtime.key, None)
         self._save()
 

@@ -77,9 +77,35 @@ def apply(r: Running, name: str) -> None:
     r.kubelet.reconcile()
 
 
+def _diagnostics(r: Running) -> str:
+    """What a failed invariant needs to be understood: pods, and each host's neighbours and routes."""
+    lines = []
+    for key, rt in sorted(r.kubelet.pods.items()):
+        addr = subprocess.run(["ip", "-n", rt.netns, "-br", "addr"], capture_output=True, text=True, check=False)
+        listen = subprocess.run(
+            ["ip", "netns", "exec", rt.netns, "ss", "-ltnH"], capture_output=True, text=True, check=False
+        )
+        via_node = subprocess.run(
+            ["ip", "netns", "exec", r.lab.sandbox.name(rt.node), "curl", "-s", "-m", "2", f"http://{rt.ip}/"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines.append(
+            f"{key} on {rt.node} ip {rt.ip} netns {rt.netns}: addr {addr.stdout.strip()!r} "
+            f"listen {listen.stdout.strip()!r} from-node {via_node.stdout.strip()!r} rc {via_node.returncode}"
+        )
+    for host in ("router", *r.lab.k8s_nodes):
+        ns = r.lab.sandbox.name(host)
+        for what in (["neigh"], ["route"], ["-br", "addr"]):
+            res = subprocess.run(["ip", "-n", ns, *what], capture_output=True, text=True, check=False)
+            lines.append(f"--- {host}: ip {' '.join(what)}\n{res.stdout.strip()}")
+    return "\n".join(lines)
+
+
 def assert_invariants(r: Running) -> None:
     problems = check_invariants(r.lab, r.kubelet, r.store, timeout=30)
-    assert problems == [], "\n".join(problems)
+    assert problems == [], "\n".join(problems) + "\n" + _diagnostics(r)
 
 
 def test_demo_path(running: Running) -> None:
@@ -93,6 +119,7 @@ def test_pod_churn_200_cycles(running: Running) -> None:
     r = running
     apply(r, "nginx-ippool-v4.yaml")
     apply(r, "nginx-deployment.yaml")
+    r.kubelet.scale("nginx", 0)  # start from none, so the loop below creates exactly 200 pods
     created_before = sum(1 for line in r.log.getvalue().splitlines() if line.startswith("pod/"))
     start = time.monotonic()
     for _ in range(20):  # 20 x (10 up, 10 down) = 200 create/delete cycles
