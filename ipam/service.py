@@ -11,11 +11,12 @@ The store is synchronous; the agent calls this service from a thread pool.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -141,6 +142,28 @@ class _Locks:
             yield
 
 
+class _Lazy(Mapping[str, Any]):
+    """A mapping read from the store only when something looks into it."""
+
+    def __init__(self, load: Callable[[], Mapping[str, Any]]) -> None:
+        self._load = load
+        self._data: Mapping[str, Any] | None = None
+
+    def _get(self) -> Mapping[str, Any]:
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 def _ip_of(cidr: str | None) -> str | None:
     return cidr.partition("/")[0] if cidr else None
 
@@ -163,6 +186,7 @@ class IpamService:
         self._rand = rand
         self._on_conflict = on_conflict
         self._locks = _Locks()
+        self._parsed: dict[str, tuple[str, IPPool]] = {}
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -270,19 +294,41 @@ class IpamService:
                     out.append(IPRecord(pool=pool, ip=ip, pod=key, pod_uid=endpoint.uid))
         return out
 
+    def _pool(self, obj: Obj) -> IPPool:
+        """Parse a pool, reusing the last parse while nothing but its resourceVersion and status changed
+        (every claim bumps the version; parsing ranges on every ADD would cost more than the claim)."""
+        meta = obj["metadata"]
+        key = json.dumps(
+            [{k: v for k, v in meta.items() if k != "resourceVersion"}, obj.get("spec")], sort_keys=True
+        )
+        cached = self._parsed.get(meta["name"])
+        if cached is not None and cached[0] == key:
+            return replace(cached[1], resource_version=str(meta.get("resourceVersion") or ""))
+        pool = IPPool.from_obj(obj)
+        self._parsed[meta["name"]] = (key, pool)
+        return pool
+
     def _select(
         self, req: AllocateRequest, pod: PodInfo, top: TopController
     ) -> tuple[selection.Selection, dict[str, IPPool]]:
-        """The candidates, and every pool as read for them (the pick re-reads only a pool that changed)."""
-        namespace = self._get("Namespace", pod.namespace, "") or {}
-        node = self._get("Node", pod.node_name, "") if pod.node_name else None
-        pools = [IPPool.from_obj(o) for o in self.store.list("SpiderIPPool", allocated_ips=False)]
+        """The candidates, and every pool as read for them (the pick re-reads only a pool that changed).
+        The namespace and node are read only if a rule or a pool filter looks at them."""
+
+        def namespace_meta() -> Mapping[str, Any]:
+            return (self._get("Namespace", pod.namespace, "") or {}).get("metadata") or {}
+
+        def node_labels() -> Mapping[str, str]:
+            node = self._get("Node", pod.node_name, "") if pod.node_name else None
+            return ((node or {}).get("metadata") or {}).get("labels") or {}
+
+        namespace = _Lazy(namespace_meta)
+        pools = [self._pool(o) for o in self.store.list("SpiderIPPool", allocated_ips=False)]
         sel = selection.candidates(
             pod,
             req.nic,
-            namespace_annotations=(namespace.get("metadata") or {}).get("annotations") or {},
-            namespace_labels=(namespace.get("metadata") or {}).get("labels") or {},
-            node_labels=((node or {}).get("metadata") or {}).get("labels") or {},
+            namespace_annotations=_Lazy(lambda: namespace.get("annotations") or {}),
+            namespace_labels=_Lazy(lambda: namespace.get("labels") or {}),
+            node_labels=_Lazy(node_labels),
             cni_default_v4=req.default_v4_pools,
             cni_default_v6=req.default_v6_pools,
             pools=pools,
@@ -331,7 +377,7 @@ class IpamService:
         for _ in range(3):
             if pool is not None and pool.resource_version == usage.resource_version:
                 break
-            pool = IPPool.from_obj(self.store.get("SpiderIPPool", pool_name, allocated_ips=False))
+            pool = self._pool(self.store.get("SpiderIPPool", pool_name, allocated_ips=False))
             usage = self.store.usage(pool_name)
         else:
             raise Conflict(f'SpiderIPPool "{pool_name}" is changing')
