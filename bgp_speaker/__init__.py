@@ -11,7 +11,7 @@ from bgp_speaker.kernel import HostRouteSource, NetlinkRouteSource, RouteBatch, 
 from bgp_speaker.metrics import SpeakerMetrics
 from bgp_speaker.routes import desired_routes
 from bgp_speaker.speaker import BgpSpeaker, SpeakerNotRunning, cli_pipename, default_exabgp_command
-from bgp_speaker.status import PeerStatus, format_status_table
+from bgp_speaker.status import PeerStatus, format_routes_table, format_status_table
 
 __all__ = [
     "AdjRibRoute",
@@ -30,6 +30,7 @@ __all__ = [
     "cli_pipename",
     "default_exabgp_command",
     "desired_routes",
+    "format_routes_table",
     "format_status_table",
     "parse_bgp_config",
 ]

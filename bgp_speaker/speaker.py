@@ -8,8 +8,9 @@ Inputs (call them from the event loop's thread; they never block):
 
 A supervisor task runs one ExaBGP *generation* at a time (``bgp_speaker.exabgp``).  For each
 generation it announces the whole desired set, then sends only differences (batched, per peer,
-acked).  A peer session coming ``up`` gets the full set replayed and, with graceful restart
-(``manual-eor``), an End-of-RIB after the replay.  Every ``reconcileInterval`` the adj-rib-out is read
+acked).  A peer session coming ``up`` gets the full set from ExaBGP's adj-rib-out (which holds
+exactly what was acked) and, with graceful restart (``manual-eor``), an End-of-RIB once every change
+queued so far has been sent.  Every ``reconcileInterval`` the adj-rib-out is read
 back through the API and any difference is repaired.  When ExaBGP dies (or its relay's connection
 drops) the generation ends at once and a new one starts after a backoff (0.5 s doubling to 30 s).
 
@@ -153,7 +154,7 @@ class BgpSpeaker:
         # ExaBGP side
         self._proc: ExabgpProcess | None = None
         self._announced: dict[str, set[IPNetwork]] = {k: set() for k in self._peers}
-        self._replay: set[str] = set()
+        self._eor_due: set[str] = set()
         self._status: dict[str, PeerStatus] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -163,6 +164,8 @@ class BgpSpeaker:
         self.restarts = 0
         for p in config.peers:
             self._status[p.key] = initial_status(p.key, local_as=config.asn, peer_as=p.asn, now=now())
+            self.metrics.session_up.labels(peer=p.key).set(0)
+            self.metrics.announced_prefixes.labels(peer=p.key).set(0)
 
     # ---- inputs ----------------------------------------------------------------------------------
 
@@ -184,9 +187,13 @@ class BgpSpeaker:
         else:
             self._ready.discard(ip)
 
-    def set_pod_ips(self, ips: Mapping[IPAddress | str, IPNetwork | str]) -> None:
+    def set_pod_ips(
+        self,
+        ips: Mapping[str, str] | Mapping[IPAddress, IPNetwork] | Mapping[IPAddress | str, IPNetwork | str],
+    ) -> None:
         """Replace the whole set of pod IPs allocated on this node (IP -> its pool's subnet)."""
-        new = {_ip(ip): _net(subnet) for ip, subnet in ips.items()}
+        items: Iterable[tuple[IPAddress | str, IPNetwork | str]] = ips.items()
+        new = {_ip(ip): _net(subnet) for ip, subnet in items}
         now = self._clock()
         for ip in set(self._pods) - set(new):
             self._forget(ip)
@@ -312,11 +319,8 @@ class BgpSpeaker:
             else read_passwords(self.config, read=self._read_password)
         )
         self._prepare_runtime_dir(passwords)
-        if self.route_source is not None:
+        if self.route_source is not None:  # loads the kernel table while ExaBGP starts
             self._tasks.append(asyncio.create_task(self._watch_routes(), name="bgp-route-watch"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._table_loaded.wait(), 5.0)
-            self._recheck_ready(set(), full=True)
         try:
             proc = await self._spawn()
         except BaseException:
@@ -382,7 +386,7 @@ class BgpSpeaker:
         self._proc = proc
         self.metrics.exabgp_up.set(1)
         self._announced = {k: set() for k in self._peers}
-        self._replay = set()
+        self._eor_due = set()
         now = self._now()
         for p in self.config.peers:
             self._status[p.key] = initial_status(p.key, local_as=self.config.asn, peer_as=p.asn, now=now)
@@ -430,6 +434,10 @@ class BgpSpeaker:
             self.metrics.session_up.labels(peer=key).set(0)
 
     async def _run_generation(self, proc: ExabgpProcess) -> None:
+        if self.route_source is not None and not self._table_loaded.is_set():
+            # announce from the complete kernel table, never from a half-read one
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._table_loaded.wait(), 10.0)
         interval = self.config.reconcile_interval
         next_reconcile = self._clock() + interval if interval > 0 else None
         self._generation_ready.set()
@@ -474,9 +482,13 @@ class BgpSpeaker:
         self._status[key] = apply_event(before, event, now=self._now())
         self.metrics.session_up.labels(peer=key).set(1 if self._status[key].established else 0)
         if event.state == "up":
+            # ExaBGP re-sends its whole adj-rib-out (= what we announced) on every new session by
+            # itself; with graceful restart (manual-eor) we add the End-of-RIB once our changes
+            # queued so far are in, so the router keeps its stale routes until the set is complete.
             log.info("BGP session with %s is up", key)
-            self._replay.add(key)
-            self._changed()
+            if self._peers[key].graceful_restart > 0:
+                self._eor_due.add(key)
+                self._changed()
         elif event.state == "down" and before.established:
             log.warning("BGP session with %s went down: %s", key, event.reason)
 
@@ -490,7 +502,6 @@ class BgpSpeaker:
     def _ops_for_peer(self, peer: PeerConfig, desired: frozenset[IPNetwork]) -> list[tuple[_Op, list[str]]]:
         key = peer.key
         want = self._desired_for(peer, desired)
-        replay = key in self._replay
         plan = plan_peer(want, self._announced[key], limit=peer.max_prefixes)
         self.metrics.held_back_prefixes.labels(peer=key).set(len(plan.held_back))
         ops: list[tuple[_Op, list[str]]] = []
@@ -501,15 +512,13 @@ class BgpSpeaker:
             gone = tuple(p for p in plan.withdraw if family_of(p) == fam)
             if gone:
                 ops.append((_Op(key, "withdraw", gone), withdraw_commands(key, attrs, gone)))
-            source = sorted(plan.target, key=_order) if replay else plan.announce
-            new = tuple(p for p in source if family_of(p) == fam)
+            new = tuple(p for p in plan.announce if family_of(p) == fam)
             if new:
                 ops.append((_Op(key, "announce", new), announce_commands(key, attrs, new)))
-        if replay:
-            self._replay.discard(key)
-            if peer.graceful_restart > 0:
-                for fam in peer.families:
-                    ops.append((_Op(key, "eor"), [eor_command(key, fam)]))
+        if key in self._eor_due:  # after the differences above, so the EoR follows the full set
+            self._eor_due.discard(key)
+            for fam in peer.families:
+                ops.append((_Op(key, "eor"), [eor_command(key, fam)]))
         return ops
 
     async def _sync(self, proc: ExabgpProcess) -> None:

@@ -11,9 +11,9 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bgp_speaker.commands import StateEvent
+from bgp_speaker.commands import AdjRibRoute, StateEvent
 
-__all__ = ["PeerStatus", "apply_event", "format_status_table", "initial_status"]
+__all__ = ["PeerStatus", "apply_event", "format_routes_table", "format_status_table", "initial_status"]
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,8 @@ def apply_event(status: PeerStatus, event: StateEvent, *, now: dt.datetime) -> P
     return status
 
 
-def _cell(value: object) -> str:
-    return "" if value is None else str(value)
-
-
 def format_status_table(peers: Sequence[PeerStatus], *, running: bool = True) -> str:
     """A text table like ``calicoctl node status`` prints (PEER ADDRESS, PEER TYPE, STATE, SINCE, INFO)."""
-    header = ("PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO")
     rows = [
         (
             p.address,
@@ -80,20 +75,37 @@ def format_status_table(peers: Sequence[PeerStatus], *, running: bool = True) ->
         )
         for p in peers
     ]
-    widths = [max(len(h), *(len(_cell(r[i])) for r in rows)) for i, h in enumerate(header)]
+    head = (
+        "spiderbgp BGP speaker (ExaBGP) is running." if running else "spiderbgp BGP speaker is NOT running."
+    )
+    table = _table(("PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"), rows)
+    return "\n".join([head, "", "BGP peers:", *table]) + "\n"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
     def line(cells: Sequence[str]) -> str:
         return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths, strict=True)) + "|"
 
-    out = [
-        "spiderbgp BGP speaker (ExaBGP) is running." if running else "spiderbgp BGP speaker is NOT running.",
-        "",
-        "BGP peers:",
-        rule,
-        line(header),
-        rule,
+    return [rule, line(header), rule, *(line(r) for r in rows), rule]
+
+
+def format_routes_table(routes: Sequence[AdjRibRoute]) -> str:
+    """What ExaBGP announces (its adj-rib-out): PEER, PREFIX, NEXT HOP, COMMUNITIES."""
+    rows = [
+        (
+            r.peer,
+            str(r.prefix),
+            "" if r.next_hop is None else str(r.next_hop),
+            " ".join(
+                str(c) for c in [*r.attributes.get("community", ()), *r.attributes.get("large-community", ())]
+            ),
+        )
+        for r in sorted(
+            routes,
+            key=lambda x: (x.peer, x.prefix.version, int(x.prefix.network_address), x.prefix.prefixlen),
+        )
     ]
-    out.extend(line(r) for r in rows)
-    out.append(rule)
-    return "\n".join(out) + "\n"
+    return "\n".join(_table(("PEER", "PREFIX", "NEXT HOP", "COMMUNITIES"), rows)) + "\n"

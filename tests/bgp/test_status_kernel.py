@@ -188,3 +188,22 @@ def test_netlink_source_sees_host_routes_come_and_go() -> None:
 
         seen = asyncio.run(scenario())
         assert len(seen) >= 2
+
+
+def test_routes_table_lists_each_route_once_sorted() -> None:
+    from bgp_speaker.commands import AdjRibRoute
+    from bgp_speaker.status import format_routes_table
+
+    routes = [
+        AdjRibRoute("172.16.13.1", N("10.244.1.10/32"), A("172.16.13.11"), {"community": ["64512:100"]}),
+        AdjRibRoute("172.16.13.1", N("10.244.1.9/32"), A("172.16.13.11"), {"large-community": ["1:2:3"]}),
+    ]
+    lines = format_routes_table(routes).splitlines()
+    assert [c.strip() for c in lines[1].split("|")[1:-1]] == ["PEER", "PREFIX", "NEXT HOP", "COMMUNITIES"]
+    assert [c.strip() for c in lines[3].split("|")[1:-1]] == [
+        "172.16.13.1",
+        "10.244.1.9/32",
+        "172.16.13.11",
+        "1:2:3",
+    ]
+    assert [c.strip() for c in lines[4].split("|")[1:-1]][3] == "64512:100"
