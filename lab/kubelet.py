@@ -447,7 +447,11 @@ class Kubelet:
             # table (REACHABLE for up to ~45 s); the lowest-free allocator hands the IP out again at once,
             # and traffic to the next pod would go to the dead MAC.  Forget it, as a new veth would.
             for node in self.lab.k8s_nodes:
-                run(Netns(self.lab.sandbox.name(node)), ["ip", "neigh", "flush", "to", runtime.ip], check=False)
+                run(
+                    Netns(self.lab.sandbox.name(node)),
+                    ["ip", "neigh", "flush", "to", runtime.ip],
+                    check=False,
+                )
         self.pods.pop(runtime.key, None)
         self._save()
 

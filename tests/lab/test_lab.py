@@ -81,7 +81,9 @@ def _diagnostics(r: Running) -> str:
     """What a failed invariant needs to be understood: pods, and each host's neighbours and routes."""
     lines = []
     for key, rt in sorted(r.kubelet.pods.items()):
-        addr = subprocess.run(["ip", "-n", rt.netns, "-br", "addr"], capture_output=True, text=True, check=False)
+        addr = subprocess.run(
+            ["ip", "-n", rt.netns, "-br", "addr"], capture_output=True, text=True, check=False
+        )
         listen = subprocess.run(
             ["ip", "netns", "exec", rt.netns, "ss", "-ltnH"], capture_output=True, text=True, check=False
         )
