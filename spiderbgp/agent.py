@@ -37,7 +37,8 @@ from spiderbgp.metrics import IpamMetrics
 __all__ = ["Agent", "Announcer", "run_agent"]
 
 LOG = logging.getLogger("spiderbgp.agent")
-CACHED_KINDS = ("Pod", "Namespace", "Node", "SpiderReservedIP", "Deployment", "ReplicaSet", "StatefulSet")
+# read on every ADD; with the Kubernetes store they come from informers (writes always go to the server)
+CACHED_KINDS = ("Pod", "Namespace", "Node", "SpiderIPPool", "SpiderReservedIP", "ReplicaSet", "Deployment")
 
 
 class Announcer(Protocol):
@@ -290,7 +291,12 @@ def run_agent(
         from spiderbgp.bgp import build_announcer
 
         announcer = build_announcer(config, withdraw_on_exit=withdraw_on_exit, registry=registry)
-    store = open_store(store_override or config.store, kubeconfig=config.kubeconfig, cached_kinds=())
+    store = open_store(
+        store_override or config.store,
+        kubeconfig=config.kubeconfig,
+        cached_kinds=CACHED_KINDS,
+        max_pool_records=config.ipam.max_allocated_ips_per_pool,
+    )
     agent = Agent(
         config,
         store,

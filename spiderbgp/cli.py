@@ -238,7 +238,7 @@ def _cmd_agent(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from spiderbgp.agent import run_agent
     from spiderbgp.config import load_agent_config
 
-    config = load_agent_config(args.config)
+    config = load_agent_config(args.config, default_node_name=env.get("SPIDERBGP_NODE_NAME"))
     store_override = env.get("SPIDERBGP_STORE")
     return run_agent(
         config,

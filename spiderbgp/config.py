@@ -172,8 +172,10 @@ def parse_agent_config(raw: object, *, source: str, default_node_name: str | Non
     return config
 
 
-def load_agent_config(path: str | Path) -> AgentConfig:
-    """Read and validate a config file; every failure is a ConfigError with one line."""
+def load_agent_config(path: str | Path, *, default_node_name: str | None = None) -> AgentConfig:
+    """Read and validate a config file; every failure is a ConfigError with one line.  Without
+    ``nodeName`` in the file the node is ``default_node_name`` (the agent passes $SPIDERBGP_NODE_NAME,
+    e.g. from the downward API's spec.nodeName), else the hostname."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -188,4 +190,4 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(source, "", f"{where}{problem}") from None
-    return parse_agent_config(raw, source=source, default_node_name=socket.gethostname())
+    return parse_agent_config(raw, source=source, default_node_name=default_node_name or socket.gethostname())
