@@ -127,6 +127,25 @@ async def test_aggregate_mode_announces_exactly_the_minimal_cover(lab: BgpLab) -
     await asyncio.to_thread(lab.wait_router_routes, lambda r: set(r) == want, what=f"cover {want}")
 
 
+def _exabgp_cli(pipename: str, command: str) -> str:
+    """What an operator types: ``exabgp-cli --pipename NAME COMMAND`` (FIFOs in /run/exabgp)."""
+    res = subprocess.run(
+        [str(VENV_BIN / "exabgp-cli"), "--pipename", pipename, *command.split()],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def _tamper(pipename: str) -> None:
+    """A rogue route and a withdrawal, made behind the speaker's back."""
+    _exabgp_cli(pipename, f"neighbor {ROUTER_V4} announce route 10.244.4.99/32 next-hop {NODE_V4}")
+    _exabgp_cli(pipename, f"neighbor {ROUTER_V4} withdraw route 10.244.4.2/32")
+
+
 async def test_reconcile_repairs_a_route_injected_behind_our_back(lab: BgpLab) -> None:
     lab.start_frr()
     cfg = speaker_config(lab.runtime_dir, requireHostRoute=False)
@@ -135,25 +154,32 @@ async def test_reconcile_repairs_a_route_injected_behind_our_back(lab: BgpLab) -
     await _established(lab)
     sp.set_pod_ips({"10.244.4.1": POOL, "10.244.4.2": POOL})
     await asyncio.to_thread(lab.wait_router_routes, lambda r: len(r) == 2)
-    # an operator talks to ExaBGP directly (the CLI FIFOs are in /run/exabgp): a rogue route and a withdrawal
     assert (CLI_PIPE_DIR / f"{sp.pipename}.in").exists()
-    for cmd in (
-        f"neighbor {ROUTER_V4} announce route 10.244.4.99/32 next-hop {NODE_V4}",
-        f"neighbor {ROUTER_V4} withdraw route 10.244.4.2/32",
-    ):
-        res = subprocess.run(
-            [str(VENV_BIN / "exabgp"), "cli", "--pipename", sp.pipename, *cmd.split()],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            env={"PATH": "/usr/bin:/bin"},
-        )
-        assert res.returncode == 0, res.stderr
+    shown = await asyncio.to_thread(_exabgp_cli, sp.pipename, "show adj-rib out")
+    assert f"10.244.4.1/32 next-hop {NODE_V4}" in shown
+    await asyncio.to_thread(_tamper, sp.pipename)
     await asyncio.to_thread(lab.wait_router_routes, lambda r: set(r) == {"10.244.4.1/32", "10.244.4.99/32"})
     repaired = await sp.reconcile_now()
     assert repaired == 2
     await asyncio.to_thread(lab.wait_router_routes, lambda r: set(r) == {"10.244.4.1/32", "10.244.4.2/32"})
     assert sp.metrics.reconcile_repairs._value.get() == 2
+
+
+async def test_periodic_reconcile_repairs_without_being_asked(lab: BgpLab) -> None:
+    lab.start_frr()
+    cfg = speaker_config(lab.runtime_dir, requireHostRoute=False, reconcileInterval=1)
+    sp = lab.speaker(cfg, cli=True)
+    await sp.start()
+    await _established(lab)
+    sp.set_pod_ips({"10.244.4.1": POOL, "10.244.4.2": POOL})
+    await asyncio.to_thread(lab.wait_router_routes, lambda r: len(r) == 2)
+    await asyncio.to_thread(_tamper, sp.pipename)
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(
+        lab.wait_router_routes, lambda r: set(r) == {"10.244.4.1/32", "10.244.4.2/32"}, timeout=10
+    )
+    assert sp.metrics.reconcile_repairs._value.get() >= 1
+    assert sp.metrics.reconcile_runs._value.get() >= 1
 
 
 async def test_md5_session(lab: BgpLab) -> None:

@@ -4,13 +4,28 @@ graceful restart, link flap, withdraw on exit.  Real FRR and ExaBGP in namespace
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from lab.netns import set_link
-from tests.bgp.labkit import ROUTER_AS, ROUTER_V4, BgpLab, RouteMonitor, frr_config, hosts, speaker_config
+from lab.frr import wait_until
+from lab.netns import ProcRef, set_link
+from tests.bgp.labkit import (
+    NODE_AS,
+    NODE_V4,
+    ROUTER_AS,
+    ROUTER_V4,
+    BgpLab,
+    RouteMonitor,
+    frr_config,
+    hosts,
+    speaker_config,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 
@@ -140,3 +155,50 @@ async def test_withdraw_on_exit_removes_routes_even_with_graceful_restart(lab: B
         lab.wait_router_routes, lambda r: not r, timeout=3, what="routes withdrawn on exit"
     )
     assert not (lab.runtime_dir / "exabgp.pid").exists()
+
+
+async def test_agent_crash_takes_its_exabgp_along_and_graceful_restart_keeps_the_routes(lab: BgpLab) -> None:
+    lab.start_frr()
+    ips = hosts("10.244.13.0/24", 30)
+    bgp = {
+        "asn": NODE_AS,
+        "nextHop": NODE_V4,
+        "runtimeDir": str(lab.runtime_dir),
+        "requireHostRoute": False,
+        "reconcileInterval": 0,
+        "peers": [{"address": ROUTER_V4, "asn": ROUTER_AS, "holdTime": 9, "gracefulRestart": 30}],
+    }
+    conf = lab.work / "agent.json"
+    conf.write_text(json.dumps({"bgp": bgp, "pods": dict.fromkeys(ips, POOL), "pools": [POOL]}))
+    agent = lab.sandbox.popen(
+        None,
+        [sys.executable, "-m", "tests.bgp.speaker_main", str(conf), lab.node_ns.name],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert agent.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(agent.stdout.readline), 30)
+    agent.stdout.close()
+    assert line.strip() == b"ready"
+    await _all_back(lab, {f"{ip}/32" for ip in ips})
+    exabgp = ProcRef.of(int((lab.runtime_dir / "exabgp.pid").read_text()))
+    monitor = RouteMonitor(lab.sandbox, lab.router_ns)
+    try:
+        os.kill(agent.pid, signal.SIGKILL)  # the agent crashes
+        await asyncio.to_thread(agent.wait, 5)
+        # the kernel tells its ExaBGP (parent-death signal): no orphan keeps announcing
+        await asyncio.to_thread(
+            wait_until, lambda: not exabgp.alive(), timeout=5, interval=0.05, what="ExaBGP gone"
+        )
+        await asyncio.sleep(1.0)
+        assert len(lab.router_routes()) == 30  # graceful restart: the router keeps forwarding
+        cfg = speaker_config(lab.runtime_dir, requireHostRoute=False, peers=[bgp["peers"][0]])  # type: ignore[index]
+        again = lab.speaker(cfg)
+        again.set_pod_ips(dict.fromkeys(ips[:25], POOL))  # five pods went away meanwhile
+        await again.start()
+        await _all_back(lab, {f"{ip}/32" for ip in ips[:25]}, what="routes after the agent came back")
+        await asyncio.sleep(0.3)
+    finally:
+        monitor.stop()
+    assert not any(monitor.deleted(f"{ip}/32") for ip in ips[:25])
+    assert all(monitor.deleted(f"{ip}/32") for ip in ips[25:])
