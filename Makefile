@@ -41,8 +41,10 @@ test: deps lint
 unit: py-deps
 	$(PY) -m pytest -m "not lab and not netns" $(PYTEST_ARGS)
 
+# The demo leaves nothing behind: it runs every step of the seed, then takes the lab down.
+# (`$(PY) -m lab demo` alone keeps the lab up for exploring; `$(PY) -m lab down` removes it.)
 demo: deps
-	$(PY) -m lab demo
+	@rc=0; $(PY) -m lab demo || rc=$$?; $(PY) -m lab down; exit $$rc
 
 bench: deps
 	$(PY) -m bench
