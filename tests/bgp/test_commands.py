@@ -133,3 +133,9 @@ def test_parse_adj_rib_out_v2_and_v1() -> None:
     assert (r1.peer, r1.prefix, r1.next_hop) == ("172.16.13.1", N("10.244.1.0/32"), None)
     assert parse_adj_rib_line("not json") == []
     assert parse_adj_rib_line('{"peer": {"address": "x"}, "route": {"nlri": {"prefix": "bad"}}}') == []
+
+
+@given(st.text(max_size=200))
+def test_any_line_from_exabgp_is_classified_without_raising(line: str) -> None:
+    parse_line(line)
+    parse_adj_rib_line(line)

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bgp_speaker.config import BgpConfigError, parse_bgp_config
 from bgp_speaker.passwords import read_passwords
@@ -209,3 +211,46 @@ def test_password_file_errors(tmp_path: Path, content: bytes | None, message: st
     with pytest.raises(BgpConfigError) as err:
         read_passwords(cfg)
     assert str(err.value) == "a.yaml: bgp.peers[0].passwordFile: " + message.format(path=key)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+peer_like = st.fixed_dictionaries(
+    {"address": st.sampled_from(["172.16.13.1", "fd00::1", "x", 5]), "asn": json_values},
+    optional={
+        k: json_values for k in ("holdTime", "families", "communities", "multihop", "ttlSecurity", "port")
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            "asn": st.one_of(st.just(64512), json_values),
+            "nextHop": st.one_of(st.just("10.0.0.1"), json_values),
+        },
+        optional={
+            "peers": st.lists(peer_like, max_size=3) | json_values,
+            "advertise": json_values,
+            "extra": json_values,
+        },
+    )
+)
+def test_any_document_gives_a_config_or_one_line_error(raw: dict[str, Any]) -> None:
+    try:
+        cfg = parse_bgp_config(raw, source="fuzz.yaml")
+    except BgpConfigError as exc:
+        text = str(exc)
+        assert text.startswith("fuzz.yaml: bgp") and "\n" not in text
+    else:
+        assert cfg.peers and all(1 <= p.asn <= 2**32 - 1 for p in cfg.peers)
