@@ -43,13 +43,26 @@ class NodeIpEvents:
     removed: Callable[[Sequence[str]], None]
 
 
-def _backend_error(exc: Exception) -> BackendError:
+def _backend_error(exc: Exception, *, check: bool = False) -> BackendError:
+    """The CNI code and HTTP status of a service failure.  The HTTP status says whether a retry can
+    help (503); the code says what happened.  A pod missing from the store is code 101 with a 503: the
+    runtime sees "pod not found", and a retry can succeed once the store shows the pod.  Every definite
+    failure of CHECK is a reservation mismatch (103), whatever the service's reason word."""
     if isinstance(exc, AllocationError):
-        code = (
-            wire.CODE_TRY_AGAIN if exc.retryable else _REASON_CODES.get(exc.reason, wire.CODE_NO_IP_AVAILABLE)
-        )
+        if exc.reason == "pod-not-found":
+            code = wire.CODE_POD_NOT_FOUND
+        elif exc.retryable:
+            code = wire.CODE_TRY_AGAIN
+        elif check:
+            code = wire.CODE_RESERVATION_MISMATCH
+        else:
+            code = _REASON_CODES.get(exc.reason, wire.CODE_NO_IP_AVAILABLE)
         status = (
-            503 if code == wire.CODE_TRY_AGAIN else 409 if code == wire.CODE_RESERVATION_MISMATCH else 422
+            503
+            if exc.retryable or code == wire.CODE_TRY_AGAIN
+            else 409
+            if code == wire.CODE_RESERVATION_MISMATCH
+            else 422
         )
         return BackendError(code, wire.ERROR_MESSAGES.get(code, "allocation failed"), str(exc), status)
     if isinstance(exc, StoreUnavailable):
@@ -80,13 +93,13 @@ class IpamBackend:
         self._events = events
         self._ready = ready
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def _run(self, fn: Callable[[], T], *, check: bool = False) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         except BackendError:
             raise
         except Exception as exc:
-            raise _backend_error(exc) from None
+            raise _backend_error(exc, check=check) from None
 
     def _announce(self, allocation: Allocation) -> None:
         if allocation.node == self.service.node_name:
@@ -142,7 +155,7 @@ class IpamBackend:
 
     async def check(self, request: wire.CheckRequest) -> None:
         expected = [cidr.partition("/")[0] for cidr in request.ips]
-        await self._run(lambda: self.service.check(self._release_request(request), expected))
+        await self._run(lambda: self.service.check(self._release_request(request), expected), check=True)
 
     async def gc(self, request: wire.GcRequest) -> wire.GcResult:
         valid = {(a.container_id, a.if_name) for a in request.valid_attachments}
