@@ -1,15 +1,25 @@
-"""Fixtures: the rendered plugin file, and a real agent endpoint (make_app + serve) on a temp socket."""
+"""Fixtures: the rendered plugin file, and the real agent backend served on a temp socket.
+
+The agent here is what ``spiderbgp.agent`` serves: ``make_app(IpamBackend(IpamService(SqliteStore)))``
+behind ``serve()``, the service called from a ThreadPoolExecutor, and NodeIpEvents that record what the
+route announcer would be told.  Pools are written through admission (``ipam.admin``, as
+``spiderbgp apply`` does); Namespaces and Pods through the store (as the lab's kubelet stand-in does),
+so the UID in CNI_ARGS is the one the store gave the pod.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +27,45 @@ import pytest
 from aiohttp import web
 
 from cni.spiderpool import render_plugin_file
+from ipam import admin
+from ipam.errors import AlreadyExists, NotFound
+from ipam.service import IpamService, IpamSettings
 from ipam.sqlite_store import SqliteStore
+from ipam.store import Obj
 from spiderbgp.cni_endpoint import make_app, serve, shutdown
-from tests.cni.backend import StoreBackend, pool_object
+from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
 
 PYTHON = os.path.realpath(sys.executable)
+NODE = "node1"
+NAMESPACE = "default"
+
+POOLS_YAML = """\
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderIPPool
+metadata: {name: pool4}
+spec:
+  subnet: 10.244.100.0/24
+  ips: [10.244.100.10-10.244.100.13]
+  gateway: 10.244.100.1
+  routes: [{dst: 10.99.0.0/16, gw: 10.244.100.1}]
+  default: true
+---
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderIPPool
+metadata: {name: pool6}
+spec:
+  subnet: fd00:244::/64
+  ips: [fd00:244::10-fd00:244::13]
+  gateway: fd00:244::1
+---
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderIPPool
+metadata: {name: tiny}
+spec:
+  subnet: 10.245.0.0/24
+  ips: [10.245.0.5]
+  gateway: 10.245.0.1
+"""
 
 
 @pytest.fixture(scope="session")
@@ -74,15 +118,96 @@ def plugin(plugin_dir: Path) -> Plugin:
     return Plugin(plugin_dir / "spiderpool")
 
 
-class Agent:
-    """make_app(StoreBackend) served by serve() on a temp socket, in a thread with its own loop."""
+@dataclass
+class NodeEvents:
+    """Records what the agent tells the route announcer about this node's addresses."""
 
-    def __init__(self, socket_path: Path, store: SqliteStore, backend: StoreBackend) -> None:
-        self.socket_path, self.store, self.backend = socket_path, store, backend
+    added: list[dict[str, str]] = field(default_factory=list)
+    removed: list[list[str]] = field(default_factory=list)
+
+    def sink(self) -> NodeIpEvents:
+        return NodeIpEvents(
+            added=lambda ips: self.added.append(dict(ips)),
+            removed=lambda ips: self.removed.append(list(ips)),
+        )
+
+
+class Cluster:
+    """Cluster objects on the store: pools through admission, Namespaces and Pods as the kubelet writes
+    them (bound to ``NODE``, phase Running)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    def apply(self, yaml_text: str) -> list[str]:
+        return list(admin.apply_documents(self.store, admin.load_documents(yaml_text, source="test")))
+
+    def namespace(self, name: str, annotations: Mapping[str, str] | None = None) -> Obj:
+        obj: Obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        if annotations:
+            obj["metadata"]["annotations"] = dict(annotations)
+        try:
+            return self.store.create(obj)
+        except AlreadyExists:
+            return self.store.get("Namespace", name)
+
+    def pod(
+        self,
+        name: str,
+        namespace: str = NAMESPACE,
+        *,
+        annotations: Mapping[str, str] | None = None,
+        node: str = NODE,
+    ) -> str:
+        """Create the Pod (and its Namespace); returns the UID the store gave it."""
+        self.namespace(namespace)
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        if annotations:
+            meta["annotations"] = dict(annotations)
+        obj = self.store.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": meta,
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "pause"}]},
+                "status": {"phase": "Running"},
+            }
+        )
+        return str(obj["metadata"]["uid"])
+
+    def uid(self, name: str, namespace: str = NAMESPACE) -> str:
+        return str(self.store.get("Pod", name, namespace)["metadata"]["uid"])
+
+    def delete_pod(self, name: str, namespace: str = NAMESPACE) -> None:
+        """The pod is gone (deleted from the API): a DEL that names its UID now releases its IPs."""
+        self.store.delete("Pod", name, namespace)
+
+    def ips(self, pool: str) -> list[str]:
+        return [r.ip for r in self.store.records(pool)]
+
+
+class Agent:
+    """The real CNI backend of the agent (IpamBackend over IpamService over SqliteStore), served by
+    ``make_app`` + ``serve`` on a temp socket, in a thread with its own event loop."""
+
+    def __init__(
+        self, socket_path: Path, store: SqliteStore, *, settings: IpamSettings | None = None
+    ) -> None:
+        self.socket_path, self.store = socket_path, store
+        self.cluster = Cluster(store)
+        self.events = NodeEvents()
         self.observed: list[tuple[str, int, float]] = []
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ipam")
+        self.service = IpamService(store, node_name=NODE, settings=settings)
+        self.backend = IpamBackend(self.service, executor=self.executor, events=self.events.sink())
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def operations(self) -> list[tuple[str, int]]:
+        """(operation, CNI code or 0) of every request the endpoint answered."""
+        return [(op, code) for op, code, _ in self.observed]
 
     def start(self) -> None:
         self._thread.start()
@@ -100,24 +225,14 @@ class Agent:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop.close()
+            self.executor.shutdown(wait=True)
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(tmp_path / "state.db")
     try:
-        s.create(
-            pool_object(
-                "pool4",
-                "10.244.100.0/24",
-                ["10.244.100.10-10.244.100.13"],
-                "10.244.100.1",
-                routes=[{"dst": "10.99.0.0/16", "gw": "10.244.100.1"}],
-                default=True,
-            )
-        )
-        s.create(pool_object("pool6", "fd00:244::/64", ["fd00:244::10-fd00:244::13"], "fd00:244::1"))
-        s.create(pool_object("tiny", "10.245.0.0/24", ["10.245.0.5"], "10.245.0.1"))
+        Cluster(s).apply(POOLS_YAML)
         yield s
     finally:
         s.close()
@@ -125,7 +240,7 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 
 @pytest.fixture
 def agent(tmp_path: Path, store: SqliteStore) -> Iterator[Agent]:
-    a = Agent(tmp_path / "run" / "agent.sock", store, StoreBackend(store))
+    a = Agent(tmp_path / "run" / "agent.sock", store)
     a.start()
     try:
         yield a
@@ -143,9 +258,51 @@ def netconf(socket_path: Path | str, version: str = "1.1.0", **ipam: Any) -> dic
 
 
 def cni_env(
-    command: str, container: str = "c1", ifname: str = "eth0", netns: str = "/var/run/netns/x", **extra: str
+    command: str,
+    container: str = "c1",
+    ifname: str = "eth0",
+    netns: str = "/var/run/netns/x",
+    *,
+    uid: str = "",
+    pod: str = "",
+    namespace: str = NAMESPACE,
+    **extra: str,
 ) -> dict[str, str]:
+    """The runtime's environment for pod ``pod`` (default ``pod-<container>``) with UID ``uid``
+    (K8S_POD_UID is left out when empty, as some runtimes do)."""
+    args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod or f'pod-{container}'}"
+    if uid:
+        args += f";K8S_POD_UID={uid}"
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_IFNAME": ifname, "CNI_NETNS": netns,
-           "CNI_PATH": "/usr/lib/cni", "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{container};K8S_POD_UID=uid-{container}"}  # fmt: skip
+           "CNI_PATH": "/usr/lib/cni", "CNI_ARGS": args}  # fmt: skip
     env.update(extra)
     return env
+
+
+def pod_env(agent: Agent, command: str, container: str = "c1", **kw: Any) -> dict[str, str]:
+    """cni_env for pod ``pod-<container>``, created in the store on first use (UID passed along)."""
+    name = kw.pop("pod", "") or f"pod-{container}"
+    namespace = kw.get("namespace", NAMESPACE)
+    try:
+        uid = agent.cluster.uid(name, namespace)
+    except NotFound:
+        uid = agent.cluster.pod(name, namespace)
+    return cni_env(command, container, uid=uid, pod=name, **kw)
+
+
+def records(store: SqliteStore, pools: Sequence[str] = ("pool4",)) -> list[tuple[str, str]]:
+    return [(r.ip, r.pod) for p in pools for r in store.records(p)]
+
+
+@contextmanager
+def write_lock(store: SqliteStore) -> Iterator[None]:
+    """Another process's writer holding the database (BEGIN IMMEDIATE on its own connection): reads go
+    on, every commit waits for the lock until the store's busy timeout."""
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()

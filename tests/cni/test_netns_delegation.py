@@ -1,8 +1,10 @@
 """The reference ``bridge`` and ``ptp`` plugins delegating IPAM to our rendered plugin, in namespaces.
 
 Each test makes a node namespace and a pod namespace (``sbgp-<token>-node``/``-pod``), runs the main
-plugin inside the node namespace with our plugin first in CNI_PATH, and checks the pod's interface,
-addresses and routes; DEL must remove them and release the IP in the store.
+plugin inside the node namespace with our plugin first in CNI_PATH against the agent's real backend,
+and checks the pod's interface, addresses and routes.  A DEL while the Pod object still exists tears
+the interface down and keeps the IP (sandbox re-creation); once the pod is gone a DEL naming its UID
+releases it, and the announcer is told both times what changed.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def hosts() -> Iterator[Hosts]:
 
 
 def run_main_plugin(
-    hosts: Hosts, plugin_dir: Path, kind: str, command: str, conf: dict[str, Any]
+    hosts: Hosts, plugin_dir: Path, kind: str, command: str, conf: dict[str, Any], uid: str
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "CNI_COMMAND": command,
@@ -62,7 +64,7 @@ def run_main_plugin(
         "CNI_NETNS": f"/var/run/netns/{hosts.pod}",
         "CNI_IFNAME": "eth0",
         "CNI_PATH": f"{plugin_dir}:{CNI_DIR}",
-        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={hosts.pod};K8S_POD_UID=uid-{hosts.pod}",
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={hosts.pod};K8S_POD_UID={uid}",
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
     }
     return subprocess.run(
@@ -99,9 +101,10 @@ def test_reference_plugin_gets_ip_routes_from_spiderpool(
     conf["ipMasq"] = False
     if kind == "bridge":
         conf.update(bridge="sbgpbr0", isGateway=True)
+    uid = agent.cluster.pod(hosts.pod)
     added = False
     try:
-        res = run_main_plugin(hosts, plugin_dir, kind, "ADD", conf)
+        res = run_main_plugin(hosts, plugin_dir, kind, "ADD", conf, uid)
         assert res.returncode == 0, res.stdout + res.stderr
         added = True
         result = json.loads(res.stdout)
@@ -110,7 +113,8 @@ def test_reference_plugin_gets_ip_routes_from_spiderpool(
         addrs, routes = pod_state(hosts)
         assert addrs == ["10.244.100.10/24"]
         assert ("default", "10.244.100.1") in routes and ("10.99.0.0/16", "10.244.100.1") in routes
-        assert [r.ip for r in agent.store.records("pool4")] == ["10.244.100.10"]
+        assert [(r.ip, r.pod_uid) for r in agent.store.records("pool4")] == [("10.244.100.10", uid)]
+        assert agent.events.added == [{"10.244.100.10": "10.244.100.0/24"}]
         ping = subprocess.run(
             ["ip", "netns", "exec", hosts.pod, "ping", "-c1", "-W2", "10.244.100.1"],
             capture_output=True,
@@ -119,15 +123,31 @@ def test_reference_plugin_gets_ip_routes_from_spiderpool(
         assert ping.returncode == 0, ping.stdout
         # CHECK through the reference plugin (0.4.0+ only) consults our plugin as well
         if version != "0.3.1":
-            check = run_main_plugin(hosts, plugin_dir, kind, "CHECK", {**conf, "prevResult": result})
+            check = run_main_plugin(hosts, plugin_dir, kind, "CHECK", {**conf, "prevResult": result}, uid)
             assert check.returncode == 0, check.stdout + check.stderr
-            assert "check" in agent.backend.calls
-        res = run_main_plugin(hosts, plugin_dir, kind, "DEL", conf)
+            assert ("check", 0) in agent.operations
+        # the sandbox goes away while the pod lives on: interface gone, IP kept for the next sandbox
+        res = run_main_plugin(hosts, plugin_dir, kind, "DEL", conf, uid)
         assert res.returncode == 0, res.stdout + res.stderr
         added = False
         assert pod_state(hosts)[0] == []
-        assert agent.store.records("pool4") == []
-        assert run_main_plugin(hosts, plugin_dir, kind, "DEL", conf).returncode == 0  # DEL again: still fine
+        assert agent.cluster.ips("pool4") == ["10.244.100.10"] and agent.events.removed == []
+        # the next sandbox of the same pod gets the same address
+        res = run_main_plugin(hosts, plugin_dir, kind, "ADD", conf, uid)
+        assert res.returncode == 0, res.stdout + res.stderr
+        added = True
+        assert pod_state(hosts)[0] == ["10.244.100.10/24"]
+        # the pod is deleted: DEL releases the IP, the announcer withdraws it
+        agent.cluster.delete_pod(hosts.pod)
+        res = run_main_plugin(hosts, plugin_dir, kind, "DEL", conf, uid)
+        assert res.returncode == 0, res.stdout + res.stderr
+        added = False
+        assert pod_state(hosts)[0] == []
+        assert agent.store.records("pool4") == [] and agent.store.list("SpiderEndpoint") == []
+        assert agent.events.removed == [["10.244.100.10"]]
+        assert (
+            run_main_plugin(hosts, plugin_dir, kind, "DEL", conf, uid).returncode == 0
+        )  # DEL again: still fine
     finally:
         if added:
-            run_main_plugin(hosts, plugin_dir, kind, "DEL", conf)
+            run_main_plugin(hosts, plugin_dir, kind, "DEL", conf, uid)
