@@ -14,6 +14,8 @@ bgp: {...}                            # parsed by bgp_speaker.config; absent = I
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,12 +90,32 @@ class AgentConfig:
     source: str = ""
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a DNS host name whose last label is not all digits (so ``256.1.1.1`` and
+    ``10.0.0`` are refused here rather than looked up by name when the agent binds)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        return (
+            len(host) <= 253
+            and all(_HOST_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit()
+        )
+    return True
+
+
 def _parse_address(f: Fields, key: str, default: str) -> tuple[str, int]:
     text = f.string(key, default)
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise f.error(key, f"must be HOST:PORT (for example 127.0.0.1:9710), not {text!r}")
+    if not _valid_host(host):
+        raise f.error(key, f"{host!r} is neither an IP address nor a host name")
     return host, int(port_text)
 
 
