@@ -1,8 +1,10 @@
 """The node agent: one asyncio process that wires the store, the IPAM service, the CNI socket, the route
 announcer, the health/metrics endpoint and the leader-only controllers.  The only composition root.
 
-Start-up order: store -> IPAM service -> announcer (seeded with this node's addresses, so a restart
-re-announces before it serves) -> CNI socket -> health endpoint -> watchers and leader election.
+Start-up order: store -> IPAM service -> health endpoint (/readyz says 503 until serving; binding it
+first means a bad healthAddress fails before anything else starts) -> announcer (seeded with this
+node's addresses, so a restart re-announces before it serves) -> CNI socket -> watchers and leader
+election.  A part that fails to start stops the parts already started.
 Shut-down (SIGTERM/SIGINT) runs it backwards: stop accepting CNI requests and let in-flight ones finish,
 stop the controllers, stop the announcer (withdrawing first when asked to), close the store.
 """
@@ -28,8 +30,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ipam.errors import Gone, IpamError
 from ipam.service import IpamService, IpamSettings
 from ipam.store import Store
-from spiderbgp.cni_endpoint import make_app, serve, shutdown
+from spiderbgp.cni_endpoint import SocketInUse, make_app, serve, shutdown
 from spiderbgp.config import AgentConfig
+from spiderbgp.fields import ConfigError
 from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
 from spiderbgp.leadership import Leadership
 from spiderbgp.metrics import IpamMetrics
@@ -214,7 +217,46 @@ class Agent:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
+    async def _serve_cni(self, app: web.Application) -> web.AppRunner:
+        """Bind the CNI socket; a path that cannot be used is a ConfigError naming socketPath."""
+        try:
+            return await serve(app, self.config.socket_path)
+        except SocketInUse as exc:
+            raise ConfigError(self.config.source, "socketPath", str(exc)) from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            where = f" ({exc.filename})" if exc.filename and exc.filename != self.config.socket_path else ""
+            raise ConfigError(
+                self.config.source,
+                "socketPath",
+                f"cannot serve on {self.config.socket_path}: {reason}{where}",
+            ) from None
+
+    async def _serve_health(self) -> web.AppRunner:
+        """Bind /healthz, /readyz and /metrics; an address that cannot be bound (no such host, port in
+        use) is a ConfigError naming healthAddress."""
+        health = web.Application()
+        health.router.add_get("/healthz", self._healthz)
+        health.router.add_get("/readyz", self._readyz)
+        health.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(health, access_log=None)
+        await runner.setup()
+        host, port = self.config.health_host, self.config.health_port
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = exc.strerror or str(exc)
+            if "address already in use" in str(exc):
+                reason = "address already in use"
+            raise ConfigError(
+                self.config.source, "healthAddress", f"cannot listen on {host}:{port}: {reason}"
+            ) from None
+        return runner
+
     async def run(self, stop: asyncio.Event) -> None:
+        """Start every part, serve until ``stop`` is set, then stop them in order.  A part that fails
+        to start stops the ones already started (no socket file left behind, the store closed)."""
         loop = asyncio.get_running_loop()
         backend = IpamBackend(
             self.service,
@@ -222,45 +264,47 @@ class Agent:
             events=NodeIpEvents(added=self._ips_added, removed=self._ips_removed),
             ready=self._ready,
         )
-        if self.announcer is not None:
-            ips, subnets = await loop.run_in_executor(self.executor, self._node_state)
-            self.announcer.set_pool_subnets(subnets)
-            self.announcer.set_pod_ips(ips)
-            await self.announcer.start()
-        app = make_app(backend, metrics=self._observe)
-        app.router.add_get("/v1/bgp/status", self._bgp_status)
-        app.router.add_get("/v1/bgp/routes", self._bgp_routes)
-        runner = await serve(app, self.config.socket_path)
-        health = web.Application()
-        health.router.add_get("/healthz", self._healthz)
-        health.router.add_get("/readyz", self._readyz)
-        health.router.add_get("/metrics", self._metrics)
-        health_runner = web.AppRunner(health, access_log=None)
-        await health_runner.setup()
-        await web.TCPSite(health_runner, self.config.health_host, self.config.health_port).start()
-        watcher = threading.Thread(
-            target=self._watch_endpoints, args=(loop,), name="endpoint-watch", daemon=True
-        )
-        watcher.start()
-        self._tasks.append(asyncio.create_task(self._resync_loop()))
+        runner: web.AppRunner | None = None
+        health_runner: web.AppRunner | None = None
+        watcher: threading.Thread | None = None
         leadership: Leadership | None = None
-        if self.config.ipam.leader.enabled:
-            leadership = Leadership(
-                self.store,
-                self.config.ipam,
-                identity=self.config.node_name,
-                on_released=lambda ips: self._wake_resync(loop),
-                on_change=lambda leading: self.metrics.leader.set(1 if leading else 0),
-            )
-            leadership.start()
-        self._started = True
-        LOG.info("agent for node %s serving on %s", self.config.node_name, self.config.socket_path)
+        announcer_started = False
         try:
+            health_runner = await self._serve_health()
+            if self.announcer is not None:
+                ips, subnets = await loop.run_in_executor(self.executor, self._node_state)
+                self.announcer.set_pool_subnets(subnets)
+                self.announcer.set_pod_ips(ips)
+                announcer_started = True  # stop() is safe after a failed start
+                await self.announcer.start()
+            app = make_app(backend, metrics=self._observe)
+            app.router.add_get("/v1/bgp/status", self._bgp_status)
+            app.router.add_get("/v1/bgp/routes", self._bgp_routes)
+            runner = await self._serve_cni(app)
+            watcher = threading.Thread(
+                target=self._watch_endpoints, args=(loop,), name="endpoint-watch", daemon=True
+            )
+            watcher.start()
+            self._tasks.append(asyncio.create_task(self._resync_loop()))
+            if self.config.ipam.leader.enabled:
+                leadership = Leadership(
+                    self.store,
+                    self.config.ipam,
+                    identity=self.config.node_name,
+                    on_released=lambda ips: self._wake_resync(loop),
+                    on_change=lambda leading: self.metrics.leader.set(1 if leading else 0),
+                )
+                leadership.start()
+            self._started = True
+            LOG.info("agent for node %s serving on %s", self.config.node_name, self.config.socket_path)
             await stop.wait()
         finally:
-            LOG.info("stopping: finishing in-flight CNI requests")
+            served = self._started
+            if served:
+                LOG.info("stopping: finishing in-flight CNI requests")
             self._started = False
-            await shutdown(runner)
+            if runner is not None:
+                await shutdown(runner)
             if leadership is not None:
                 await leadership.stop()
             self._stopping.set()
@@ -269,13 +313,16 @@ class Agent:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if self.announcer is not None:
+            if self.announcer is not None and announcer_started:
                 await self.announcer.stop(withdraw=self.withdraw_on_exit)
-            await health_runner.cleanup()
-            await loop.run_in_executor(None, watcher.join, 3.0)
+            if health_runner is not None:
+                await health_runner.cleanup()
+            if watcher is not None:
+                await loop.run_in_executor(None, watcher.join, 3.0)
             self.executor.shutdown(wait=True)
             self.store.close()
-            LOG.info("stopped")
+            if served:
+                LOG.info("stopped")
 
 
 def run_agent(
