@@ -1,16 +1,27 @@
-"""CNI ADD latency through the installed plugin file, beside the bare interpreter and host-local.
+"""CNI benchmarks against the real node agent: plugin latency, agent throughput, agent memory.
 
-Each round starts three processes in turn and times each from spawn to exit: the bare interpreter
-(``python -I -S -c pass``, the same interpreter our shebang names), our rendered ``spiderpool`` file
-doing an ADD against a real agent endpoint (``make_app`` + ``serve`` on a temp socket over the
-embedded SQLite store), and the reference ``/usr/lib/cni/host-local`` ADD with a temp dataDir.  Each
-ADD is followed by an untimed DEL.  Prints p50/p99 side by side with ratios to the bare start; the
-target is our p50 within 5 ms of the bare interpreter's.
+The agent is the real one: ``spiderbgp agent`` started as its own process (IPAM only, no BGP, leader
+election off) on a temp SQLite store, commits durable against process death (WAL, synchronous=NORMAL),
+serving the CNI socket with IpamBackend over IpamService.  The bench process plays the cluster: it
+applies the pool through admission and creates Namespace and Pod objects in the same store (as the
+lab's kubelet stand-in does), and deletes a pod before its DEL so the DEL releases the IP (Spiderpool
+keeps the IP of a live pod across sandboxes).
 
-Until ``ipam.service.IpamService`` lands, the agent's backend is the test backend over the real store
-(``tests.cni.backend.StoreBackend``): the same store commit per ADD, simpler pool selection.
+1. Latency, process start to exit, ``--rounds`` rounds: ``python -I -S -c pass`` (the interpreter our
+   shebang names), our rendered ``spiderpool`` file doing an ADD, and the reference
+   ``/usr/lib/cni/host-local`` ADD (temp dataDir).  Each ADD is followed by an untimed pod delete and
+   DEL.  p50/p99 side by side, ratios to the bare start; target: our p50 within 5 ms of the bare one.
+2. Throughput: ``--clients`` concurrent clients (asyncio + aiohttp UnixConnector, in this process, not
+   the agent's) doing ``--pairs`` ADD+DEL pairs over the socket; each pair is ADD, the pod's delete
+   in the store, DEL.  Pairs/s (target >= 1,000), per-request p50/p99, and a check that every DEL
+   released its IP.
+3. Memory: the agent's resident set (VmRSS of the process serving the socket) idle after start-up and
+   after ``--fill`` allocations (ADD only, the same clients; allocations/s printed too).
 
-Run: ``.venv/bin/python -m bench.bench_cni [--rounds 500] [--python /usr/bin/python3]``
+``--profile FILE`` runs the agent under cProfile with every thread profiled (``threading.setprofile``
+hook in a tiny wrapper) and prints the top functions by cumulative and internal time after the run.
+
+Run: ``.venv/bin/python -m bench.bench_cni [--rounds 500] [--pairs 5000] [--clients 32] [--fill 10000]``
 """
 
 from __future__ import annotations
@@ -19,20 +30,170 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import yaml
+
+from cni import wire
 from cni.spiderpool import render_plugin_file
+from ipam import admin
 from ipam.sqlite_store import SqliteStore
-from spiderbgp.cni_endpoint import make_app, serve, shutdown
-from tests.cni.backend import StoreBackend, pool_object
 
 HOST_LOCAL = Path("/usr/lib/cni/host-local")
+NODE = "bench-node"
+NAMESPACE = "bench"
+NETWORK = "bench"
+POOL = """\
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderIPPool
+metadata: {name: bench}
+spec:
+  subnet: 10.200.0.0/16
+  ips: [10.200.0.10-10.200.255.250]
+  gateway: 10.200.0.1
+  default: true
+"""
+
+# Runs the agent with every thread under one cProfile each; the stats are merged and dumped at exit.
+PROFILED_AGENT = """\
+import atexit, cProfile, pstats, sys, threading
+profiles = []
+_run = threading.Thread.run
+def run(self):
+    p = cProfile.Profile()
+    profiles.append(p)
+    p.enable()
+    try:
+        _run(self)
+    finally:
+        p.disable()
+threading.Thread.run = run
+main = cProfile.Profile()
+def dump():
+    main.disable()
+    stats = pstats.Stats(main)
+    for p in profiles:
+        p.disable()
+        stats.add(p)
+    stats.dump_stats(sys.argv[1])
+atexit.register(dump)
+from spiderbgp.cli import main as cli
+main.enable()
+sys.exit(cli(sys.argv[2:]))
+"""
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile in milliseconds (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class Cluster:
+    """The bench's view of the store: pods created before they are used, deleted before their DEL."""
+
+    store: SqliteStore
+    uids: dict[str, str] = field(default_factory=dict)
+
+    def setup(self) -> None:
+        list(admin.apply_documents(self.store, admin.load_documents(POOL, source="bench pool")))
+        self.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+
+    def create_pods(self, names: Sequence[str]) -> None:
+        for name in names:
+            obj = self.store.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": name, "namespace": NAMESPACE},
+                    "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "pause"}]},
+                    "status": {"phase": "Running"},
+                }
+            )
+            self.uids[name] = obj["metadata"]["uid"]
+
+    def delete_pod(self, name: str) -> None:
+        self.store.delete("Pod", name, NAMESPACE)
+
+
+@contextmanager
+def agent_process(work: Path, python: str, profile: Path | None) -> Iterator[subprocess.Popen[bytes]]:
+    """``spiderbgp agent`` on ``work/state.db``; yields once its CNI socket answers /readyz."""
+    sock = work / "run" / "agent.sock"
+    config = {
+        "nodeName": NODE,
+        "store": str(work / "state.db"),
+        "socketPath": str(sock),
+        "healthAddress": f"127.0.0.1:{free_port()}",
+        "log": {"level": "warning"},
+        "ipam": {"leaderElection": {"enabled": False}},
+    }
+    (work / "agent.yaml").write_text(yaml.safe_dump(config))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    if profile is None:
+        code = "import sys; from spiderbgp.cli import main; sys.exit(main(sys.argv[1:]))"
+        argv = [python, "-c", code, "agent", "--config", str(work / "agent.yaml")]
+    else:
+        argv = [python, "-c", PROFILED_AGENT, str(profile), "agent", "--config", str(work / "agent.yaml")]
+    log = (work / "agent.log").open("wb")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not asyncio.run(_ready(sock)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"agent did not start: {(work / 'agent.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        log.close()
+
+
+async def _ready(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    try:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as session,
+            session.get(f"http://agent{wire.PATH_READYZ}") as resp,
+        ):
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+# -- 1. plugin latency -------------------------------------------------------------------------------
 
 
 def timed(argv: list[str], env: dict[str, str] | None, stdin: bytes) -> tuple[float, bytes]:
@@ -46,90 +207,203 @@ def timed(argv: list[str], env: dict[str, str] | None, stdin: bytes) -> tuple[fl
     return elapsed, proc.stdout
 
 
-def cni_env(command: str, container: str, extra_path: str) -> dict[str, str]:
+def cni_env(command: str, container: str, cni_path: str, pod: str = "", uid: str = "") -> dict[str, str]:
+    args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={NAMESPACE};K8S_POD_NAME={pod or container}"
     return {
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": container,
         "CNI_NETNS": "/var/run/netns/bench",
         "CNI_IFNAME": "eth0",
-        "CNI_PATH": extra_path,
-        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={container};K8S_POD_UID=uid-{container}",
+        "CNI_PATH": cni_path,
+        "CNI_ARGS": args + (f";K8S_POD_UID={uid}" if uid else ""),
     }
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+def latency(work: Path, python: str, cluster: Cluster, rounds: int) -> dict[str, list[float]]:
+    plugin = work / "bin" / "spiderpool"
+    plugin.parent.mkdir()
+    plugin.write_text(render_plugin_file(python))
+    plugin.chmod(0o755)
+    sock = work / "run" / "agent.sock"
+    ours = json.dumps({"cniVersion": "1.0.0", "name": NETWORK, "type": "ptp",
+                       "ipam": {"type": "spiderpool", "ipam_unix_socket_path": str(sock)}}).encode()  # fmt: skip
+    hl = json.dumps({"cniVersion": "1.0.0", "name": NETWORK, "type": "ptp",
+                     "ipam": {"type": "host-local", "dataDir": str(work / "host-local"),
+                              "ranges": [[{"subnet": "10.201.0.0/16", "gateway": "10.201.0.1"}]]}}).encode()  # fmt: skip
+    names = [f"lat{i}" for i in range(rounds)]
+    cluster.create_pods(names)
+    samples: dict[str, list[float]] = {"bare": [], "spiderpool": [], "host-local": []}
+    for name in names:
+        uid = cluster.uids[name]
+        samples["bare"].append(timed([python, "-I", "-S", "-c", "pass"], None, b"")[0])
+        elapsed, out = timed([str(plugin)], cni_env("ADD", name, str(plugin.parent), uid=uid), ours)
+        samples["spiderpool"].append(elapsed)
+        if not json.loads(out)["ips"]:
+            raise SystemExit(f"ADD {name}: no IP in {out!r}")
+        cluster.delete_pod(name)
+        timed([str(plugin)], cni_env("DEL", name, str(plugin.parent), uid=uid), ours)
+        if HOST_LOCAL.exists():
+            samples["host-local"].append(
+                timed([str(HOST_LOCAL)], cni_env("ADD", name, "/usr/lib/cni"), hl)[0]
+            )
+            timed([str(HOST_LOCAL)], cni_env("DEL", name, "/usr/lib/cni"), hl)
+    return samples
+
+
+# -- 2. and 3. throughput over the socket ------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    add: list[float] = field(default_factory=list)
+    delete: list[float] = field(default_factory=list)
+    pod_delete: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+async def _post(session: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with session.post(f"http://agent{path}", json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def drive(sock: Path, cluster: Cluster, names: Sequence[str], clients: int, *, release: bool) -> Load:
+    """``clients`` workers take the next pod name: ADD, and with ``release`` the pod's delete in the
+    store (in a thread) and DEL."""
+    load = Load()
+    queue = iter(names)
+    connector = aiohttp.UnixConnector(path=str(sock), limit=clients)
+    timeout = aiohttp.ClientTimeout(total=60)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for name in queue:
+            uid = cluster.uids[name]
+            add = wire.AddRequest(container_id=name, if_name="eth0", netns="/var/run/netns/bench",
+                                  pod_namespace=NAMESPACE, pod_name=name, pod_uid=uid, network=NETWORK)  # fmt: skip
+            t0 = time.perf_counter()
+            status, body = await _post(session, wire.PATH_ADD, add.to_json())
+            t1 = time.perf_counter()
+            load.add.append(t1 - t0)
+            if status != 200:
+                load.errors.append(f"ADD {name}: {status} {body}")
+                continue
+            if not release:
+                continue
+            await asyncio.to_thread(cluster.delete_pod, name)
+            t2 = time.perf_counter()
+            load.pod_delete.append(t2 - t1)
+            dreq = wire.DelRequest(container_id=name, if_name="eth0", pod_namespace=NAMESPACE,
+                                   pod_name=name, pod_uid=uid, network=NETWORK)  # fmt: skip
+            status, body = await _post(session, wire.PATH_DEL, dreq.to_json())
+            load.delete.append(time.perf_counter() - t2)
+            if status != 200:
+                load.errors.append(f"DEL {name}: {status} {body}")
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(clients)))
+        load.seconds = time.perf_counter() - start
+    return load
+
+
+def create_pods_timed(cluster: Cluster, names: Sequence[str]) -> float:
+    start = time.perf_counter()
+    cluster.create_pods(names)
+    return time.perf_counter() - start
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+
+def print_latency(samples: dict[str, list[float]], rounds: int, python: str) -> None:
+    bare50 = pct(samples["bare"], 0.5)
+    print(f"1. CNI ADD latency, process start to exit, {rounds} rounds (interpreter {python})")
+    print(f"   {'':28} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'p50/bare':>9}")
+    labels = {"bare": "python -I -S -c pass", "spiderpool": "spiderpool ADD (ours)",
+              "host-local": "host-local ADD (reference)"}  # fmt: skip
+    for key, values in samples.items():
+        if values:
+            p50, p99 = pct(values, 0.5), pct(values, 0.99)
+            mean = statistics.fmean(values) * 1000
+            print(f"   {labels[key]:28} {p50:8.2f} {p99:8.2f} {mean:8.2f} {p50 / bare50:9.2f}")
+    delta = pct(samples["spiderpool"], 0.5) - bare50
+    verdict = "met" if delta <= 5 else "NOT met"
+    print(f"   spiderpool p50 - bare p50 = {delta:.2f} ms (target <= 5 ms: {verdict})")
+    if samples["host-local"]:
+        print(
+            f"   spiderpool p50 / host-local p50 = {pct(samples['spiderpool'], 0.5) / pct(samples['host-local'], 0.5):.2f}"
+        )
+
+
+def print_load(title: str, load: Load, count: int, unit: str, target: float | None) -> None:
+    rate = count / load.seconds
+    line = f"   {count} {unit} in {load.seconds:.2f} s = {rate:,.0f} {unit}/s"
+    if target is not None:
+        line += f" (target >= {target:,.0f}: {'met' if rate >= target else 'NOT met'})"
+    print(title)
+    print(line)
+    for label, values in (("ADD", load.add), ("pod delete (store)", load.pod_delete), ("DEL", load.delete)):
+        if values:
+            print(f"   {label:20} p50 {pct(values, 0.5):7.2f} ms   p99 {pct(values, 0.99):7.2f} ms")
+    if load.errors:
+        print(f"   {len(load.errors)} errors, first: {load.errors[0]}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=500)
-    parser.add_argument(
-        "--python", default=sys.executable, help="interpreter for the shebang and the bare start"
-    )
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=500, help="plugin latency rounds (0: skip)")
+    parser.add_argument("--pairs", type=int, default=5000, help="ADD+DEL pairs for throughput (0: skip)")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--fill", type=int, default=10_000, help="allocations held for the memory figure")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for the plugin and the agent")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile the agent into this file")
     args = parser.parse_args()
     python = os.path.realpath(args.python)
     with tempfile.TemporaryDirectory(prefix="sbgp-bench-cni-") as tmp:
         work = Path(tmp)
-        plugin = work / "bin" / "spiderpool"
-        plugin.parent.mkdir()
-        plugin.write_text(render_plugin_file(python))
-        plugin.chmod(0o755)
         store = SqliteStore(work / "state.db")
-        store.create(
-            pool_object("bench", "10.200.0.0/16", ["10.200.0.10-10.200.255.250"], "10.200.0.1", default=True)
-        )
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
+        cluster = Cluster(store)
+        cluster.setup()
         sock = work / "run" / "agent.sock"
-        runner = asyncio.run_coroutine_threadsafe(
-            serve(make_app(StoreBackend(store)), str(sock)), loop
-        ).result(10)
-        ours_conf = json.dumps({"cniVersion": "1.0.0", "name": "bench", "type": "ptp",
-                                "ipam": {"type": "spiderpool", "ipam_unix_socket_path": str(sock)}}).encode()  # fmt: skip
-        hl_conf = json.dumps({"cniVersion": "1.0.0", "name": "bench", "type": "ptp",
-                              "ipam": {"type": "host-local", "dataDir": str(work / "host-local"),
-                                       "ranges": [[{"subnet": "10.201.0.0/16", "gateway": "10.201.0.1"}]]}}).encode()  # fmt: skip
-        samples: dict[str, list[float]] = {"bare": [], "spiderpool": [], "host-local": []}
         try:
-            for i in range(args.rounds):
-                container = f"bench{i}"
-                samples["bare"].append(timed([python, "-I", "-S", "-c", "pass"], None, b"")[0])
-                elapsed, out = timed([str(plugin)], cni_env("ADD", container, str(plugin.parent)), ours_conf)
-                samples["spiderpool"].append(elapsed)
-                assert json.loads(out)["ips"], out
-                timed([str(plugin)], cni_env("DEL", container, str(plugin.parent)), ours_conf)
-                if HOST_LOCAL.exists():
-                    samples["host-local"].append(
-                        timed([str(HOST_LOCAL)], cni_env("ADD", container, "/usr/lib/cni"), hl_conf)[0]
-                    )
-                    timed([str(HOST_LOCAL)], cni_env("DEL", container, "/usr/lib/cni"), hl_conf)
+            with agent_process(work, python, args.profile) as proc:
+                idle = rss_mib(proc.pid)
+                print(
+                    f"agent pid {proc.pid}: spiderbgp agent, SQLite WAL synchronous=NORMAL (durable against process death)"
+                )
+                if args.rounds:
+                    print_latency(latency(work, python, cluster, args.rounds), args.rounds, python)
+                if args.pairs:
+                    names = [f"pair{i}" for i in range(args.pairs)]
+                    made = create_pods_timed(cluster, names)
+                    load = asyncio.run(drive(sock, cluster, names, args.clients, release=True))
+                    print_load(f"2. agent throughput: {args.clients} clients, ADD + pod delete + DEL per pair "
+                               f"({args.pairs} pods created beforehand in {made:.1f} s)", load, args.pairs, "pairs", 1000)  # fmt: skip
+                    left = len(store.records("bench"))
+                    print(f"   IPs still allocated after every DEL: {left} (expected 0)")
+                after_pairs = rss_mib(proc.pid)
+                if args.fill:
+                    names = [f"fill{i}" for i in range(args.fill)]
+                    create_pods_timed(cluster, names)
+                    load = asyncio.run(drive(sock, cluster, names, args.clients, release=False))
+                    print_load(f"3. agent memory: {args.fill} allocations held ({args.clients} clients, ADD only)",
+                               load, args.fill, "ADDs", None)  # fmt: skip
+                    held = len(store.records("bench"))
+                    full = rss_mib(proc.pid)
+                    print(f"   agent RSS idle after start-up  {idle:7.1f} MiB")
+                    print(f"   agent RSS after the pairs      {after_pairs:7.1f} MiB")
+                    print(f"   agent RSS with {held:,} IPs held {full:7.1f} MiB  (+{full - idle:.1f} MiB, "
+                          f"{(full - idle) * 1024 * 1024 / max(held, 1):,.0f} bytes per allocation)")  # fmt: skip
+                else:
+                    print(f"   agent RSS idle {idle:.1f} MiB, after the pairs {after_pairs:.1f} MiB")
         finally:
-            asyncio.run_coroutine_threadsafe(shutdown(runner), loop).result(30)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            loop.close()
             store.close()
-    bare50 = pct(samples["bare"], 0.5)
-    print(f"CNI ADD latency, process start to exit, {args.rounds} rounds (interpreter {python})")
-    print(f"{'':28} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'p50/bare':>9}")
-    labels = {
-        "bare": "python -I -S -c pass",
-        "spiderpool": "spiderpool ADD (ours)",
-        "host-local": "host-local ADD (reference)",
-    }
-    for key, values in samples.items():
-        if values:
-            p50, p99 = pct(values, 0.5), pct(values, 0.99)
-            print(
-                f"{labels[key]:28} {p50:8.2f} {p99:8.2f} {statistics.fmean(values) * 1000:8.2f} {p50 / bare50:9.2f}"
-            )
-    delta = pct(samples["spiderpool"], 0.5) - bare50
-    print(
-        f"spiderpool p50 - bare p50 = {delta:.2f} ms (target <= 5 ms: {'met' if delta <= 5 else 'NOT met'})"
-    )
+        if args.profile is not None:
+            import pstats
+
+            stats = pstats.Stats(str(args.profile))
+            stats.sort_stats("cumulative").print_stats(35)
+            stats.sort_stats("tottime").print_stats(25)
     return 0
 
 
