@@ -1,0 +1,148 @@
+"""``spiderbgp agent --config F`` with a bad config, or a config it cannot serve with: exit 1, one line on
+stderr naming the file (or path) and the field, no traceback, no socket file or database left behind."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.agent.conftest import SPIDERBGP, AgentFactory, free_port
+
+
+def run_agent(
+    config: Path, timeout: float = 20.0, *, isolated: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``isolated``: in a network namespace of its own with no interface up (``unshare --net``), for
+    configs with a bgp section: even if one were wrongly accepted, no packet could leave."""
+    prefix = ["unshare", "--net"] if isolated else []
+    return subprocess.run(
+        [*prefix, SPIDERBGP, "agent", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def assert_one_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    line = lines[0]
+    assert line.startswith("error: "), line
+    assert "Traceback" not in proc.stderr and "internal error" not in line, line
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+BAD_CONFIGS = [
+    # (id, YAML body after the common head, the field the line must name)
+    ("yaml-syntax", "ipam: {gc: [\n", "line "),
+    ("yaml-tab", "ipam:\n\tgc: {}\n", "line "),
+    ("top-level-list", None, "(top level)"),
+    ("unknown-key", "bogus: 1\n", "bogus: unknown field"),
+    ("unknown-nested-key", "ipam: {gc: {intervall: 5}}\n", "ipam.gc.intervall: unknown field"),
+    ("wrong-type-int", "ipam: {conflictRetries: many}\n", "ipam.conflictRetries"),
+    ("wrong-type-bool", "ipam: {enableIPv4: 'yes'}\n", "ipam.enableIPv4"),
+    ("wrong-type-number", "ipam: {gc: {traceIntervalSeconds: soon}}\n", "ipam.gc.traceIntervalSeconds"),
+    ("wrong-type-section", "log: verbose\n", "log"),
+    ("bad-log-level", "log: {level: loud}\n", "log.level"),
+    ("no-family", "ipam: {enableIPv4: false, enableIPv6: false}\n", "ipam.enableIPv4"),
+    (
+        "lease-timings",
+        "ipam: {leaderElection: {leaseDurationSeconds: 2, renewDeadlineSeconds: 3}}\n",
+        "ipam.leaderElection.renewDeadlineSeconds",
+    ),
+    ("health-no-port", "healthAddress: localhost\n", "healthAddress"),
+    ("health-port-range", "healthAddress: 127.0.0.1:70000\n", "healthAddress"),
+    ("health-port-text", "healthAddress: '127.0.0.1:http'\n", "healthAddress"),
+    ("health-bad-host", "healthAddress: '256.1.1.1:9710'\n", "healthAddress"),
+    ("health-bad-name", "healthAddress: 'no_such host:9710'\n", "healthAddress"),
+    ("health-unknown-name", "healthAddress: 'no-such-host.invalid:9710'\n", "healthAddress"),
+    ("bgp-not-mapping", "bgp: 5\n", "bgp"),
+    ("bgp-missing-field", "bgp: {asn: 64512}\n", "bgp."),
+    # a misspelt key (and so no peers): the agent can never start a session to anything
+    (
+        "bgp-unknown-field",
+        "bgp: {asn: 64512, nextHop: 10.0.0.1, peers: [{address: 10.0.0.2, asn: 65000, holdtime: 9}]}\n",
+        "bgp.peers[0].holdtime: unknown field",
+    ),
+    (
+        "bgp-bad-peer",
+        "bgp: {asn: 64512, nextHop: 10.0.0.1, peers: [{address: 10.0.0.2, asn: many}]}\n",
+        "bgp.peers",
+    ),
+    ("socket-path-empty", "socketPath: ''\n", "socketPath"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"), [(b, f) for _, b, f in BAD_CONFIGS], ids=[i for i, _, _ in BAD_CONFIGS]
+)
+def test_bad_config_is_one_line(tmp_path: Path, body: str | None, field: str) -> None:
+    config = tmp_path / "agent.yaml"
+    db = tmp_path / "state" / "state.db"
+    sock = tmp_path / "run" / "agent.sock"
+    head = f"nodeName: node1\nstore: {db}\nsocketPath: {sock}\n"
+    if body is None:
+        config.write_text("- nodeName: node1\n")
+    elif body.startswith("socketPath"):
+        config.write_text(f"nodeName: node1\nstore: {db}\n{body}")
+    else:
+        config.write_text(head + body)
+    assert_one_line(run_agent(config, isolated="bgp:" in (body or "")), str(config), field)
+    assert not sock.exists() and not sock.parent.exists(), "a bad config must not create the socket"
+    if "no-such-host" not in (body or ""):  # found out only when binding, after the store opened
+        assert not db.exists(), "a bad config must not create the database"
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert_one_line(run_agent(missing), str(missing), "cannot read")
+
+
+def test_socket_dir_cannot_be_made(tmp_path: Path) -> None:
+    """The socket's parent cannot be created (a file is in the way): one line naming socketPath."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"nodeName: node1\nstore: {tmp_path / 'state.db'}\nsocketPath: {blocker / 'run' / 'agent.sock'}\n"
+        f"healthAddress: 127.0.0.1:{free_port()}\n"
+    )
+    assert_one_line(run_agent(config), str(config), "socketPath")
+
+
+def test_health_port_in_use_leaves_no_socket(tmp_path: Path) -> None:
+    """healthAddress taken by another listener: one line naming healthAddress, and the CNI socket
+    bound before it is removed again (a stale socket would look like a live agent to nobody)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        sock = tmp_path / "run" / "agent.sock"
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            f"nodeName: node1\nstore: {tmp_path / 'state.db'}\nsocketPath: {sock}\n"
+            f"healthAddress: 127.0.0.1:{port}\n"
+        )
+        assert_one_line(run_agent(config), str(config), "healthAddress", str(port))
+    assert not sock.exists()
+
+
+def test_second_agent_on_a_live_socket(tmp_path: Path, agents: AgentFactory) -> None:
+    """A second agent pointed at the socket a live agent serves: one line naming socketPath; the
+    first agent keeps serving on its socket."""
+    first = agents("node1")
+    config = tmp_path / "second.yaml"
+    config.write_text(
+        f"nodeName: node1\nstore: {first.config['store']}\nsocketPath: {first.socket_path}\n"
+        f"healthAddress: 127.0.0.1:{free_port()}\n"
+    )
+    assert_one_line(run_agent(config), str(config), "socketPath", str(first.socket_path))
+    assert first.socket_path.is_socket()
+    assert first.http("/readyz")[0] == 200
