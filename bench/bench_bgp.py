@@ -378,41 +378,8 @@ def bulk_ips(prefix: str, n: int) -> list[str]:
     return [f"{prefix}.{100 + i // 250}.{i % 250 + 1}" for i in range(n)]
 
 
-async def bulk_speaker(lab: Lab, n: int, runs: int) -> tuple[list[float], dict[str, int]]:
-    ips = bulk_ips("10.244", n)
-    await asyncio.to_thread(ip_batch, lab.node1, [f"route add {ip} dev pods scope host" for ip in ips])
-    times: list[float] = []
-    memory: dict[str, int] = {}
-    pods = dict.fromkeys(ips, POOL1)
-    sp = speaker_for(lab)
-    sp.set_pool_subnets([POOL1])
-    sp.set_pod_ips(pods)
-    await sp.start()
-    await asyncio.to_thread(lab.wait_fib, NODE1, n)
-    for _ in range(runs):
-        await sp.stop(withdraw=False)  # no graceful restart: FRR drops everything at once
-        await asyncio.to_thread(lab.settle, NODE1)
-        sp = speaker_for(lab)  # a fresh agent: inputs first, as the agent does at start-up
-        t0 = time.monotonic()
-        sp.set_pool_subnets([POOL1])
-        sp.set_pod_ips(pods)
-        await sp.start()
-        t1 = await asyncio.to_thread(lab.wait_fib, NODE1, n)
-        times.append(t1 - t0)
-    await asyncio.sleep(1.0)
-    exa_pid = int((lab.work / "rt" / "exabgp.pid").read_text())
-    relay = children(exa_pid)
-    memory = {
-        "exabgp_kib": rss_kib(exa_pid),
-        "relay_kib": sum(rss_kib(p) for p in relay),
-        "agent_process_kib": rss_kib(os.getpid()),
-    }
-    await sp.stop(withdraw=False)
-    await asyncio.to_thread(lab.wait_fib, NODE1, 0, timeout=30)
-    return times, memory
-
-
-def raw_exabgp(lab: Lab, n: int, runs: int) -> list[float]:
+def raw_exabgp_setup(lab: Lab, n: int) -> tuple[list[str], dict[str, str]]:
+    """ExaBGP with a trivial helper that prints the same N routes in the same batched form."""
     ips = bulk_ips("10.244", n)
     d = lab.work / "raw"
     d.mkdir(exist_ok=True)
@@ -441,15 +408,50 @@ neighbor {ROUTER} {{
 """
     )
     env = {"PATH": "/usr/sbin:/usr/bin:/bin", **exabgp_environment(pipename="rawbench", cli=False)}
-    times: list[float] = []
-    for _ in range(runs):
-        lab.settle(NODE1)
+    return [str(VENV_BIN / "exabgp"), "server", str(d / "exabgp.conf")], env
+
+
+def raw_exabgp_once(lab: Lab, argv: list[str], env: dict[str, str], n: int) -> float:
+    lab.settle(NODE1)
+    t0 = time.monotonic()
+    proc = lab.sb.popen(lab.node1, argv, env=env)
+    t1 = lab.wait_fib(NODE1, n)
+    lab.sb.stop_proc(ProcRef.of(proc.pid))
+    return t1 - t0
+
+
+async def bulk_speaker_and_raw(
+    lab: Lab, n: int, runs: int
+) -> tuple[list[float], list[float], dict[str, int]]:
+    """Speaker restarts and raw ExaBGP starts, alternating, so background load hits both alike."""
+    ips = bulk_ips("10.244", n)
+    await asyncio.to_thread(ip_batch, lab.node1, [f"route add {ip} dev pods scope host" for ip in ips])
+    argv, env = raw_exabgp_setup(lab, n)
+    pods = dict.fromkeys(ips, POOL1)
+    sp_times: list[float] = []
+    raw_times: list[float] = []
+    memory: dict[str, int] = {}
+    for run_no in range(runs):
+        await asyncio.to_thread(lab.settle, NODE1)
+        sp = speaker_for(lab)  # a fresh agent: inputs first, as the agent does at start-up
         t0 = time.monotonic()
-        proc = lab.sb.popen(lab.node1, [str(VENV_BIN / "exabgp"), "server", str(d / "exabgp.conf")], env=env)
-        t1 = lab.wait_fib(NODE1, n)
-        times.append(t1 - t0)
-        lab.sb.stop_proc(ProcRef.of(proc.pid))
-    return times
+        sp.set_pool_subnets([POOL1])
+        sp.set_pod_ips(pods)
+        await sp.start()
+        t1 = await asyncio.to_thread(lab.wait_fib, NODE1, n)
+        sp_times.append(t1 - t0)
+        if run_no == runs - 1:
+            await asyncio.sleep(1.0)
+            exa_pid = int((lab.work / "rt" / "exabgp.pid").read_text())
+            memory = {
+                "exabgp_kib": rss_kib(exa_pid),
+                "relay_kib": sum(rss_kib(p) for p in children(exa_pid)),
+                "agent_process_kib": rss_kib(os.getpid()),
+            }
+        await sp.stop(withdraw=False)  # no graceful restart: FRR drops everything at once
+        raw_times.append(await asyncio.to_thread(raw_exabgp_once, lab, argv, env, n))
+    await asyncio.to_thread(lab.wait_fib, NODE1, 0, timeout=30)
+    return sp_times, raw_times, memory
 
 
 def bulk_bird(lab: Lab, n: int, runs: int) -> list[float]:
@@ -474,8 +476,7 @@ async def main_async(lab: Lab, args: argparse.Namespace) -> dict[str, Any]:
         out["convergence"] = await convergence(lab, args.pods, args.gap)
         print(json.dumps({"convergence": out["convergence"]}, indent=2), flush=True)
     if "bulk" in args.phases:
-        sp_times, memory = await bulk_speaker(lab, args.bulk, args.runs)
-        raw_times = await asyncio.to_thread(raw_exabgp, lab, args.bulk, args.runs)
+        sp_times, raw_times, memory = await bulk_speaker_and_raw(lab, args.bulk, args.runs)
         bird_times = await asyncio.to_thread(bulk_bird, lab, args.bulk, args.runs)
 
         def med(xs: list[float]) -> float:

@@ -70,6 +70,7 @@ WELL_KNOWN_COMMUNITIES = frozenset(
 DEFAULT_RUNTIME_DIR = "/run/spiderbgp/bgp"
 MAX_ASN = 2**32 - 1
 MAX_PASSWORD_LENGTH = 80  # ExaBGP's and the kernel's TCP-MD5 limit
+MAX_RUNTIME_DIR = 96  # + "/api.sock" stays below the 108-byte unix socket path limit
 
 _COMMUNITY = re.compile(r"^(\d{1,5}):(\d{1,5})$")
 _LARGE_COMMUNITY = re.compile(r"^(\d{1,10}):(\d{1,10}):(\d{1,10})$")
@@ -385,6 +386,14 @@ def parse_bgp_config(raw: Mapping[str, Any] | None, *, source: str) -> BgpConfig
     runtime_dir = r.string("runtimeDir") or DEFAULT_RUNTIME_DIR
     if not runtime_dir.startswith("/"):
         raise r.error("runtimeDir", f"must be an absolute path, not {runtime_dir!r}")
+    if any(c.isspace() or c in ';{}"#' for c in runtime_dir):
+        raise r.error(
+            "runtimeDir", "must not contain spaces or any of ;{}\"# (it is written into ExaBGP's config)"
+        )
+    if len(runtime_dir.encode()) > MAX_RUNTIME_DIR:
+        raise r.error(
+            "runtimeDir", f"must be at most {MAX_RUNTIME_DIR} bytes long (a unix socket lives in it)"
+        )
     peers_raw = r.get("peers")
     if peers_raw is None or (isinstance(peers_raw, Sequence) and not peers_raw):
         raise r.error("peers", "at least one peer is required")

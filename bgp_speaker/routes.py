@@ -91,11 +91,10 @@ def export_refusal(
         return "not a unicast address"
     if ip in node_addresses:
         return "is this node's own address"
-    host = host_prefix(ip)
-    if pool_subnets is not None and not _inside_any(host, (s for s in pool_subnets if s.prefixlen > 0)):
+    if pool_subnets is not None and not any(ip in s for s in pool_subnets if s.prefixlen > 0):
         return "outside every pool subnet"
     cidrs = tuple(export_cidrs)
-    if cidrs and not _inside_any(host, cidrs):
+    if cidrs and not any(ip in c for c in cidrs):
         return "outside bgp.exportCIDRs"
     return None
 

@@ -193,7 +193,13 @@ class BgpSpeaker:
     ) -> None:
         """Replace the whole set of pod IPs allocated on this node (IP -> its pool's subnet)."""
         items: Iterable[tuple[IPAddress | str, IPNetwork | str]] = ips.items()
-        new = {_ip(ip): _net(subnet) for ip, subnet in items}
+        subnets: dict[IPNetwork | str, IPNetwork] = {}  # thousands of IPs share a few pool subnets
+        new: dict[IPAddress, IPNetwork] = {}
+        for ip, subnet in items:
+            net = subnets.get(subnet)
+            if net is None:
+                net = subnets[subnet] = _net(subnet)
+            new[_ip(ip)] = net
         now = self._clock()
         for ip in set(self._pods) - set(new):
             self._forget(ip)

@@ -138,6 +138,14 @@ def test_community_number_alone_is_refused() -> None:
         (_raw(runtimeDir="run/x"), "bgp.runtimeDir: must be an absolute path, not 'run/x'"),
         (_raw(peer=[]), "bgp.peer: unknown field (did you mean peers?)"),
         (
+            _raw(runtimeDir="/run/my dir"),
+            "bgp.runtimeDir: must not contain spaces or any of ;{}\"# (it is written into ExaBGP's config)",
+        ),
+        (
+            _raw(runtimeDir="/" + "x" * 96),
+            "bgp.runtimeDir: must be at most 96 bytes long (a unix socket lives in it)",
+        ),
+        (
             _peer(multihop=2, ttlSecurity=1),
             "bgp.peers[0].ttlSecurity: cannot be combined with multihop (choose one)",
         ),

@@ -83,6 +83,34 @@ async def test_exabgp_killed_is_restarted_and_every_route_comes_back(lab: BgpLab
     assert sp.metrics.exabgp_restarts._value.get() == 1
 
 
+async def test_exabgp_killed_under_graceful_restart_keeps_every_route_in_the_router(lab: BgpLab) -> None:
+    lab.start_frr()
+    cfg = speaker_config(
+        lab.runtime_dir,
+        requireHostRoute=False,
+        peers=[{"address": ROUTER_V4, "asn": ROUTER_AS, "gracefulRestart": 30}],
+    )
+    sp = lab.speaker(cfg)
+    await sp.start()
+    ips = hosts("10.244.14.0/24", 40)
+    sp.set_pod_ips(dict.fromkeys(ips, POOL))
+    await _all_back(lab, {f"{ip}/32" for ip in ips})
+    await _up(lab)
+    monitor = RouteMonitor(lab.sandbox, lab.router_ns)
+    try:
+        os.kill(int((lab.runtime_dir / "exabgp.pid").read_text()), signal.SIGKILL)
+        sp.remove_pod_ip(ips[0])  # released while ExaBGP is down
+        await asyncio.to_thread(
+            wait_until, lambda: sp.restarts == 1 and sp.status()[0].state == "up", timeout=20, what="restart"
+        )
+        await _all_back(lab, {f"{ip}/32" for ip in ips[1:]}, what="routes after the restart")
+        await asyncio.sleep(0.3)
+    finally:
+        monitor.stop()
+    assert not any(monitor.deleted(f"{ip}/32") for ip in ips[1:])
+    assert monitor.deleted(f"{ips[0]}/32")
+
+
 async def test_agent_restart_with_graceful_restart_never_removes_a_route(lab: BgpLab) -> None:
     lab.start_frr()
     cfg = speaker_config(
