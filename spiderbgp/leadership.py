@@ -30,14 +30,20 @@ POOL_KINDS = ("SpiderIPPool", "SpiderSubnet", "SpiderReservedIP")
 
 
 class ControllerThread:
-    """Runs the leader-only controllers until ``stop()``; ``on_released`` hears of every GC release."""
+    """Runs the leader-only controllers until ``stop()``; ``on_released`` hears of every GC release as
+    (ip, reason) pairs.
+
+    Every ``start()`` runs a new thread with a stop flag of its own: a thread told to stop (leadership
+    lost, ``stop(timeout=0)`` from the event loop) that is still finishing a store call can never be
+    revived by the next ``start()``, so two controller threads never write at once, and a later
+    ``stop()`` still waits for it (the agent closes the store only after that)."""
 
     def __init__(
         self,
         store: Store,
         config: IpamConfig,
         *,
-        on_released: Callable[[list[str]], None],
+        on_released: Callable[[list[tuple[str, str]]], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -45,7 +51,7 @@ class ControllerThread:
         self._on_released = on_released
         self._clock = clock
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         gc = config.gc
         self.controllers = LeaderControllers(
             store,
@@ -59,27 +65,42 @@ class ControllerThread:
             default_flexible_ip_number=config.auto_pool_default_flexible_ip_number,
         )
 
+    @property
+    def running(self) -> bool:
+        """A controller thread is alive (running, or stopping but not yet finished)."""
+        return any(t.is_alive() for t in self._threads)
+
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="leader-controllers", daemon=True)
-        self._thread.start()
+        self._stop.set()  # a previous thread, if still finishing, keeps its own (set) flag
+        self._stop = threading.Event()
+        thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="leader-controllers", daemon=True
+        )
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Tell the thread to stop; wait up to ``timeout`` for every thread started so far to end."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                thread.join(remaining)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        if timeout > 0 and self._threads:
+            LOG.warning("leader controllers did not stop within %.1fs", timeout)
 
     def _released(self, released: list[tuple[object, str]]) -> None:
-        ips = [str(getattr(record, "ip", "")) for record, _ in released]
-        if ips:
-            LOG.info("GC released %d IPs: %s", len(ips), ", ".join(ips[:10]))
-            self._on_released(ips)
+        pairs = [(str(getattr(record, "ip", "")), reason) for record, reason in released]
+        if pairs:
+            LOG.info("GC released %d IPs: %s", len(pairs), ", ".join(ip for ip, _ in pairs[:10]))
+            self._on_released(pairs)
 
-    def _full_pass(self) -> None:
+    def _full_pass(self, stop: threading.Event) -> None:
         report = self.controllers.full_pass()
         self._released(list(report.released))
-        while self.controllers.gc.scan_pending and not self._stop.is_set():
+        while self.controllers.gc.scan_pending and not stop.is_set():
             self._released(list(self.controllers.gc.scan_all()))
 
     def _handle(self, events: list[WatchEvent]) -> None:
@@ -92,35 +113,39 @@ class ControllerThread:
         if apps or pools_changed or pods:
             self.controllers.pools.reconcile()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         kinds = ["Pod", *APP_KINDS, *POOL_KINDS]
         interval = self.config.gc.interval_seconds
         tick = min(self.config.gc.trace_interval_seconds, 1.0)
         since = self.store.revision()
         next_full = 0.0
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 if self._clock() >= next_full:
-                    self._full_pass()
+                    self._full_pass(stop)
                     next_full = self._clock() + interval
                 batch: list[WatchEvent] = []
                 for event in self.store.watch(kinds, since, timeout=tick):
                     since = event.revision
                     batch.append(event)
-                    if len(batch) >= 500 or self._stop.is_set():
+                    if len(batch) >= 500 or stop.is_set():
                         break
-                if self._stop.is_set():
+                if stop.is_set():
                     return
                 self._handle(batch)
             except Gone:
                 since = self.store.revision()
                 next_full = 0.0  # missed events: look at everything again
             except IpamError as exc:
+                if stop.is_set():
+                    return
                 LOG.warning("leader controllers: %s; retrying", exc)
-                self._stop.wait(1.0)
+                stop.wait(1.0)
             except Exception:
+                if stop.is_set():
+                    return
                 LOG.exception("leader controllers failed; retrying")
-                self._stop.wait(1.0)
+                stop.wait(1.0)
 
 
 class Leadership:
@@ -132,7 +157,7 @@ class Leadership:
         config: IpamConfig,
         *,
         identity: str,
-        on_released: Callable[[list[str]], None],
+        on_released: Callable[[list[tuple[str, str]]], None],
         on_change: Callable[[bool], None] = lambda leading: None,
     ) -> None:
         self.controllers = ControllerThread(store, config, on_released=on_released)
