@@ -161,6 +161,13 @@ class Agent:
                 LOG.exception("endpoint watch failed; retrying")
                 self._stopping.wait(1.0)
 
+    def _gc_released(self, released: Sequence[tuple[str, str]], loop: asyncio.AbstractEventLoop) -> None:
+        """From the leader's controller thread: (ip, reason) pairs the IP GC released."""
+        for _ip, reason in released:
+            self.metrics.gc_released.labels(reason).inc()
+        self.metrics.releases.inc(len(released))
+        self._wake_resync(loop)
+
     def _wake_resync(self, loop: asyncio.AbstractEventLoop) -> None:
         """From any thread: recompute this node's announced addresses soon."""
         loop.call_soon_threadsafe(self._resync.set)
@@ -211,7 +218,35 @@ class Agent:
             return web.Response(status=503, text=f"store unavailable: {exc}\n")
         return web.Response(text="ok\n")
 
+    def _pool_usage(self) -> list[tuple[str, int, int | None]]:
+        """(pool, allocated, total) of every SpiderIPPool; the counts come with the pool object."""
+        usage: list[tuple[str, int, int | None]] = []
+        for pool in self.store.list("SpiderIPPool", allocated_ips=False):
+            status = pool.get("status") or {}
+            total = status.get("totalIPCount")
+            usage.append(
+                (
+                    str(pool["metadata"]["name"]),
+                    int(status.get("allocatedIPCount") or 0),
+                    int(total) if isinstance(total, int) else None,
+                )
+            )
+        return usage
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text; the pool gauges are read from the store at scrape time (a pool deleted
+        since the last scrape drops out; if the store does not answer they keep their last values)."""
+        try:
+            usage = await asyncio.get_running_loop().run_in_executor(self.executor, self._pool_usage)
+        except Exception as exc:
+            LOG.debug("pool usage for /metrics: %s", exc)
+        else:
+            self.metrics.pool_allocated.clear()
+            self.metrics.pool_total.clear()
+            for name, allocated, total in usage:
+                self.metrics.pool_allocated.labels(name).set(allocated)
+                if total is not None:
+                    self.metrics.pool_total.labels(name).set(total)
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -291,7 +326,7 @@ class Agent:
                     self.store,
                     self.config.ipam,
                     identity=self.config.node_name,
-                    on_released=lambda ips: self._wake_resync(loop),
+                    on_released=lambda released: self._gc_released(released, loop),
                     on_change=lambda leading: self.metrics.leader.set(1 if leading else 0),
                 )
                 leadership.start()
