@@ -35,6 +35,16 @@ POOL = "pool4"
 NETWORK = "podnet"
 
 
+def eventually(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll ``check`` until true; the seconds it took.  Fails naming ``what`` after ``timeout``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
