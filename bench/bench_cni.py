@@ -13,13 +13,15 @@ keeps the IP of a live pod across sandboxes).
    DEL.  p50/p99 side by side, ratios to the bare start; target: our p50 within 5 ms of the bare one.
 2. Throughput: ``--clients`` concurrent clients (asyncio + aiohttp UnixConnector, in this process, not
    the agent's) doing ``--pairs`` ADD+DEL pairs over the socket; each pair is ADD, the pod's delete
-   in the store, DEL.  Pairs/s (target >= 1,000), per-request p50/p99, and a check that every DEL
-   released its IP.
+   in the store, DEL.  Pairs/s (target >= 1,000), the agent's CPU per pair, per-request p50/p99, a
+   check that every DEL released its IP, and as a reference the same pairs straight through
+   IpamService in this process (one thread, no socket): the ceiling of the IPAM path itself.
 3. Memory: the agent's resident set (VmRSS of the process serving the socket) idle after start-up and
    after ``--fill`` allocations (ADD only, the same clients; allocations/s printed too).
 
-``--profile FILE`` runs the agent under cProfile with every thread profiled (``threading.setprofile``
-hook in a tiny wrapper) and prints the top functions by cumulative and internal time after the run.
+``--profile FILE`` runs the agent under cProfile, every thread with its own profiler counting that
+thread's CPU time (so waiting for the GIL, a lock or the disk is not counted), merged at exit; the
+top functions by cumulative and internal CPU time are printed after the run.
 
 Run: ``.venv/bin/python -m bench.bench_cni [--rounds 500] [--pairs 5000] [--clients 32] [--fill 10000]``
 """
@@ -67,11 +69,11 @@ spec:
 
 # Runs the agent with every thread under one cProfile each; the stats are merged and dumped at exit.
 PROFILED_AGENT = """\
-import atexit, cProfile, pstats, sys, threading
+import atexit, cProfile, pstats, sys, threading, time
 profiles = []
 _run = threading.Thread.run
 def run(self):
-    p = cProfile.Profile()
+    p = cProfile.Profile(time.thread_time)
     profiles.append(p)
     p.enable()
     try:
@@ -79,7 +81,7 @@ def run(self):
     finally:
         p.disable()
 threading.Thread.run = run
-main = cProfile.Profile()
+main = cProfile.Profile(time.thread_time)
 def dump():
     main.disable()
     stats = pstats.Stats(main)
@@ -104,6 +106,12 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -259,6 +267,8 @@ class Load:
     delete: list[float] = field(default_factory=list)
     pod_delete: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    agent_cpu: float = 0.0  # CPU seconds the agent process used during the run
+    client_cpu: float = 0.0  # CPU seconds this process (the clients) used
     errors: list[str] = field(default_factory=list)
 
 
@@ -267,7 +277,9 @@ async def _post(session: aiohttp.ClientSession, path: str, body: dict[str, Any])
         return resp.status, await resp.json()
 
 
-async def drive(sock: Path, cluster: Cluster, names: Sequence[str], clients: int, *, release: bool) -> Load:
+async def drive(
+    sock: Path, agent_pid: int, cluster: Cluster, names: Sequence[str], clients: int, *, release: bool
+) -> Load:
     """``clients`` workers take the next pod name: ADD, and with ``release`` the pod's delete in the
     store (in a thread) and DEL."""
     load = Load()
@@ -300,10 +312,40 @@ async def drive(sock: Path, cluster: Cluster, names: Sequence[str], clients: int
                 load.errors.append(f"DEL {name}: {status} {body}")
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start = time.perf_counter()
+        cpu0, mine0, start = cpu_seconds(agent_pid), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(clients)))
         load.seconds = time.perf_counter() - start
+        load.agent_cpu = cpu_seconds(agent_pid) - cpu0
+        load.client_cpu = time.process_time() - mine0
     return load
+
+
+def service_alone(work: Path, pairs: int) -> tuple[float, float]:
+    """Reference: the same pairs straight through IpamService in this process, one thread, no socket
+    (own store file).  Returns (pairs/s, CPU ms per pair): the ceiling the agent's IPAM path allows."""
+    from ipam.service import AllocateRequest, IpamService, ReleaseRequest
+
+    store = SqliteStore(work / "reference.db")
+    try:
+        cluster = Cluster(store)
+        cluster.setup()
+        names = [f"ref{i}" for i in range(pairs)]
+        cluster.create_pods(names)
+        service = IpamService(store, node_name=NODE)
+        cpu0, start = time.process_time(), time.perf_counter()
+        for name in names:
+            uid = cluster.uids[name]
+            service.allocate(AllocateRequest(container_id=name, nic="eth0", pod_namespace=NAMESPACE,
+                                             pod_name=name, pod_uid=uid, network=NETWORK))  # fmt: skip
+            cluster.delete_pod(name)
+            released = service.release(ReleaseRequest(container_id=name, nic="eth0", pod_namespace=NAMESPACE,
+                                                      pod_name=name, pod_uid=uid))  # fmt: skip
+            if not released.records:
+                raise SystemExit(f"reference DEL of {name} released nothing: {released.kept_reason}")
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    finally:
+        store.close()
+    return pairs / seconds, cpu / pairs * 1000
 
 
 def create_pods_timed(cluster: Cluster, names: Sequence[str]) -> float:
@@ -342,6 +384,10 @@ def print_load(title: str, load: Load, count: int, unit: str, target: float | No
         line += f" (target >= {target:,.0f}: {'met' if rate >= target else 'NOT met'})"
     print(title)
     print(line)
+    print(
+        f"   agent CPU {load.agent_cpu:.2f} s = {load.agent_cpu / load.seconds:.0%} of one core, "
+        f"{load.agent_cpu / count * 1000:.2f} ms per {unit[:-1]}; clients' CPU {load.client_cpu:.2f} s"
+    )
     for label, values in (("ADD", load.add), ("pod delete (store)", load.pod_delete), ("DEL", load.delete)):
         if values:
             print(f"   {label:20} p50 {pct(values, 0.5):7.2f} ms   p99 {pct(values, 0.99):7.2f} ms")
@@ -376,16 +422,20 @@ def main() -> int:
                 if args.pairs:
                     names = [f"pair{i}" for i in range(args.pairs)]
                     made = create_pods_timed(cluster, names)
-                    load = asyncio.run(drive(sock, cluster, names, args.clients, release=True))
+                    load = asyncio.run(drive(sock, proc.pid, cluster, names, args.clients, release=True))
                     print_load(f"2. agent throughput: {args.clients} clients, ADD + pod delete + DEL per pair "
                                f"({args.pairs} pods created beforehand in {made:.1f} s)", load, args.pairs, "pairs", 1000)  # fmt: skip
                     left = len(store.records("bench"))
                     print(f"   IPs still allocated after every DEL: {left} (expected 0)")
+                    rate, cpu = service_alone(work, min(args.pairs, 2000))
+                    print(f"   reference, IpamService alone (same pairs in-process, one thread, no socket): "
+                          f"{rate:,.0f} pairs/s, {cpu:.2f} ms CPU per pair; agent / reference = "
+                          f"{args.pairs / load.seconds / rate:.2f}")  # fmt: skip
                 after_pairs = rss_mib(proc.pid)
                 if args.fill:
                     names = [f"fill{i}" for i in range(args.fill)]
                     create_pods_timed(cluster, names)
-                    load = asyncio.run(drive(sock, cluster, names, args.clients, release=False))
+                    load = asyncio.run(drive(sock, proc.pid, cluster, names, args.clients, release=False))
                     print_load(f"3. agent memory: {args.fill} allocations held ({args.clients} clients, ADD only)",
                                load, args.fill, "ADDs", None)  # fmt: skip
                     held = len(store.records("bench"))
