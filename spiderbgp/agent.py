@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -41,6 +43,8 @@ __all__ = ["Agent", "Announcer", "run_agent"]
 
 LOG = logging.getLogger("spiderbgp.agent")
 # read on every ADD; with the Kubernetes store they come from informers (writes always go to the server)
+# after the CNI socket stops accepting: time for requests already connected to arrive and start
+SHUTDOWN_GRACE = 0.2
 CACHED_KINDS = ("Pod", "Namespace", "Node", "SpiderIPPool", "SpiderReservedIP", "ReplicaSet", "Deployment")
 
 
@@ -267,6 +271,25 @@ class Agent:
                 f"cannot serve on {self.config.socket_path}: {reason}{where}",
             ) from None
 
+    async def _stop_cni(self, runner: web.AppRunner) -> None:
+        """Stop accepting CNI connections, give the requests of connections accepted just before a
+        moment to arrive (aiohttp closes a connection whose request it has not started reading, and
+        the plugin would see the agent hang up), let in-flight requests finish, remove the socket
+        file (only the one this agent bound: a successor may already have bound its own)."""
+        path = self.config.socket_path
+        try:
+            bound = os.lstat(path).st_ino
+        except OSError:
+            bound = None
+        for site in list(runner.sites):
+            await site.stop()
+        await asyncio.sleep(SHUTDOWN_GRACE)
+        await shutdown(runner)
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode) and st.st_ino == bound:
+                os.unlink(path)
+
     async def _serve_health(self) -> web.AppRunner:
         """Bind /healthz, /readyz and /metrics; an address that cannot be bound (no such host, port in
         use) is a ConfigError naming healthAddress."""
@@ -339,7 +362,7 @@ class Agent:
                 LOG.info("stopping: finishing in-flight CNI requests")
             self._started = False
             if runner is not None:
-                await shutdown(runner)
+                await self._stop_cni(runner)
             if leadership is not None:
                 await leadership.stop()
             self._stopping.set()
