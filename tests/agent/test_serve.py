@@ -116,6 +116,7 @@ def test_serve_add_del_metrics_and_views(
     assert agent.stop() == 0, agent.log()
     assert not agent.socket_path.exists()
     assert "Traceback" not in agent.log()
+    assert "store is closed" not in agent.log(), "a controller ran on after the store closed"
     unreachable = cli(db, "bgp", "status", "--socket", str(agent.socket_path))
     assert unreachable.rc == 1 and len(unreachable.stderr.splitlines()) == 1
     assert str(agent.socket_path) in unreachable.stderr

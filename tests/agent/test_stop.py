@@ -1,0 +1,197 @@
+"""Stopping an agent in the middle of a burst of ADDs from plugin processes: SIGTERM (graceful: every
+answered ADD recorded, nothing recorded unanswered, socket removed, exit 0) and SIGKILL (after a
+restart: no IP twice, every reported IP recorded, the database opens cleanly, ADDs resume)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import threading
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.agent.conftest import (
+    POOL,
+    AgentFactory,
+    AgentProcess,
+    Plugin,
+    Result,
+    added_ip,
+    cli,
+    read_store,
+    seed,
+)
+
+PODS = 48
+WORKERS = 8
+TRY_AGAIN = 11  # the plugin's code when the agent is unreachable or went away mid-request
+
+
+def storm(
+    plugin: Plugin, agent: AgentProcess, uids: dict[str, str], *, stop_after: int, sig: signal.Signals
+) -> dict[str, Result]:
+    """ADD every pod from WORKERS parallel plugin processes; once ``stop_after`` ADDs have succeeded,
+    send ``sig`` to the agent while the rest are still running or queued.  Returns pod -> result."""
+    successes = 0
+    lock = threading.Lock()
+    signalled = threading.Event()
+
+    def one(pod: str) -> Result:
+        nonlocal successes
+        res = plugin.add(agent.socket_path, pod, uids[pod])
+        with lock:
+            successes += res.rc == 0
+            if successes >= stop_after and not signalled.is_set():
+                signalled.set()
+                agent.signal(sig)
+        return res
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures: dict[str, Future[Result]] = {pod: pool.submit(one, pod) for pod in uids}
+        results = {pod: f.result() for pod, f in futures.items()}
+    assert signalled.is_set(), "the burst ended before the agent was signalled"
+    return results
+
+
+def hung_up(res: Result) -> bool:
+    """The plugin's answer when the agent closed the connection without a byte: code 105 today (see
+    test_plugin_says_try_again_when_the_agent_hangs_up), where 11 is meant."""
+    return res.json["code"] == 105 and res.json["details"].endswith("not an HTTP/1.1 response: ''")
+
+
+def split(results: dict[str, Result], *, killed: bool = False) -> tuple[dict[str, str], list[str]]:
+    """(pod -> IP of every success, pods whose ADD failed); every failure is 'try again later'
+    (after SIGKILL also the plugin's hang-up answer: the agent died after reading a request)."""
+    ok = {pod: added_ip(r) for pod, r in results.items() if r.rc == 0}
+    failed = [pod for pod, r in results.items() if r.rc != 0]
+    for pod in failed:
+        res = results[pod]
+        assert "Traceback" not in res.stdout + res.stderr, res
+        assert res.json["code"] == TRY_AGAIN or (killed and hung_up(res)), (pod, res)
+    return ok, failed
+
+
+def recorded(db: Path) -> dict[str, str]:
+    """pod name -> IP of every record; fails if an IP or a pod appears twice."""
+    records, pool = read_store(db)
+    ips = Counter(r.ip for r in records)
+    assert all(n == 1 for n in ips.values()), f"IP allocated twice: {[ip for ip, n in ips.items() if n > 1]}"
+    pods = Counter(r.pod for r in records)
+    assert all(n == 1 for n in pods.values()), f"pod holds two IPs: {pods}"
+    assert pool["status"]["allocatedIPCount"] == len(records)
+    return {r.pod.partition("/")[2]: r.ip for r in records}
+
+
+@pytest.mark.slow
+def test_sigterm_during_add_burst(db: Path, agents: AgentFactory, plugin: Plugin) -> None:
+    uids = seed(db, [(f"burst-{i:02d}", "node1") for i in range(PODS)])
+    agent = agents("node1")
+
+    results = storm(plugin, agent, uids, stop_after=PODS // 4, sig=signal.SIGTERM)
+    assert agent.wait(30) == 0, agent.log()
+    assert not agent.socket_path.exists(), "SIGTERM must remove the socket file"
+    log = agent.log()
+    assert "Traceback" not in log and "stopped" in log
+
+    ok, failed = split(results)
+    print(f"SIGTERM: {len(ok)} answered, {len(failed)} refused")
+    assert len(ok) >= PODS // 4
+    # graceful: the answered ADDs are exactly the recorded ones (an in-flight ADD finished and was
+    # answered; one the agent never accepted left nothing behind)
+    assert recorded(db) == ok
+    check = cli(db, "ipam", "check")
+    assert check.rc == 0, check.stdout
+
+    # the pods that were refused succeed once the agent is back; the others keep their IPs
+    restarted = agents("node1")
+    for pod in failed:
+        assert plugin.add(restarted.socket_path, pod, uids[pod]).rc == 0
+    for pod in list(ok)[:5]:
+        assert added_ip(plugin.add(restarted.socket_path, pod, uids[pod])) == ok[pod]
+    final = recorded(db)
+    assert len(final) == PODS and {pod: final[pod] for pod in ok} == ok
+    assert cli(db, "ipam", "check").rc == 0
+
+
+@pytest.mark.slow
+def test_sigkill_during_add_storm(db: Path, agents: AgentFactory, plugin: Plugin) -> None:
+    uids = seed(db, [(f"storm-{i:02d}", "node1") for i in range(PODS)])
+    agent = agents("node1")
+
+    results = storm(plugin, agent, uids, stop_after=PODS // 3, sig=signal.SIGKILL)
+    assert agent.wait(10) == -signal.SIGKILL
+    assert agent.socket_path.is_socket(), "SIGKILL leaves the socket file: the restart must cope"
+    ok, failed = split(results, killed=True)
+    print(f"SIGKILL: {len(ok)} answered, {len(failed)} failed")
+
+    # the database opens cleanly: SQLite's own integrity check and the store
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+    after_crash = recorded(db)
+    # every IP a plugin was told is recorded for that pod; a commit whose answer was lost to the
+    # kill may be recorded too (the pod exists, so ipam check is still clean)
+    assert {pod: after_crash.get(pod) for pod in ok} == ok
+    assert set(after_crash) - set(ok) <= set(failed)
+    check = cli(db, "ipam", "check")
+    assert check.rc == 0, check.stdout
+
+    # restarted over the stale socket: the runtime's retries succeed, and a pod whose IP was
+    # committed but never reported gets that same IP (no second address)
+    restarted = agents("node1")
+    for pod in failed:
+        ip = added_ip(plugin.add(restarted.socket_path, pod, uids[pod]))
+        if pod in after_crash:
+            assert ip == after_crash[pod]
+    final = recorded(db)
+    assert len(final) == PODS
+    assert {pod: final[pod] for pod in ok} == ok
+    assert cli(db, "ipam", "check").rc == 0
+    _, pool = read_store(db)
+    assert pool["status"]["allocatedIPCount"] == PODS
+    row = cli(db, "get", "sp").stdout.splitlines()[1].split()
+    assert (row[0], row[3]) == (POOL, str(PODS))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cni/spiderpool.py: an empty answer (the agent closed the connection without a byte, e.g. "
+    "killed after reading the request) is code 105 'unexpected answer'; it should be 11 'try again "
+    "later', since ADD is idempotent and the runtime must retry",
+)
+def test_plugin_says_try_again_when_the_agent_hangs_up(tmp_path: Path, plugin: Plugin) -> None:
+    """A listener that reads the request and closes without answering, as an agent killed mid-request."""
+    path = tmp_path / "hangup" / "agent.sock"
+    path.parent.mkdir(mode=0o700)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    os.chmod(path, 0o600)
+    server.listen(1)
+
+    def hang_up() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        res = plugin.add(path, "any-pod")
+    finally:
+        thread.join(10)
+        server.close()
+    assert res.rc != 0 and "Traceback" not in res.stdout + res.stderr
+    assert res.json["code"] == TRY_AGAIN, res.json
