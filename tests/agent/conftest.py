@@ -114,6 +114,15 @@ def seed(db: Path, pods: Sequence[tuple[str, str]], *, pool: Obj | None = None) 
         store.close()
 
 
+def add_pods(db: Path, pods: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Create more pods ((name, node) pairs); pod name -> UID."""
+    store = SqliteStore(db)
+    try:
+        return {name: store.create(pod_doc(name, node))["metadata"]["uid"] for name, node in pods}
+    finally:
+        store.close()
+
+
 def read_store(db: Path) -> tuple[list[IPRecord], Obj]:
     """The pool's records and the pool object (its status counts), from a fresh connection."""
     store = SqliteStore(db)

@@ -61,7 +61,7 @@ def storm(
 def hung_up(res: Result) -> bool:
     """The plugin's answer when the agent closed the connection without a byte: code 105 today (see
     test_plugin_says_try_again_when_the_agent_hangs_up), where 11 is meant."""
-    return res.json["code"] == 105 and res.json["details"].endswith("not an HTTP/1.1 response: ''")
+    return bool(res.json["code"] == 105 and res.json["details"].endswith("not an HTTP/1.1 response: ''"))
 
 
 def split(results: dict[str, Result], *, killed: bool = False) -> tuple[dict[str, str], list[str]]:
