@@ -8,11 +8,13 @@ Topology (namespaces sbgp-<token>-*, all removed at the end):
       |-- node1 eth0 172.16.13.11           our speaker (ExaBGP child + relay), AS 64512, pods 10.244.0.0/16
       `-- node2 eth0 172.16.13.21           BIRD 2, Calico-style (kernel protocol with learn), pods 10.245.0.0/16
 
-Convergence (per pod, interleaved node1/node2 in the same run):
+Convergence (per pod, node1 and node2 taking turns in the same run, 0.15 s apart):
   (a) host route appears on the node (``ip -ts monitor route`` in the node) -> the BGP UPDATE carrying
       the prefix on the wire (tcpdump in the router namespace, capture timestamps);
   (b) host route appears on the node -> the route in the router's kernel table (``ip -ts monitor route``
       in the router).  The route appearing is what the CNI ptp plugin's ADD does right before it returns.
+  Also (a) measured the way lab-notes §8 did: from starting the ``ip route add`` command (its exec
+  and netlink round trip included) to the UPDATE on the wire.
 Bulk: N host routes on a node; the speaker restarted without graceful restart: time from the start
 until the router's kernel holds all N again; the same for raw ExaBGP fed the N routes by a trivial
 helper, and for BIRD restarted with N kernel routes to learn.
@@ -331,10 +333,13 @@ async def convergence(lab: Lab, pods: int, gap: float) -> dict[str, Any]:
     await asyncio.sleep(1.0)  # tcpdump and the monitors are listening
     ips1 = [f"10.244.{100 + i // 250}.{i % 250 + 1}" for i in range(pods)]
     ips2 = [f"10.245.{100 + i // 250}.{i % 250 + 1}" for i in range(pods)]
+    issued: dict[str, float] = {}  # when the `ip route add` command was started (lab-notes §8's trigger)
     for a, b in zip(ips1, ips2, strict=True):
         sp.add_pod_ip(a, POOL1)  # IPAM allocated the IP; the CNI plugin then adds the host route
+        issued[f"{a}/32"] = time.time()
         await asyncio.to_thread(run, lab.node1, ["ip", "route", "add", a, "dev", "pods", "scope", "host"])
         await asyncio.sleep(gap)
+        issued[f"{b}/32"] = time.time()
         await asyncio.to_thread(run, lab.node2, ["ip", "route", "add", b, "dev", "pods", "scope", "host"])
         await asyncio.sleep(gap)
     await asyncio.to_thread(lab.wait_fib, NODE1, pods, timeout=30)
@@ -358,7 +363,12 @@ async def convergence(lab: Lab, pods: int, gap: float) -> dict[str, Any]:
             for ip in ips
             if f"{ip}/32" in fib_t and f"{ip}/32" in node_t
         ]
-        result[name] = {"route_to_update_ms": summary(a_ms), "route_to_router_fib_ms": summary(b_ms)}
+        c_ms = [(wire[p] - issued[p]) * 1000 for ip in ips if (p := f"{ip}/32") in wire]
+        result[name] = {
+            "route_to_update_ms": summary(a_ms),
+            "route_to_router_fib_ms": summary(b_ms),
+            "command_to_update_ms": summary(c_ms),
+        }
     reg = sp.metrics.registry
     count = reg.get_sample_value("spiderbgp_bgp_announce_latency_seconds_count") or 0.0
     total = reg.get_sample_value("spiderbgp_bgp_announce_latency_seconds_sum") or 0.0

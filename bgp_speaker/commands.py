@@ -232,6 +232,18 @@ class AdjRibRoute:
     next_hop: IPAddress | None
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AdjRibRoute:
+        """The inverse of as_dict."""
+        hop = data.get("nextHop")
+        attrs = data.get("attributes")
+        return cls(
+            peer=str(data["peer"]),
+            prefix=ipaddress.ip_network(str(data["prefix"])),
+            next_hop=ipaddress.ip_address(hop) if isinstance(hop, str) else None,
+            attributes=dict(attrs) if isinstance(attrs, Mapping) else {},
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "peer": self.peer,

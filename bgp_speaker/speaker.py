@@ -325,6 +325,7 @@ class BgpSpeaker:
             else read_passwords(self.config, read=self._read_password)
         )
         self._prepare_runtime_dir(passwords)
+        self._table_loaded.clear()
         if self.route_source is not None:  # loads the kernel table while ExaBGP starts
             self._tasks.append(asyncio.create_task(self._watch_routes(), name="bgp-route-watch"))
         try:

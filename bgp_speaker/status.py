@@ -8,8 +8,9 @@ Established and ``start`` while the speaker keeps trying; INFO says where it is.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from bgp_speaker.commands import AdjRibRoute, StateEvent
 
@@ -25,6 +26,20 @@ class PeerStatus:
     info: str
     established: bool = False
     prefixes: int = 0  # prefixes the agent has announced to this peer
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PeerStatus:
+        """The inverse of as_dict (the CLI formats what the agent sent as JSON)."""
+        since = data.get("since")
+        return cls(
+            address=str(data["peerAddress"]),
+            peer_type=str(data["peerType"]),
+            state=str(data["state"]),
+            since=dt.datetime.fromisoformat(since) if isinstance(since, str) else None,
+            info=str(data.get("info", "")),
+            established=bool(data.get("established", False)),
+            prefixes=int(data.get("prefixes", 0)),
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from bgp_speaker.commands import (
     Ack,
+    AdjRibRoute,
     CommandError,
     OtherEvent,
     Output,
@@ -128,6 +129,7 @@ def test_parse_adj_rib_out_v2_and_v1() -> None:
     )
     assert r.attributes["community"] == ["64512:100"]
     assert json.loads(json.dumps(r.as_dict()))["nextHop"] == "172.16.13.21"
+    assert AdjRibRoute.from_dict(json.loads(json.dumps(r.as_dict()))) == r
     v1 = '{"172.16.13.1": {"routes": [{"prefix": "10.244.1.0/32", "family": "ipv4 unicast"}]}}'
     (r1,) = parse_adj_rib_line(v1)
     assert (r1.peer, r1.prefix, r1.next_hop) == ("172.16.13.1", N("10.244.1.0/32"), None)

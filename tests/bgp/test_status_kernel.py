@@ -20,7 +20,7 @@ from bgp_speaker.kernel import (
     RouteTable,
     route_change_from_netlink,
 )
-from bgp_speaker.status import apply_event, format_status_table, initial_status
+from bgp_speaker.status import PeerStatus, apply_event, format_status_table, initial_status
 from lab.netns import Sandbox
 
 T0 = dt.datetime(2026, 11, 26, 13, 0, 0, tzinfo=dt.UTC)
@@ -62,6 +62,7 @@ def test_status_table_looks_like_calicoctl() -> None:
     assert cells[:3] == ["172.16.13.1", "eBGP", "up"] and cells[4] == "Established"
     assert len(cells[3]) == 8  # HH:MM:SS in local time
     assert st.as_dict()["since"] == "2026-11-26T13:00:00+00:00"
+    assert PeerStatus.from_dict(st.as_dict()) == st
 
 
 def test_route_table_longest_match() -> None:
