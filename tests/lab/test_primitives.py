@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from lab.netns import (
     addresses,
     link_names,
     list_netns,
+    pids_in,
     run,
     set_sysctl,
     sweep,
@@ -72,13 +74,18 @@ def test_sweep_removes_a_crashed_labs_namespaces() -> None:
     # a process started outside the registry's books, as after a crash of the lab process
     child = subprocess.Popen(["ip", "netns", "exec", ns.name, "sleep", "300"])
     try:
+        # `ip netns exec` enters the namespace a moment after Popen returns: sweep only once it is there
+        deadline = time.monotonic() + 10
+        while child.pid not in pids_in(ns) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert sweep(sb.prefix) == [ns.name]
-        child.wait(timeout=5)
+        child.wait(timeout=10)
         assert ns.name not in list_netns()
     finally:
         sb.close()
         if child.poll() is None:
             child.kill()
+        child.wait(timeout=10)
 
 
 def test_sweep_refuses_a_bare_prefix() -> None:
