@@ -396,12 +396,18 @@ def run_agent(
         from spiderbgp.bgp import build_announcer
 
         announcer = build_announcer(config, withdraw_on_exit=withdraw_on_exit, registry=registry)
-    store = open_store(
-        store_override or config.store,
-        kubeconfig=config.kubeconfig,
-        cached_kinds=CACHED_KINDS,
-        max_pool_records=config.ipam.max_allocated_ips_per_pool,
-    )
+    try:
+        store = open_store(
+            store_override or config.store,
+            kubeconfig=config.kubeconfig,
+            cached_kinds=CACHED_KINDS,
+            max_pool_records=config.ipam.max_allocated_ips_per_pool,
+        )
+    except IpamError as exc:
+        # name where the store came from: the config file's field, or the command line/environment
+        if store_override:
+            raise ConfigError("", "--store/SPIDERBGP_STORE", str(exc)) from None
+        raise ConfigError(config.source, "store", str(exc)) from None
     agent = Agent(
         config,
         store,
