@@ -146,3 +146,24 @@ def test_second_agent_on_a_live_socket(tmp_path: Path, agents: AgentFactory) -> 
     assert_one_line(run_agent(config), str(config), "socketPath", str(first.socket_path))
     assert first.socket_path.is_socket()
     assert first.http("/readyz")[0] == 200
+
+
+@pytest.mark.parametrize("kind", ["not-sqlite", "directory"])
+def test_unusable_store_names_the_store_field(tmp_path: Path, kind: str) -> None:
+    """A store path that is not a usable database: one line naming the file and ``store``; a foreign
+    file is left exactly as it was."""
+    store = tmp_path / "state.db"
+    if kind == "directory":
+        store.mkdir()
+    else:
+        store.write_bytes(b"not a database\n" * 100)
+    before = None if kind == "directory" else store.read_bytes()
+    sock = tmp_path / "run" / "agent.sock"
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"nodeName: node1\nstore: {store}\nsocketPath: {sock}\nhealthAddress: 127.0.0.1:{free_port()}\n"
+    )
+    assert_one_line(run_agent(config), f"{config}: store: {store}")
+    assert not sock.exists()
+    if before is not None:
+        assert store.read_bytes() == before
