@@ -65,6 +65,9 @@ class Announcer(Protocol):
 
     def status(self) -> list[dict[str, Any]]: ...
 
+    def pipename(self) -> str:
+        """The ExaBGP CLI pipe name, for operators: ``exabgp cli --pipename NAME show adj-rib out``."""
+
     async def routes(self) -> list[dict[str, Any]]: ...
 
     async def stop(self, *, withdraw: bool) -> None: ...
@@ -200,7 +203,9 @@ class Agent:
     async def _bgp_status(self, request: web.Request) -> web.Response:
         if self.announcer is None:
             return web.json_response({"peers": [], "note": "BGP is not configured on this agent"})
-        return web.json_response({"peers": self.announcer.status()})
+        return web.json_response(
+            {"peers": self.announcer.status(), "exabgpPipename": self.announcer.pipename()}
+        )
 
     async def _bgp_routes(self, request: web.Request) -> web.Response:
         if self.announcer is None:

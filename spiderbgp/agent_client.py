@@ -93,6 +93,8 @@ def render_bgp_status(data: Mapping[str, Any]) -> str:
         out.append("")
     if data.get("note"):
         out.insert(0, str(data["note"]))
+    if data.get("exabgpPipename"):
+        out.append(f"ExaBGP directly: exabgp cli --pipename {data['exabgpPipename']} show adj-rib out")
     return "\n".join(out).rstrip()
 
 

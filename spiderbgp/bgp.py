@@ -42,6 +42,9 @@ class SpeakerAnnouncer:
     def status(self) -> list[dict[str, Any]]:
         return [dict(s.as_dict()) for s in self.speaker.status()]
 
+    def pipename(self) -> str:
+        return self.speaker.pipename
+
     async def routes(self) -> list[dict[str, Any]]:
         try:
             return [r.as_dict() for r in await self.speaker.routes()]
