@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import threading
+import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -195,3 +196,30 @@ def test_plugin_says_try_again_when_the_agent_hangs_up(tmp_path: Path, plugin: P
         server.close()
     assert res.rc != 0 and "Traceback" not in res.stdout + res.stderr
     assert res.json["code"] == TRY_AGAIN, res.json
+
+
+def test_sigterm_lets_an_in_flight_add_finish(db: Path, agents: AgentFactory, plugin: Plugin) -> None:
+    """An ADD held inside the agent (another process holds SQLite's write lock) when SIGTERM arrives:
+    the agent stops accepting at once, but waits for that ADD, answers it, records it, then exits 0."""
+    uids = seed(db, [("slow", "node1"), ("late", "node1")])
+    agent = agents("node1")
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # the write lock: the agent's commit waits (busy timeout)
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(plugin.add, agent.socket_path, "slow", uids["slow"])
+            time.sleep(1.0)
+            assert not in_flight.done(), "the ADD should be waiting for the write lock"
+            agent.signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert agent.proc is not None and agent.proc.poll() is None, "exited with an ADD in flight"
+            late = plugin.add(agent.socket_path, "late", uids["late"])
+            assert late.rc != 0 and late.json["code"] == TRY_AGAIN, late
+            blocker.execute("ROLLBACK")
+            answered = in_flight.result(timeout=20)
+    finally:
+        blocker.close()
+    assert agent.wait(20) == 0, agent.log()
+    assert added_ip(answered) == "10.244.100.10"
+    assert recorded(db) == {"slow": "10.244.100.10"}
+    assert not agent.socket_path.exists()
