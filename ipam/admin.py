@@ -4,6 +4,10 @@ Spiderpool runs its rules in a webhook; here they run in ``ipam.admission`` befo
 the same read -> check -> conditional write -> retry-on-Conflict loop as allocations, so a check such
 as "no excluded IP is in use" cannot interleave with a concurrent allocation (a claim bumps the pool's
 resourceVersion, which fails this write's precondition, which re-reads and re-checks).
+
+Like Spiderpool's mutating webhook, admission gives every SpiderIPPool and SpiderSubnet the finalizer
+``spiderpool.spidernet.io``, so ``delete_object`` (``kubectl delete``) leaves a pool that still holds
+allocations terminating until they are released, instead of forgetting IPs that pods still use.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import yaml
 from ipam import admission
 from ipam.errors import AlreadyExists, Conflict, Invalid, IpamError, NotFound
 from ipam.kinds import KindInfo, kind_info, resolve_kind
-from ipam.model import IPPool, Subnet
+from ipam.model import FINALIZER, IPPool, Subnet
+from ipam.pool_controller import finish_terminating
 from ipam.ranges import total_ip_count
 from ipam.store import Obj, Store
 
@@ -32,6 +37,7 @@ __all__ = [
 
 ApplyOutcome = Literal["created", "configured", "unchanged"]
 ADMITTED_KINDS = ("SpiderIPPool", "SpiderSubnet", "SpiderReservedIP")
+FINALIZED_KINDS = ("SpiderIPPool", "SpiderSubnet")  # Spiderpool's webhook gives these its finalizer
 _RETRIES = 8
 
 
@@ -136,12 +142,24 @@ def _admit(store: Store, obj: Obj, old: Obj | None, pending: Sequence[Obj]) -> O
         subnets=store.list("SpiderSubnet") if kind == "SpiderIPPool" else (),
         pools=store.list("SpiderIPPool") if kind == "SpiderSubnet" else (),
     )
-    if kind in ("SpiderIPPool", "SpiderSubnet"):
+    if kind in FINALIZED_KINDS:
+        _add_finalizer(admitted, old)
         # totalIPCount is Spiderpool's controller's job; here it follows every write of the spec
         usable = (IPPool if kind == "SpiderIPPool" else Subnet).from_obj(admitted).usable
         status: dict[str, Any] = admitted["status"] if isinstance(admitted.get("status"), dict) else {}
         admitted["status"] = {**status, "totalIPCount": total_ip_count(usable.size)}
     return admitted
+
+
+def _add_finalizer(obj: Obj, old: Obj | None) -> None:
+    """Spiderpool's webhook: the object gets ``spiderpool.spidernet.io`` unless it is being deleted (a
+    terminating object may not take a new finalizer)."""
+    if old is not None and old["metadata"].get("deletionTimestamp"):
+        return
+    meta = obj["metadata"]
+    finalizers = list(meta.get("finalizers") or [])
+    if FINALIZER not in finalizers:
+        meta["finalizers"] = [*finalizers, FINALIZER]
 
 
 def _desired(store: Store, obj: Obj) -> tuple[Obj | None, Obj]:
@@ -224,42 +242,67 @@ def apply_documents(store: Store, docs: Sequence[Obj]) -> Iterator[str]:
 def delete_object(
     store: Store, kind: str, name: str, namespace: str = "", *, refuse_in_use: bool = False
 ) -> str:
-    """Delete an object.  A SpiderIPPool that still holds allocations is marked terminating instead
-    (Spiderpool's finalizer behaviour): no new allocations come from it, and the pool controller removes
-    it once its last IP is released.  The check and the delete cannot interleave with an allocation: a
-    claim bumps the pool's resourceVersion, which fails the write's precondition and re-checks.
+    """Delete an object as ``kubectl delete`` does: the store removes it, or keeps it terminating while
+    finalizers hold it (``ipam.store``).  A SpiderIPPool carries Spiderpool's finalizer, so one that
+    still holds allocations stays, terminating: its pods keep their IPs, no new IP comes from it, and
+    the pool controller removes it once the last is released.  What Spiderpool's controller does for an
+    empty pool or a subnet (drop the finalizer) is done here at once, so deleting an unused pool
+    removes it.
 
-    A store that does not keep the mark (the embedded store keeps the stored deletionTimestamp on
-    update) leaves the pool as it was: then the message says so (``"... kept: ..."``, never
-    ``"... deleted"``), or with ``refuse_in_use`` (the CLI) an Invalid naming status.allocatedIPCount
-    is raised, so nobody is told a pool is terminating while it still hands out addresses."""
+    Returns kubectl's line ``<kind>.<group>/<name> deleted``; while the object stays, the reason
+    follows in parentheses (``... deleted (terminating until its 2 allocated IPs are released)``).
+
+    ``refuse_in_use`` (the CLI): a SpiderIPPool without finalizers (written before admission added
+    Spiderpool's, or straight through the store) that still holds allocations would be removed with its records
+    while pods use them; that is refused with one line naming metadata.finalizers, changing nothing.
+    The check and the delete cannot interleave with an allocation: a claim bumps the pool's
+    resourceVersion, which fails the delete's precondition and re-checks."""
     info = kind_info(kind)
     ref = object_ref(info, name)
     for _ in range(_RETRIES):
         obj = store.get(kind, name, namespace)
-        count = len(store.records(name)) if kind == "SpiderIPPool" else 0
-        if count:
-            if not obj["metadata"].get("deletionTimestamp"):
-                obj["metadata"]["deletionTimestamp"] = _now_rfc3339()
-                try:
-                    obj = store.update(obj)
-                except Conflict:
-                    continue
-            if obj["metadata"].get("deletionTimestamp"):
-                return f"{ref} deleted (terminating until its {count} allocated IPs are released)"
-            why = f"{count} IPs are still allocated; release them first (set spec.disable: true to stop new allocations)"
-            if refuse_in_use:
-                raise Invalid(kind, name, "status.allocatedIPCount", why)
-            return f"{ref} kept: {why}"
+        meta = obj["metadata"]
+        if refuse_in_use and kind == "SpiderIPPool" and not meta.get("finalizers"):
+            count = len(store.records(name))
+            if count:
+                raise Invalid(
+                    kind,
+                    name,
+                    "metadata.finalizers",
+                    f"no finalizer keeps the pool while {count} IPs are still allocated, so "
+                    "deleting it would drop their records; apply it again (that adds the finalizer) or "
+                    "release them first",
+                )
         try:
-            store.delete(kind, name, namespace, resource_version=obj["metadata"].get("resourceVersion"))
+            store.delete(kind, name, namespace, resource_version=meta.get("resourceVersion"))
         except Conflict:
             continue
+        break
+    else:
+        raise Conflict(f'{kind} "{name}": kept changing while being deleted; try again')
+    if kind in FINALIZED_KINDS:
+        for _ in range(_RETRIES):
+            try:
+                if finish_terminating(store, kind, name):
+                    return f"{ref} deleted"
+                break
+            except Conflict:
+                continue
+    try:
+        kept = store.get(kind, name, namespace)
+    except NotFound:
         return f"{ref} deleted"
-    raise Conflict(f'{kind} "{name}": kept changing while being deleted; try again')
+    return f"{ref} deleted ({_why_kept(store, kind, name, kept)})"
 
 
-def _now_rfc3339() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _why_kept(store: Store, kind: str, name: str, obj: Obj) -> str:
+    meta = obj["metadata"]
+    if kind == "SpiderIPPool":
+        count = len(store.records(name))
+        if count:
+            return f"terminating until its {count} allocated IPs are released"
+    grace = int(meta.get("deletionGracePeriodSeconds") or 0)
+    if grace > 0:
+        return f"terminating, grace period {grace}s until {meta.get('deletionTimestamp')}"
+    finalizers = ", ".join(str(f) for f in meta.get("finalizers") or [])
+    return f"terminating until its finalizers are removed: {finalizers}"

@@ -257,7 +257,13 @@ class KubeStore:
         except Conflict:
             self.conflicts += 1
             raise
-        return self._seen(info, _typed(info, out))
+        out = _typed(info, out)
+        if _removed(out):  # this PUT took the last finalizer of a terminating object: it is gone
+            inf = self._informers.get(info.kind)
+            if inf is not None:
+                inf.forget(out)
+            return self._out(info, out)
+        return self._seen(info, out)
 
     def _get_server(self, info: KindInfo, name: str, ns: str) -> Obj:
         return _typed(info, self.api.request("GET", info, namespace=ns, name=name))
@@ -379,21 +385,37 @@ class KubeStore:
         return self._retrying(attempt)
 
     def delete(
-        self, kind: str, name: str, namespace: str = "", *, resource_version: str | None = None
+        self,
+        kind: str,
+        name: str,
+        namespace: str = "",
+        *,
+        resource_version: str | None = None,
+        grace_period_seconds: int | None = None,
     ) -> None:
         info = kind_info(kind)
         ns = namespace if info.namespaced else ""
         body: Obj = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         if resource_version:
             body["preconditions"] = {"resourceVersion": resource_version}
+        if grace_period_seconds is not None:
+            shown = f"{ns}/{name}" if ns else name
+            if isinstance(grace_period_seconds, bool) or not isinstance(grace_period_seconds, int):
+                raise Invalid(
+                    info.kind, shown, "gracePeriodSeconds", f"{grace_period_seconds!r} is not an integer"
+                )
+            if grace_period_seconds < 0:
+                raise Invalid(info.kind, shown, "gracePeriodSeconds", f"{grace_period_seconds} must be >= 0")
+            body["gracePeriodSeconds"] = grace_period_seconds
         try:
             out = self.api.request("DELETE", info, namespace=ns, name=name, body=body)
         except Conflict:
             self.conflicts += 1
             raise
         inf = self._informers.get(info.kind)
-        if out.get("kind") == info.kind and (out.get("metadata") or {}).get("deletionTimestamp"):
-            self._seen(info, out)  # held by finalizers: it is still there, terminating
+        held = out.get("kind") == info.kind and (out.get("metadata") or {}).get("deletionTimestamp")
+        if held and not _removed(out):
+            self._seen(info, out)  # held by finalizers or a pod's grace period: still there, terminating
         elif inf is not None:
             gone = {"metadata": {"namespace": ns, "name": name, "resourceVersion": _rv(out) or "0"}}
             inf.forget(gone)
@@ -592,6 +614,11 @@ class KubeStore:
                         )
             else:
                 state = self._pool_from_server(pool)
+            if claims and (state.obj.get("metadata") or {}).get("deletionTimestamp"):
+                raise _StaleClaim(
+                    f'{POOL} "{pool}": metadata.deletionTimestamp: the pool is terminating; '
+                    "no new IPs are allocated from it"
+                )
             records = dict(state.records)
             changed = False
             for rel, ip in releases:
@@ -687,6 +714,17 @@ class KubeStore:
 
 class _StaleClaim(Conflict):
     """A claim's precondition failed: not retried inside the store (the caller must re-read)."""
+
+
+def _removed(obj: Obj) -> bool:
+    """An object as the API server returns it from the write that removed it: terminating, with no
+    finalizer left and no pod grace period pending (a held or graceful one is still there)."""
+    meta = obj.get("metadata") or {}
+    return (
+        bool(meta.get("deletionTimestamp"))
+        and not meta.get("finalizers")
+        and not meta.get("deletionGracePeriodSeconds")
+    )
 
 
 def _ip_int(ip: str) -> int:

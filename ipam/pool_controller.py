@@ -2,10 +2,16 @@
 
 - ``SpiderIPPool status.totalIPCount`` is ``ips - excludeIPs`` (``ipam.admission.pool_status``);
   ``allocatedIPs``/``allocatedIPCount`` are the store's, derived from the records.
-- A SpiderIPPool marked terminating (``metadata.deletionTimestamp``, set by ``ipam.admin.delete_object``
-  while it still held records) is removed once its last record is released: the finalizer goes, then
-  the object, conditional on the resourceVersion it was seen with (a claim in between bumps it, so the
-  delete fails and waits for the next pass; allocation never picks a terminating pool anyway).
+- Deletion, Spiderpool's way: every SpiderIPPool and SpiderSubnet carries the finalizer
+  ``spiderpool.spidernet.io`` (added at admission), so deleting one makes it terminating
+  (``metadata.deletionTimestamp``) and the store keeps it.  A terminating SpiderIPPool loses the
+  finalizer once its last record is released (Spiderpool's ``ippool_informer``: when
+  ``status.allocatedIPs`` is empty), and the store then removes it; the update carries the
+  resourceVersion the pool was read with, so a release in between fails it and the next pass looks
+  again (claims never land in a terminating pool: the store refuses them).  A terminating SpiderSubnet
+  loses it at once (Spiderpool's subnet controller; in Kubernetes the garbage collector deletes the
+  pools it owns, the embedded store leaves them).  ``finish_terminating`` is that step, also used by
+  ``ipam.admin.delete_object`` so an unused pool goes at once.
 - ``SpiderSubnet status`` is derived from the pools of the subnet's CIDR: ``controlledIPPools`` (the
   JSON string of each pool's addresses within the subnet, with the application key of auto pools),
   ``allocatedIPCount`` (how many addresses the pools hold) and ``totalIPCount``.  Deriving it from the
@@ -15,7 +21,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ __all__ = [
     "ReconcileReport",
     "app_key_of",
     "controlled_pools",
+    "finish_terminating",
     "parse_pools",
     "subnet_status",
     "write_subnet_status",
@@ -138,6 +144,34 @@ def write_subnet_status(store: Store, name: str, pools: Sequence[IPPool] | None 
     raise Conflict(f'{Subnet.KIND} "{name}": kept changing while its status was written; try again')
 
 
+def finish_terminating(store: Store, kind: str, name: str) -> bool:
+    """Spiderpool's controller step for a terminating SpiderIPPool (once it holds no records) or
+    SpiderSubnet: remove the finalizer ``spiderpool.spidernet.io``, so the store removes the object if no
+    other finalizer holds it.  True when the object is gone (or absent); False while it stays (not
+    terminating, records left, or another finalizer).  Raises Conflict when it changed meanwhile."""
+    try:
+        obj = store.get(kind, name, allocated_ips=False)
+    except NotFound:
+        return True
+    meta = obj["metadata"]
+    if not meta.get("deletionTimestamp"):
+        return False
+    if kind == IPPool.KIND and store.records(name):
+        return False  # the IP GC (or CNI DEL) releases them first
+    finalizers = list(meta.get("finalizers") or [])
+    if FINALIZER in finalizers:
+        meta["finalizers"] = [f for f in finalizers if f != FINALIZER]
+        try:
+            store.update(obj)  # the last finalizer of a terminating object: the store removes it
+        except NotFound:
+            return True
+    try:
+        store.get(kind, name, allocated_ips=False)
+    except NotFound:
+        return True
+    return False
+
+
 class PoolController:
     """Keeps pool and subnet status right and removes terminating pools once they are empty."""
 
@@ -168,6 +202,10 @@ class PoolController:
         for obj in subnets:
             name = str(obj["metadata"]["name"])
             try:
+                if obj["metadata"].get("deletionTimestamp") and self._finish(Subnet.KIND, name):
+                    report.deleted.append(f"{Subnet.KIND}/{name}")
+                    LOG.info("deleted terminating SpiderSubnet %s", name)
+                    continue
                 if write_subnet_status(self.store, name, pools):
                     report.updated.append(f"{Subnet.KIND}/{name}")
             except NotFound:
@@ -187,9 +225,10 @@ class PoolController:
             pool = IPPool.from_obj(obj)
             try:
                 if pool.terminating:
-                    if self._finish_terminating(obj, report):
-                        return
-                    continue
+                    if finish_terminating(self.store, IPPool.KIND, name):
+                        report.deleted.append(f"{IPPool.KIND}/{name}")
+                        LOG.info("deleted terminating SpiderIPPool %s: its last IP was released", name)
+                    return
                 wanted = pool_status(pool, int((obj.get("status") or {}).get("allocatedIPCount") or 0))
                 if not _status_differs(obj, wanted, ("totalIPCount",)):
                     return
@@ -203,18 +242,10 @@ class PoolController:
                 return
         raise Conflict(f'{IPPool.KIND} "{name}": kept changing while being reconciled; try again')
 
-    def _finish_terminating(self, obj: Obj, report: ReconcileReport) -> bool:
-        """Remove an empty terminating pool.  True when done (removed, or still holding records);
-        raises Conflict when it changed meanwhile."""
-        name = str(obj["metadata"]["name"])
-        if self.store.records(name):
-            return True  # the IP GC (or CNI DEL) releases them first
-        finalizers = obj["metadata"].get("finalizers") or []
-        if FINALIZER in finalizers:
-            obj["metadata"]["finalizers"] = [f for f in finalizers if f != FINALIZER]
-            obj = self.store.update(obj)  # with Kubernetes, this alone may let the pool go
-        with contextlib.suppress(NotFound):
-            self.store.delete(IPPool.KIND, name, resource_version=str(obj["metadata"]["resourceVersion"]))
-        report.deleted.append(f"{IPPool.KIND}/{name}")
-        LOG.info("deleted terminating SpiderIPPool %s: its last IP was released", name)
-        return True
+    def _finish(self, kind: str, name: str) -> bool:
+        for _ in range(_RETRIES):
+            try:
+                return finish_terminating(self.store, kind, name)
+            except Conflict:
+                continue
+        raise Conflict(f'{kind} "{name}": kept changing while its deletion was finished; try again')

@@ -19,6 +19,10 @@
   both from the rows.  Watch events of SpiderIPPool carry ``allocatedIPCount`` but NOT
   ``allocatedIPs`` (rendering every record into every event would make a fill quadratic): read the
   records with ``get``/``records`` when needed.
+- Deletion has the API server's rules (``ipam.store``): finalizers keep an object, terminating, with
+  ``metadata.deletionTimestamp``; Pods deleted with a grace period stay until the final delete with
+  grace 0; the update that removes the last finalizer of a terminating object removes it; a
+  terminating SpiderIPPool takes releases but no claims.
 - SQLite failures a caller can meet become ``StoreUnavailable`` with one line naming the file
   ("database is locked" past the busy timeout, a corrupt or non-SQLite file, a read-only directory).
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import calendar
 import ipaddress
 import itertools
 import json
@@ -42,6 +47,7 @@ from typing import Any, Literal, overload
 
 from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound, StoreUnavailable
 from ipam.kinds import KindInfo, kind_info
+from ipam.model import FINALIZER
 from ipam.sqlite_schema import connect, ensure_schema
 from ipam.store import Claim, IPRecord, Obj, PoolUsage, WatchEvent
 
@@ -49,9 +55,12 @@ __all__ = ["SqliteStore", "format_timestamp", "ip_key"]
 
 POOL_KIND = "SpiderIPPool"
 ENDPOINT_KIND = "SpiderEndpoint"
+POD_KIND = "Pod"  # the one kind with graceful deletion
 
 # metadata fields the store owns: an update never takes them from the caller's object
 _SYSTEM_METADATA = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp", "generation")
+# metadata fields only a delete sets: create drops the caller's, update keeps the stored ones
+_DELETION_METADATA = ("deletionTimestamp", "deletionGracePeriodSeconds")
 # status fields of a SpiderIPPool that are derived from the allocation records
 _DERIVED_POOL_STATUS = ("allocatedIPs", "allocatedIPCount")
 # above this many changes since the cached revision, re-read the pool instead of replaying the log
@@ -70,6 +79,40 @@ _RENDER_RECORDS = (
 def format_timestamp(seconds: float) -> str:
     """RFC 3339 UTC with second precision, as Kubernetes writes it: ``2026-11-26T13:00:00Z``."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _parse_timestamp(text: object) -> float | None:
+    """The seconds of a timestamp this store wrote (``format_timestamp``); None for anything else."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
+
+
+def _grace_period(info: KindInfo, namespace: str, name: str, seconds: object) -> int | None:
+    """The grace period a delete asks for, as the API server takes it: only Pods have graceful
+    deletion (other kinds ignore it); a negative or non-integer value is refused."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        raise Invalid(
+            info.kind, _shown(namespace, name), "gracePeriodSeconds", f"{seconds!r} is not an integer"
+        )
+    if seconds < 0:
+        raise Invalid(info.kind, _shown(namespace, name), "gracePeriodSeconds", f"{seconds} must be >= 0")
+    return seconds if info.kind == POD_KIND else None
+
+
+def _finalizers(meta: Obj) -> builtins.list[str]:
+    value = meta.get("finalizers")
+    return [str(f) for f in value] if isinstance(value, builtins.list) else []
+
+
+def _grace_pending(meta: Obj) -> bool:
+    """A pod deleted with a grace period that its final delete (grace 0) has not ended yet."""
+    return bool(meta.get("deletionTimestamp")) and int(meta.get("deletionGracePeriodSeconds") or 0) > 0
 
 
 def ip_key(ip: int) -> bytes:
@@ -447,7 +490,8 @@ class SqliteStore:
         meta["name"] = name
         if info.namespaced:
             meta["namespace"] = namespace
-        meta.pop("deletionTimestamp", None)
+        for key in _DELETION_METADATA:
+            meta.pop(key, None)
         meta["uid"] = self._uid_factory()
         meta["resourceVersion"] = str(rev)
         meta["creationTimestamp"] = format_timestamp(self._clock())
@@ -494,14 +538,20 @@ class SqliteStore:
             elif "status" in incoming:
                 new["status"] = incoming["status"]
             meta = dict(incoming.get("metadata") or {})
-            for key in _SYSTEM_METADATA:
+            for key in (*_SYSTEM_METADATA, *_DELETION_METADATA):
                 meta.pop(key, None)
-            meta["deletionTimestamp"] = stored["metadata"].get("deletionTimestamp")
-            if meta["deletionTimestamp"] is None:
-                del meta["deletionTimestamp"]
-            for key in _SYSTEM_METADATA:
                 if key in stored["metadata"]:
                     meta[key] = stored["metadata"][key]
+            if stored["metadata"].get("deletionTimestamp"):
+                had = set(_finalizers(stored["metadata"]))
+                added = [f for f in _finalizers(meta) if f not in had]
+                if added:
+                    raise Invalid(
+                        info.kind,
+                        _shown(namespace, name),
+                        "metadata.finalizers",
+                        f"no new finalizers can be added while the object is being deleted (found {', '.join(added)})",
+                    )
             new["metadata"] = meta
         new = _typed(info, new)
         if info.kind == POOL_KIND:
@@ -515,9 +565,17 @@ class SqliteStore:
         new["metadata"]["resourceVersion"] = str(stored_rev)
         if new == stored:
             return _dumps(stored)  # nothing changed: no new revision, no event (as the API server does)
+        meta = new["metadata"]
+        if meta.get("deletionTimestamp") and not _finalizers(meta) and not _grace_pending(meta):
+            return self._drop(tx, info, namespace, name, new)  # its last finalizer went: it is gone
+        return self._rewrite(tx, info, namespace, name, new)
+
+    @staticmethod
+    def _rewrite(tx: _Tx, info: KindInfo, namespace: str, name: str, obj: Obj) -> str:
+        """Store ``obj`` over the existing row under the next revision (a MODIFIED event)."""
         rev = tx.next_revision()
-        new["metadata"]["resourceVersion"] = str(rev)
-        body = _dumps(new)
+        obj["metadata"]["resourceVersion"] = str(rev)
+        body = _dumps(obj)
         tx.conn.execute(
             "UPDATE objects SET revision = ?, body = ? WHERE kind = ? AND namespace = ? AND name = ?",
             (rev, body, info.kind, namespace, name),
@@ -525,16 +583,11 @@ class SqliteStore:
         tx.event(info, namespace, name, "MODIFIED", body, rev)
         return body
 
-    def _remove(
-        self, tx: _Tx, info: KindInfo, namespace: str, name: str, resource_version: str | None
-    ) -> None:
-        found = self._load(tx.conn, info, namespace, name)
-        if found is None:
-            raise NotFound(info.kind, name, namespace)
-        stored_rev, stored = found
-        _check_version(info, namespace, name, resource_version, stored_rev)
+    @staticmethod
+    def _drop(tx: _Tx, info: KindInfo, namespace: str, name: str, last: Obj) -> str:
+        """Remove the object (a DELETED event carrying ``last``, its final state); returns that body."""
         rev = tx.next_revision()
-        stored["metadata"]["resourceVersion"] = str(rev)
+        last["metadata"]["resourceVersion"] = str(rev)
         tx.conn.execute(
             "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", (info.kind, namespace, name)
         )
@@ -546,8 +599,53 @@ class SqliteStore:
                 (rev, name),
             )
             tx.conn.execute("DELETE FROM allocations WHERE pool = ?", (name,))
-            stored.get("status", {})["allocatedIPCount"] = 0
-        tx.event(info, namespace, name, "DELETED", _dumps(stored), rev)
+            last.setdefault("status", {})["allocatedIPCount"] = 0
+        body = _dumps(last)
+        tx.event(info, namespace, name, "DELETED", body, rev)
+        return body
+
+    def _remove(
+        self,
+        tx: _Tx,
+        info: KindInfo,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        grace: int | None,
+    ) -> None:
+        """DELETE with the API server's rules (``ipam.store``): remove the object, or mark it
+        terminating when finalizers hold it or a pod is given a grace period > 0."""
+        found = self._load(tx.conn, info, namespace, name)
+        if found is None:
+            raise NotFound(info.kind, name, namespace)
+        stored_rev, stored = found
+        _check_version(info, namespace, name, resource_version, stored_rev)
+        meta = stored["metadata"]
+        held = bool(_finalizers(meta))
+        now = self._clock()
+        if meta.get("deletionTimestamp"):
+            pending = int(meta.get("deletionGracePeriodSeconds") or 0)
+            if grace is None or grace >= pending:
+                return  # already terminating: a delete may only shorten a pod's grace period
+            requested = _parse_timestamp(meta["deletionTimestamp"])
+            start = now if requested is None else requested - pending
+            meta["deletionTimestamp"] = format_timestamp(start + grace)
+            meta["deletionGracePeriodSeconds"] = grace
+            if grace == 0 and not held:
+                self._drop(tx, info, namespace, name, stored)
+            else:
+                self._rewrite(tx, info, namespace, name, stored)
+            return
+        if grace is not None and grace > 0:
+            meta["deletionTimestamp"] = format_timestamp(now + grace)
+            meta["deletionGracePeriodSeconds"] = grace
+            self._rewrite(tx, info, namespace, name, stored)
+        elif held:
+            meta["deletionTimestamp"] = format_timestamp(now)
+            meta["deletionGracePeriodSeconds"] = 0
+            self._rewrite(tx, info, namespace, name, stored)
+        else:
+            self._drop(tx, info, namespace, name, stored)
 
     # ------------------------------------------------------------------ ObjectStore
 
@@ -615,13 +713,20 @@ class SqliteStore:
             return self._output(tx.conn, info, body, committed=False)
 
     def delete(
-        self, kind: str, name: str, namespace: str = "", *, resource_version: str | None = None
+        self,
+        kind: str,
+        name: str,
+        namespace: str = "",
+        *,
+        resource_version: str | None = None,
+        grace_period_seconds: int | None = None,
     ) -> None:
         info = self._info(kind, name)
         if not info.namespaced:
             namespace = ""
+        grace = _grace_period(info, namespace, name, grace_period_seconds)
         with self._write() as tx:
-            self._remove(tx, info, namespace, name, resource_version)
+            self._remove(tx, info, namespace, name, resource_version, grace)
 
     def revision(self) -> str:
         try:
@@ -808,14 +913,16 @@ class SqliteStore:
                 counts[pool] = 0
                 return touched[pool][0]
 
-            def version_before(pool: str) -> int | None:
-                found = stored_pool(pool)
-                return None if found is None else found[0]
-
             for claim, _, _ in parsed_claims:
-                current = version_before(claim.pool)
-                if current is None:
+                found_pool = stored_pool(claim.pool)
+                if found_pool is None:
                     raise NotFound(POOL_KIND, claim.pool)
+                current = found_pool[0]
+                if found_pool[1]["metadata"].get("deletionTimestamp"):
+                    raise Conflict(
+                        f'{POOL_KIND} "{claim.pool}": metadata.deletionTimestamp: the pool is terminating; '
+                        "no new IPs are allocated from it"
+                    )
                 if str(current) != claim.pool_version:
                     raise Conflict(
                         f'{POOL_KIND} "{claim.pool}": resourceVersion {claim.pool_version} is stale '
@@ -882,7 +989,31 @@ class SqliteStore:
                 else:
                     self._replace(tx, info, namespace, name, endpoint, status_only=False, found=existing)
             if delete_endpoint is not None:
-                info = kind_info(ENDPOINT_KIND)
-                namespace, name = delete_endpoint
-                if self._load(tx.conn, info, namespace, name) is not None:
-                    self._remove(tx, info, namespace, name, None)
+                self._release_endpoint(tx, *delete_endpoint)
+
+    def _release_endpoint(self, tx: _Tx, namespace: str, name: str) -> None:
+        """What Spiderpool's agent does once a pod's IPs are released: drop its finalizer from the
+        SpiderEndpoint and delete it (other finalizers, if any, keep it terminating)."""
+        info = kind_info(ENDPOINT_KIND)
+        found = self._load(tx.conn, info, namespace, name)
+        if found is None:
+            return
+        _, stored = found
+        meta = stored["metadata"]
+        had = _finalizers(meta)
+        rest = [f for f in had if f != FINALIZER]
+        if rest:
+            meta["finalizers"] = rest
+        else:
+            meta.pop("finalizers", None)
+        if meta.get("deletionTimestamp"):
+            if not rest:
+                self._drop(tx, info, namespace, name, stored)
+            elif rest != had:
+                self._rewrite(tx, info, namespace, name, stored)
+        elif rest:
+            meta["deletionTimestamp"] = format_timestamp(self._clock())
+            meta["deletionGracePeriodSeconds"] = 0
+            self._rewrite(tx, info, namespace, name, stored)
+        else:
+            self._drop(tx, info, namespace, name, stored)

@@ -12,6 +12,30 @@ may mutate what they get and write it back.
 resourceVersion is an opaque string.  The embedded store uses one global, strictly increasing revision
 (like etcd), so ``revision()`` followed by ``watch(since=...)`` misses nothing.
 
+Deletion follows the API server's rules in every backend (the Kubernetes backend gets them from the
+server itself):
+
+* ``delete`` of an object without finalizers removes it (a DELETED watch event).  An object with
+  ``metadata.finalizers`` is kept and becomes *terminating*: ``metadata.deletionTimestamp`` is set to
+  now (RFC 3339) and ``metadata.deletionGracePeriodSeconds`` to 0, once (a MODIFIED event; deleting a
+  terminating object again changes nothing).
+* Graceful deletion, for Pods only and only when ``grace_period_seconds`` is given (``kubectl delete
+  --grace-period``): with a grace G > 0 the pod is kept, terminating, with ``deletionTimestamp`` = now +
+  G and ``deletionGracePeriodSeconds`` = G, finalizers or not, until it is deleted again with grace 0
+  (the kubelet's final delete, after CNI DEL).  A later delete may only shorten the grace.  Grace 0
+  removes the pod at once unless finalizers hold it (then it is terminating with grace 0).  Other kinds
+  ignore the grace period.
+* ``update`` of a terminating object may remove finalizers; when the last one goes and no pod grace
+  period is pending (``deletionGracePeriodSeconds`` is 0 or absent), the object is removed (a DELETED
+  event; ``update`` returns its last state).  Adding a finalizer to a terminating object is refused
+  (Invalid on ``metadata.finalizers``, as the API server answers 422).  ``deletionTimestamp`` and
+  ``deletionGracePeriodSeconds`` belong to the store: ``create`` and ``update`` ignore the caller's
+  values (create never makes a terminating object; update keeps the stored ones).  Finalizers given
+  at ``create`` are kept.
+* A terminating SpiderIPPool still gives IPs back: ``commit`` applies its releases but refuses claims
+  (Conflict naming the pool), so nothing new is allocated from a pool being deleted.  Removing a
+  SpiderIPPool removes its allocation records with it (they live in its status in Kubernetes).
+
 Allocation records (which IP of which pool belongs to which pod) have their own narrow interface so
 each backend can store them well: a row per IP under a uniqueness constraint in SQLite, and
 Spiderpool's ``status.allocatedIPs`` JSON string on the pool in Kubernetes.  Either way a claim is
@@ -107,15 +131,24 @@ class ObjectStore(Protocol):
         """Replace metadata (labels, annotations, ownerReferences, finalizers) and spec.  If
         ``metadata.resourceVersion`` is set it must equal the stored one (else Conflict).  For kinds with
         a status subresource the stored status is kept; for the others status is replaced too.
-        Raises NotFound."""
+        Removing the last finalizer of a terminating object removes the object (module docstring).
+        Raises NotFound, Conflict, Invalid (a new finalizer on a terminating object)."""
 
     def update_status(self, obj: Obj) -> Obj:
         """Replace only status, with the same resourceVersion precondition.  Raises NotFound."""
 
     def delete(
-        self, kind: str, name: str, namespace: str = "", *, resource_version: str | None = None
+        self,
+        kind: str,
+        name: str,
+        namespace: str = "",
+        *,
+        resource_version: str | None = None,
+        grace_period_seconds: int | None = None,
     ) -> None:
-        """Remove an object (no finalizer semantics in the embedded store).  Raises NotFound, Conflict."""
+        """Delete an object: remove it, or mark it terminating when finalizers hold it or (Pods only)
+        ``grace_period_seconds`` > 0 is given; see the module docstring.  ``resource_version``, when
+        given, must be the stored one.  Raises NotFound, Conflict, Invalid (a negative grace period)."""
 
     def revision(self) -> str:
         """The store's current revision: a list taken now, then ``watch(since=revision)``, misses nothing."""
@@ -150,7 +183,7 @@ class AllocationStore(Protocol):
         resourceVersion, when set, is a precondition) or delete ``delete_endpoint`` ((namespace, name)).
 
         A claim fails with Conflict when the pool's resourceVersion (as it was before this commit) is no
-        longer ``pool_version`` or the IP is already recorded (in any pool).  A release removes the record only when its pod_uid
+        longer ``pool_version``, the IP is already recorded (in any pool), or the pool is terminating.  A release removes the record only when its pod_uid
         matches (a release of something absent or owned by another UID is a no-op).  Every claim and
         release bumps the pool's resourceVersion and status.allocatedIPCount.
 

@@ -15,8 +15,14 @@ It implements, with the API server's semantics, what the backend relies on:
   precondition (409 Conflict as a ``Status`` object with reason ``Conflict``; custom resources refuse an
   update without resourceVersion, as ``AllowUnconditionalUpdate`` is false for them), the status
   subresource (``PUT .../status`` changes only status; the main PUT ignores status for kinds that have
-  the subresource), DELETE with ``preconditions`` and finalizers (an object with finalizers gets a
-  ``deletionTimestamp`` and is removed when its last finalizer is);
+  the subresource), DELETE with ``preconditions``, finalizers and pod graceful deletion (see below);
+* the API server's deletion rules: an object with finalizers gets ``deletionTimestamp`` (now) and
+  ``deletionGracePeriodSeconds: 0`` once and stays, terminating; a Pod deleted with
+  ``gracePeriodSeconds`` G > 0 stays with ``deletionTimestamp`` = now + G and
+  ``deletionGracePeriodSeconds`` = G until a delete with a shorter grace (the kubelet's grace 0) ends
+  it; the PUT that removes the last finalizer of a terminating object whose grace is 0 removes it; a
+  PUT may not add a finalizer to a terminating object (422) and cannot set or clear
+  ``deletionTimestamp``/``deletionGracePeriodSeconds`` (the stored values are kept; create drops them);
 * one global resourceVersion counter (like etcd's revision), ``generation`` bumped on spec changes,
   no new resourceVersion for an update that changes nothing;
 * watch (``?watch=1&resourceVersion=N``): newline-delimited JSON events after N from a bounded history,
@@ -28,7 +34,9 @@ It implements, with the API server's semantics, what the backend relies on:
 
 Not emulated (not used by the backend): PATCH, server-side apply, admission webhooks, schema validation,
 discovery, defaulting of built-in kinds (a new Pod gets no ``status.phase``), the garbage collector
-(ownerReferences cascade), namespace termination and graceful pod deletion.
+(ownerReferences cascade), namespace termination, and a Pod's default grace period (a DELETE without
+``gracePeriodSeconds`` is not graceful here; the API server would take
+``spec.terminationGracePeriodSeconds``).
 
 The server runs an aiohttp application on 127.0.0.1 at a random port in its own event-loop thread, so
 synchronous code (the ``kubernetes`` client) and asyncio code can both use it.  ``kube_emulator`` is a
@@ -264,8 +272,20 @@ _STATUS_ON_CREATE: dict[str, Obj] = {"Namespace": {"phase": "Active"}}
 _BUILTIN_GROUPS = {"", "apps", "batch", "coordination.k8s.io"}
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def _now(offset: float = 0.0) -> str:
+    return datetime.fromtimestamp(datetime.now(UTC).timestamp() + offset, UTC).strftime(_TIME_FORMAT)
+
+
+def _shifted(stamp: str, seconds: float) -> str:
+    """An RFC 3339 timestamp moved by ``seconds`` (now + seconds if ``stamp`` does not parse)."""
+    try:
+        base = datetime.strptime(stamp, _TIME_FORMAT).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return _now(seconds)
+    return datetime.fromtimestamp(base + seconds, UTC).strftime(_TIME_FORMAT)
 
 
 def _key(info: KindInfo, namespace: str, name: str) -> tuple[str, str, str]:
@@ -414,14 +434,15 @@ class KubeEmulator:
         meta["generation"] = 1
         obj["apiVersion"], obj["kind"] = info.api_version, info.kind
 
-    def _commit(self, info: KindInfo, new: Obj | None, old: Obj | None) -> Obj:
-        """Store ``new`` (None: delete ``old``) under a new revision and record the event."""
+    def _commit(self, info: KindInfo, new: Obj | None, old: Obj | None, last: Obj | None = None) -> Obj:
+        """Store ``new`` (None: delete ``old``, whose final state is ``last`` if given) under a new
+        revision and record the event."""
         self._rv += 1
         if new is None:
             assert old is not None
             meta = old["metadata"]
             del self._objects[_key(info, meta.get("namespace", ""), meta["name"])]
-            gone = copy.deepcopy(old)
+            gone = copy.deepcopy(last if last is not None else old)
             gone["metadata"]["resourceVersion"] = str(self._rv)
             self._record(_Event(self._rv, "DELETED", info, gone, old))
             return gone
@@ -502,7 +523,7 @@ class KubeEmulator:
             if request.method == "PUT" and target.name:
                 return web.json_response(self._update(target, body))
             if request.method == "DELETE" and target.name and not target.subresource:
-                return web.json_response(self._delete(target, body))
+                return web.json_response(self._delete(target, body, request.query))
             raise _ApiError(
                 405, "MethodNotAllowed", f"the server does not allow this method ({request.method})"
             )
@@ -608,7 +629,7 @@ class KubeEmulator:
             obj.pop("status", None)
             if t.info.kind in _STATUS_ON_CREATE:
                 obj["status"] = copy.deepcopy(_STATUS_ON_CREATE[t.info.kind])
-        for stale in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+        for stale in _SERVER_META:
             meta.pop(stale, None)
         with self._lock:
             if (
@@ -649,6 +670,16 @@ class KubeEmulator:
                     f'{t.info.kind}.{t.info.group} "{t.name}" is invalid: metadata.resourceVersion: '
                     "Invalid value: 0x0: must be specified for an update",
                 )
+            if old["metadata"].get("deletionTimestamp") and t.subresource != "status":
+                had = set(old["metadata"].get("finalizers") or [])
+                added = [f for f in obj["metadata"].get("finalizers") or [] if f not in had]
+                if added:
+                    raise _ApiError(
+                        422,
+                        "Invalid",
+                        f'{t.info.kind} "{t.name}" is invalid: metadata.finalizers: Forbidden: no new '
+                        f"finalizers can be added if the object is being deleted, found new finalizers {added}",
+                    )
             new = copy.deepcopy(old)
             if t.subresource == "status":
                 if "status" in obj:
@@ -670,12 +701,30 @@ class KubeEmulator:
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             if new == old:
                 return copy.deepcopy(old)
-            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-                return self._commit(t.info, None, old)
+            meta = new["metadata"]
+            if (
+                meta.get("deletionTimestamp")
+                and not meta.get("finalizers")
+                and not meta.get("deletionGracePeriodSeconds")
+            ):
+                return self._commit(t.info, None, old, new)  # its last finalizer went: gone
             return self._commit(t.info, new, old)
 
-    def _delete(self, t: _Target, body: Obj | None) -> Obj:
+    def _delete(self, t: _Target, body: Obj | None, query: Mapping[str, str]) -> Obj:
         pre = (body or {}).get("preconditions") or {}
+        grace_text = (body or {}).get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+        grace: int | None = None
+        if grace_text is not None:
+            try:
+                grace = int(grace_text)
+            except (TypeError, ValueError):
+                raise _ApiError(
+                    400, "BadRequest", f"gracePeriodSeconds: {grace_text!r} is not an integer"
+                ) from None
+            if grace < 0:
+                raise _ApiError(422, "Invalid", f"gracePeriodSeconds: Invalid value: {grace}: must be >= 0")
+        if t.info.kind != "Pod":
+            grace = None  # only pods have graceful deletion
         with self._lock:
             old = self._objects.get(_key(t.info, t.namespace, t.name))
             if old is None:
@@ -694,10 +743,22 @@ class KubeEmulator:
                     f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
                     f"ResourceVersion in object meta: {meta['resourceVersion']}",
                 )
-            if meta.get("finalizers"):
-                if meta.get("deletionTimestamp"):
-                    return copy.deepcopy(old)
-                new = copy.deepcopy(old)
+            held = bool(meta.get("finalizers"))
+            new = copy.deepcopy(old)
+            if meta.get("deletionTimestamp"):
+                pending = int(meta.get("deletionGracePeriodSeconds") or 0)
+                if grace is None or grace >= pending:
+                    return copy.deepcopy(old)  # already terminating: only a shorter grace changes it
+                new["metadata"]["deletionTimestamp"] = _shifted(meta["deletionTimestamp"], grace - pending)
+                new["metadata"]["deletionGracePeriodSeconds"] = grace
+                if grace == 0 and not held:
+                    return self._commit(t.info, None, old, new)
+                return self._commit(t.info, new, old)
+            if grace is not None and grace > 0:
+                new["metadata"]["deletionTimestamp"] = _now(grace)
+                new["metadata"]["deletionGracePeriodSeconds"] = grace
+                return self._commit(t.info, new, old)
+            if held:
                 new["metadata"]["deletionTimestamp"] = _now()
                 new["metadata"]["deletionGracePeriodSeconds"] = 0
                 return self._commit(t.info, new, old)
