@@ -35,8 +35,9 @@ class ControllerThread:
 
     Every ``start()`` runs a new thread with a stop flag of its own: a thread told to stop (leadership
     lost, ``stop(timeout=0)`` from the event loop) that is still finishing a store call can never be
-    revived by the next ``start()``, so two controller threads never write at once, and a later
-    ``stop()`` still waits for it (the agent closes the store only after that)."""
+    revived by the next ``start()``; the new thread waits for it to end before it works, so two
+    controller threads never run at once, and a later ``stop()`` still waits for it (the agent closes
+    the store only after that)."""
 
     def __init__(
         self,
@@ -65,18 +66,14 @@ class ControllerThread:
             default_flexible_ip_number=config.auto_pool_default_flexible_ip_number,
         )
 
-    @property
-    def running(self) -> bool:
-        """A controller thread is alive (running, or stopping but not yet finished)."""
-        return any(t.is_alive() for t in self._threads)
-
     def start(self) -> None:
         self._stop.set()  # a previous thread, if still finishing, keeps its own (set) flag
         self._stop = threading.Event()
+        previous = [t for t in self._threads if t.is_alive()]
         thread = threading.Thread(
-            target=self._run, args=(self._stop,), name="leader-controllers", daemon=True
+            target=self._run, args=(self._stop, previous), name="leader-controllers", daemon=True
         )
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        self._threads = [*previous, thread]
         thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -113,7 +110,9 @@ class ControllerThread:
         if apps or pools_changed or pods:
             self.controllers.pools.reconcile()
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, stop: threading.Event, previous: list[threading.Thread]) -> None:
+        for thread in previous:  # the controllers' state is not shared between threads: wait
+            thread.join()
         kinds = ["Pod", *APP_KINDS, *POOL_KINDS]
         interval = self.config.gc.interval_seconds
         tick = min(self.config.gc.trace_interval_seconds, 1.0)
