@@ -1,4 +1,4 @@
-"""``spiderbgp`` driven through ``spiderbgp.cli.main`` with its own streams: apply/get/delete with the
+"""``spiderbgp`` driven through ``spiderbgp.cli.main`` with its own streams: apply/get/delete (a busy pool stays terminating) with the
 seed's pool, Spiderpool's status format, ipam show/check/release, and one-line errors that change
 nothing."""
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ipam.errors import AllocationError
 from ipam.service import AllocateRequest, IpamService
 from tests.cli.conftest import Run, open_db, snapshot
 from tests.service.world import World
@@ -173,22 +174,54 @@ def test_delete(run: Run) -> None:
 
 
 @pytest.mark.usefixtures("seeded")
-def test_delete_of_a_pool_with_allocations_changes_nothing_until_they_are_released(
+def test_delete_of_a_pool_with_allocations_leaves_it_terminating_until_they_are_released(
     run: Run, db: Path
 ) -> None:
+    """Spiderpool's way: the pool's finalizer keeps it, terminating; its pod keeps the IP, no new pod
+    gets one from it, and it goes once the IP is released."""
     ip, _ = allocate(db, "nginx-1")
+    deleted = run("delete", "sp", SEED)
+    assert (deleted.code, deleted.err) == (0, "")
+    assert deleted.lines == [
+        f"spiderippool.spiderpool.spidernet.io/{SEED} deleted (terminating until its 1 allocated IPs are released)"
+    ]
+    shown = json.loads(run("get", "sp", SEED, "-o", "json").out)
+    assert shown["metadata"]["deletionTimestamp"]
+    assert shown["metadata"]["finalizers"] == ["spiderpool.spidernet.io"]
+    assert json.loads(shown["status"]["allocatedIPs"])[ip]["pod"] == "default/nginx-1"
+    with pytest.raises(AllocationError, match=f"{SEED}: terminating"):
+        allocate(db, "nginx-2")
+    again = run("delete", "sp", SEED)  # deleting a terminating pool again changes nothing
+    assert again.code == 0 and again.lines == deleted.lines
+
+    assert run("ipam", "release", "--ip", ip, "--force").code == 0
+    # the agent's pool controller drops the finalizer of the now empty pool; a delete does it at once
+    assert run("delete", "sp", SEED).lines == [f"spiderippool.spiderpool.spidernet.io/{SEED} deleted"]
+    assert run("get", "sp").out == ""
+
+
+def test_delete_of_a_busy_pool_without_finalizer_is_refused_and_changes_nothing(run: Run, db: Path) -> None:
+    """A pool written past admission has no finalizer to hold it: deleting it would drop the records of
+    IPs in use, so the CLI refuses in one line."""
+    with open_db(db) as store:
+        store.create(yaml.safe_load(SEED_FILE.read_text()))
+    allocate(db, "nginx-1")
     before = snapshot(db)
     refused = run("delete", "sp", SEED)
     assert refused.code == 1 and refused.out == ""
-    line = one_error_line(refused.err)
-    assert line.startswith(
-        f'error: SpiderIPPool "{SEED}": status.allocatedIPCount: 1 IPs are still allocated'
+    assert one_error_line(refused.err).startswith(
+        f'error: SpiderIPPool "{SEED}": metadata.finalizers: no finalizer keeps the pool while 1 IPs are '
+        "still allocated"
     )
     assert snapshot(db) == before
-
-    assert run("ipam", "release", "--ip", ip, "--force").code == 0
-    assert run("delete", "sp", SEED).code == 0
-    assert run("get", "sp").out == ""
+    assert run("apply", "-f", str(SEED_FILE)).lines == [
+        f"spiderippool.spiderpool.spidernet.io/{SEED} configured"
+    ]
+    assert (
+        run("delete", "sp", SEED)
+        .lines[0]
+        .endswith("deleted (terminating until its 1 allocated IPs are released)")
+    )
 
 
 @pytest.mark.usefixtures("seeded")
