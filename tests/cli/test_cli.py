@@ -1,6 +1,6 @@
-"""``spiderbgp`` driven through ``spiderbgp.cli.main`` with its own streams: apply/get/delete (a busy pool stays terminating) with the
-seed's pool, Spiderpool's status format, ipam show/check/release, and one-line errors that change
-nothing."""
+"""``spiderbgp`` driven through ``spiderbgp.cli.main`` with its own streams: apply/get/delete with the
+seed's pool (a busy pool stays terminating), Spiderpool's status format, ipam show/check/release, and
+one-line errors that change nothing."""
 
 from __future__ import annotations
 
