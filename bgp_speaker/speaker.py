@@ -160,7 +160,6 @@ class BgpSpeaker:
         self._stopping = False
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._generation_ready = asyncio.Event()
         self.restarts = 0
         for p in config.peers:
             self._status[p.key] = initial_status(p.key, local_as=config.asn, peer_as=p.asn, now=now())
@@ -447,20 +446,16 @@ class BgpSpeaker:
                 await asyncio.wait_for(self._table_loaded.wait(), 10.0)
         interval = self.config.reconcile_interval
         next_reconcile = self._clock() + interval if interval > 0 else None
-        self._generation_ready.set()
-        try:
-            while not proc.closed.is_set() and not self._stopping:
-                try:
-                    await self._sync(proc)
-                    if next_reconcile is not None and self._clock() >= next_reconcile:
-                        await self._reconcile(proc)
-                        next_reconcile = self._clock() + interval
-                except ExabgpGone:
-                    return
-                timeout = None if next_reconcile is None else max(0.0, next_reconcile - self._clock())
-                await self._wait_for_work(proc, timeout)
-        finally:
-            self._generation_ready.clear()
+        while not proc.closed.is_set() and not self._stopping:
+            try:
+                await self._sync(proc)
+                if next_reconcile is not None and self._clock() >= next_reconcile:
+                    await self._reconcile(proc)
+                    next_reconcile = self._clock() + interval
+            except ExabgpGone:
+                return
+            timeout = None if next_reconcile is None else max(0.0, next_reconcile - self._clock())
+            await self._wait_for_work(proc, timeout)
 
     async def _wait_for_work(self, proc: ExabgpProcess, timeout: float | None) -> None:
         if self._wake.is_set():
