@@ -674,11 +674,21 @@ class KubeEmulator:
                 had = set(old["metadata"].get("finalizers") or [])
                 added = [f for f in obj["metadata"].get("finalizers") or [] if f not in had]
                 if added:
+                    why = f"Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added}"
                     raise _ApiError(
                         422,
                         "Invalid",
-                        f'{t.info.kind} "{t.name}" is invalid: metadata.finalizers: Forbidden: no new '
-                        f"finalizers can be added if the object is being deleted, found new finalizers {added}",
+                        f'{t.info.kind} "{t.name}" is invalid: metadata.finalizers: {why}',
+                        {
+                            **_details(t.info, t.name),
+                            "causes": [
+                                {
+                                    "reason": "FieldValueForbidden",
+                                    "message": why,
+                                    "field": "metadata.finalizers",
+                                }
+                            ],
+                        },
                     )
             new = copy.deepcopy(old)
             if t.subresource == "status":
@@ -722,7 +732,18 @@ class KubeEmulator:
                     400, "BadRequest", f"gracePeriodSeconds: {grace_text!r} is not an integer"
                 ) from None
             if grace < 0:
-                raise _ApiError(422, "Invalid", f"gracePeriodSeconds: Invalid value: {grace}: must be >= 0")
+                why = f"Invalid value: {grace}: must be >= 0"
+                raise _ApiError(
+                    422,
+                    "Invalid",
+                    f"gracePeriodSeconds: {why}",
+                    {
+                        **_details(t.info, t.name),
+                        "causes": [
+                            {"reason": "FieldValueInvalid", "message": why, "field": "gracePeriodSeconds"}
+                        ],
+                    },
+                )
         if t.info.kind != "Pod":
             grace = None  # only pods have graceful deletion
         with self._lock:
