@@ -5,8 +5,11 @@ It reads Deployments and StatefulSets from the store, keeps ReplicaSets and Pods
 nodes), and for every pod: makes a namespace ``sbgp-<token>-<pod>``, runs the node's CNI chain inside the
 node's namespace the way libcni does (each plugin of the conflist in order, with ``prevResult``; DEL in
 reverse order with the cached result), starts ``lab.podserver`` in the pod and writes the Pod status
-(phase Running, podIP/podIPs, hostIP, Ready).  Deleting a pod runs CNI DEL first, then removes the
-namespace and the object; the next ``reconcile`` replaces it (StatefulSet pods keep their names).
+(phase Running, podIP/podIPs, hostIP, Ready).  Deleting a pod goes as in Kubernetes: the API delete
+with the pod's grace period (``spec.terminationGracePeriodSeconds``, 30 by default) leaves it
+terminating, so the IPAM's CNI DEL releases its IP (the pod is no longer alive); then the pod's
+namespace goes and the final delete (grace 0) removes the object.  The next ``reconcile`` replaces it
+(StatefulSet pods keep their names) and finishes any pod left terminating.
 
 Kubelet-local state (pod namespace, container ID, cached CNI result, server PID) lives in the lab's
 state file, so each ``python -m lab`` command can pick up where the last one stopped.
@@ -47,6 +50,7 @@ CNI_BIN_DIR = "/opt/cni/bin"
 REFERENCE_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins, also in the node image
 POD_IFNAME = "eth0"
 POD_PORT = 80
+DEFAULT_GRACE_SECONDS = 30  # a Pod's default spec.terminationGracePeriodSeconds
 _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the consonants-and-digits set Kubernetes uses in names
 
 
@@ -200,6 +204,9 @@ class Kubelet:
         """Bring ReplicaSets and Pods in line with every Deployment and StatefulSet, and drop pods
         whose owner is gone or whose runtime was lost."""
         ns = self.namespace
+        for pod in self.store.list("Pod", namespace=ns):
+            if pod["metadata"].get("deletionTimestamp"):  # a delete that stopped half-way: finish it
+                self.delete_pod(pod["metadata"]["name"], replace=False)
         deployments = self.store.list("Deployment", namespace=ns)
         statefulsets = self.store.list("StatefulSet", namespace=ns)
         for deploy in deployments:
@@ -293,7 +300,12 @@ class Kubelet:
             self.store.update_status(fresh)
 
     def _pods_of(self, owner: Obj) -> list[Obj]:
-        return [p for p in self.store.list("Pod", namespace=self.namespace) if _owned_by(p, owner)]
+        """The owner's pods that are not terminating (as a ReplicaSet counts its active pods)."""
+        return [
+            p
+            for p in self.store.list("Pod", namespace=self.namespace)
+            if _owned_by(p, owner) and not p["metadata"].get("deletionTimestamp")
+        ]
 
     def _unique_pod_name(self, prefix: str) -> str:
         taken = {p["metadata"]["name"] for p in self.store.list("Pod", namespace=self.namespace)}
@@ -411,8 +423,9 @@ class Kubelet:
         return ref.pid, ref.start_time
 
     def delete_pod(self, name: str, *, replace: bool = True) -> None:
-        """CNI DEL, stop the server, remove the namespace and the Pod object; with ``replace`` the
-        controllers run right after, as they would in Kubernetes."""
+        """Delete the Pod with its grace period (it becomes terminating), CNI DEL, stop the server,
+        remove the namespace, then the final delete (grace 0); with ``replace`` the controllers run right
+        after, as they would in Kubernetes."""
         ns = self.namespace
         key = f"{ns}/{name}"
         try:
@@ -422,13 +435,17 @@ class Kubelet:
         runtime = self.pods.get(key)
         if pod is None and runtime is None:
             raise NotFound("Pod", name, ns)
-        # The embedded store has no graceful (terminating) state, so the object goes first: the IPAM
-        # keeps the IP of a pod that still looks alive, and releases it once the pod is gone.
+        # The IPAM keeps the IP of a pod that is still alive (a sandbox re-created); a terminating pod
+        # is not, so CNI DEL after the graceful delete releases its IP.
+        if pod is not None:
+            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+            with contextlib.suppress(NotFound):
+                self.store.delete("Pod", name, ns, grace_period_seconds=int(grace))
+        if runtime is not None:
+            self._teardown(runtime, pod, run_del=True)
         if pod is not None:
             with contextlib.suppress(NotFound):
-                self.store.delete("Pod", name, ns)
-        if runtime is not None:
-            self._teardown(runtime, None, run_del=True)
+                self.store.delete("Pod", name, ns, grace_period_seconds=0)
         self.log(f'pod "{name}" deleted')
         if replace:
             self.reconcile()
