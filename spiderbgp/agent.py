@@ -38,6 +38,8 @@ from spiderbgp.fields import ConfigError
 from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
 from spiderbgp.leadership import Leadership
 from spiderbgp.metrics import IpamMetrics
+from spiderbgp.node_addresses import Delta, NodeAddresses
+from spiderbgp.stores import KUBERNETES
 
 __all__ = ["Agent", "Announcer", "run_agent"]
 
@@ -45,6 +47,7 @@ LOG = logging.getLogger("spiderbgp.agent")
 # read on every ADD; with the Kubernetes store they come from informers (writes always go to the server)
 # after the CNI socket stops accepting: time for requests already connected to arrive and start
 SHUTDOWN_GRACE = 0.2
+FULL_RESYNC_SECONDS = 300.0
 CACHED_KINDS = ("Pod", "Namespace", "Node", "SpiderIPPool", "SpiderReservedIP", "ReplicaSet", "Deployment")
 
 
@@ -113,7 +116,9 @@ class Agent:
         self.registry = registry or CollectorRegistry()
         self.metrics = IpamMetrics.create(self.registry)
         self.withdraw_on_exit = withdraw_on_exit
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ipam")
+        # SQLite serialises writers and the GIL the rest: few threads contend less; API calls wait on I/O
+        workers = 8 if config.store == KUBERNETES else 2
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ipam")
         self.service = IpamService(
             store,
             node_name=config.node_name,
@@ -126,7 +131,7 @@ class Agent:
             on_conflict=self.metrics.conflicts.inc,
         )
         self._stopping = threading.Event()
-        self._resync = asyncio.Event()
+        self._tracker = NodeAddresses(config.node_name)
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -147,20 +152,27 @@ class Agent:
         if code:
             self.metrics.errors.labels(operation).inc()
 
-    def _watch_endpoints(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Thread: any change to SpiderEndpoints or pools asks for a resync of the announced set (this
-        catches releases done by the leader's GC on another node, and pool subnet changes)."""
-        since = self.store.revision()
+    def _watch_endpoints(self, loop: asyncio.AbstractEventLoop, since: str) -> None:
+        """Thread: follow SpiderEndpoints and pools and tell the announcer what changed on this node
+        (this catches releases done by the leader's GC on another node, and pool subnet changes).
+        Each event costs O(1); a full re-read runs only after a gap in the watch, and every
+        ``FULL_RESYNC_SECONDS`` as a safety net."""
+        next_full = time.monotonic() + FULL_RESYNC_SECONDS
         while not self._stopping.is_set():
             try:
-                for _event in self.store.watch(["SpiderEndpoint", "SpiderIPPool"], since, timeout=1.0):
-                    since = _event.revision
-                    loop.call_soon_threadsafe(self._resync.set)
-                    if self._stopping.is_set():
-                        return
+                if time.monotonic() >= next_full:
+                    since = self.store.revision()
+                    self._push_full(loop, self._full_state())
+                    next_full = time.monotonic() + FULL_RESYNC_SECONDS
+                for event in self.store.watch(["SpiderEndpoint", "SpiderIPPool"], since, timeout=1.0):
+                    since = event.revision
+                    delta = self._tracker.apply([event])
+                    if not delta.empty:
+                        loop.call_soon_threadsafe(self._push_delta, delta)
+                    if self._stopping.is_set() or time.monotonic() >= next_full:
+                        break
             except Gone:
-                since = self.store.revision()
-                loop.call_soon_threadsafe(self._resync.set)
+                next_full = 0.0  # missed events: read everything again
             except IpamError as exc:
                 LOG.warning("endpoint watch: %s; retrying", exc)
                 self._stopping.wait(1.0)
@@ -168,35 +180,35 @@ class Agent:
                 LOG.exception("endpoint watch failed; retrying")
                 self._stopping.wait(1.0)
 
+    def _full_state(self) -> tuple[dict[str, str], list[str]]:
+        """(thread) This node's addresses and every pool's subnet, from a full list."""
+        return self._tracker.reset(
+            self.store.list("SpiderEndpoint"), self.store.list("SpiderIPPool", allocated_ips=False)
+        )
+
+    def _push_full(self, loop: asyncio.AbstractEventLoop, state: tuple[dict[str, str], list[str]]) -> None:
+        def push() -> None:
+            if self.announcer is not None:
+                self.announcer.set_pool_subnets(state[1])
+                self.announcer.set_pod_ips(state[0])
+
+        loop.call_soon_threadsafe(push)
+
+    def _push_delta(self, delta: Delta) -> None:
+        if self.announcer is None:
+            return
+        if delta.subnets is not None:
+            self.announcer.set_pool_subnets(delta.subnets)
+        if delta.removed:
+            self.announcer.remove_pod_ips(delta.removed)
+        if delta.added:
+            self.announcer.add_pod_ips(delta.added)
+
     def _gc_released(self, released: Sequence[tuple[str, str]], loop: asyncio.AbstractEventLoop) -> None:
         """From the leader's controller thread: (ip, reason) pairs the IP GC released."""
         for _ip, reason in released:
             self.metrics.gc_released.labels(reason).inc()
-        self.metrics.releases.inc(len(released))
-        self._wake_resync(loop)
-
-    def _wake_resync(self, loop: asyncio.AbstractEventLoop) -> None:
-        """From any thread: recompute this node's announced addresses soon."""
-        loop.call_soon_threadsafe(self._resync.set)
-
-    async def _resync_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._resync.wait()
-            await asyncio.sleep(0.05)  # debounce bursts of events into one recomputation
-            self._resync.clear()
-            try:
-                ips, subnets = await loop.run_in_executor(self.executor, self._node_state)
-            except Exception as exc:
-                LOG.warning("resync of this node's addresses failed: %s", exc)
-                continue
-            if self.announcer is not None:
-                self.announcer.set_pool_subnets(subnets)
-                self.announcer.set_pod_ips(ips)
-
-    def _node_state(self) -> tuple[dict[str, str], list[str]]:
-        subnets = sorted({str(p.get("spec", {}).get("subnet")) for p in self.store.list("SpiderIPPool")})
-        return self.service.node_ips(), subnets
+        self.metrics.releases.inc(len(released))  # the endpoint watch tells the announcer
 
     # -- HTTP: BGP views on the CNI socket, health and metrics on TCP ---------------------------
 
@@ -334,8 +346,10 @@ class Agent:
         announcer_started = False
         try:
             health_runner = await self._serve_health()
+            since = ""
             if self.announcer is not None:
-                ips, subnets = await loop.run_in_executor(self.executor, self._node_state)
+                since = await loop.run_in_executor(self.executor, self.store.revision)
+                ips, subnets = await loop.run_in_executor(self.executor, self._full_state)
                 self.announcer.set_pool_subnets(subnets)
                 self.announcer.set_pod_ips(ips)
                 announcer_started = True  # stop() is safe after a failed start
@@ -344,11 +358,11 @@ class Agent:
             app.router.add_get("/v1/bgp/status", self._bgp_status)
             app.router.add_get("/v1/bgp/routes", self._bgp_routes)
             runner = await self._serve_cni(app)
-            watcher = threading.Thread(
-                target=self._watch_endpoints, args=(loop,), name="endpoint-watch", daemon=True
-            )
-            watcher.start()
-            self._tasks.append(asyncio.create_task(self._resync_loop()))
+            if self.announcer is not None:
+                watcher = threading.Thread(
+                    target=self._watch_endpoints, args=(loop, since), name="endpoint-watch", daemon=True
+                )
+                watcher.start()
             if self.config.ipam.leader.enabled:
                 leadership = Leadership(
                     self.store,
