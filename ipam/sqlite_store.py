@@ -425,6 +425,11 @@ class SqliteStore:
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
             ):
                 raise Invalid(info.kind, name, f"metadata.{key}", "must map strings to strings")
+        finalizers = meta.get("finalizers")
+        if finalizers is not None and not (
+            isinstance(finalizers, builtins.list) and all(isinstance(f, str) and f for f in finalizers)
+        ):
+            raise Invalid(info.kind, name, "metadata.finalizers", "must be a list of non-empty strings")
         return info, namespace, name
 
     @staticmethod

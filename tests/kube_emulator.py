@@ -607,6 +607,15 @@ class KubeEmulator:
             )
         if name is not None and meta.get("name") != name:
             raise _ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
+        finalizers = meta.get("finalizers")
+        if finalizers is not None and not (
+            isinstance(finalizers, list) and all(isinstance(f, str) for f in finalizers)
+        ):
+            raise _ApiError(
+                400,
+                "BadRequest",
+                "json: cannot unmarshal into Go struct field ObjectMeta.metadata.finalizers of type []string",
+            )
         return copy.deepcopy(body)
 
     def _create(self, t: _Target, body: Obj | None) -> Obj:

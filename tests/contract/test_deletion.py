@@ -302,3 +302,18 @@ def test_commit_delete_endpoint_drops_spiderpools_finalizer_and_deletes(store: S
     assert gone(store, "SpiderEndpoint", "a", "default")
     held = store.get("SpiderEndpoint", "b", "default")["metadata"]
     assert held["finalizers"] == [HOLD] and held["deletionTimestamp"]
+
+
+def test_finalizers_must_be_a_list_of_strings(store: Store) -> None:
+    """A malformed finalizers field is refused; it can neither hide nor remove a terminating object."""
+    bad = pod("a")
+    bad["metadata"]["finalizers"] = "example.com/hold"
+    with pytest.raises(Invalid):
+        store.create(bad)
+    store.create(pod("a", finalizers=[HOLD]))
+    store.delete("Pod", "a", "default")
+    held = store.get("Pod", "a", "default")
+    held["metadata"]["finalizers"] = HOLD
+    with pytest.raises(Invalid):
+        store.update(held)
+    assert store.get("Pod", "a", "default")["metadata"]["finalizers"] == [HOLD]
