@@ -15,8 +15,9 @@ from tests.agent.conftest import SPIDERBGP, AgentFactory, free_port
 def run_agent(
     config: Path, timeout: float = 20.0, *, isolated: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """``isolated``: in a network namespace of its own with no interface up (``unshare --net``), for
-    configs with a bgp section: even if one were wrongly accepted, no packet could leave."""
+    """``isolated``: in a network namespace of its own with no interface up (``unshare --net``): a
+    config with a bgp section, even if wrongly accepted, cannot reach a peer, and a host name in
+    healthAddress is never sent to the machine's resolver."""
     prefix = ["unshare", "--net"] if isolated else []
     return subprocess.run(
         [*prefix, SPIDERBGP, "agent", "--config", str(config)],
@@ -94,7 +95,7 @@ def test_bad_config_is_one_line(tmp_path: Path, body: str | None, field: str) ->
         config.write_text(f"nodeName: node1\nstore: {db}\n{body}")
     else:
         config.write_text(head + body)
-    assert_one_line(run_agent(config, isolated="bgp:" in (body or "")), str(config), field)
+    assert_one_line(run_agent(config, isolated=True), str(config), field)
     assert not sock.exists() and not sock.parent.exists(), "a bad config must not create the socket"
     if "no-such-host" not in (body or ""):  # found out only when binding, after the store opened
         assert not db.exists(), "a bad config must not create the database"
