@@ -275,6 +275,9 @@ class SqliteStore:
         self._connections: builtins.list[sqlite3.Connection] = []
         self._closed = False
         self._cache_lock = threading.Lock()
+        # one writer at a time inside this process: threads queue here instead of in SQLite's busy
+        # handler, which sleeps 1..100 ms between retries; other processes still meet busy_timeout
+        self._write_lock = threading.Lock()
         self._cache: dict[str, _PoolCache] = {}
         self._rendered: dict[str, tuple[str, int, str | None]] = {}  # pool -> (revision, count, text)
         try:
@@ -357,6 +360,10 @@ class SqliteStore:
     def _write(self) -> Iterator[_Tx]:
         """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception so a failed call changes nothing."""
         conn = self._connection()
+        with self._write_lock:
+            yield from self._write_in(conn)
+
+    def _write_in(self, conn: sqlite3.Connection) -> Iterator[_Tx]:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
