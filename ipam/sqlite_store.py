@@ -32,9 +32,11 @@ from __future__ import annotations
 import bisect
 import builtins
 import calendar
+import fcntl
 import ipaddress
 import itertools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -275,15 +277,22 @@ class SqliteStore:
         self._connections: builtins.list[sqlite3.Connection] = []
         self._closed = False
         self._cache_lock = threading.Lock()
-        # one writer at a time inside this process: threads queue here instead of in SQLite's busy
-        # handler, which sleeps 1..100 ms between retries; other processes still meet busy_timeout
+        # One writer at a time: threads of this process queue on a lock, and processes sharing the file
+        # on an flock of "<db>.lock", instead of in SQLite's busy handler, which sleeps 1..100 ms
+        # between retries (agents sat idle while ADDs took 30+ ms).  busy_timeout still bounds a wait
+        # for a writer that does not take the flock (another tool, a checkpoint).
         self._write_lock = threading.Lock()
+        self._lock_fd: int | None = None
         self._cache: dict[str, _PoolCache] = {}
         self._rendered: dict[str, tuple[str, int, str | None]] = {}  # pool -> (revision, count, text)
         try:
             self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as err:
             raise StoreUnavailable(f"{self._path}: cannot create its directory: {err.strerror}") from err
+        try:
+            self._lock_fd = os.open(f"{self._path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            self._lock_fd = None  # read-only directory: SQLite's own locking alone still works
         try:
             conn = self._connection()
             ensure_schema(conn, self._path)
@@ -313,8 +322,11 @@ class SqliteStore:
         with self._lock:
             self._closed = True
             connections, self._connections = self._connections, []
+            lock_fd, self._lock_fd = self._lock_fd, None
         for conn in connections:
             conn.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -361,7 +373,14 @@ class SqliteStore:
         """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception so a failed call changes nothing."""
         conn = self._connection()
         with self._write_lock:
-            yield from self._write_in(conn)
+            fd = self._lock_fd
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield from self._write_in(conn)
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _write_in(self, conn: sqlite3.Connection) -> Iterator[_Tx]:
         try:
