@@ -715,6 +715,10 @@ class Transport:
             raise self._unreachable(f"cannot talk to the agent: {err.strerror or err}") from None
         finally:
             sock.close()
+        if not chunks:
+            # closed without a byte (the agent stopped or died after reading the request): ADD is
+            # idempotent, so the runtime should simply try again
+            raise self._unreachable("closed the connection without answering")
         return parse_http_response(b"".join(chunks), self.socket_path)
 
 
