@@ -127,6 +127,25 @@ async def test_aggregate_mode_announces_exactly_the_minimal_cover(lab: BgpLab) -
     await asyncio.to_thread(lab.wait_router_routes, lambda r: set(r) == want, what=f"cover {want}")
 
 
+async def test_pool_mode_announces_the_pool_subnets_narrowed_by_export_cidrs(lab: BgpLab) -> None:
+    lab.start_frr()
+    cfg = speaker_config(
+        lab.runtime_dir,
+        advertise="pool",
+        requireHostRoute=False,
+        exportCIDRs=["10.244.0.0/16", "10.9.8.0/24"],
+    )
+    sp = lab.speaker(cfg)
+    await sp.start()
+    await _established(lab)
+    sp.set_pool_subnets([POOL, "10.9.0.0/16", "10.77.0.0/16"])
+    sp.set_pod_ips({"10.244.3.1": POOL, "10.9.8.7": "10.9.0.0/16", "10.77.0.1": "10.77.0.0/16"})
+    want = {POOL, "10.9.8.0/24"}  # 10.9/16 narrowed to its exported /24; 10.77/16 not exported at all
+    await asyncio.to_thread(lab.wait_router_routes, lambda r: set(r) == want, what=f"pool routes {want}")
+    sp.remove_pod_ip("10.9.8.7")  # no pod of that pool left on this node: its subnet is withdrawn
+    await asyncio.to_thread(lab.wait_router_routes, lambda r: set(r) == {POOL}, what="pool withdrawn")
+
+
 def _exabgp_cli(pipename: str, command: str) -> str:
     """What an operator types: ``exabgp-cli --pipename NAME COMMAND`` (FIFOs in /run/exabgp)."""
     res = subprocess.run(
