@@ -144,7 +144,11 @@ def create_netns(name: str) -> Netns:
         raise ValueError(f"namespace {name!r}: lab namespaces must start with {NS_PREFIX!r}")
     netns.create(name)
     ns = Netns(name)
-    set_link(ns, "lo", up=True)
+    try:
+        set_link(ns, "lo", up=True)
+    except BaseException:
+        delete_netns(ns)  # nobody holds it yet: a namespace that failed to come up must not leak
+        raise
     return ns
 
 

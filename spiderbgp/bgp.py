@@ -62,7 +62,7 @@ def build_announcer(
     try:
         bgp = parse_bgp_config(config.bgp, source=config.source)
     except BgpConfigError as exc:
-        raise ConfigError("", "", str(exc)) from None
+        raise ConfigError(exc.source, exc.field, exc.reason) from None
     route_source = NetlinkRouteSource() if bgp.require_host_route else None
     speaker = BgpSpeaker(bgp, route_source=route_source, registry=registry, python=python)
     return SpeakerAnnouncer(speaker, withdraw_on_exit=withdraw_on_exit)
