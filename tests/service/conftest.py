@@ -2,8 +2,8 @@
 creates pools (through admission, as ``spiderbgp apply`` does) and Kubernetes objects (through the
 store, as the lab's kubelet stand-in does).
 
-What only Kubernetes can express (a pod or pool that is terminating: deleted but held by a finalizer)
-runs against the KubeStore on the API emulator in tests/ (``kube_world``)."""
+``kube_world`` runs the same world on the KubeStore and the API emulator in tests/ (both stores keep
+terminating objects: deleted but held by a finalizer)."""
 
 from __future__ import annotations
 

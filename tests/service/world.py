@@ -68,8 +68,8 @@ class World:
         return written
 
     def _terminate(self, kind: str, name: str, namespace: str = "") -> None:
-        """Delete an object held by a finalizer, so it stays, terminating (Kubernetes semantics; the
-        embedded store has no finalizers and removes the object instead)."""
+        """Delete an object held by a finalizer, so it stays, terminating (both stores follow the API
+        server's deletion rules)."""
         obj = self.store.get(kind, name, namespace)
         obj["metadata"]["finalizers"] = [*obj["metadata"].get("finalizers", []), HOLD]
         self.store.update(obj)
@@ -133,7 +133,7 @@ class World:
         self.store.delete("Pod", name, namespace)
 
     def terminate_pod(self, name: str, namespace: str = "default") -> None:
-        """Kubernetes only (needs finalizers): the pod stays, with a deletionTimestamp."""
+        """The pod stays, with a deletionTimestamp (held by a finalizer)."""
         self._terminate("Pod", name, namespace)
 
     def set_phase(
