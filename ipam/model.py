@@ -355,8 +355,30 @@ def encode_controlled_pools(pools: Mapping[str, PreAllocation]) -> str | None:
 # SpiderIPPool
 
 
+class _Ranged:
+    """What SpiderIPPool and SpiderSubnet derive from their ``subnet``, ``ips`` and ``excludeIPs``."""
+
+    subnet: str
+    ips: IntervalSet
+    exclude_ips: IntervalSet
+
+    @cached_property
+    def usable(self) -> IntervalSet:
+        """The addresses that may be handed out: ``ips - excludeIPs`` (reserved IPs not subtracted)."""
+        return self.ips.difference(self.exclude_ips)
+
+    @property
+    def subnet_interval(self) -> Interval:
+        return cidr_interval(self.subnet)
+
+    @property
+    def cidr_label(self) -> str:
+        """The ``ipam.spidernet.io/ippool-cidr`` (or ``subnet-cidr``) label value of the subnet."""
+        return cidr_label_value(canonical_cidr(self.subnet))
+
+
 @dataclass(frozen=True)
-class IPPool:
+class IPPool(_Ranged):
     name: str
     resource_version: str
     uid: str
@@ -380,20 +402,6 @@ class IPPool:
     terminating: bool = False
 
     KIND = "SpiderIPPool"
-
-    @cached_property
-    def usable(self) -> IntervalSet:
-        """The addresses the pool may hand out: ``ips - excludeIPs`` (reserved IPs not subtracted)."""
-        return self.ips.difference(self.exclude_ips)
-
-    @property
-    def subnet_interval(self) -> Interval:
-        return cidr_interval(self.subnet)
-
-    @property
-    def cidr_label(self) -> str:
-        """The ``ipam.spidernet.io/ippool-cidr`` label value of this pool's subnet."""
-        return cidr_label_value(canonical_cidr(self.subnet))
 
     @classmethod
     def from_obj(cls, obj: Mapping[str, Any]) -> IPPool:
@@ -431,7 +439,7 @@ class IPPool:
 
 
 @dataclass(frozen=True)
-class Subnet:
+class Subnet(_Ranged):
     """A SpiderSubnet: the same range fields as a pool, plus the pools it has handed IPs to."""
 
     name: str
@@ -450,18 +458,6 @@ class Subnet:
     controlled_pools: Mapping[str, PreAllocation] = field(default_factory=dict)
 
     KIND = "SpiderSubnet"
-
-    @cached_property
-    def usable(self) -> IntervalSet:
-        return self.ips.difference(self.exclude_ips)
-
-    @property
-    def subnet_interval(self) -> Interval:
-        return cidr_interval(self.subnet)
-
-    @property
-    def cidr_label(self) -> str:
-        return cidr_label_value(canonical_cidr(self.subnet))
 
     @classmethod
     def from_obj(cls, obj: Mapping[str, Any]) -> Subnet:
