@@ -11,7 +11,6 @@ The store is synchronous; the agent calls this service from a thread pool.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -186,7 +185,7 @@ class IpamService:
         self._rand = rand
         self._on_conflict = on_conflict
         self._locks = _Locks()
-        self._parsed: dict[str, tuple[str, IPPool]] = {}
+        self._parsed: dict[str, tuple[tuple[dict[str, Any], Any], IPPool]] = {}
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -298,9 +297,9 @@ class IpamService:
         """Parse a pool, reusing the last parse while nothing but its resourceVersion and status changed
         (every claim bumps the version; parsing ranges on every ADD would cost more than the claim)."""
         meta = obj["metadata"]
-        key = json.dumps(
-            [{k: v for k, v in meta.items() if k != "resourceVersion"}, obj.get("spec")], sort_keys=True
-        )
+        # compared as plain data (dict equality runs in C); the store hands out fresh objects, so the
+        # key kept here is never changed under us
+        key = ({k: v for k, v in meta.items() if k != "resourceVersion"}, obj.get("spec"))
         cached = self._parsed.get(meta["name"])
         if cached is not None and cached[0] == key:
             return replace(cached[1], resource_version=str(meta.get("resourceVersion") or ""))

@@ -178,6 +178,32 @@ class _PoolCache:
     items: builtins.list[int]
 
 
+def _apply_changes(cache: _PoolCache, changes: Sequence[tuple[bool, int]], upto: int) -> None:
+    """Apply record additions (True) and removals (False), in order, to a usage cache now at ``upto``."""
+    items = cache.items
+    tail = items[-1] if items else -1
+    appends: builtins.list[int] = []
+    for added, value in changes:
+        if not added or value <= tail:
+            break
+        appends.append(value)
+        tail = value
+    if len(appends) == len(changes):
+        # views handed out earlier cover only a prefix: appending in place keeps them valid
+        items.extend(appends)
+    else:
+        items = builtins.list(items)
+        for added, value in changes:
+            i = bisect.bisect_left(items, value)
+            present = i < len(items) and items[i] == value
+            if added and not present:
+                items.insert(i, value)
+            elif not added and present:
+                del items[i]
+        cache.items = items
+    cache.revision = upto
+
+
 @dataclass
 class _Tx:
     """One write transaction: its connection and the revisions it hands out."""
@@ -353,6 +379,14 @@ class SqliteStore:
         if isinstance(err, sqlite3.OperationalError):
             return StoreUnavailable(f"{self._path}: cannot use the store database: {text}")
         return StoreUnavailable(f"{self._path}: not a usable SQLite store database: {text}")
+
+    def _fetchall(self, sql: str, params: Sequence[object]) -> builtins.list[Any]:
+        """One SELECT outside an explicit transaction: a single statement already reads one consistent
+        snapshot in WAL mode, so a BEGIN/COMMIT pair around it would only cost two more round trips."""
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as err:
+            raise self._unavailable(err) from err
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -690,16 +724,17 @@ class SqliteStore:
         info = self._info(kind, name)
         if not info.namespaced:
             namespace = ""
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
-                (info.kind, namespace, name),
-            ).fetchone()
+        query = "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?"
+        if not allocated_ips or info.kind != POOL_KIND:
+            rows = self._fetchall(query, (info.kind, namespace, name))
+            if not rows:
+                raise NotFound(info.kind, name, namespace)
+            obj: Obj = json.loads(rows[0][0])  # a stored pool body already carries allocatedIPCount
+            return obj
+        with self._read() as conn:  # the body and its rendered records from one snapshot
+            row = conn.execute(query, (info.kind, namespace, name)).fetchone()
             if row is None:
                 raise NotFound(info.kind, name, namespace)
-            if not allocated_ips:
-                obj: Obj = json.loads(row[0])  # the stored body already carries allocatedIPCount
-                return obj
             return self._output(conn, info, row[0], committed=True)
 
     def list(
@@ -712,24 +747,36 @@ class SqliteStore:
     ) -> builtins.list[Obj]:
         info = self._info(kind)
         wanted = dict(labels or {})
-        with self._read() as conn:
-            if namespace is None or not info.namespaced:
-                rows = conn.execute(
-                    "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name", (info.kind,)
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT body FROM objects WHERE kind = ? AND namespace = ? ORDER BY name",
-                    (info.kind, namespace),
-                ).fetchall()
-            out: builtins.list[Obj] = []
-            for (body,) in rows:
-                obj: Obj = json.loads(body)
+        if namespace is None or not info.namespaced:
+            query: tuple[str, tuple[str, ...]] = (
+                "SELECT body FROM objects WHERE kind = ? ORDER BY namespace, name",
+                (info.kind,),
+            )
+        else:
+            query = (
+                "SELECT body FROM objects WHERE kind = ? AND namespace = ? ORDER BY name",
+                (info.kind, namespace),
+            )
+        if not (allocated_ips and info.kind == POOL_KIND):
+            return self._matching(self._fetchall(*query), wanted)
+        with self._read() as conn:  # the bodies and their rendered records from one snapshot
+            return [
+                self._render_pool(conn, obj)
+                for obj in self._matching(conn.execute(*query).fetchall(), wanted)
+            ]
+
+    @staticmethod
+    def _matching(rows: Sequence[tuple[str]], wanted: Mapping[str, str]) -> builtins.list[Obj]:
+        """The parsed bodies that carry every wanted label."""
+        out: builtins.list[Obj] = []
+        for (body,) in rows:
+            obj: Obj = json.loads(body)
+            if wanted:
                 have = obj["metadata"].get("labels") or {}
-                if all(have.get(k) == v for k, v in wanted.items()):
-                    render = allocated_ips and info.kind == POOL_KIND
-                    out.append(self._render_pool(conn, obj) if render else obj)
-            return out
+                if not all(have.get(k) == v for k, v in wanted.items()):
+                    continue
+            out.append(obj)
+        return out
 
     def update(self, obj: Obj) -> Obj:
         info, namespace, name = self._identify(obj)
@@ -821,6 +868,15 @@ class SqliteStore:
     # ------------------------------------------------------------------ AllocationStore
 
     def usage(self, pool: str) -> PoolUsage:
+        rows = self._fetchall(
+            "SELECT revision FROM objects WHERE kind = ? AND namespace = '' AND name = ?", (POOL_KIND, pool)
+        )
+        if rows:
+            with self._cache_lock:
+                cache = self._cache.get(pool)
+                if cache is not None and cache.revision >= rows[0][0]:
+                    # up to date (this instance's commits keep it so): no log to replay
+                    return PoolUsage(pool, str(cache.revision), _SortedView(cache.items, len(cache.items)))
         with self._read() as conn:
             row = conn.execute(
                 "SELECT o.revision, m.compacted FROM objects AS o, meta AS m "
@@ -861,44 +917,30 @@ class SqliteStore:
         ).fetchall()
         if len(rows) > _REPLAY_LIMIT:
             return False
-        changes = [(bool(added), int.from_bytes(key, "big")) for added, key in rows]
-        items = cache.items
-        tail = items[-1] if items else -1
-        appends: builtins.list[int] = []
-        for added, value in changes:
-            if not added or value <= tail:
-                break
-            appends.append(value)
-            tail = value
-        if len(appends) == len(changes):
-            # views handed out earlier cover only a prefix: appending in place keeps them valid
-            items.extend(appends)
-        else:
-            items = builtins.list(items)
-            for added, value in changes:
-                i = bisect.bisect_left(items, value)
-                present = i < len(items) and items[i] == value
-                if added and not present:
-                    items.insert(i, value)
-                elif not added and present:
-                    del items[i]
-            cache.items = items
-        cache.revision = upto
+        _apply_changes(cache, [(bool(added), int.from_bytes(key, "big")) for added, key in rows], upto)
         return True
 
+    def _advance_caches(self, changes: Mapping[str, tuple[int, int, Sequence[tuple[bool, int]]]]) -> None:
+        """After a commit: bring a pool's usage cache that stood at the pool's revision before the
+        commit to the revision it made, from what the commit changed, so the next ``usage`` of this
+        instance needs no log replay.  A cache at any other revision is left to ``usage``."""
+        with self._cache_lock:
+            for pool, (before, after, applied) in changes.items():
+                cache = self._cache.get(pool)
+                if cache is not None and cache.revision == before:
+                    _apply_changes(cache, applied, after)
+
     def records(self, pool: str) -> builtins.list[IPRecord]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT pool, ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key", (pool,)
-            ).fetchall()
+        rows = self._fetchall(
+            "SELECT pool, ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key", (pool,)
+        )
         return [IPRecord(*row) for row in rows]
 
     def records_of_pod(self, namespace: str, name: str) -> builtins.list[IPRecord]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT pool, ip, pod, pod_uid FROM allocations WHERE pod = ? ORDER BY pool, ip_key",
-                (f"{namespace}/{name}",),
-            ).fetchall()
+        rows = self._fetchall(
+            "SELECT pool, ip, pod, pod_uid FROM allocations WHERE pod = ? ORDER BY pool, ip_key",
+            (f"{namespace}/{name}",),
+        )
         return [IPRecord(*row) for row in rows]
 
     def commit(
@@ -928,6 +970,7 @@ class SqliteStore:
             loaded: dict[str, tuple[int, Obj] | None] = {}  # pool -> (revision before, stored body)
             touched: dict[str, tuple[int, Obj]] = {}  # pool -> (new revision, stored body)
             counts: dict[str, int] = {}
+            applied: dict[str, builtins.list[tuple[bool, int]]] = {}  # pool -> record changes, in order
 
             def stored_pool(pool: str) -> tuple[int, Obj] | None:
                 if pool not in loaded:
@@ -942,6 +985,7 @@ class SqliteStore:
                     return None
                 touched[pool] = (tx.next_revision(), found[1])
                 counts[pool] = 0
+                applied[pool] = []
                 return touched[pool][0]
 
             for claim, _, _ in parsed_claims:
@@ -975,6 +1019,7 @@ class SqliteStore:
                     (rev, release.pool, ip_key(value)),
                 )
                 counts[release.pool] -= 1
+                applied[release.pool].append((False, value))
             for claim, ip, value in parsed_claims:
                 rev = touch(claim.pool)
                 assert rev is not None  # checked above, inside this transaction
@@ -997,6 +1042,7 @@ class SqliteStore:
                     (rev, claim.pool, ip_key(value)),
                 )
                 counts[claim.pool] += 1
+                applied[claim.pool].append((True, value))
             for pool, (rev, body) in touched.items():
                 status = body.setdefault("status", {})
                 status["allocatedIPCount"] = int(status.get("allocatedIPCount", 0)) + counts[pool]
@@ -1021,6 +1067,13 @@ class SqliteStore:
                     self._replace(tx, info, namespace, name, endpoint, status_only=False, found=existing)
             if delete_endpoint is not None:
                 self._release_endpoint(tx, *delete_endpoint)
+        self._advance_caches(
+            {
+                pool: (found[0], touched[pool][0], applied[pool])
+                for pool, found in loaded.items()
+                if found is not None and pool in touched
+            }
+        )
 
     def _release_endpoint(self, tx: _Tx, namespace: str, name: str) -> None:
         """What Spiderpool's agent does once a pod's IPs are released: drop its finalizer from the
