@@ -30,6 +30,7 @@ from ipam.errors import StoreUnavailable
 __all__ = ["SCHEMA_VERSION", "connect", "ensure_schema"]
 
 SCHEMA_VERSION = 1
+WAL_AUTOCHECKPOINT = 8192
 
 _DDL: tuple[str, ...] = (
     """CREATE TABLE meta (
@@ -93,6 +94,9 @@ def connect(path: Path, *, busy_timeout: float, fsync: bool) -> sqlite3.Connecti
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         conn.execute("PRAGMA synchronous = FULL" if fsync else "PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = OFF")
+        # the store checkpoints from a thread of its own (sqlite_store._Checkpointer); this threshold
+        # (pages of WAL) only bounds the file for processes that commit too rarely to trigger that
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
     except BaseException:
         conn.close()
         raise
