@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "ReleaseRequest",
     "Released",
     "RouteSpec",
+    "WouldBlock",
 ]
 
 NETWORK_ANNOTATION = "spiderbgp.io/network"
@@ -124,6 +125,12 @@ class Released:
     node: str = ""
 
 
+class WouldBlock(Exception):
+    """A call made inside ``IpamService.nonblocking()`` would have waited: for a pool lock another
+    thread holds, or for the back-off before a retry.  It raised this before committing anything, so
+    the caller can make the same call again where waiting is fine."""
+
+
 @dataclass
 class _Locks:
     """One lock per pool name; a request takes the locks of all pools it may touch, in sorted order."""
@@ -132,12 +139,15 @@ class _Locks:
     by_pool: dict[str, threading.Lock] = field(default_factory=dict)
 
     @contextmanager
-    def hold(self, pools: Sequence[str]) -> Iterator[None]:
+    def hold(self, pools: Sequence[str], *, wait: float | None = None) -> Iterator[None]:
+        """``wait`` None: as long as it takes; otherwise WouldBlock after that many seconds."""
         with ExitStack() as stack:
             for name in sorted(set(pools)):
                 with self.guard:
                     lock = self.by_pool.setdefault(name, threading.Lock())
-                stack.enter_context(lock)
+                if not lock.acquire(timeout=-1 if wait is None else wait):
+                    raise WouldBlock(f"pool {name} is being allocated from by another thread")
+                stack.callback(lock.release)
             yield
 
 
@@ -185,7 +195,23 @@ class IpamService:
         self._rand = rand
         self._on_conflict = on_conflict
         self._locks = _Locks()
+        self._thread = threading.local()  # .nonblocking: inside nonblocking() on this thread
         self._parsed: dict[str, tuple[tuple[dict[str, Any], Any], IPPool]] = {}
+
+    @contextmanager
+    def nonblocking(self, wait: float = 0.0) -> Iterator[None]:
+        """Calls of this thread inside this block raise WouldBlock instead of waiting more than
+        ``wait`` seconds for a pool lock, or of sleeping before a retry (the store's own writer lock is
+        the store's business)."""
+        before = getattr(self._thread, "nonblocking", None)
+        self._thread.nonblocking = max(0.0, wait)
+        try:
+            yield
+        finally:
+            self._thread.nonblocking = before
+
+    def _hold(self, pools: Sequence[str]) -> AbstractContextManager[None]:
+        return self._locks.hold(pools, wait=getattr(self._thread, "nonblocking", None))
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -211,6 +237,8 @@ class IpamService:
                 self._on_conflict()
                 if tries + 1 == self.settings.conflict_retries:
                     break
+                if getattr(self._thread, "nonblocking", None) is not None:
+                    raise WouldBlock(f"{what}: the store changed; retrying after a back-off") from None
                 self._sleep(delay * (1.0 + 0.1 * self._rand()))
                 delay *= 1.5
         raise AllocationError(
@@ -260,7 +288,7 @@ class IpamService:
                     releases = self._endpoint_records(endpoint)
                     endpoint = None
                 else:
-                    with self._locks.hold(pools):
+                    with self._hold(pools):
                         return self._retrieve(req, pod, top, endpoint, held)
             elif endpoint.uid != pod.uid:
                 # a pod of the same name that is gone (Spiderpool #4916): its IPs go back in this commit
@@ -273,7 +301,7 @@ class IpamService:
                 f"pod {pod.key}: no pool selection for interface {req.nic}", reason="no-pool"
             )
         full: set[str] = set()
-        with self._locks.hold([p for fam in nic.families for p in fam.pools]):
+        with self._hold([p for fam in nic.families for p in fam.pools]):
             while True:
                 try:
                     return self._allocate_new(req, pod, top, sel, nic, endpoint, releases, pools_read, full)
@@ -573,7 +601,7 @@ class IpamService:
             if is_valid_statefulset_pod(req.pod_name, sts):
                 return Released(kept_reason="StatefulSet member: fixed IP kept", node=endpoint.node)
         records = self._endpoint_records(endpoint)
-        with self._locks.hold([r.pool for r in records]):
+        with self._hold([r.pool for r in records]):
             self.store.commit(releases=records, delete_endpoint=(endpoint.namespace, endpoint.name))
         return Released(records=tuple(records), node=endpoint.node)
 

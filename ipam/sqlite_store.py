@@ -53,7 +53,7 @@ from ipam.model import FINALIZER
 from ipam.sqlite_schema import connect, ensure_schema
 from ipam.store import Claim, IPRecord, Obj, PoolUsage, WatchEvent
 
-__all__ = ["SqliteStore", "format_timestamp", "ip_key"]
+__all__ = ["SqliteStore", "WriterBusy", "format_timestamp", "ip_key"]
 
 POOL_KIND = "SpiderIPPool"
 ENDPOINT_KIND = "SpiderEndpoint"
@@ -78,6 +78,11 @@ _RENDER_RECORDS = (
     "SELECT count(*), json_group_object(ip, json_object('pod', pod, 'podUid', pod_uid)) "
     "FROM (SELECT ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key)"
 )
+
+
+class WriterBusy(Exception):
+    """A write inside ``SqliteStore.nonblocking_writes()`` found another writer (a thread of this
+    process, or another process) holding the write lock.  Nothing was written."""
 
 
 def format_timestamp(seconds: float) -> str:
@@ -343,7 +348,7 @@ class SqliteStore:
         self._clock = clock
         self._uid_factory = uid_factory
         self._fsync = fsync
-        self._busy_timeout = busy_timeout
+        self._busy_timeout_s = busy_timeout
         self._history = history
         self._compact_step = max(1, min(1000, history // 10))
         self._poll_interval = poll_interval
@@ -415,7 +420,7 @@ class SqliteStore:
             if self._closed:
                 raise StoreUnavailable(f"{self._path}: the store is closed")
             try:
-                conn = connect(self._path, busy_timeout=self._busy_timeout, fsync=self._fsync)
+                conn = connect(self._path, busy_timeout=self._busy_timeout_s, fsync=self._fsync)
             except sqlite3.Error as err:
                 raise self._unavailable(err) from err
             self._connections.append(conn)
@@ -434,7 +439,7 @@ class SqliteStore:
         if isinstance(err, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
             return StoreUnavailable(
                 f"{self._path}: the store database stayed locked by another writer for more than "
-                f"{self._busy_timeout:g}s"
+                f"{self._busy_timeout_s:g}s"
             )
         if isinstance(err, sqlite3.OperationalError):
             return StoreUnavailable(f"{self._path}: cannot use the store database: {text}")
@@ -463,23 +468,67 @@ class SqliteStore:
             raise self._unavailable(err) from err
 
     @contextmanager
+    def nonblocking_writes(self, wait: float = 0.0) -> Iterator[None]:
+        """Within this block, a write of the calling thread that would wait more than ``wait`` seconds
+        for another writer's lock raises WriterBusy instead (the agent answers short calls on its event
+        loop this way, and hands a call that would wait longer to a thread)."""
+        before = getattr(self._local, "nonblocking", None)
+        self._local.nonblocking = max(0.0, wait)
+        try:
+            yield
+        finally:
+            self._local.nonblocking = before
+
+    @contextmanager
     def _write(self) -> Iterator[_Tx]:
         """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception so a failed call changes nothing."""
         conn = self._connection()
-        with self._write_lock:
+        wait: float | None = getattr(self._local, "nonblocking", None)  # None: wait as long as it takes
+        if not self._write_lock.acquire(timeout=-1 if wait is None else wait):
+            raise WriterBusy(f"{self._path}: another thread of this process is writing")
+        try:
             fd = self._lock_fd
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                if wait is None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                else:
+                    self._flock_within(fd, wait)
             try:
-                yield from self._write_in(conn)
+                yield from self._write_in(conn, wait)
             finally:
                 if fd is not None:
                     fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._write_lock.release()
 
-    def _write_in(self, conn: sqlite3.Connection) -> Iterator[_Tx]:
+    def _flock_within(self, fd: int, wait: float) -> None:
+        """The file lock, polled for at most ``wait`` seconds (flock itself has no timeout)."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WriterBusy(f"{self._path}: another process is writing") from None
+            time.sleep(0.0001)
+
+    def _busy_timeout(self, conn: sqlite3.Connection, seconds: float) -> None:
+        """Set SQLite's busy timeout of this thread's connection (a PRAGMA only when it changes)."""
+        ms = int(seconds * 1000)
+        if getattr(self._local, "busy_ms", None) != ms:
+            conn.execute(f"PRAGMA busy_timeout = {ms}")
+            self._local.busy_ms = ms
+
+    def _write_in(self, conn: sqlite3.Connection, wait: float | None = None) -> Iterator[_Tx]:
+        """The write transaction; ``wait`` (not None) bounds the wait for a writer that does not take
+        our file lock (another tool's BEGIN IMMEDIATE): past it, WriterBusy."""
         try:
+            self._busy_timeout(conn, self._busy_timeout_s if wait is None else wait)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
+            if wait is not None and isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
+                raise WriterBusy(f"{self._path}: another writer holds the database") from None
             raise self._unavailable(err) from err
         try:
             row = conn.execute("SELECT revision, compacted FROM meta").fetchone()

@@ -21,7 +21,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -30,7 +30,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ipam.errors import Gone, IpamError
-from ipam.service import IpamService, IpamSettings
+from ipam.service import IpamService, IpamSettings, WouldBlock
+from ipam.sqlite_store import SqliteStore, WriterBusy
 from ipam.store import Store
 from spiderbgp.cni_endpoint import SocketInUse, make_app, serve, shutdown
 from spiderbgp.config import AgentConfig
@@ -98,6 +99,11 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+# how long a CNI call answered on the event loop may wait for a lock (another process's write takes
+# well under a millisecond) before it is handed to the thread pool instead
+INLINE_WAIT = 0.002
 
 
 class Agent:
@@ -271,6 +277,20 @@ class Agent:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def _inline_calls(self) -> dict[str, Any]:
+        """With the SQLite store, short CNI calls are answered on the event loop (IpamBackend): the
+        service and the store raise instead of waiting, and such a call goes to the thread pool."""
+        store = self.store
+        if not isinstance(store, SqliteStore):
+            return {}
+
+        @contextlib.contextmanager
+        def inline() -> Iterator[None]:
+            with self.service.nonblocking(INLINE_WAIT), store.nonblocking_writes(INLINE_WAIT):
+                yield
+
+        return {"inline": inline, "would_block": (WouldBlock, WriterBusy)}
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def _serve_cni(self, app: web.Application) -> web.AppRunner:
@@ -338,6 +358,7 @@ class Agent:
             executor=self.executor,
             events=NodeIpEvents(added=self._ips_added, removed=self._ips_removed),
             ready=self._ready,
+            **self._inline_calls(),
         )
         runner: web.AppRunner | None = None
         health_runner: web.AppRunner | None = None

@@ -1,8 +1,11 @@
 """The CNI endpoint's backend: socket requests (cni.wire) turned into IpamService calls, and back.
 
-The service is synchronous (it talks to SQLite or the API server), so every call runs in the agent's
-thread pool; the event loop only parses, answers and tells the route announcer what changed on this
-node.  Errors become CNI codes here, in one table.
+The service is synchronous (it talks to SQLite or the API server).  Calls that may take long run in the
+agent's thread pool.  With an ``inline`` context (the agent gives one for the SQLite store) ADD, DEL and
+CHECK are first tried on the event loop itself, where a call that would wait (a lock another thread
+or process holds, a back-off before a retry) raises one of ``would_block`` before writing anything and
+is then made again in the pool: a thread hand-off per request cost more than the call (GIL ping-pong
+around every SQLite statement).  Errors become CNI codes here, in one table.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -87,13 +91,29 @@ class IpamBackend:
         executor: Executor,
         events: NodeIpEvents,
         ready: Callable[[], bool] = lambda: True,
+        inline: Callable[[], AbstractContextManager[object]] | None = None,
+        would_block: tuple[type[Exception], ...] = (),
     ) -> None:
         self.service = service
         self._executor = executor
         self._events = events
         self._ready = ready
+        self._inline = inline
+        self._would_block = would_block
 
-    async def _run(self, fn: Callable[[], T], *, check: bool = False) -> T:
+    async def _run(self, fn: Callable[[], T], *, check: bool = False, inline: bool = False) -> T:
+        """``fn`` in the thread pool; with ``inline`` (a call that commits at most once, at its end)
+        first on the event loop, as long as it does not have to wait."""
+        if inline and self._inline is not None:
+            try:
+                with self._inline():
+                    return fn()
+            except self._would_block:
+                pass  # nothing was written: make the same call where waiting is fine
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise _backend_error(exc, check=check) from None
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         except BackendError:
@@ -118,7 +138,7 @@ class IpamBackend:
             clean_gateway=request.clean_gateway or None,
             network=request.network,
         )
-        allocation = await self._run(lambda: self.service.allocate(req))
+        allocation = await self._run(lambda: self.service.allocate(req), inline=True)
         self._announce(allocation)
         return wire.AddResponse(
             ips=[
@@ -141,7 +161,7 @@ class IpamBackend:
     async def delete(self, request: wire.DelRequest) -> None:
         if not request.pod_namespace or not request.pod_name:
             return  # without K8S_POD_NAMESPACE/NAME nothing can be looked up: left to the IP GC
-        released = await self._run(lambda: self.service.release(self._release_request(request)))
+        released = await self._run(lambda: self.service.release(self._release_request(request)), inline=True)
         if released.records and released.node == self.service.node_name:
             self._events.removed([r.ip for r in released.records])
         elif not released.records:
@@ -155,7 +175,9 @@ class IpamBackend:
 
     async def check(self, request: wire.CheckRequest) -> None:
         expected = [cidr.partition("/")[0] for cidr in request.ips]
-        await self._run(lambda: self.service.check(self._release_request(request), expected), check=True)
+        await self._run(
+            lambda: self.service.check(self._release_request(request), expected), check=True, inline=True
+        )
 
     async def gc(self, request: wire.GcRequest) -> wire.GcResult:
         valid = {(a.container_id, a.if_name) for a in request.valid_attachments}
