@@ -421,10 +421,11 @@ def response_routes(
     pool's routes, the ``ipam.spidernet.io/routes`` entries whose gateway lies in the pool's subnet, then
     the default route via the pool's gateway unless ``clean_gateway``."""
     out = [NicRoute(nic, r.dst, r.gw) for r in pool.routes]
-    subnet = netaddr.IPNetwork(pool.subnet)
-    for route in annotation_routes:
-        if route.version == pool.ip_version and netaddr.IPAddress(route.gw) in subnet:
-            out.append(NicRoute(nic, route.dst, route.gw))
+    if annotation_routes:  # most pods carry none: the subnet is parsed only when there is one to test
+        subnet = netaddr.IPNetwork(pool.subnet)
+        for route in annotation_routes:
+            if route.version == pool.ip_version and netaddr.IPAddress(route.gw) in subnet:
+                out.append(NicRoute(nic, route.dst, route.gw))
     if pool.gateway is not None and not clean_gateway:
         out.append(NicRoute(nic, "0.0.0.0/0" if pool.ip_version == 4 else "::/0", pool.gateway))
     return tuple(out)
