@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -171,6 +172,18 @@ class _Lazy(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._get())
+
+
+def _subnet_of(cidr: str) -> str:
+    """The network of ``address/prefix`` (``10.6.0.5/16`` -> ``10.6.0.0/16``).  IPv4, on every ADD,
+    by integer masking (about 1 us against netaddr's 5 us); IPv6 through netaddr."""
+    ip, _, prefix = cidr.partition("/")
+    bits = int(prefix)
+    if ":" in ip or not 0 <= bits <= 32:
+        return str(netaddr.IPNetwork(cidr).cidr)
+    value = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+    value &= (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
+    return f"{socket.inet_ntop(socket.AF_INET, value.to_bytes(4, 'big'))}/{bits}"
 
 
 def _ip_of(cidr: str | None) -> str | None:
@@ -557,7 +570,7 @@ class IpamService:
             if not pool_name or not cidr:
                 continue
             ip, _, prefix = cidr.partition("/")
-            subnet = str(netaddr.IPNetwork(cidr).cidr)
+            subnet = _subnet_of(cidr)
             ips.append(AllocatedIP(nic.interface, family, ip, int(prefix), subnet, pool_name, gateway))
             if gateway and not nic.clean_gateway:
                 routes.append(RouteSpec(nic.interface, "0.0.0.0/0" if family == 4 else "::/0", gateway))
