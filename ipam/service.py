@@ -210,6 +210,7 @@ class IpamService:
         self._locks = _Locks()
         self._thread = threading.local()  # .nonblocking: inside nonblocking() on this thread
         self._parsed: dict[str, tuple[tuple[dict[str, Any], Any], IPPool]] = {}
+        self._free_cache: dict[str, tuple[IPPool, IntervalSet, IntervalSet]] = {}
 
     @contextmanager
     def nonblocking(self, wait: float = 0.0) -> Iterator[None]:
@@ -334,23 +335,35 @@ class IpamService:
                     out.append(IPRecord(pool=pool, ip=ip, pod=key, pod_uid=endpoint.uid))
         return out
 
-    def _pool(self, obj: Obj) -> IPPool:
-        """Parse a pool, reusing the last parse while nothing but its resourceVersion and status changed
-        (every claim bumps the version; parsing ranges on every ADD would cost more than the claim)."""
+    def _pool(self, obj: Obj) -> tuple[IPPool, str]:
+        """A pool and its current resourceVersion.  The parse is reused while nothing but the version
+        and status changed (every claim bumps the version; parsing ranges on every ADD would cost more
+        than the claim), so the pool's own ``resource_version`` may be older: use the one returned."""
         meta = obj["metadata"]
+        version = str(meta.get("resourceVersion") or "")
         # compared as plain data (dict equality runs in C); the store hands out fresh objects, so the
         # key kept here is never changed under us
         key = ({k: v for k, v in meta.items() if k != "resourceVersion"}, obj.get("spec"))
         cached = self._parsed.get(meta["name"])
         if cached is not None and cached[0] == key:
-            return replace(cached[1], resource_version=str(meta.get("resourceVersion") or ""))
+            return cached[1], version
         pool = IPPool.from_obj(obj)
         self._parsed[meta["name"]] = (key, pool)
-        return pool
+        return pool, version
+
+    def _free(self, pool: IPPool, reserved: IntervalSet) -> IntervalSet:
+        """``free_intervals`` of a pool, reused while the parsed pool (see ``_pool``) and the reserved
+        set are the same."""
+        cached = self._free_cache.get(pool.name)
+        if cached is not None and cached[0] is pool and cached[1] == reserved:
+            return cached[2]
+        free = free_intervals(pool, reserved)
+        self._free_cache[pool.name] = (pool, reserved, free)
+        return free
 
     def _select(
         self, req: AllocateRequest, pod: PodInfo, top: TopController
-    ) -> tuple[selection.Selection, dict[str, IPPool]]:
+    ) -> tuple[selection.Selection, dict[str, tuple[IPPool, str]]]:
         """The candidates, and every pool as read for them (the pick re-reads only a pool that changed).
         The namespace and node are read only if a rule or a pool filter looks at them."""
 
@@ -362,7 +375,8 @@ class IpamService:
             return ((node or {}).get("metadata") or {}).get("labels") or {}
 
         namespace = _Lazy(namespace_meta)
-        pools = [self._pool(o) for o in self.store.list("SpiderIPPool", allocated_ips=False)]
+        read = [self._pool(o) for o in self.store.list("SpiderIPPool", allocated_ips=False)]
+        pools = [p for p, _ in read]
         sel = selection.candidates(
             pod,
             req.nic,
@@ -377,7 +391,7 @@ class IpamService:
             enable_v6=self.settings.enable_ipv6,
             clean_gateway=bool(req.clean_gateway),
         )
-        return sel, {p.name: p for p in pools}
+        return sel, {p.name: (p, version) for p, version in read}
 
     def _still_candidates(
         self, req: AllocateRequest, pod: PodInfo, top: TopController, held: NicAllocation
@@ -403,7 +417,7 @@ class IpamService:
         family: int,
         pod: PodInfo,
         *,
-        known: IPPool | None,
+        known: tuple[IPPool, str] | None,
         held: Sequence[IPRecord],
         reserved: IntervalSet,
     ) -> tuple[IPPool, str, str, bool]:
@@ -413,15 +427,15 @@ class IpamService:
         The pool as read for selection is used when its resourceVersion is still the one ``usage``
         reports; otherwise it is read again (without its records: only spec and version are needed)."""
         usage = self.store.usage(pool_name)
-        pool = known
         for _ in range(3):
-            if pool is not None and pool.resource_version == usage.resource_version:
+            if known is not None and known[1] == usage.resource_version:
                 break
-            pool = self._pool(self.store.get("SpiderIPPool", pool_name, allocated_ips=False))
+            known = self._pool(self.store.get("SpiderIPPool", pool_name, allocated_ips=False))
             usage = self.store.usage(pool_name)
         else:
             raise Conflict(f'SpiderIPPool "{pool_name}" is changing')
-        assert pool is not None
+        assert known is not None
+        pool = known[0]
         if pool.terminating:
             raise AllocationError("terminating")
         if pool.disable:
@@ -430,7 +444,7 @@ class IpamService:
         for record in held:
             if record.pool == pool_name and record.pod_uid == pod.uid:
                 return pool, record.ip, usage.resource_version, True
-        value = lowest_free(free_intervals(pool, reserved), usage.allocated)
+        value = lowest_free(self._free(pool, reserved), usage.allocated)
         if value is None:
             raise AllocationError(_EXHAUSTED)
         return pool, int_to_ip(value, family), usage.resource_version, False
@@ -444,7 +458,7 @@ class IpamService:
         nic: selection.NicCandidates,
         endpoint: Endpoint | None,
         releases: list[IPRecord],
-        pools_read: dict[str, IPPool],
+        pools_read: dict[str, tuple[IPPool, str]],
         full: set[str],
     ) -> Allocation:
         claims: list[Claim] = []
