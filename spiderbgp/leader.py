@@ -280,4 +280,5 @@ class LeaderElector:
                 self._stopped()
                 if cfg.release_on_stop:
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(self._call(self._release, cfg.retry_period))
+                        # as long as a renewal may take: a loaded store still gets the release
+                        await asyncio.shield(self._call(self._release, cfg.renew_deadline))
