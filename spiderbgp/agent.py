@@ -144,7 +144,6 @@ class Agent:
     # -- events from the CNI path and the store ---------------------------------------------------
 
     def _ips_added(self, ips: Mapping[str, str]) -> None:
-        self.metrics.allocations.inc()
         if self.announcer is not None:
             self.announcer.add_pod_ips(ips)
 
@@ -157,6 +156,8 @@ class Agent:
         self.metrics.latency.labels(operation).observe(seconds)
         if code:
             self.metrics.errors.labels(operation).inc()
+        elif operation == "add":
+            self.metrics.allocations.inc()  # every answered ADD, whichever node the pod is on
 
     def _watch_endpoints(self, loop: asyncio.AbstractEventLoop, since: str) -> None:
         """Thread: follow SpiderEndpoints and pools and tell the announcer what changed on this node
