@@ -280,5 +280,6 @@ class LeaderElector:
                 self._stopped()
                 if cfg.release_on_stop:
                     with contextlib.suppress(Exception):
-                        # as long as a renewal may take: a loaded store still gets the release
-                        await asyncio.shield(self._call(self._release, cfg.renew_deadline))
+                        # bounded by one retry period, so a stopping agent never waits long on a
+                        # busy store; a release that does not make it just lets the Lease expire
+                        await asyncio.shield(self._call(self._release, cfg.retry_period))
