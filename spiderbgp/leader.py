@@ -280,6 +280,6 @@ class LeaderElector:
                 self._stopped()
                 if cfg.release_on_stop:
                     with contextlib.suppress(Exception):
-                        # bounded by one retry period, so a stopping agent never waits long on a
-                        # busy store; a release that does not make it just lets the Lease expire
-                        await asyncio.shield(self._call(self._release, cfg.retry_period))
+                        # bounded (one retry period, at least a second) so a stopping agent never
+                        # waits long on a busy store; a release that does not make it lets the Lease expire
+                        await asyncio.shield(self._call(self._release, max(cfg.retry_period, 1.0)))
