@@ -142,6 +142,16 @@ class _Locks:
     @contextmanager
     def hold(self, pools: Sequence[str], *, wait: float | None = None) -> Iterator[None]:
         """``wait`` None: as long as it takes; otherwise WouldBlock after that many seconds."""
+        if len(pools) == 1:  # the usual case, without an ExitStack
+            with self.guard:
+                lock = self.by_pool.setdefault(pools[0], threading.Lock())
+            if not lock.acquire(timeout=-1 if wait is None else wait):
+                raise WouldBlock(f"pool {pools[0]} is being allocated from by another thread")
+            try:
+                yield
+            finally:
+                lock.release()
+            return
         with ExitStack() as stack:
             for name in sorted(set(pools)):
                 with self.guard:

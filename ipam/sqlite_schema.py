@@ -3,8 +3,10 @@
 Tables (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
 
 ``meta``
-    One row: ``revision`` (the global, strictly increasing store revision; every change takes the
-    next one) and ``compacted`` (``events`` and ``allocation_log`` rows at or below it were removed).
+    One row: ``compacted`` (``events`` and ``allocation_log`` rows at or below it were removed) and
+    ``revision``, a floor of the global, strictly increasing store revision (every change takes the
+    next one and writes one event, so the revision is ``max(meta.revision, max(events.revision))``;
+    ``meta.revision`` is written only when events are compacted, to keep commits small).
 ``objects``
     One row per object: (kind, namespace, name) -> revision (= metadata.resourceVersion) and the
     object as JSON.  A SpiderIPPool's JSON never holds ``status.allocatedIPs``: that is rendered from

@@ -34,9 +34,9 @@ import builtins
 import calendar
 import fcntl
 import ipaddress
-import itertools
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -45,8 +45,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
+from ipam.allocator import SortedPrefix
 from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound, StoreUnavailable
 from ipam.kinds import KindInfo, kind_info
 from ipam.model import FINALIZER
@@ -67,6 +68,26 @@ _DELETION_METADATA = ("deletionTimestamp", "deletionGracePeriodSeconds")
 _DERIVED_POOL_STATUS = ("allocatedIPs", "allocatedIPCount")
 # above this many changes since the cached revision, re-read the pool instead of replaying the log
 _REPLAY_LIMIT = 256
+_POOL_STATE = (
+    "SELECT revision, json_extract(body, '$.metadata.deletionTimestamp') IS NOT NULL FROM objects "
+    "WHERE kind = ? AND namespace = '' AND name = ?"
+)
+# a claim's or release's change to its pool: the next revision, as resourceVersion too, and the count
+_POOL_BUMP = (
+    "UPDATE objects SET revision = ?, body = json_set(body, '$.metadata.resourceVersion', ?, "
+    "'$.status.allocatedIPCount', coalesce(json_extract(body, '$.status.allocatedIPCount'), 0) + ?) "
+    "WHERE kind = ? AND namespace = '' AND name = ?"
+)
+_POOL_EVENT = (
+    "INSERT INTO events (revision, kind, namespace, name, type, body) "
+    "SELECT ?, kind, namespace, name, 'MODIFIED', body FROM objects WHERE kind = ? AND namespace = '' AND name = ?"
+)
+# The store's revision is the newest event's (every revision writes exactly one event, in the same
+# transaction); ``meta.revision`` is only brought up to date when events are compacted, so a commit
+# does not rewrite the meta page (one page less in the WAL per write).
+_REVISION_AND_COMPACTED = (
+    "SELECT max(m.revision, coalesce((SELECT max(revision) FROM events), 0)), m.compacted FROM meta AS m"
+)
 # a background checkpoint after this many write transactions of one instance (see _Checkpointer)
 _CHECKPOINT_EVERY = 64
 
@@ -127,56 +148,6 @@ def _grace_pending(meta: Obj) -> bool:
 def ip_key(ip: int) -> bytes:
     """The ordering key stored beside each record: the address as 16 big-endian bytes."""
     return ip.to_bytes(16, "big")
-
-
-class _SortedView(Sequence[int]):
-    """A read-only view of the first ``length`` items of a sorted list the cache owns.
-
-    The cache only ever appends to a list it has handed out (other changes build a new list), so a
-    view stays a consistent snapshot without copying."""
-
-    __slots__ = ("_items", "_length")
-
-    def __init__(self, items: builtins.list[int], length: int) -> None:
-        self._items = items
-        self._length = length
-
-    def __len__(self) -> int:
-        return self._length
-
-    @overload
-    def __getitem__(self, index: int) -> int: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[int]: ...
-
-    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
-        if isinstance(index, slice):
-            return tuple(self._items[: self._length][index])
-        if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
-            raise IndexError("index out of range")
-        return self._items[index]
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(self._items, self._length)
-
-    def __contains__(self, value: object) -> bool:
-        if not isinstance(value, int):
-            return False
-        i = bisect.bisect_left(self._items, value, 0, self._length)
-        return i < self._length and self._items[i] == value
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(other) == self._length and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"_SortedView({builtins.list(self)!r})"
 
 
 @dataclass
@@ -269,6 +240,11 @@ class _Tx:
         self.revision += 1
         return self.revision
 
+    def give_back(self, rev: int) -> None:
+        """Return the revision just taken, unused (every revision must write exactly one event)."""
+        assert rev == self.revision
+        self.revision -= 1
+
     def event(
         self, info: KindInfo, namespace: str, name: str, change: EventType, body: str, rev: int
     ) -> None:
@@ -294,9 +270,13 @@ def _check_version(info: KindInfo, namespace: str, name: str, wanted: object, st
 
 
 def _canonical_ip(text: str, pool: str, field_name: str) -> tuple[str, int]:
+    """The canonical text and integer of an address (IPv4 through inet_pton: 4x cheaper per claim)."""
     try:
+        if isinstance(text, str) and ":" not in text:
+            packed = socket.inet_pton(socket.AF_INET, text)
+            return socket.inet_ntop(socket.AF_INET, packed), int.from_bytes(packed, "big")
         address = ipaddress.ip_address(text)
-    except ValueError:
+    except (OSError, ValueError):
         raise Invalid(POOL_KIND, pool, field_name, f"{text!r} is not an IP address") from None
     return str(address), int(address)
 
@@ -531,17 +511,16 @@ class SqliteStore:
                 raise WriterBusy(f"{self._path}: another writer holds the database") from None
             raise self._unavailable(err) from err
         try:
-            row = conn.execute("SELECT revision, compacted FROM meta").fetchone()
+            row = conn.execute(_REVISION_AND_COMPACTED).fetchone()
             start, compacted = int(row[0]), int(row[1])
             tx = _Tx(conn, start)
             yield tx
             if tx.revision != start:
-                conn.execute("UPDATE meta SET revision = ?", (tx.revision,))
                 horizon = tx.revision - self._history
                 if horizon - compacted >= self._compact_step:
                     conn.execute("DELETE FROM events WHERE revision <= ?", (horizon,))
                     conn.execute("DELETE FROM allocation_log WHERE revision <= ?", (horizon,))
-                    conn.execute("UPDATE meta SET compacted = ?", (horizon,))
+                    conn.execute("UPDATE meta SET revision = ?, compacted = ?", (tx.revision, horizon))
             conn.execute("COMMIT")
             if tx.revision != start:
                 self._checkpointer.committed()
@@ -655,9 +634,11 @@ class SqliteStore:
     # ------------------------------------------------------------------ writes shared by create/update/commit
 
     def _insert(
-        self, tx: _Tx, info: KindInfo, namespace: str, name: str, obj: Obj, *, known_absent: bool = False
-    ) -> str:
-        if not known_absent and self._load(tx.conn, info, namespace, name) is not None:
+        self, tx: _Tx, info: KindInfo, namespace: str, name: str, obj: Obj, *, if_absent: bool = False
+    ) -> str | None:
+        """Insert ``obj``; AlreadyExists if it exists, or with ``if_absent`` None (nothing written:
+        one statement instead of a lookup before the insert)."""
+        if not if_absent and self._load(tx.conn, info, namespace, name) is not None:
             raise AlreadyExists(info.kind, name, namespace)
         # copy only what is changed here (serializing the result below checks the rest is JSON)
         new = _typed(info, obj)
@@ -678,10 +659,16 @@ class SqliteStore:
             _without_derived_status(new)
             new.setdefault("status", {})["allocatedIPCount"] = 0
         body = self._serialize(info, name, new)
-        tx.conn.execute(
-            "INSERT INTO objects (kind, namespace, name, revision, body) VALUES (?, ?, ?, ?, ?)",
+        cursor = tx.conn.execute(
+            "INSERT INTO objects (kind, namespace, name, revision, body) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (info.kind, namespace, name, rev, body),
         )
+        if cursor.rowcount == 0:
+            tx.give_back(rev)
+            if if_absent:
+                return None
+            raise AlreadyExists(info.kind, name, namespace)
         tx.event(info, namespace, name, "ADDED", body, rev)
         return body
 
@@ -831,6 +818,7 @@ class SqliteStore:
         info, namespace, name = self._identify(obj)
         with self._write() as tx:
             body = self._insert(tx, info, namespace, name, obj)
+            assert body is not None  # without if_absent, _insert raises rather than skip
             return self._output(tx.conn, info, body, committed=False)
 
     def get(self, kind: str, name: str, namespace: str = "", *, allocated_ips: bool = True) -> Obj:
@@ -921,7 +909,7 @@ class SqliteStore:
 
     def revision(self) -> str:
         try:
-            row = self._connection().execute("SELECT revision FROM meta").fetchone()
+            row = self._connection().execute(_REVISION_AND_COMPACTED).fetchone()
         except sqlite3.Error as err:
             raise self._unavailable(err) from err
         return str(row[0])
@@ -989,7 +977,7 @@ class SqliteStore:
                 cache = self._cache.get(pool)
                 if cache is not None and cache.revision >= rows[0][0]:
                     # up to date (this instance's commits keep it so): no log to replay
-                    return PoolUsage(pool, str(cache.revision), _SortedView(cache.items, len(cache.items)))
+                    return PoolUsage(pool, str(cache.revision), SortedPrefix(cache.items, len(cache.items)))
         with self._read() as conn:
             row = conn.execute(
                 "SELECT o.revision, m.compacted FROM objects AS o, meta AS m "
@@ -1019,7 +1007,7 @@ class SqliteStore:
                     cache = _PoolCache(pool_rev, items)
                     self._cache[pool] = cache
                 # a cache newer than this snapshot (another thread refreshed it) is just as consistent
-                return PoolUsage(pool, str(cache.revision), _SortedView(cache.items, len(cache.items)))
+                return PoolUsage(pool, str(cache.revision), SortedPrefix(cache.items, len(cache.items)))
 
     def _replay(self, conn: sqlite3.Connection, pool: str, cache: _PoolCache, upto: int) -> bool:
         """Bring ``cache`` to revision ``upto`` from the allocation log; False if a reload is cheaper."""
@@ -1079,34 +1067,35 @@ class SqliteStore:
             if claim.pod.count("/") != 1 or not all(claim.pod.split("/")):
                 raise Invalid(POOL_KIND, claim.pool, "claim pod", f'{claim.pod!r} is not "namespace/name"')
         with self._write() as tx:
-            pool_info = kind_info(POOL_KIND)
-            loaded: dict[str, tuple[int, Obj] | None] = {}  # pool -> (revision before, stored body)
-            touched: dict[str, tuple[int, Obj]] = {}  # pool -> (new revision, stored body)
+            # a pool is read and rewritten in SQL (json_extract / json_set): a claim does not pay for
+            # parsing and re-serializing the pool's body in Python
+            loaded: dict[str, tuple[int, bool] | None] = {}  # pool -> (revision before, terminating)
+            touched: dict[str, int] = {}  # pool -> new revision
             counts: dict[str, int] = {}
             applied: dict[str, builtins.list[tuple[bool, int]]] = {}  # pool -> record changes, in order
 
-            def stored_pool(pool: str) -> tuple[int, Obj] | None:
+            def stored_pool(pool: str) -> tuple[int, bool] | None:
                 if pool not in loaded:
-                    loaded[pool] = self._load(tx.conn, pool_info, "", pool)
+                    row = tx.conn.execute(_POOL_STATE, (POOL_KIND, pool)).fetchone()
+                    loaded[pool] = None if row is None else (int(row[0]), bool(row[1]))
                 return loaded[pool]
 
             def touch(pool: str) -> int | None:
                 if pool in touched:
-                    return touched[pool][0]
-                found = stored_pool(pool)
-                if found is None:
+                    return touched[pool]
+                if stored_pool(pool) is None:
                     return None
-                touched[pool] = (tx.next_revision(), found[1])
+                touched[pool] = tx.next_revision()
                 counts[pool] = 0
                 applied[pool] = []
-                return touched[pool][0]
+                return touched[pool]
 
             for claim, _, _ in parsed_claims:
                 found_pool = stored_pool(claim.pool)
                 if found_pool is None:
                     raise NotFound(POOL_KIND, claim.pool)
                 current = found_pool[0]
-                if found_pool[1]["metadata"].get("deletionTimestamp"):
+                if found_pool[1]:
                     raise Conflict(
                         f'{POOL_KIND} "{claim.pool}": metadata.deletionTimestamp: the pool is terminating; '
                         "no new IPs are allocated from it"
@@ -1156,33 +1145,27 @@ class SqliteStore:
                 )
                 counts[claim.pool] += 1
                 applied[claim.pool].append((True, value))
-            for pool, (rev, body) in touched.items():
-                status = body.setdefault("status", {})
-                status["allocatedIPCount"] = int(status.get("allocatedIPCount", 0)) + counts[pool]
-                body["metadata"]["resourceVersion"] = str(rev)
-                text = _dumps(body)
-                tx.conn.execute(
-                    "UPDATE objects SET revision = ?, body = ? WHERE kind = ? AND namespace = '' AND name = ?",
-                    (rev, text, POOL_KIND, pool),
-                )
-                tx.event(pool_info, "", pool, "MODIFIED", text, rev)
+            for pool, rev in touched.items():
+                tx.conn.execute(_POOL_BUMP, (rev, str(rev), counts[pool], POOL_KIND, pool))
+                tx.conn.execute(_POOL_EVENT, (rev, POOL_KIND, pool))
             if endpoint is not None and endpoint_id is not None:
                 info, namespace, name = endpoint_id
-                existing = self._load(tx.conn, info, namespace, name)
-                if existing is None:
-                    if endpoint.get("metadata", {}).get("resourceVersion") not in (None, ""):
-                        raise Conflict(
-                            f'{ENDPOINT_KIND} "{namespace}/{name}": resourceVersion '
-                            f"{endpoint['metadata']['resourceVersion']} is stale (the object is gone)"
-                        )
-                    self._insert(tx, info, namespace, name, endpoint, known_absent=True)
+                wanted = endpoint.get("metadata", {}).get("resourceVersion")
+                # no resourceVersion: most likely a new endpoint, so try the insert first
+                if wanted in (None, "") and self._insert(tx, info, namespace, name, endpoint, if_absent=True):
+                    pass
+                elif (existing := self._load(tx.conn, info, namespace, name)) is None:
+                    raise Conflict(
+                        f'{ENDPOINT_KIND} "{namespace}/{name}": resourceVersion {wanted} is stale '
+                        "(the object is gone)"
+                    )
                 else:
                     self._replace(tx, info, namespace, name, endpoint, status_only=False, found=existing)
             if delete_endpoint is not None:
                 self._release_endpoint(tx, *delete_endpoint)
         self._advance_caches(
             {
-                pool: (found[0], touched[pool][0], applied[pool])
+                pool: (found[0], touched[pool], applied[pool])
                 for pool, found in loaded.items()
                 if found is not None and pool in touched
             }
