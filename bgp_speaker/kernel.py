@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -74,15 +75,23 @@ class RouteTable:
 
     def __init__(self) -> None:
         self._routes: dict[IPNetwork, dict[tuple[int, str, int], bool]] = {}
-        self._lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        # how many destinations of each prefix length per family, kept as routes come and go, so a
+        # change costs the same with 10 routes as with 10,000 (lookups try only lengths in use)
+        self._lengths: dict[int, Counter[int]] = {4: Counter(), 6: Counter()}
+        self._order: dict[int, list[int]] = {4: [], 6: []}  # the lengths in use, longest first
 
     def __len__(self) -> int:
         return len(self._routes)
 
-    def _reindex(self) -> None:
-        self._lengths = {4: set(), 6: set()}
-        for net in self._routes:
-            self._lengths[net.version].add(net.prefixlen)
+    def _count(self, net: IPNetwork, delta: int) -> None:
+        lengths = self._lengths[net.version]
+        n = lengths[net.prefixlen] + delta
+        if n > 0:
+            lengths[net.prefixlen] = n
+        else:
+            del lengths[net.prefixlen]
+        if n <= 0 or (n == 1 and delta > 0):  # a length came into use or went out of use
+            self._order[net.version] = sorted(lengths, reverse=True)
 
     def apply(self, batch: RouteBatch) -> set[IPNetwork]:
         """Apply a batch; returns the destinations whose entry changed."""
@@ -90,11 +99,14 @@ class RouteTable:
         if batch.reset:
             touched.update(self._routes)
             self._routes.clear()
+            self._lengths = {4: Counter(), 6: Counter()}
+            self._order = {4: [], 6: []}
         for ch in batch.changes:
             entries = self._routes.get(ch.dst)
             if ch.kind == "add":
                 if entries is None:
                     entries = self._routes[ch.dst] = {}
+                    self._count(ch.dst, 1)
                 if entries.get(ch.entry) != ch.direct:
                     entries[ch.entry] = ch.direct
                     touched.add(ch.dst)
@@ -102,14 +114,14 @@ class RouteTable:
                 touched.add(ch.dst)
                 if not entries:
                     del self._routes[ch.dst]
+                    self._count(ch.dst, -1)
         if batch.reset:
             touched.update(self._routes)
-        self._reindex()
         return touched
 
     def lookup(self, ip: IPAddress) -> tuple[IPNetwork, bool] | None:
         """The longest matching route for ``ip`` and whether it is direct."""
-        for plen in sorted(self._lengths[ip.version], reverse=True):
+        for plen in self._order[ip.version]:
             net = ipaddress.ip_network(f"{ip}/{plen}", strict=False)
             entries = self._routes.get(net)
             if entries:

@@ -149,6 +149,15 @@ class BgpSpeaker:
         self._refused: dict[IPAddress, str] = {}
         self._table = RouteTable()
         self._ready: set[IPAddress] = set()
+        self._by_subnet: dict[IPNetwork, set[IPAddress]] = {}  # pod IPs per pool subnet
+        # the host prefixes of eligible, ready IPs (-> pool subnet), kept current input by input, and
+        # those whose membership changed since the last sync: with ``advertise: host`` and no
+        # ``maxPrefixes`` a sync looks only at those, so one new pod costs the same with 10 pods
+        # or 10,000 on the node; ``_full_sync`` asks for a whole comparison instead
+        self._hosts: dict[IPNetwork, IPNetwork] = {}
+        self._dirty: set[IPNetwork] = set()
+        self._full_sync = True
+        self._incremental = config.advertise == "host" and all(p.max_prefixes is None for p in config.peers)
         self._table_loaded = asyncio.Event()
         self._allocated_at: dict[IPAddress, float] = {}
         # ExaBGP side
@@ -185,6 +194,33 @@ class BgpSpeaker:
             self._ready.add(ip)
         else:
             self._ready.discard(ip)
+        self._refresh(ip)
+
+    def _refresh(self, ip: IPAddress) -> None:
+        """Bring ``ip``'s host prefix in ``_hosts`` in line with its eligibility and readiness."""
+        entry = self._eligible.get(ip)
+        if entry is not None and self._is_ready(ip):
+            if self._hosts.get(entry[0]) != entry[1]:
+                self._hosts[entry[0]] = entry[1]
+                self._dirty.add(entry[0])
+        else:
+            host = host_prefix(ip)
+            if self._hosts.pop(host, None) is not None:
+                self._dirty.add(host)
+
+    def _set_pod(self, ip: IPAddress, subnet: IPNetwork) -> None:
+        old = self._pods.get(ip)
+        if old is not None and old != subnet:
+            self._unindex(ip, old)
+        self._pods[ip] = subnet
+        self._by_subnet.setdefault(subnet, set()).add(ip)
+
+    def _unindex(self, ip: IPAddress, subnet: IPNetwork) -> None:
+        ips = self._by_subnet.get(subnet)
+        if ips is not None:
+            ips.discard(ip)
+            if not ips:
+                del self._by_subnet[subnet]
 
     def set_pod_ips(
         self,
@@ -206,7 +242,7 @@ class BgpSpeaker:
             if ip not in self._pods:
                 self._allocated_at[ip] = now
             if self._pods.get(ip) != subnet:
-                self._pods[ip] = subnet
+                self._set_pod(ip, subnet)
                 self._admit(ip, subnet)
         self._update_refused_metric()
         self._changed()
@@ -217,7 +253,7 @@ class BgpSpeaker:
         if self._pods.get(addr) == net:
             return
         self._allocated_at.setdefault(addr, self._clock())
-        self._pods[addr] = net
+        self._set_pod(addr, net)
         self._admit(addr, net)
         self._update_refused_metric()
         self._changed()
@@ -231,11 +267,14 @@ class BgpSpeaker:
             self._changed()
 
     def _forget(self, ip: IPAddress) -> None:
-        self._pods.pop(ip, None)
+        subnet = self._pods.pop(ip, None)
+        if subnet is not None:
+            self._unindex(ip, subnet)
         self._eligible.pop(ip, None)
         self._refused.pop(ip, None)
         self._ready.discard(ip)
         self._allocated_at.pop(ip, None)
+        self._refresh(ip)
 
     def set_pool_subnets(self, subnets: Iterable[IPNetwork | str]) -> None:
         """The subnets of the IP pools: nothing outside them is ever announced."""
@@ -278,10 +317,26 @@ class BgpSpeaker:
             await asyncio.sleep(1.0)
 
     def _recheck_ready(self, touched: set[IPNetwork], *, full: bool) -> bool:
-        if full or any(t.prefixlen < t.max_prefixlen for t in touched):
+        """Re-evaluate the pod IPs a route change can affect: the pod IP of a host route, and the
+        pod IPs inside a wider route (found through their pool subnets, so a link route of another
+        family or range, like a new veth's fe80::/64, costs nothing)."""
+        if full:
             candidates: Iterable[IPAddress] = list(self._pods)
         else:
-            candidates = [t.network_address for t in touched if t.network_address in self._pods]
+            found: set[IPAddress] = set()
+            for t in touched:
+                if t.prefixlen == t.max_prefixlen:
+                    if t.network_address in self._pods:
+                        found.add(t.network_address)
+                    continue
+                for subnet, ips in self._by_subnet.items():
+                    if subnet.version != t.version or not subnet.overlaps(t):
+                        continue
+                    if subnet.subnet_of(t):  # type: ignore[arg-type]
+                        found.update(ips)
+                    else:
+                        found.update(ip for ip in ips if ip in t)
+            candidates = found
         changed = False
         for ip in candidates:
             local = self._table.is_local(ip)
@@ -291,6 +346,7 @@ class BgpSpeaker:
                     self._ready.add(ip)
                 else:
                     self._ready.discard(ip)
+                self._refresh(ip)
         return changed
 
     def _is_ready(self, ip: IPAddress) -> bool:
@@ -300,8 +356,9 @@ class BgpSpeaker:
 
     def desired(self) -> frozenset[IPNetwork]:
         """The prefixes this node should announce right now (before per-peer families and limits)."""
-        hosts = {host: subnet for ip, (host, subnet) in self._eligible.items() if self._is_ready(ip)}
-        return advertised_prefixes(hosts, mode=self.config.advertise, export_cidrs=self.config.export_cidrs)
+        return advertised_prefixes(
+            self._hosts, mode=self.config.advertise, export_cidrs=self.config.export_cidrs
+        )
 
     def _desired_for(self, peer: PeerConfig, desired: frozenset[IPNetwork]) -> set[IPNetwork]:
         fams = set(peer.families)
@@ -392,6 +449,7 @@ class BgpSpeaker:
         self._proc = proc
         self.metrics.exabgp_up.set(1)
         self._announced = {k: set() for k in self._peers}
+        self._full_sync = True
         self._eor_due = set()
         now = self._now()
         for p in self.config.peers:
@@ -502,19 +560,43 @@ class BgpSpeaker:
         return key if key in self._peers else None
 
     def _ops_for_peer(self, peer: PeerConfig, desired: frozenset[IPNetwork]) -> list[tuple[_Op, list[str]]]:
-        key = peer.key
+        """The whole comparison: everything desired against everything announced."""
         want = self._desired_for(peer, desired)
-        plan = plan_peer(want, self._announced[key], limit=peer.max_prefixes)
-        self.metrics.held_back_prefixes.labels(peer=key).set(len(plan.held_back))
+        plan = plan_peer(want, self._announced[peer.key], limit=peer.max_prefixes)
+        self.metrics.held_back_prefixes.labels(peer=peer.key).set(len(plan.held_back))
+        return self._peer_ops(peer, plan.announce, plan.withdraw)
+
+    def _changed_ops_for_peer(
+        self, peer: PeerConfig, dirty: Sequence[IPNetwork]
+    ) -> list[tuple[_Op, list[str]]]:
+        """Only the host prefixes whose membership changed (``advertise: host``, no limit)."""
+        fams = set(peer.families)
+        announced = self._announced[peer.key]
+        new: list[IPNetwork] = []
+        gone: list[IPNetwork] = []
+        for p in dirty:
+            if family_of(p) not in fams:
+                continue
+            if p in self._hosts:
+                if p not in announced:
+                    new.append(p)
+            elif p in announced:
+                gone.append(p)
+        return self._peer_ops(peer, new, gone)
+
+    def _peer_ops(
+        self, peer: PeerConfig, announce: Sequence[IPNetwork], withdraw: Sequence[IPNetwork]
+    ) -> list[tuple[_Op, list[str]]]:
+        key = peer.key
         ops: list[tuple[_Op, list[str]]] = []
         for fam in peer.families:
             attrs = self._attrs.get((key, fam))
             if attrs is None:
                 continue
-            gone = tuple(p for p in plan.withdraw if family_of(p) == fam)
+            gone = tuple(p for p in withdraw if family_of(p) == fam)
             if gone:
                 ops.append((_Op(key, "withdraw", gone), withdraw_commands(key, attrs, gone)))
-            new = tuple(p for p in plan.announce if family_of(p) == fam)
+            new = tuple(p for p in announce if family_of(p) == fam)
             if new:
                 ops.append((_Op(key, "announce", new), announce_commands(key, attrs, new)))
         if key in self._eor_due:  # after the differences above, so the EoR follows the full set
@@ -525,15 +607,27 @@ class BgpSpeaker:
 
     async def _sync(self, proc: ExabgpProcess) -> None:
         self._wake.clear()
-        desired = self.desired()
         ops: list[tuple[_Op, list[str]]] = []
-        for peer in self.config.peers:
-            ops.extend(self._ops_for_peer(peer, desired))
+        if self._incremental and not self._full_sync:
+            dirty = sorted(self._dirty, key=_order)
+            self._dirty.clear()
+            for peer in self.config.peers:
+                ops.extend(self._changed_ops_for_peer(peer, dirty))
+        else:
+            self._full_sync = False
+            self._dirty.clear()
+            desired = self.desired()
+            for peer in self.config.peers:
+                ops.extend(self._ops_for_peer(peer, desired))
         if not ops:
             self._observe_latency()
             return
         lines = [line for _, cmds in ops for line in cmds]
-        results = await proc.send_many(lines)
+        try:
+            results = await proc.send_many(lines)
+        except BaseException:
+            self._full_sync = True  # whatever was not acked is compared again in full
+            raise
         i = 0
         failed = False
         for op, cmds in ops:
@@ -555,20 +649,26 @@ class BgpSpeaker:
         for key, prefixes in self._announced.items():
             self.metrics.announced_prefixes.labels(peer=key).set(len(prefixes))
         self._observe_latency()
-        if failed:  # try again later rather than spinning
+        if failed:  # try again later (in full) rather than spinning
+            self._full_sync = True
             asyncio.get_running_loop().call_later(5.0, self._changed)
 
     def _observe_latency(self) -> None:
         if not self._allocated_at:
             return
-        announced: set[IPNetwork] = set().union(*self._announced.values())
-        wide = [p for p in announced if p.prefixlen < p.max_prefixlen]
+        announced = list(self._announced.values())
+        wide: list[IPNetwork] | None = None  # only aggregate and pool modes announce wider prefixes
         now = self._clock()
         for ip, since in list(self._allocated_at.items()):
             entry = self._eligible.get(ip)
             if entry is None:
                 continue
-            if entry[0] in announced or any(ip in p for p in wide):
+            hit = any(entry[0] in s for s in announced)
+            if not hit and self.config.advertise != "host":
+                if wide is None:
+                    wide = [p for s in announced for p in s if p.prefixlen < p.max_prefixlen]
+                hit = any(ip in p for p in wide)
+            if hit:
                 self.metrics.announce_latency.observe(now - since)
                 del self._allocated_at[ip]
 
@@ -602,6 +702,7 @@ class BgpSpeaker:
                 # a route with the wrong next hop counts as missing: announcing it again replaces it
                 self._announced[key] = actual[key] - wrong[key]
         if repairs:
+            self._full_sync = True
             self.metrics.reconcile_repairs.inc(repairs)
             await self._sync(proc)
         return repairs
