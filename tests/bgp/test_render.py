@@ -84,6 +84,12 @@ def test_rendering_is_outbound_only() -> None:
     assert env["exabgp_api_respawn"] == "false" and env["exabgp_api_ack"] == "true"
 
 
+def test_idle_exabgp_wakes_up_20_times_a_second_not_100() -> None:
+    env = exabgp_environment(pipename="x", cli=False)
+    # ExaBGP's idle poll timeout is reactor.speed / 100 seconds (its default 1.0 is 10 ms)
+    assert float(env["exabgp_reactor_speed"]) / 100 == pytest.approx(0.05)
+
+
 def test_relay_arguments_are_checked() -> None:
     with pytest.raises(ValueError):
         _render("minimal", relay=["/usr/bin/python3", "/path with space/relay.py"])
