@@ -1,12 +1,15 @@
 """The ExaBGP driver: one ExaBGP child process and the command channel to it.
 
 ``ExabgpProcess`` is one *generation*: it listens on a unix socket in the runtime dir, starts ExaBGP
-(which starts our relay, which connects back and says ``hello <token>``), then reads every line
-ExaBGP writes on its own task so the pipe never fills, matches each ``done``/``error`` ack to the one command in flight (output of a ``show`` command comes
-before its ack), and hands session events to a callback.
+(which starts our relay, which connects back, says ``hello <token>`` and hands over ExaBGP's two
+process pipes as file descriptors), then writes commands straight into ExaBGP's API pipe and reads
+every line ExaBGP writes on its own task so the pipe never fills, matches each ``done``/``error``
+ack to the one command in flight (output of a ``show`` command comes before its ack), and hands
+session events to a callback.
 
-The generation is over when ExaBGP exits, the relay's connection closes, or ``stop()`` is called;
-``closed`` is set at once in each case, and every command still waiting fails with ExabgpGone.
+The generation is over when ExaBGP exits, its pipes close, the relay's connection closes (the relay
+died), or ``stop()`` is called; ``closed`` is set at once in each case, and every command still
+waiting fails with ExabgpGone.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import secrets
 import signal
+import socket
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +38,10 @@ log = logging.getLogger(__name__)
 Event = StateEvent | ShutdownEvent
 _PR_SET_PDEATHSIG = 1
 READ_LIMIT = 4 * 1024 * 1024
+# ExaBGP writes to its helper with blocking writes: a pipe of 1 MiB (64 KiB by default) absorbs a
+# large ``show`` answer while the agent's event loop is busy, without stalling ExaBGP's reactor
+PIPE_SIZE = 1024 * 1024
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class ExabgpError(RuntimeError):
@@ -90,11 +99,11 @@ class ExabgpProcess:
         self._on_event = on_event
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._sentinel: socket.socket | None = None  # the relay's connection; it closes when the relay dies
         self._pending: deque[_Pending] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = asyncio.Event()
         self.close_reason = ""
-        self._connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -106,28 +115,68 @@ class ExabgpProcess:
 
     # ---- start -------------------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handshake(self, conn: socket.socket) -> tuple[int, int] | None:
+        """Read the relay's hello and the two pipe descriptors it passes; None if it is not ours."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        loop.add_reader(conn.fileno(), readable)
         try:
-            hello = await asyncio.wait_for(reader.readline(), 5.0)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-            writer.close()
-            return
-        fut = self._connected
-        if hello.decode("ascii", "replace").strip() != f"hello {self.token}" or fut is None or fut.done():
+            await asyncio.wait_for(fut, 5.0)
+        except TimeoutError:
+            return None
+        finally:
+            loop.remove_reader(conn.fileno())
+        try:
+            msg, fds, _, _ = socket.recv_fds(conn, 256, 2)
+        except OSError:
+            return None
+        if msg.decode("ascii", "replace").strip() != f"hello {self.token}" or len(fds) != 2:
             log.warning("ExaBGP relay: refused a connection with an unknown token")
-            writer.close()
-            return
-        fut.set_result((reader, writer))
+            for fd in fds:
+                os.close(fd)
+            return None
+        return fds[0], fds[1]
+
+    async def _accept(self, listener: socket.socket) -> tuple[socket.socket, int, int]:
+        """The first connection that says our token: (its socket, ExaBGP's output, ExaBGP's input)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            conn.setblocking(False)
+            got = await self._handshake(conn)
+            if got is not None:
+                return conn, got[0], got[1]
+            conn.close()
+
+    async def _open_pipes(self, out_fd: int, in_fd: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        loop = asyncio.get_running_loop()
+        for fd in (out_fd, in_fd):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        reader = asyncio.StreamReader(limit=READ_LIMIT)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(out_fd, "rb", 0))
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(in_fd, "wb", 0)
+        )
+        return reader, asyncio.StreamWriter(transport, protocol, None, loop)
 
     async def start(self, *, timeout: float = 15.0) -> None:
-        """Start ExaBGP and wait until its relay is connected; ExabgpError if it is not."""
-        loop = asyncio.get_running_loop()
-        self._connected = loop.create_future()
+        """Start ExaBGP and wait until its relay has handed over the pipes; ExabgpError if not."""
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        server = await asyncio.start_unix_server(self._accept, path=str(self.socket_path), limit=READ_LIMIT)
-        os.chmod(self.socket_path, 0o600)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.setblocking(False)
+        accepted: asyncio.Task[tuple[socket.socket, int, int]] | None = None
         try:
+            listener.bind(str(self.socket_path))
+            os.chmod(self.socket_path, 0o600)
+            listener.listen(4)
+            accepted = asyncio.ensure_future(self._accept(listener))
             self._rotate_log()
             with open(self.log_path, "ab") as logf:
                 os.chmod(self.log_path, 0o600)
@@ -142,24 +191,29 @@ class ExabgpProcess:
                     start_new_session=True,
                 )
             exited: asyncio.Future[Any] = asyncio.ensure_future(self._proc.wait())
-            connected: asyncio.Future[Any] = self._connected
             done, _ = await asyncio.wait(
-                {connected, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {accepted, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
-            if connected not in done:
-                exited.cancel()
+            exited.cancel()
+            if accepted not in done:
                 await self._kill()
                 why = "exited" if exited in done else f"did not connect within {timeout:.0f}s"
                 raise ExabgpError(f"ExaBGP {why}: {self.log_tail() or 'no output'}")
-            exited.cancel()
+            conn, out_fd, in_fd = accepted.result()
         finally:
-            server.close()
+            if accepted is not None and not accepted.done():
+                accepted.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await accepted
+            listener.close()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
-        reader, self._writer = self._connected.result()
+        self._sentinel = conn
+        reader, self._writer = await self._open_pipes(out_fd, in_fd)
         self._tasks = [
             asyncio.create_task(self._read(reader), name="exabgp-reader"),
             asyncio.create_task(self._watch_exit(), name="exabgp-exit"),
+            asyncio.create_task(self._watch_relay(conn), name="exabgp-relay"),
         ]
 
     def _rotate_log(self) -> None:
@@ -188,6 +242,13 @@ class ExabgpProcess:
         if self._writer is not None:
             self._writer.close()
 
+    async def _watch_relay(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            while await loop.sock_recv(conn, 64):
+                pass
+        self._close("the relay exited")
+
     async def _watch_exit(self) -> None:
         assert self._proc is not None
         code = await self._proc.wait()
@@ -201,9 +262,9 @@ class ExabgpProcess:
                     break
                 self._dispatch(raw.decode("utf-8", "replace"))
         except (ConnectionError, ValueError) as exc:  # ValueError: a line beyond READ_LIMIT
-            self._close(f"relay connection failed: {exc}")
+            self._close(f"ExaBGP's API pipe failed: {exc}")
             return
-        self._close("relay connection closed")
+        self._close("ExaBGP closed its API pipe")
 
     def _dispatch(self, line: str) -> None:
         if not line.strip():
@@ -245,7 +306,7 @@ class ExabgpProcess:
         try:
             await self._writer.drain()
         except ConnectionError as exc:
-            self._close(f"relay connection failed: {exc}")
+            self._close(f"ExaBGP's API pipe failed: {exc}")
         return await fut
 
     # ---- stop ----------------------------------------------------------------------------------
@@ -273,6 +334,9 @@ class ExabgpProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        if self._sentinel is not None:  # once no task waits on it; the relay exits when it closes
+            self._sentinel.close()
+            self._sentinel = None
 
     def kill_now(self) -> None:
         """SIGKILL ExaBGP (tests and the restart path use it to model a crash)."""

@@ -127,9 +127,48 @@ async def test_exabgp_death_is_noticed_at_once(exa: tuple[ExabgpProcess, list[Ev
     assert proc.pid is not None
     os.kill(proc.pid, signal.SIGKILL)
     await asyncio.wait_for(proc.closed.wait(), 1.0)
-    assert "ExaBGP exited" in proc.close_reason or "relay" in proc.close_reason
+    assert "ExaBGP exited" in proc.close_reason or "API pipe" in proc.close_reason
     with pytest.raises(ExabgpGone):
         await proc.send(SHOW_ADJ_RIB_OUT)
+
+
+def _relay_pid(exabgp_pid: int) -> int:
+    kids = Path(f"/proc/{exabgp_pid}/task/{exabgp_pid}/children").read_text().split()
+    assert len(kids) == 1, kids
+    return int(kids[0])
+
+
+async def test_commands_go_straight_into_exabgps_pipe_and_the_relay_holds_no_copy(
+    exa: tuple[ExabgpProcess, list[Event]],
+) -> None:
+    proc, _ = exa
+    assert proc.pid is not None
+    relay = _relay_pid(proc.pid)
+    # the relay handed both pipe ends over: its stdin and stdout are /dev/null now
+    assert os.readlink(f"/proc/{relay}/fd/0") == os.devnull == os.readlink(f"/proc/{relay}/fd/1")
+    result = await proc.send(f"neighbor {PEER} announce route 10.244.9.9/32 next-hop 192.0.2.11")
+    assert result.ok
+
+
+async def test_a_dead_relay_ends_the_generation(exa: tuple[ExabgpProcess, list[Event]]) -> None:
+    proc, _ = exa
+    assert proc.pid is not None
+    os.kill(_relay_pid(proc.pid), signal.SIGKILL)
+    await asyncio.wait_for(proc.closed.wait(), 2.0)
+    assert proc.close_reason == "the relay exited"
+    with pytest.raises(ExabgpGone):
+        await proc.send(SHOW_ADJ_RIB_OUT)
+
+
+async def test_a_stopped_generation_leaves_no_relay(exa: tuple[ExabgpProcess, list[Event]]) -> None:
+    proc, _ = exa
+    assert proc.pid is not None
+    relay = _relay_pid(proc.pid)
+    await proc.stop()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{relay}").exists() and Path(f"/proc/{relay}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "relay still running"
+        await asyncio.sleep(0.05)
 
 
 async def test_a_broken_config_fails_start_with_one_line(solo: tuple[Netns, Path]) -> None:
