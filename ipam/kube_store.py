@@ -427,6 +427,10 @@ class KubeStore:
         doc = self.api.request("GET", kind_info("Namespace"), query=[("limit", "1")])
         return str((doc.get("metadata") or {}).get("resourceVersion") or "0")
 
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """A no-op: reads come from informer caches or one API request each."""
+        return contextlib.nullcontext()
+
     def watch(self, kinds: Sequence[str], since: str, *, timeout: float) -> Iterator[WatchEvent]:
         infos = [kind_info(k) for k in kinds]
         # Open every stream now, so a stale ``since`` raises Gone here, as the embedded store does.

@@ -298,34 +298,39 @@ class IpamService:
         return result
 
     def _allocate_once(self, req: AllocateRequest, pod: PodInfo, top: TopController) -> Allocation:
-        endpoint = self._endpoint(pod.namespace, pod.name)
-        static = (
-            self.settings.enable_statefulset and top.kind == "StatefulSet" and top.api_version == "apps/v1"
-        )
-        releases: list[IPRecord] = []
-        if endpoint is not None:
-            held = endpoint.nic(req.nic)
-            if held is not None and (endpoint.uid == pod.uid or static):
-                pools = [p for n in endpoint.ips for p in (n.ipv4_pool, n.ipv6_pool) if p]
-                if static and not self._still_candidates(req, pod, top, held):
-                    # the StatefulSet's pool choice changed (Spiderpool #3543): give the old IPs back
+        """One attempt.  Reads before the pool lock share one store snapshot, reads after it another
+        (fresh once the lock is held, so a commit of another thread of this process is seen)."""
+        with self.store.snapshot():
+            endpoint = self._endpoint(pod.namespace, pod.name)
+            static = (
+                self.settings.enable_statefulset
+                and top.kind == "StatefulSet"
+                and top.api_version == "apps/v1"
+            )
+            releases: list[IPRecord] = []
+            if endpoint is not None:
+                held = endpoint.nic(req.nic)
+                if held is not None and (endpoint.uid == pod.uid or static):
+                    pools = [p for n in endpoint.ips for p in (n.ipv4_pool, n.ipv6_pool) if p]
+                    if static and not self._still_candidates(req, pod, top, held):
+                        # the StatefulSet's pool choice changed (Spiderpool #3543): give the old IPs back
+                        releases = self._endpoint_records(endpoint)
+                        endpoint = None
+                    else:
+                        with self._hold(pools):
+                            return self._retrieve(req, pod, top, endpoint, held)
+                elif endpoint.uid != pod.uid:
+                    # a pod of the same name that is gone (Spiderpool #4916): its IPs go back in this commit
                     releases = self._endpoint_records(endpoint)
                     endpoint = None
-                else:
-                    with self._hold(pools):
-                        return self._retrieve(req, pod, top, endpoint, held)
-            elif endpoint.uid != pod.uid:
-                # a pod of the same name that is gone (Spiderpool #4916): its IPs go back in this commit
-                releases = self._endpoint_records(endpoint)
-                endpoint = None
-        sel, pools_read = self._select(req, pod, top)
+            sel, pools_read = self._select(req, pod, top)
         nic = sel.nic(req.nic)
         if nic is None:
             raise AllocationError(
                 f"pod {pod.key}: no pool selection for interface {req.nic}", reason="no-pool"
             )
         full: set[str] = set()
-        with self._hold([p for fam in nic.families for p in fam.pools]):
+        with self._hold([p for fam in nic.families for p in fam.pools]), self.store.snapshot():
             while True:
                 try:
                     return self._allocate_new(req, pod, top, sel, nic, endpoint, releases, pools_read, full)

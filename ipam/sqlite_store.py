@@ -36,11 +36,11 @@ import fcntl
 import ipaddress
 import json
 import os
+import random
 import socket
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -104,6 +104,16 @@ _RENDER_RECORDS = (
 class WriterBusy(Exception):
     """A write inside ``SqliteStore.nonblocking_writes()`` found another writer (a thread of this
     process, or another process) holding the write lock.  Nothing was written."""
+
+
+def random_uid() -> str:
+    """A random (version 4) UUID as Kubernetes gives objects, from the ``random`` module's generator
+    (seeded from the OS, re-seeded in a forked child) instead of a ``getrandom`` call per object."""
+    value = random.getrandbits(128)
+    value = (value & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
+    value = (value & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def format_timestamp(seconds: float) -> str:
@@ -313,7 +323,7 @@ class SqliteStore:
         path: str | Path,
         *,
         clock: Callable[[], float] = time.time,
-        uid_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
+        uid_factory: Callable[[], str] = random_uid,
         fsync: bool = False,
         busy_timeout: float = 10.0,
         history: int = 100_000,
@@ -434,9 +444,31 @@ class SqliteStore:
             raise self._unavailable(err) from err
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A consistent snapshot for several SELECTs."""
+    def snapshot(self) -> Iterator[None]:
+        """Reads of this thread inside share one read transaction (``ipam.store``): SQLite then takes
+        its file locks once, not around every statement.  ``_write_in`` ends it before a write."""
         conn = self._connection()
+        if conn.in_transaction:
+            yield  # joins the enclosing snapshot
+            return
+        try:
+            conn.execute("BEGIN")
+        except sqlite3.Error as err:
+            raise self._unavailable(err) from err
+        try:
+            yield
+        finally:
+            if conn.in_transaction:  # not ended by a write
+                with suppress(sqlite3.Error):
+                    conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several SELECTs (inside ``snapshot()``: that one)."""
+        conn = self._connection()
+        if conn.in_transaction:
+            yield conn
+            return
         try:
             conn.execute("BEGIN")
             try:
@@ -504,6 +536,8 @@ class SqliteStore:
         """The write transaction; ``wait`` (not None) bounds the wait for a writer that does not take
         our file lock (another tool's BEGIN IMMEDIATE): past it, WriterBusy."""
         try:
+            if conn.in_transaction:
+                conn.execute("COMMIT")  # a write ends this thread's read snapshot (``snapshot()``)
             self._busy_timeout(conn, self._busy_timeout_s if wait is None else wait)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:

@@ -48,6 +48,7 @@ by ``get``/``list`` always reflect the records.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -152,6 +153,12 @@ class ObjectStore(Protocol):
 
     def revision(self) -> str:
         """The store's current revision: a list taken now, then ``watch(since=revision)``, misses nothing."""
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Reads of the calling thread inside this block may share one consistent snapshot (the
+        embedded store takes its read locks once instead of per statement).  A write inside the block
+        ends the snapshot: the write, and reads after it, see the current state.  Nested blocks join
+        the outer one.  A backend that reads from a cache may return a no-op."""
 
     def watch(self, kinds: Sequence[str], since: str, *, timeout: float) -> Iterator[WatchEvent]:
         """Changes to objects of these kinds after revision ``since``, in order, until ``timeout``
