@@ -3,23 +3,28 @@
 Tables (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
 
 ``meta``
-    One row: ``compacted`` (``events`` and ``allocation_log`` rows at or below it were removed) and
+    One row: ``compacted`` (``events`` rows at or below it were removed) and
     ``revision``, a floor of the global, strictly increasing store revision (every change takes the
     next one and writes one event, so the revision is ``max(meta.revision, max(events.revision))``;
     ``meta.revision`` is written only when events are compacted, to keep commits small).
 ``objects``
-    One row per object: (kind, namespace, name) -> revision (= metadata.resourceVersion) and the
-    object as JSON.  A SpiderIPPool's JSON never holds ``status.allocatedIPs``: that is rendered from
-    ``allocations`` when the pool is read.
+    One row per object: (kind, namespace, name), unique -> revision (= metadata.resourceVersion) and
+    the object as JSON.  A SpiderIPPool's JSON never holds ``status.allocatedIPs``: that is rendered
+    from ``allocations`` when the pool is read.  A rowid table with a unique index, not a WITHOUT
+    ROWID table: bodies of a few hundred bytes inserted in name order split its pages on most inserts.
 ``events``
     The watch history: one row per revision (type ADDED/MODIFIED/DELETED and the object at that
-    revision), appended in the same transaction as the change it describes.
+    revision), appended in the same transaction as the change it describes.  A SpiderIPPool event
+    whose change added or removed records lists them in ``changes`` (``+N`` / ``-N``, N the address
+    as an integer, comma-separated, in order): what a per-pool usage cache replays instead of
+    re-reading a whole pool.
 ``allocations``
-    One row per allocated IP (canonical text, unique across pools, so the database itself refuses a
-    second owner), its pool, a 16-byte big-endian integer key for ordering, the pod and its UID.
-``allocation_log``
-    Row additions (added=1) and removals (added=0) of ``allocations`` by revision: what the per-pool
-    usage caches replay instead of re-reading a whole pool.
+    One row per allocated IP, keyed by the address as a 16-byte big-endian integer (unique across
+    pools, so the database itself refuses a second owner; in address order, so consecutive claims
+    append), with its canonical text, pool, pod and pod UID.
+
+Version 1 kept (kind, namespace, name) as a WITHOUT ROWID key, allocations keyed by the address text
+and a separate ``allocation_log`` table; ``ensure_schema`` migrates such a file in place.
 """
 
 from __future__ import annotations
@@ -31,8 +36,30 @@ from ipam.errors import StoreUnavailable
 
 __all__ = ["SCHEMA_VERSION", "connect", "ensure_schema"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WAL_AUTOCHECKPOINT = 8192
+
+_OBJECTS = """CREATE TABLE objects (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (kind, namespace, name)
+    )"""
+_ALLOCATIONS = """CREATE TABLE allocations (
+        ip_key BLOB NOT NULL PRIMARY KEY,
+        ip TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        pod TEXT NOT NULL,
+        pod_uid TEXT NOT NULL,
+        revision INTEGER NOT NULL
+    ) WITHOUT ROWID"""
+_ALLOCATION_INDEXES = (
+    "CREATE INDEX allocations_by_pool ON allocations (pool, ip_key)",
+    "CREATE INDEX allocations_by_pod ON allocations (pod)",
+)
 
 _DDL: tuple[str, ...] = (
     """CREATE TABLE meta (
@@ -41,39 +68,42 @@ _DDL: tuple[str, ...] = (
         compacted INTEGER NOT NULL
     )""",
     "INSERT INTO meta (id, revision, compacted) VALUES (1, 0, 0)",
-    """CREATE TABLE objects (
-        kind TEXT NOT NULL,
-        namespace TEXT NOT NULL,
-        name TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        body TEXT NOT NULL,
-        PRIMARY KEY (kind, namespace, name)
-    ) WITHOUT ROWID""",
+    _OBJECTS,
     """CREATE TABLE events (
         revision INTEGER PRIMARY KEY,
         kind TEXT NOT NULL,
         namespace TEXT NOT NULL,
         name TEXT NOT NULL,
         type TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
-        body TEXT NOT NULL
+        body TEXT NOT NULL,
+        changes TEXT
     )""",
-    """CREATE TABLE allocations (
-        ip TEXT NOT NULL PRIMARY KEY,
-        pool TEXT NOT NULL,
-        ip_key BLOB NOT NULL,
-        pod TEXT NOT NULL,
-        pod_uid TEXT NOT NULL,
-        revision INTEGER NOT NULL
-    ) WITHOUT ROWID""",
-    "CREATE INDEX allocations_by_pool ON allocations (pool, ip_key)",
-    "CREATE INDEX allocations_by_pod ON allocations (pod)",
-    """CREATE TABLE allocation_log (
-        revision INTEGER NOT NULL,
-        pool TEXT NOT NULL,
-        added INTEGER NOT NULL CHECK (added IN (0, 1)),
-        ip_key BLOB NOT NULL
-    )""",
-    "CREATE INDEX allocation_log_by_pool ON allocation_log (pool, revision)",
+    _ALLOCATIONS,
+    *_ALLOCATION_INDEXES,
+)
+
+# version 1 -> 2, inside the schema transaction.  The revision stays; everything before it counts as
+# compacted, because version 1 kept record changes elsewhere: a usage cache or a watch from before
+# the migration reloads or lists again (Gone), as after any compaction.
+_MIGRATE_1_TO_2: tuple[str, ...] = (
+    "UPDATE meta SET revision = max(revision, coalesce((SELECT max(revision) FROM events), 0))",
+    "UPDATE meta SET compacted = revision",
+    "DELETE FROM events",
+    "ALTER TABLE objects RENAME TO objects_v1",
+    _OBJECTS,
+    "INSERT INTO objects (kind, namespace, name, revision, body) "
+    "SELECT kind, namespace, name, revision, body FROM objects_v1 ORDER BY kind, namespace, name",
+    "DROP TABLE objects_v1",
+    "ALTER TABLE events ADD COLUMN changes TEXT",
+    "ALTER TABLE allocations RENAME TO allocations_v1",
+    "DROP INDEX allocations_by_pool",
+    "DROP INDEX allocations_by_pod",
+    _ALLOCATIONS,
+    "INSERT INTO allocations (ip_key, ip, pool, pod, pod_uid, revision) "
+    "SELECT ip_key, ip, pool, pod, pod_uid, revision FROM allocations_v1 ORDER BY ip_key",
+    "DROP TABLE allocations_v1",
+    *_ALLOCATION_INDEXES,
+    "DROP TABLE allocation_log",
 )
 
 
@@ -118,6 +148,10 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
         version = _version(conn)
         if version == 0:
             for statement in _DDL:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version == 1:
+            for statement in _MIGRATE_1_TO_2:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:

@@ -11,9 +11,10 @@
   survives power loss (one fsync per commit).
 - One global revision counter; every change takes the next revision, which becomes the object's
   ``metadata.resourceVersion`` and the revision of its watch event (same transaction).
-- Allocation records are rows (one per IP, ``UNIQUE``), never a rewritten list: a claim costs
-  O(log n).  ``usage()`` keeps a per-pool sorted list in this instance and brings it up to date from
-  the allocation log, so it costs O(changes since the last call).
+- Allocation records are rows (one per IP, keyed by the address), never a rewritten list: a claim
+  costs O(log n).  ``usage()`` keeps a per-pool sorted list in this instance and brings it up to date
+  from the record changes listed on the pool's watch events, so it costs O(changes since the last
+  call).  A claim bumps the pool's resourceVersion and count with ``json_set`` in SQL.
 - A SpiderIPPool read with ``get``/``list`` (and returned by ``create``/``update``/``update_status``)
   carries ``status.allocatedIPs`` in Spiderpool's JSON-string format and ``status.allocatedIPCount``,
   both from the rows.  Watch events of SpiderIPPool carry ``allocatedIPCount`` but NOT
@@ -68,6 +69,7 @@ _DELETION_METADATA = ("deletionTimestamp", "deletionGracePeriodSeconds")
 _DERIVED_POOL_STATUS = ("allocatedIPs", "allocatedIPCount")
 # above this many changes since the cached revision, re-read the pool instead of replaying the log
 _REPLAY_LIMIT = 256
+_REPLAY_SCAN_LIMIT = 4096  # revisions of events a replay may scan
 _POOL_STATE = (
     "SELECT revision, json_extract(body, '$.metadata.deletionTimestamp') IS NOT NULL FROM objects "
     "WHERE kind = ? AND namespace = '' AND name = ?"
@@ -79,8 +81,9 @@ _POOL_BUMP = (
     "WHERE kind = ? AND namespace = '' AND name = ?"
 )
 _POOL_EVENT = (
-    "INSERT INTO events (revision, kind, namespace, name, type, body) "
-    "SELECT ?, kind, namespace, name, 'MODIFIED', body FROM objects WHERE kind = ? AND namespace = '' AND name = ?"
+    "INSERT INTO events (revision, kind, namespace, name, type, body, changes) "
+    "SELECT ?, kind, namespace, name, 'MODIFIED', body, ? FROM objects "
+    "WHERE kind = ? AND namespace = '' AND name = ?"
 )
 # The store's revision is the newest event's (every revision writes exactly one event, in the same
 # transaction); ``meta.revision`` is only brought up to date when events are compacted, so a commit
@@ -553,7 +556,6 @@ class SqliteStore:
                 horizon = tx.revision - self._history
                 if horizon - compacted >= self._compact_step:
                     conn.execute("DELETE FROM events WHERE revision <= ?", (horizon,))
-                    conn.execute("DELETE FROM allocation_log WHERE revision <= ?", (horizon,))
                     conn.execute("UPDATE meta SET revision = ?, compacted = ?", (tx.revision, horizon))
             conn.execute("COMMIT")
             if tx.revision != start:
@@ -791,12 +793,8 @@ class SqliteStore:
             "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", (info.kind, namespace, name)
         )
         if info.kind == POOL_KIND:
-            # the records belong to the pool (as status.allocatedIPs does in Kubernetes)
-            tx.conn.execute(
-                "INSERT INTO allocation_log (revision, pool, added, ip_key) "
-                "SELECT ?, pool, 0, ip_key FROM allocations WHERE pool = ? ORDER BY ip_key",
-                (rev, name),
-            )
+            # the records belong to the pool (as status.allocatedIPs does in Kubernetes); a usage
+            # cache never replays across a pool's DELETED event
             tx.conn.execute("DELETE FROM allocations WHERE pool = ?", (name,))
             last.setdefault("status", {})["allocatedIPCount"] = 0
         body = _dumps(last)
@@ -1044,15 +1042,25 @@ class SqliteStore:
                 return PoolUsage(pool, str(cache.revision), SortedPrefix(cache.items, len(cache.items)))
 
     def _replay(self, conn: sqlite3.Connection, pool: str, cache: _PoolCache, upto: int) -> bool:
-        """Bring ``cache`` to revision ``upto`` from the allocation log; False if a reload is cheaper."""
-        rows = conn.execute(
-            "SELECT added, ip_key FROM allocation_log WHERE pool = ? AND revision > ? AND revision <= ? "
-            "ORDER BY revision, rowid LIMIT ?",
-            (pool, cache.revision, upto, _REPLAY_LIMIT + 1),
-        ).fetchall()
-        if len(rows) > _REPLAY_LIMIT:
+        """Bring ``cache`` to revision ``upto`` from the pool's events (their ``changes``); False if a
+        reload is cheaper (too many revisions to scan or changes to apply) or needed (the pool was
+        deleted and created again)."""
+        if upto - cache.revision > _REPLAY_SCAN_LIMIT:
             return False
-        _apply_changes(cache, [(bool(added), int.from_bytes(key, "big")) for added, key in rows], upto)
+        rows = conn.execute(
+            "SELECT type, changes FROM events WHERE revision > ? AND revision <= ? "
+            "AND kind = ? AND namespace = '' AND name = ? ORDER BY revision",
+            (cache.revision, upto, POOL_KIND, pool),
+        ).fetchall()
+        changes: builtins.list[tuple[bool, int]] = []
+        for change, text in rows:
+            if change != "MODIFIED":
+                return False
+            if text:
+                changes.extend((item[0] == "+", int(item[1:])) for item in text.split(","))
+        if len(changes) > _REPLAY_LIMIT:
+            return False
+        _apply_changes(cache, changes, upto)
         return True
 
     def _advance_caches(self, changes: Mapping[str, tuple[int, int, Sequence[tuple[bool, int]]]]) -> None:
@@ -1139,49 +1147,44 @@ class SqliteStore:
                         f'{POOL_KIND} "{claim.pool}": resourceVersion {claim.pool_version} is stale '
                         f"(now {current}); re-read and retry"
                     )
-            for release, ip, value in parsed_releases:
+            for release, _, value in parsed_releases:
+                key = ip_key(value)
                 row = tx.conn.execute(
-                    "SELECT pool FROM allocations WHERE ip = ? AND pool = ? AND pod_uid = ?",
-                    (ip, release.pool, release.pod_uid),
+                    "SELECT pool FROM allocations WHERE ip_key = ? AND pool = ? AND pod_uid = ?",
+                    (key, release.pool, release.pod_uid),
                 ).fetchone()
                 if row is None:
                     continue  # absent or owned by another UID: a no-op
                 rev = touch(release.pool)
                 if rev is None:
                     continue
-                tx.conn.execute("DELETE FROM allocations WHERE ip = ?", (ip,))
-                tx.conn.execute(
-                    "INSERT INTO allocation_log (revision, pool, added, ip_key) VALUES (?, ?, 0, ?)",
-                    (rev, release.pool, ip_key(value)),
-                )
+                tx.conn.execute("DELETE FROM allocations WHERE ip_key = ?", (key,))
                 counts[release.pool] -= 1
                 applied[release.pool].append((False, value))
             for claim, ip, value in parsed_claims:
                 rev = touch(claim.pool)
                 assert rev is not None  # checked above, inside this transaction
+                key = ip_key(value)
                 try:
                     tx.conn.execute(
-                        "INSERT INTO allocations (ip, pool, ip_key, pod, pod_uid, revision) "
+                        "INSERT INTO allocations (ip_key, ip, pool, pod, pod_uid, revision) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
-                        (ip, claim.pool, ip_key(value), claim.pod, claim.pod_uid, rev),
+                        (key, ip, claim.pool, claim.pod, claim.pod_uid, rev),
                     )
                 except sqlite3.IntegrityError:
                     owner = tx.conn.execute(
-                        "SELECT pool, pod FROM allocations WHERE ip = ?", (ip,)
+                        "SELECT pool, pod FROM allocations WHERE ip_key = ?", (key,)
                     ).fetchone()
                     raise Conflict(
                         f'{POOL_KIND} "{claim.pool}": {ip} is already allocated'
                         + (f" (pool {owner[0]}, pod {owner[1]})" if owner else "")
                     ) from None
-                tx.conn.execute(
-                    "INSERT INTO allocation_log (revision, pool, added, ip_key) VALUES (?, ?, 1, ?)",
-                    (rev, claim.pool, ip_key(value)),
-                )
                 counts[claim.pool] += 1
                 applied[claim.pool].append((True, value))
             for pool, rev in touched.items():
                 tx.conn.execute(_POOL_BUMP, (rev, str(rev), counts[pool], POOL_KIND, pool))
-                tx.conn.execute(_POOL_EVENT, (rev, POOL_KIND, pool))
+                changes = ",".join(f"{'+' if added else '-'}{value}" for added, value in applied[pool])
+                tx.conn.execute(_POOL_EVENT, (rev, changes or None, POOL_KIND, pool))
             if endpoint is not None and endpoint_id is not None:
                 info, namespace, name = endpoint_id
                 wanted = endpoint.get("metadata", {}).get("resourceVersion")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ipam.errors import Conflict, Invalid, StoreUnavailable
+from ipam.errors import Conflict, Gone, Invalid, StoreUnavailable
 from ipam.sqlite_schema import SCHEMA_VERSION
 from ipam.sqlite_store import SqliteStore
 from ipam.store import Claim, IPRecord, Obj
@@ -187,6 +187,104 @@ def test_usage_cache_follows_other_writers_and_compaction(tmp_path: Path) -> Non
     finally:
         reader.close()
         writer.close()
+
+
+def test_usage_cache_replays_claims_and_releases_and_reloads_after_a_pool_is_recreated(
+    tmp_path: Path,
+) -> None:
+    reader = SqliteStore(tmp_path / "state.db")
+    writer = SqliteStore(tmp_path / "state.db")
+    try:
+        writer.create(pool("p1"))
+        writer.create(pool("p2", "10.0.1.1-10.0.1.9"))
+        assert list(reader.usage("p1").allocated) == []
+
+        def claim(name: str, ip: str) -> None:
+            version = writer.usage(name).resource_version
+            writer.commit(claims=[Claim(name, version, ip, f"default/{ip}", "u")])
+
+        claim("p1", "10.0.0.9")
+        claim("p2", "10.0.1.1")  # another pool's changes in between are skipped by the replay
+        claim("p1", "10.0.0.3")
+        writer.commit(releases=[IPRecord("p1", "10.0.0.9", "default/10.0.0.9", "u")])
+        writer.create(endpoint("e1", "u1"))  # an event of another kind in between
+        assert list(reader.usage("p1").allocated) == [0x0A000003]
+        # the pool goes (with its records) and comes back under the same name: nothing is replayed
+        # across that, the reader reloads
+        writer.delete("SpiderIPPool", "p1")
+        writer.create(pool("p1"))
+        claim("p1", "10.0.0.200")
+        usage = reader.usage("p1")
+        assert list(usage.allocated) == [0x0A0000C8]
+        assert usage.resource_version == writer.usage("p1").resource_version
+    finally:
+        reader.close()
+        writer.close()
+
+
+_SCHEMA_1 = (
+    "CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL, "
+    "compacted INTEGER NOT NULL)",
+    "CREATE TABLE objects (kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, "
+    "revision INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, namespace, name)) WITHOUT ROWID",
+    "CREATE TABLE events (revision INTEGER PRIMARY KEY, kind TEXT NOT NULL, namespace TEXT NOT NULL, "
+    "name TEXT NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL)",
+    "CREATE TABLE allocations (ip TEXT NOT NULL PRIMARY KEY, pool TEXT NOT NULL, ip_key BLOB NOT NULL, "
+    "pod TEXT NOT NULL, pod_uid TEXT NOT NULL, revision INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX allocations_by_pool ON allocations (pool, ip_key)",
+    "CREATE INDEX allocations_by_pod ON allocations (pod)",
+    "CREATE TABLE allocation_log (revision INTEGER NOT NULL, pool TEXT NOT NULL, "
+    "added INTEGER NOT NULL, ip_key BLOB NOT NULL)",
+    "CREATE INDEX allocation_log_by_pool ON allocation_log (pool, revision)",
+)
+
+
+def test_a_schema_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    """A file written by the first release (schema 1, as its DDL was) opens, keeps every object,
+    record and the revision, and goes on allocating; a watch from before the migration is Gone."""
+    path = tmp_path / "state.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("PRAGMA journal_mode = WAL")
+        for statement in _SCHEMA_1:
+            raw.execute(statement)
+        body = {**pool("p1"), "metadata": {"name": "p1", "uid": "u-p1", "resourceVersion": "3"}}
+        body["status"] = {"allocatedIPCount": 1}
+        raw.execute("INSERT INTO meta VALUES (1, 3, 0)")
+        raw.execute("INSERT INTO objects VALUES ('SpiderIPPool', '', 'p1', 3, ?)", (json.dumps(body),))
+        raw.execute(
+            "INSERT INTO events VALUES (3, 'SpiderIPPool', '', 'p1', 'MODIFIED', ?)", (json.dumps(body),)
+        )
+        key = (0x0A000005).to_bytes(16, "big")
+        raw.execute("INSERT INTO allocations VALUES ('10.0.0.5', 'p1', ?, 'default/a', 'ua', 3)", (key,))
+        raw.execute("INSERT INTO allocation_log VALUES (3, 'p1', 1, ?)", (key,))
+        raw.execute("PRAGMA user_version = 1")
+    finally:
+        raw.close()
+    store = SqliteStore(path)
+    try:
+        assert store.revision() == "3"
+        got = store.get("SpiderIPPool", "p1")
+        assert got["metadata"]["uid"] == "u-p1" and got["metadata"]["resourceVersion"] == "3"
+        assert json.loads(got["status"]["allocatedIPs"]) == {"10.0.0.5": {"pod": "default/a", "podUid": "ua"}}
+        assert list(store.usage("p1").allocated) == [0x0A000005]
+        with pytest.raises(Gone):
+            store.watch(["SpiderIPPool"], "2", timeout=0)
+        store.commit(claims=[Claim("p1", "3", "10.0.0.6", "default/b", "ub")])
+        with pytest.raises(Conflict):  # the database still refuses a second owner
+            store.commit(claims=[Claim("p1", "4", "10.0.0.5", "default/c", "uc")])
+        assert [r.ip for r in store.records("p1")] == ["10.0.0.5", "10.0.0.6"]
+        assert store.get("SpiderIPPool", "p1")["status"]["allocatedIPCount"] == 2
+    finally:
+        store.close()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"meta", "objects", "events", "allocations"}
+    finally:
+        raw.close()
 
 
 def test_usage_view_is_a_read_only_sorted_sequence(store: SqliteStore) -> None:
