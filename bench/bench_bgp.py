@@ -13,8 +13,11 @@ Convergence (per pod, node1 and node2 taking turns in the same run, 0.15 s apart
       the prefix on the wire (tcpdump in the router namespace, capture timestamps);
   (b) host route appears on the node -> the route in the router's kernel table (``ip -ts monitor route``
       in the router).  The route appearing is what the CNI ptp plugin's ADD does right before it returns.
-  Also (a) measured the way lab-notes §8 did: from starting the ``ip route add`` command (its exec
-  and netlink round trip included) to the UPDATE on the wire.
+  Also (a) measured the way lab-notes §8 did: from handing the ``route add`` command to ``ip`` to the
+  UPDATE on the wire.  The routes are added by one long-running ``ip -batch -`` per node, fed a line
+  at a time: the speaker lives in this process, and a thread running ``ip route add`` here (its
+  exec, pipes and wait, holding the GIL in turns) would slow the speaker in a way no agent is slowed
+  when a CNI plugin, another process, adds the route.
 Bulk: N host routes on a node; the speaker restarted without graceful restart: time from the start
 until the router's kernel holds all N again; the same for raw ExaBGP fed the N routes by a trivial
 helper, and for BIRD restarted with N kernel routes to learn.
@@ -331,18 +334,32 @@ async def convergence(lab: Lab, pods: int, gap: float) -> dict[str, Any]:
         "node2": Recorder(lab.sb, lab.node2, ["ip", "-4", "-ts", "monitor", "route"]),
         "router": Recorder(lab.sb, lab.router, ["ip", "-4", "-ts", "monitor", "route"]),
     }
+    adders = {
+        ns.name: lab.sb.popen(ns, ["ip", "-batch", "-"], stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        for ns in (lab.node1, lab.node2)
+    }
     await asyncio.sleep(1.0)  # tcpdump and the monitors are listening
     ips1 = [f"10.244.{100 + i // 250}.{i % 250 + 1}" for i in range(pods)]
     ips2 = [f"10.245.{100 + i // 250}.{i % 250 + 1}" for i in range(pods)]
-    issued: dict[str, float] = {}  # when the `ip route add` command was started (lab-notes §8's trigger)
+    issued: dict[str, float] = {}  # when the route add was handed to `ip` (lab-notes §8's trigger)
+
+    def add_route(ns: Netns, ip: str) -> None:
+        stdin = adders[ns.name].stdin
+        assert stdin is not None
+        issued[f"{ip}/32"] = time.time()
+        stdin.write(f"route add {ip} dev pods scope host\n".encode())
+        stdin.flush()
+
     for a, b in zip(ips1, ips2, strict=True):
         sp.add_pod_ip(a, POOL1)  # IPAM allocated the IP; the CNI plugin then adds the host route
-        issued[f"{a}/32"] = time.time()
-        await asyncio.to_thread(run, lab.node1, ["ip", "route", "add", a, "dev", "pods", "scope", "host"])
+        add_route(lab.node1, a)
         await asyncio.sleep(gap)
-        issued[f"{b}/32"] = time.time()
-        await asyncio.to_thread(run, lab.node2, ["ip", "route", "add", b, "dev", "pods", "scope", "host"])
+        add_route(lab.node2, b)
         await asyncio.sleep(gap)
+    for proc in adders.values():
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
     await asyncio.to_thread(lab.wait_fib, NODE1, pods, timeout=30)
     await asyncio.to_thread(lab.wait_fib, NODE2, pods, timeout=30)
     await asyncio.sleep(0.5)

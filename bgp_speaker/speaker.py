@@ -504,29 +504,33 @@ class BgpSpeaker:
                 await asyncio.wait_for(self._table_loaded.wait(), 10.0)
         interval = self.config.reconcile_interval
         next_reconcile = self._clock() + interval if interval > 0 else None
-        while not proc.closed.is_set() and not self._stopping:
-            try:
-                await self._sync(proc)
-                if next_reconcile is not None and self._clock() >= next_reconcile:
-                    await self._reconcile(proc)
-                    next_reconcile = self._clock() + interval
-            except ExabgpGone:
-                return
-            timeout = None if next_reconcile is None else max(0.0, next_reconcile - self._clock())
-            await self._wait_for_work(proc, timeout)
+        # the generation's end wakes the loop like any input does, so waiting for work is a wait on
+        # one event (no pair of tasks to create and cancel on every change)
+        closer = asyncio.create_task(self._wake_when_closed(proc), name="bgp-generation-end")
+        try:
+            while not proc.closed.is_set() and not self._stopping:
+                try:
+                    await self._sync(proc)
+                    if next_reconcile is not None and self._clock() >= next_reconcile:
+                        await self._reconcile(proc)
+                        next_reconcile = self._clock() + interval
+                except ExabgpGone:
+                    return
+                timeout = None if next_reconcile is None else max(0.0, next_reconcile - self._clock())
+                await self._wait_for_work(timeout)
+        finally:
+            closer.cancel()
 
-    async def _wait_for_work(self, proc: ExabgpProcess, timeout: float | None) -> None:
+    async def _wake_when_closed(self, proc: ExabgpProcess) -> None:
+        await proc.closed.wait()
+        self._wake.set()
+
+    async def _wait_for_work(self, timeout: float | None) -> None:
         if self._wake.is_set():
             return
-        waiters = [
-            asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(proc.closed.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     # ---- talking to ExaBGP ---------------------------------------------------------------------
 
