@@ -9,6 +9,7 @@ printing; the arithmetic is on plain integers.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -81,6 +82,8 @@ def int_to_ip(value: int, family: int) -> str:
     _check_family(family)
     if not 0 <= value < (1 << _BITS[family]):
         raise ValueError(f"{value} is out of range for IPv{family}")
+    if family == 4:  # on every ADD: inet_ntoa is about 6x cheaper than netaddr
+        return socket.inet_ntoa(value.to_bytes(4, "big"))
     return str(netaddr.IPAddress(value, family))
 
 
