@@ -1,0 +1,158 @@
+"""The speaker's incremental bookkeeping (``advertise: host``, no ``maxPrefixes``): after any sequence
+of pod and kernel-route changes, the prefixes it keeps as desired equal what the pure
+``desired_routes`` computes from scratch, and planning from the changed prefixes alone brings the
+announced set to exactly that (the invariant the sync loop relies on to skip whole comparisons)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bgp_speaker.config import IPNetwork, parse_bgp_config
+from bgp_speaker.kernel import RouteBatch, RouteChange
+from bgp_speaker.routes import desired_routes
+from bgp_speaker.speaker import BgpSpeaker
+
+POOL = "10.244.0.0/16"
+PEER = "172.16.13.1"
+
+
+class _NoRoutes:
+    """A route source that is never watched here (the speaker is not started)."""
+
+    def watch(self) -> AsyncIterator[RouteBatch]:
+        raise AssertionError("not started in these tests")
+
+
+def _speaker(*, families: list[str] | None = None) -> BgpSpeaker:
+    peer: dict[str, object] = {"address": PEER, "asn": 23000}
+    if families is not None:
+        peer["families"] = families
+    cfg = parse_bgp_config(
+        {
+            "asn": 64512,
+            "nextHop": "172.16.13.11",
+            "nextHopV6": "fd00:13::11",
+            "runtimeDir": "/nonexistent",
+            "peers": [peer],
+        },
+        source="test",
+    )
+    sp = BgpSpeaker(cfg, route_source=_NoRoutes())
+    sp.set_pool_subnets([POOL, "fd00:244::/64"])
+    return sp
+
+
+def _ip(n: int) -> str:
+    return f"10.244.{n // 250}.{n % 250 + 1}"
+
+
+def _apply(sp: BgpSpeaker, changes: list[RouteChange], *, reset: bool = False) -> None:
+    batch = RouteBatch(tuple(changes), reset=reset)
+    touched = sp._table.apply(batch)
+    sp._recheck_ready(touched, full=reset)
+
+
+def _sync_changed(sp: BgpSpeaker) -> None:
+    """What ``_sync`` does on the incremental path, with every command acknowledged."""
+    dirty = sorted(sp._dirty, key=lambda n: (n.version, int(n.network_address)))
+    sp._dirty.clear()
+    for peer in sp.config.peers:
+        for op, _ in sp._changed_ops_for_peer(peer, dirty):
+            if op.action == "announce":
+                sp._announced[op.peer].update(op.prefixes)
+            elif op.action == "withdraw":
+                sp._announced[op.peer].difference_update(op.prefixes)
+
+
+def _reference(sp: BgpSpeaker) -> frozenset[IPNetwork]:
+    ready = {ip for ip in sp._pods if sp._table.is_local(ip)}
+    return desired_routes(
+        sp._pods, mode="host", ready=ready, pool_subnets={ipaddress.ip_network(POOL)}
+    ).prefixes
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("pod+"), st.integers(0, 40)),
+    st.tuples(st.just("pod-"), st.integers(0, 40)),
+    st.tuples(st.just("route+"), st.integers(0, 40)),
+    st.tuples(st.just("route-"), st.integers(0, 40)),
+    st.tuples(st.just("link+"), st.integers(24, 30)),  # a connected subnet covering some pods
+    st.tuples(st.just("link-"), st.integers(24, 30)),
+    st.tuples(st.just("v6link"), st.integers(0, 3)),  # a new veth's fe80::/64: touches no pod
+    st.tuples(st.just("sync"), st.just(0)),
+)
+
+
+def _host(n: int) -> IPNetwork:
+    return ipaddress.ip_network(f"{_ip(n)}/32")
+
+
+def _link(plen: int) -> IPNetwork:
+    return ipaddress.ip_network(f"10.244.0.0/{plen}")
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(_STEP, max_size=60))
+def test_changed_prefixes_alone_keep_the_announced_set_exact(steps: list[tuple[str, int]]) -> None:
+    sp = _speaker()
+    _apply(sp, [RouteChange("add", ipaddress.ip_network("0.0.0.0/0"), False, gateway=PEER)], reset=True)
+    sp._full_sync = False
+    for kind, n in steps:
+        if kind == "pod+":
+            sp.add_pod_ip(_ip(n), POOL)
+        elif kind == "pod-":
+            sp.remove_pod_ip(_ip(n))
+        elif kind == "route+":
+            _apply(sp, [RouteChange("add", _host(n), True, oif=3)])
+        elif kind == "route-":
+            _apply(sp, [RouteChange("del", _host(n), True, oif=3)])
+        elif kind == "link+":
+            _apply(sp, [RouteChange("add", _link(n), True, oif=4)])
+        elif kind == "link-":
+            _apply(sp, [RouteChange("del", _link(n), True, oif=4)])
+        elif kind == "v6link":
+            _apply(sp, [RouteChange("add", ipaddress.ip_network("fe80::/64"), True, oif=10 + n)])
+        else:
+            _sync_changed(sp)
+            assert sp._announced[PEER] == set(sp.desired())
+        assert sp.desired() == _reference(sp)
+    _sync_changed(sp)
+    assert sp._announced[PEER] == set(_reference(sp))
+
+
+def test_a_peer_gets_only_its_families() -> None:
+    sp = _speaker(families=["ipv4"])
+    _apply(sp, [], reset=True)
+    sp._full_sync = False
+    sp.add_pod_ip("10.244.0.7", POOL)
+    sp.add_pod_ip("fd00:244::7", "fd00:244::/64")
+    _apply(
+        sp,
+        [
+            RouteChange("add", ipaddress.ip_network("10.244.0.7/32"), True, oif=3),
+            RouteChange("add", ipaddress.ip_network("fd00:244::7/128"), True, oif=3),
+        ],
+    )
+    _sync_changed(sp)
+    assert sp._announced[PEER] == {ipaddress.ip_network("10.244.0.7/32")}
+
+
+def test_a_change_costs_the_same_with_many_pods() -> None:
+    """One new pod's sync looks at one prefix whatever the number of pods on the node."""
+    sp = _speaker()
+    ips = [_ip(n) for n in range(3000)]
+    sp.set_pod_ips(dict.fromkeys(ips, POOL))
+    _apply(sp, [RouteChange("add", ipaddress.ip_network(f"{ip}/32"), True, oif=3) for ip in ips], reset=True)
+    _sync_changed(sp)  # the first sync announces all of them
+    assert len(sp._announced[PEER]) == 3000
+    sp.add_pod_ip("10.244.200.1", POOL)
+    _apply(sp, [RouteChange("add", ipaddress.ip_network("10.244.200.1/32"), True, oif=3)])
+    assert sp._dirty == {ipaddress.ip_network("10.244.200.1/32")}
+    ops = [op for peer in sp.config.peers for op, _ in sp._changed_ops_for_peer(peer, sorted(sp._dirty))]
+    assert [(op.action, op.prefixes) for op in ops] == [
+        ("announce", (ipaddress.ip_network("10.244.200.1/32"),))
+    ]
