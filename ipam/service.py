@@ -616,10 +616,11 @@ class IpamService:
         return result
 
     def _release_once(self, req: ReleaseRequest) -> Released:
-        endpoint = self._endpoint(req.pod_namespace, req.pod_name)
-        if endpoint is None:
-            return Released(kept_reason="no SpiderEndpoint: nothing allocated")
-        pod_obj = self._get("Pod", req.pod_name, req.pod_namespace)
+        with self.store.snapshot():  # the commit checks each record's pod UID again, under the lock
+            endpoint = self._endpoint(req.pod_namespace, req.pod_name)
+            if endpoint is None:
+                return Released(kept_reason="no SpiderEndpoint: nothing allocated")
+            pod_obj = self._get("Pod", req.pod_name, req.pod_namespace)
         pod = PodInfo.from_obj(pod_obj) if pod_obj is not None else None
         uid = pod.uid if pod is not None else req.pod_uid
         if not uid:
