@@ -144,8 +144,14 @@ async def test_commands_go_straight_into_exabgps_pipe_and_the_relay_holds_no_cop
     proc, _ = exa
     assert proc.pid is not None
     relay = _relay_pid(proc.pid)
-    # the relay handed both pipe ends over: its stdin and stdout are /dev/null now
-    assert os.readlink(f"/proc/{relay}/fd/0") == os.devnull == os.readlink(f"/proc/{relay}/fd/1")
+    # the relay handed both pipe ends over and then lets go of its copies: its stdin and stdout
+    # become /dev/null right after the agent has the pipes
+    deadline = time.monotonic() + 5
+    while (
+        os.readlink(f"/proc/{relay}/fd/0") != os.devnull or os.readlink(f"/proc/{relay}/fd/1") != os.devnull
+    ):
+        assert time.monotonic() < deadline, "the relay kept its copies of ExaBGP's pipes"
+        await asyncio.sleep(0.01)
     result = await proc.send(f"neighbor {PEER} announce route 10.244.9.9/32 next-hop 192.0.2.11")
     assert result.ok
 
