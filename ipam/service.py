@@ -26,6 +26,7 @@ import netaddr
 from ipam import annotations as an
 from ipam import selection
 from ipam.allocator import free_intervals, lowest_free
+from ipam.autopool import is_auto_pool
 from ipam.errors import AllocationError, Conflict, NotFound, PoolFull
 from ipam.model import Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
 from ipam.ranges import IntervalSet, int_to_ip
@@ -53,6 +54,7 @@ __all__ = [
 NETWORK_ANNOTATION = "spiderbgp.io/network"
 LOG = logging.getLogger("spiderbgp.ipam")
 _EXHAUSTED = "all IP addresses used out"
+_SELECTIONS_KEPT = 512  # candidate selections remembered (all forgotten at once when full)
 
 
 @dataclass(frozen=True)
@@ -162,28 +164,6 @@ class _Locks:
             yield
 
 
-class _Lazy(Mapping[str, Any]):
-    """A mapping read from the store only when something looks into it."""
-
-    def __init__(self, load: Callable[[], Mapping[str, Any]]) -> None:
-        self._load = load
-        self._data: Mapping[str, Any] | None = None
-
-    def _get(self) -> Mapping[str, Any]:
-        if self._data is None:
-            self._data = self._load()
-        return self._data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._get()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-
 def _subnet_of(cidr: str) -> str:
     """The network of ``address/prefix`` (``10.6.0.5/16`` -> ``10.6.0.0/16``).  IPv4, on every ADD,
     by integer masking (about 1 us against netaddr's 5 us); IPv6 through netaddr."""
@@ -221,6 +201,7 @@ class IpamService:
         self._thread = threading.local()  # .nonblocking: inside nonblocking() on this thread
         self._parsed: dict[str, tuple[tuple[dict[str, Any], Any], IPPool]] = {}
         self._free_cache: dict[str, tuple[IPPool, IntervalSet, IntervalSet]] = {}
+        self._selections: dict[tuple[Any, ...], tuple[tuple[IPPool, ...], selection.Selection]] = {}
 
     @contextmanager
     def nonblocking(self, wait: float = 0.0) -> Iterator[None]:
@@ -380,32 +361,63 @@ class IpamService:
         self, req: AllocateRequest, pod: PodInfo, top: TopController
     ) -> tuple[selection.Selection, dict[str, tuple[IPPool, str]]]:
         """The candidates, and every pool as read for them (the pick re-reads only a pool that changed).
-        The namespace and node are read only if a rule or a pool filter looks at them."""
 
-        def namespace_meta() -> Mapping[str, Any]:
-            return (self._get("Namespace", pod.namespace, "") or {}).get("metadata") or {}
-
-        def node_labels() -> Mapping[str, str]:
-            node = self._get("Node", pod.node_name, "") if pod.node_name else None
-            return ((node or {}).get("metadata") or {}).get("labels") or {}
-
-        namespace = _Lazy(namespace_meta)
+        A selection is a pure function of the request, the pod's namespace, node, labels and
+        annotations, its controller, the namespace's and (when a pool has a nodeAffinity) the node's
+        labels, and the parsed pools; it is kept for the next pod with the same inputs (the replicas of
+        a Deployment share all of them).  Pools are part of the key by identity: ``_pool`` hands out the
+        same object while a pool's spec and metadata stay the same, and the entry keeps them alive."""
         read = [self._pool(o) for o in self.store.list("SpiderIPPool", allocated_ips=False)]
-        pools = [p for p, _ in read]
-        sel = selection.candidates(
-            pod,
+        pools = tuple(p for p, _ in read)
+        namespace = (self._get("Namespace", pod.namespace, "") or {}).get("metadata") or {}
+        ns_annotations = namespace.get("annotations") or {}
+        ns_labels = namespace.get("labels") or {}
+        node_labels: Mapping[str, str] = {}
+        if pod.node_name and any(p.node_affinity is not None for p in pools):
+            node = self._get("Node", pod.node_name, "") or {}
+            node_labels = (node.get("metadata") or {}).get("labels") or {}
+        key = (
             req.nic,
-            namespace_annotations=_Lazy(lambda: namespace.get("annotations") or {}),
-            namespace_labels=_Lazy(lambda: namespace.get("labels") or {}),
-            node_labels=_Lazy(node_labels),
-            cni_default_v4=req.default_v4_pools,
-            cni_default_v6=req.default_v6_pools,
-            pools=pools,
-            top_controller=top,
-            enable_v4=self.settings.enable_ipv4,
-            enable_v6=self.settings.enable_ipv6,
-            clean_gateway=bool(req.clean_gateway),
+            req.default_v4_pools,
+            req.default_v6_pools,
+            bool(req.clean_gateway),
+            pod.namespace,
+            pod.node_name,
+            frozenset(pod.labels.items()),
+            frozenset(pod.annotations.items()),
+            # the controller matters only to auto pools and subnet annotations (an orphan pod is its own
+            # controller: keyed by it, no two orphan pods would share a selection)
+            top
+            if an.ANNO_SUBNETS in pod.annotations
+            or an.ANNO_SUBNET in pod.annotations
+            or any(map(is_auto_pool, pools))
+            else top.orphan,
+            tuple(map(id, pools)),
+            frozenset(ns_annotations.items()),
+            frozenset(ns_labels.items()),
+            frozenset(node_labels.items()),
         )
+        cached = self._selections.get(key)
+        if cached is not None:
+            sel = cached[1]
+        else:
+            sel = selection.candidates(
+                pod,
+                req.nic,
+                namespace_annotations=ns_annotations,
+                namespace_labels=ns_labels,
+                node_labels=node_labels,
+                cni_default_v4=req.default_v4_pools,
+                cni_default_v6=req.default_v6_pools,
+                pools=pools,
+                top_controller=top,
+                enable_v4=self.settings.enable_ipv4,
+                enable_v6=self.settings.enable_ipv6,
+                clean_gateway=bool(req.clean_gateway),
+            )
+            if len(self._selections) >= _SELECTIONS_KEPT:
+                self._selections.clear()
+            self._selections[key] = (pools, sel)
         return sel, {p.name: (p, version) for p, version in read}
 
     def _still_candidates(

@@ -378,3 +378,57 @@ def test_node_and_namespace_affinity_filter_pools(world: World, service: IpamSer
     world.pool("rack1", "10.30.2.0/24", ["10.30.2.1-10.30.2.9"], nodeAffinity={"matchLabels": {"rack": "r1"}})
     world.pod("a", "blue", annotations=ippool(["rack2", "red", "rack1"]))
     assert service.allocate(world.add("a", "blue")).ips[0].pool == "rack1"
+
+
+def test_a_remembered_selection_follows_every_input_it_depends_on(
+    world: World, store: SqliteStore, service: IpamService
+) -> None:
+    """The service keeps candidate selections for pods with the same inputs; each input changing
+    between two ADDs must still change the outcome (every step is a successful ADD, so the one before
+    it was remembered)."""
+    world.pool("p1", "10.6.0.0/16", ["10.6.0.1-10.6.0.9"])
+    world.pool("p2", "10.7.0.0/16", ["10.7.0.1-10.7.0.9"])
+    world.pool("p3", "10.8.0.0/16", ["10.8.0.1-10.8.0.9"])
+    world.namespace("team")
+    world.node("node1", labels={"rack": "a"})
+    owner = world.deployment("web", "team", replicas=30)  # replicas share every input but their name
+    names = (f"web-{i}" for i in range(30))
+
+    def add(**pod: object) -> str:
+        name = next(names)
+        world.pod(name, "team", owner=owner, **pod)  # type: ignore[arg-type]
+        return service.allocate(world.add(name, "team", v4=["p1", "p2"])).ips[0].pool
+
+    assert add() == "p1"
+    assert add() == "p1"  # the same inputs
+    # the pool's spec changes: p1 disabled, the next candidate serves
+    world.patch_pool("p1", disable=True)
+    assert add() == "p2"
+    world.patch_pool("p1", disable=False)
+    assert add() == "p1"
+    world.patch_pool("p1", namespaceName=["other"])
+    assert add() == "p2"
+    world.patch_pool("p1", namespaceName=[])
+    assert add() == "p1"
+    # the namespace gets a default pool: it outranks the CNI default
+    ns = store.get("Namespace", "team")
+    ns["metadata"]["annotations"] = {"ipam.spidernet.io/default-ipv4-ippool": '["p3"]'}
+    store.update(ns)
+    assert add() == "p3"
+    ns = store.get("Namespace", "team")
+    ns["metadata"]["annotations"] = {}
+    store.update(ns)
+    assert add() == "p1"
+    # a pod annotation outranks both
+    assert add(annotations=ippool(v4=["p3"])) == "p3"
+    # a nodeAffinity the node's labels decide
+    world.patch_pool("p1", nodeAffinity={"matchLabels": {"rack": "a"}})
+    assert add() == "p1"
+    node = store.get("Node", "node1")
+    node["metadata"]["labels"] = {"rack": "b"}
+    store.update(node)
+    assert add() == "p2"
+    # a podAffinity the pod's labels decide
+    world.patch_pool("p1", nodeAffinity=None, podAffinity={"matchLabels": {"app": "web"}})
+    assert add(labels={"app": "web"}) == "p1"
+    assert add(labels={"app": "db"}) == "p2"
