@@ -15,9 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
-import stat
 import sys
 import threading
 import time
@@ -33,7 +31,7 @@ from ipam.errors import Gone, IpamError
 from ipam.service import IpamService, IpamSettings, WouldBlock
 from ipam.sqlite_store import SqliteStore, WriterBusy
 from ipam.store import Store
-from spiderbgp.cni_endpoint import SocketInUse, make_app, serve, shutdown
+from spiderbgp.cni_endpoint import CniSocket, SocketInUse, make_app, serve, shutdown
 from spiderbgp.config import AgentConfig
 from spiderbgp.fields import ConfigError
 from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
@@ -48,6 +46,8 @@ LOG = logging.getLogger("spiderbgp.agent")
 # read on every ADD; with the Kubernetes store they come from informers (writes always go to the server)
 # after the CNI socket stops accepting: time for requests already connected to arrive and start
 SHUTDOWN_GRACE = 0.2
+# how long stopping the leader election may take (a Lease release is bounded by about a second)
+LEADERSHIP_STOP_SECONDS = 5.0
 FULL_RESYNC_SECONDS = 300.0
 CACHED_KINDS = ("Pod", "Namespace", "Node", "SpiderIPPool", "SpiderReservedIP", "ReplicaSet", "Deployment")
 
@@ -294,7 +294,7 @@ class Agent:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    async def _serve_cni(self, app: web.Application) -> web.AppRunner:
+    async def _serve_cni(self, app: web.Application) -> CniSocket:
         """Bind the CNI socket; a path that cannot be used is a ConfigError naming socketPath."""
         try:
             return await serve(app, self.config.socket_path)
@@ -309,24 +309,26 @@ class Agent:
                 f"cannot serve on {self.config.socket_path}: {reason}{where}",
             ) from None
 
-    async def _stop_cni(self, runner: web.AppRunner) -> None:
+    async def _stop_cni(self, served: CniSocket) -> None:
         """Stop accepting CNI connections, give the requests of connections accepted just before a
-        moment to arrive (aiohttp closes a connection whose request it has not started reading, and
-        the plugin would see the agent hang up), let in-flight requests finish, remove the socket
-        file (only the one this agent bound: a successor may already have bound its own)."""
-        path = self.config.socket_path
-        try:
-            bound = os.lstat(path).st_ino
-        except OSError:
-            bound = None
-        for site in list(runner.sites):
-            await site.stop()
+        moment to arrive (closing a connection whose request has not been read yet would make the
+        plugin see the agent hang up), let in-flight requests finish, remove the socket file (only
+        the one this agent bound: a successor may already have bound its own)."""
+        await served.stop_accepting()
         await asyncio.sleep(SHUTDOWN_GRACE)
-        await shutdown(runner)
-        with contextlib.suppress(OSError):
-            st = os.lstat(path)
-            if stat.S_ISSOCK(st.st_mode) and st.st_ino == bound:
-                os.unlink(path)
+        await shutdown(served)
+
+    async def _stop_leadership(self, leadership: Leadership) -> None:
+        """Stop the leader election and the controllers.  On Python 3.11 a cancellation that lands
+        while one of the elector's store calls completes is lost inside ``asyncio.wait_for``, and the
+        elector would run on; so the stop is bounded, and made again (cancelling once more) past it."""
+        try:
+            await asyncio.wait_for(leadership.stop(), LEADERSHIP_STOP_SECONDS)
+        except TimeoutError:
+            LOG.warning(
+                "leader election did not stop within %.0fs; stopping it again", LEADERSHIP_STOP_SECONDS
+            )
+            await leadership.stop()
 
     async def _serve_health(self) -> web.AppRunner:
         """Bind /healthz, /readyz and /metrics; an address that cannot be bound (no such host, port in
@@ -361,7 +363,7 @@ class Agent:
             ready=self._ready,
             **self._inline_calls(),
         )
-        runner: web.AppRunner | None = None
+        runner: CniSocket | None = None
         health_runner: web.AppRunner | None = None
         watcher: threading.Thread | None = None
         leadership: Leadership | None = None
@@ -405,7 +407,7 @@ class Agent:
             if runner is not None:
                 await self._stop_cni(runner)
             if leadership is not None:
-                await leadership.stop()
+                await self._stop_leadership(leadership)
             self._stopping.set()
             for task in self._tasks:
                 task.cancel()
@@ -462,6 +464,7 @@ def run_agent(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
         await agent.run(stop)
 
     started = time.monotonic()

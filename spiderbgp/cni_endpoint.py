@@ -1,10 +1,20 @@
-"""The agent's CNI endpoint: HTTP/1.1 + JSON over a unix socket (aiohttp), schema in ``cni.wire``.
+"""The agent's CNI endpoint: HTTP/1.1 + JSON over a unix socket, schema in ``cni.wire``.
 
-``make_app(backend)`` builds the application; ``serve(app, socket_path)`` binds it (parent directory
-created 0700, a stale socket removed, the socket chmod 0600); ``shutdown(runner)`` stops accepting
-and lets in-flight requests finish.  Every answer is JSON: the ``cni.wire`` response of the call, or
-an ``ErrorResponse`` carrying a CNI error code (the plugin prints that code to the runtime).  A bad
-body is a 400 naming the field; a backend failure never leaks a traceback into the response.
+``make_app(backend)`` builds the aiohttp application; ``serve(app, socket_path)`` binds it (parent
+directory created 0700, a stale socket removed, the socket chmod 0600) and returns a ``CniSocket``;
+``shutdown(socket)`` stops accepting, lets in-flight requests finish and removes the socket file.
+Every answer is JSON: the ``cni.wire`` response of the call, or an ``ErrorResponse`` carrying a CNI
+error code (the plugin prints that code to the runtime).  A bad body is a 400 naming the field; a
+backend failure never leaks a traceback into the response.
+
+The CNI calls themselves take a short path: a connection starts on ``_FastConnection``, which answers
+a well-formed ``POST`` of a CNI call with a Content-Length body (and ``GET`` of STATUS) by itself, with
+the same code the application's handlers run (``_answer``).  Anything else on a connection (another
+path, chunked or oversized bodies, ``Expect``, HTTP/1.0, anything it does not parse) hands the
+connection, bytes read so far included, to aiohttp's own protocol for the application, which then
+serves it to its end.  aiohttp's per-connection and per-request machinery (a request object, a stream
+reader, a writer, a task per connection, timers) cost more than the IPAM call for an ADD, and the
+plugin opens a new connection for every call.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -28,7 +39,9 @@ from cni import wire
 __all__ = [
     "BackendError",
     "CniBackend",
+    "CniSocket",
     "RequestObserver",
+    "SocketInUse",
     "make_app",
     "serve",
     "shutdown",
@@ -38,9 +51,6 @@ log = logging.getLogger(__name__)
 
 # (operation, CNI code or 0 for success, seconds): the agent wires this to its Prometheus metrics.
 RequestObserver = Callable[[str, int, float], None]
-
-_T = TypeVar("_T")
-_A = TypeVar("_A")
 
 
 class BackendError(Exception):
@@ -77,10 +87,29 @@ class CniBackend(Protocol):
 _BACKEND = web.AppKey("backend", CniBackend)
 _OBSERVER = web.AppKey("observer", object)  # RequestObserver | None (AppKey needs a runtime type)
 
+# operation -> (method, path)
+_CALLS = {
+    "add": ("POST", wire.PATH_ADD),
+    "del": ("POST", wire.PATH_DEL),
+    "check": ("POST", wire.PATH_CHECK),
+    "gc": ("POST", wire.PATH_GC),
+    "status": ("GET", wire.PATH_STATUS),
+}
+_OK = {"apiVersion": wire.API_VERSION}
+_STATUS_OK = {"apiVersion": wire.API_VERSION, "status": "ok"}
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _error_body(code: int, details: str = "", msg: str = "") -> dict[str, Any]:
+    body = wire.ErrorResponse(code=code, msg=msg or wire.ERROR_MESSAGES.get(code, "error"), details=details)
+    return body.to_json()
+
 
 def _error(http_status: int, code: int, details: str = "", msg: str = "") -> web.Response:
-    body = wire.ErrorResponse(code=code, msg=msg or wire.ERROR_MESSAGES.get(code, "error"), details=details)
-    return web.json_response(body.to_json(), status=http_status)
+    return web.json_response(_error_body(code, details, msg), status=http_status)
 
 
 class _BadRequest(Exception):
@@ -89,93 +118,91 @@ class _BadRequest(Exception):
         self.details, self.http_status = details, http_status
 
 
-async def _json_body(request: web.Request) -> object:
-    if request.content_length is not None and request.content_length > wire.MAX_BODY_BYTES:
-        raise _BadRequest(f"request body: {request.content_length} bytes is over {wire.MAX_BODY_BYTES}", 413)
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _BadRequest(f"request body: over {wire.MAX_BODY_BYTES} bytes", 413) from None
+def _parse_json(raw: bytes) -> object:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as err:
         raise _BadRequest(f"request body: not JSON ({str(err)[:120]})") from None
 
 
-def _parse(parse: Callable[[_A], _T], body: _A) -> _T:
+async def _call(backend: CniBackend, operation: str, payload: object) -> dict[str, Any]:
+    """One CNI call: ``payload`` is the decoded JSON body (the query pairs for STATUS)."""
     try:
-        return parse(body)
-    except ValueError as err:
+        if operation == "add":
+            return (await backend.add(wire.AddRequest.from_json(payload))).to_json()
+        if operation == "del":
+            await backend.delete(wire.DelRequest.from_json(payload))
+            return _OK
+        if operation == "check":
+            await backend.check(wire.CheckRequest.from_json(payload))
+            return _OK
+        if operation == "gc":
+            return (await backend.gc(wire.GcRequest.from_json(payload))).to_json()
+        await backend.status(wire.StatusRequest.from_query(payload))  # type: ignore[arg-type]
+        return _STATUS_OK
+    except ValueError as err:  # the wire schema names the field; the backend raises BackendError
         raise _BadRequest(str(err)) from None
 
 
-async def _run(
-    request: web.Request, operation: str, call: Callable[[], Awaitable[dict[str, Any]]]
-) -> web.Response:
-    observer = request.app[_OBSERVER]
+async def _answer(
+    backend: CniBackend,
+    observer: RequestObserver | None,
+    operation: str,
+    request: bytes | list[tuple[str, str]] | _BadRequest,
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of one CNI call, told to ``observer``.  ``request`` is the body (the
+    query pairs for STATUS), or why it could not be read."""
     started = time.perf_counter()
     code = 0
     try:
-        try:
-            return web.json_response(await call())
-        except _BadRequest as err:
-            code = wire.CODE_BAD_REQUEST
-            return _error(err.http_status, code, err.details)
-        except BackendError as err:
-            code = err.code
-            return _error(err.http_status, err.code, err.details, err.msg)
-        except (asyncio.CancelledError, web.HTTPException):
-            raise
-        except Exception as err:
-            code = wire.CODE_AGENT_INTERNAL
-            log.exception("CNI %s failed", operation)
-            return _error(500, code, f"{operation}: {type(err).__name__} (see the agent log)")
+        if isinstance(request, _BadRequest):
+            raise request
+        payload = request if isinstance(request, list) else _parse_json(request)
+        return 200, await _call(backend, operation, payload)
+    except _BadRequest as err:
+        code = wire.CODE_BAD_REQUEST
+        return err.http_status, _error_body(code, err.details)
+    except BackendError as err:
+        code = err.code
+        return err.http_status, _error_body(err.code, err.details, err.msg)
+    except Exception as err:
+        code = wire.CODE_AGENT_INTERNAL
+        log.exception("CNI %s failed", operation)
+        return 500, _error_body(code, f"{operation}: {type(err).__name__} (see the agent log)")
     finally:
-        if callable(observer):
+        if observer is not None:
             observer(operation, code, time.perf_counter() - started)
 
 
-async def _add(request: web.Request) -> web.Response:
-    async def call() -> dict[str, Any]:
-        parsed = _parse(wire.AddRequest.from_json, await _json_body(request))
-        return (await request.app[_BACKEND].add(parsed)).to_json()
-
-    return await _run(request, "add", call)
+# -- the aiohttp application (every connection the short path hands over) ----------------------------
 
 
-async def _del(request: web.Request) -> web.Response:
-    async def call() -> dict[str, Any]:
-        parsed = _parse(wire.DelRequest.from_json, await _json_body(request))
-        await request.app[_BACKEND].delete(parsed)
-        return {"apiVersion": wire.API_VERSION}
-
-    return await _run(request, "del", call)
-
-
-async def _check(request: web.Request) -> web.Response:
-    async def call() -> dict[str, Any]:
-        parsed = _parse(wire.CheckRequest.from_json, await _json_body(request))
-        await request.app[_BACKEND].check(parsed)
-        return {"apiVersion": wire.API_VERSION}
-
-    return await _run(request, "check", call)
+async def _read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > wire.MAX_BODY_BYTES:
+        raise _BadRequest(f"request body: {request.content_length} bytes is over {wire.MAX_BODY_BYTES}", 413)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _BadRequest(f"request body: over {wire.MAX_BODY_BYTES} bytes", 413) from None
 
 
-async def _gc(request: web.Request) -> web.Response:
-    async def call() -> dict[str, Any]:
-        parsed = _parse(wire.GcRequest.from_json, await _json_body(request))
-        return (await request.app[_BACKEND].gc(parsed)).to_json()
+def _handler(operation: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        observer = request.app[_OBSERVER]
+        body: bytes | list[tuple[str, str]] | _BadRequest
+        if operation == "status":
+            body = list(request.query.items())
+        else:
+            try:
+                body = await _read_body(request)
+            except _BadRequest as err:
+                body = err
+        status, answer = await _answer(
+            request.app[_BACKEND], observer if callable(observer) else None, operation, body
+        )
+        return web.Response(body=_dumps(answer), status=status, content_type="application/json")
 
-    return await _run(request, "gc", call)
-
-
-async def _status(request: web.Request) -> web.Response:
-    async def call() -> dict[str, Any]:
-        parsed = _parse(wire.StatusRequest.from_query, list(request.query.items()))
-        await request.app[_BACKEND].status(parsed)
-        return {"apiVersion": wire.API_VERSION, "status": "ok"}
-
-    return await _run(request, "status", call)
+    return handle
 
 
 def _probe(name: str, attr: str) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -187,7 +214,7 @@ def _probe(name: str, attr: str) -> Callable[[web.Request], Awaitable[web.Respon
             log.exception("%s probe failed", name)
             ok = False
         if ok:
-            return web.json_response({"apiVersion": wire.API_VERSION, "status": "ok"})
+            return web.json_response(_STATUS_OK)
         return _error(503, wire.CODE_UNAVAILABLE, f"agent is not {name}")
 
     return handler
@@ -212,14 +239,233 @@ def make_app(backend: CniBackend, *, metrics: RequestObserver | None = None) -> 
     app = web.Application(client_max_size=wire.MAX_BODY_BYTES, middlewares=[_json_errors])
     app[_BACKEND] = backend
     app[_OBSERVER] = metrics
-    app.router.add_post(wire.PATH_ADD, _add)
-    app.router.add_post(wire.PATH_DEL, _del)
-    app.router.add_post(wire.PATH_CHECK, _check)
-    app.router.add_post(wire.PATH_GC, _gc)
-    app.router.add_get(wire.PATH_STATUS, _status)
+    for operation, (method, path) in _CALLS.items():
+        app.router.add_route(method, path, _handler(operation))
     app.router.add_get(wire.PATH_HEALTHZ, _probe("healthy", "healthy"))
     app.router.add_get(wire.PATH_READYZ, _probe("ready", "ready"))
     return app
+
+
+# -- the short path ------------------------------------------------------------------------------------
+
+_ROUTES = {(m.encode(), p.encode()): op for op, (m, p) in _CALLS.items()}
+_MAX_HEAD = 16 * 1024  # a head longer than this, or not complete by then, goes to aiohttp
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 409: b"Conflict", 413: b"Payload Too Large",
+            422: b"Unprocessable Entity", 500: b"Internal Server Error", 503: b"Service Unavailable"}  # fmt: skip
+_INCOMPLETE = "incomplete"
+
+
+class _Call:
+    """One request the short path answers."""
+
+    __slots__ = ("body", "close", "operation", "query", "size")
+
+    def __init__(self, operation: str, query: bytes, body: bytes, close: bool, size: int) -> None:
+        self.operation, self.query, self.body, self.close, self.size = operation, query, body, close, size
+
+
+def parse_call(data: bytes | bytearray) -> _Call | str | None:
+    """The CNI call at the start of ``data``; ``_INCOMPLETE`` when more bytes may make it one; None when
+    it is not one the short path answers (aiohttp then serves the connection).
+
+    Accepted: ``POST <CNI path> HTTP/1.1`` with one Content-Length (at most MAX_BODY_BYTES) and no
+    Transfer-Encoding, Expect or Upgrade, or ``GET <status path>[?query] HTTP/1.1`` without a body;
+    header lines ``name: value`` with a token name.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return _INCOMPLETE if len(data) <= _MAX_HEAD else None
+    if end > _MAX_HEAD:
+        return None
+    lines = bytes(data[:end]).split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+        return None
+    path, _, query = parts[1].partition(b"?")
+    operation = _ROUTES.get((parts[0], path))
+    if operation is None or (query and operation != "status"):
+        return None
+    length, close = -1, False
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or not name.isascii() or any(c in b' \t()<>@,;\\"/[]?={}' for c in name):
+            return None
+        name, value = name.lower(), value.strip(b" \t")
+        if name == b"content-length":
+            if length >= 0 or not value.isdigit():
+                return None
+            length = int(value)
+        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
+            return None
+        elif name == b"connection":
+            tokens = {t.strip(b" \t").lower() for t in value.split(b",")}
+            close = close or b"close" in tokens
+    if operation == "status":
+        if length > 0:
+            return None
+        length = 0
+    elif length < 0 or length > wire.MAX_BODY_BYTES:
+        return None
+    size = end + 4 + length
+    if len(data) < size:
+        return _INCOMPLETE
+    return _Call(operation, query, bytes(data[end + 4 : size]), close, size)
+
+
+def _response(status: int, body: dict[str, Any], close: bool) -> bytes:
+    payload = _dumps(body)
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" % (
+        status,
+        _REASONS.get(status, b"Error"),
+        len(payload),
+    )
+    return head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + payload
+
+
+class _FastConnection(asyncio.Protocol):
+    """A connection on the short path until a request it does not answer arrives."""
+
+    def __init__(self, server: CniSocket) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._busy = False  # a call is being answered: later bytes wait in the buffer
+        self._eof = False
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._busy:
+            self._next()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return self._busy  # keep the transport open to answer the call in progress
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _next(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if not self._buffer:
+            if self._eof:
+                transport.close()
+            return
+        if self._server.closing:
+            transport.close()
+            return
+        call = parse_call(self._buffer)
+        if call is None:
+            self._hand_over(transport)
+        elif isinstance(call, _Call):
+            del self._buffer[: call.size]
+            self._busy = True
+            asyncio.get_running_loop().create_task(self._run(transport, call))
+        elif self._eof:
+            transport.close()
+
+    async def _run(self, transport: asyncio.Transport, call: _Call) -> None:
+        server = self._server
+        request = (
+            parse_qsl(call.query.decode("latin-1"), keep_blank_values=True)
+            if call.operation == "status"
+            else call.body
+        )
+        try:
+            status, body = await _answer(server.backend, server.observer, call.operation, request)
+        finally:
+            self._busy = False
+            server.idle()
+        if self._transport is None:
+            return  # the client went away; the call's effect stands (ADD/DEL are idempotent)
+        close = call.close or self._eof or server.closing
+        transport.write(_response(status, body, close))
+        if close:
+            transport.close()
+        else:
+            self._next()
+
+    def _hand_over(self, transport: asyncio.Transport) -> None:
+        """aiohttp's protocol takes the connection over, with the bytes read so far."""
+        handler = self._server.runner.server
+        if handler is None:  # the runner was cleaned up: we are shutting down
+            transport.close()
+            return
+        self._server.connections.discard(self)
+        protocol = handler()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        data, self._buffer = bytes(self._buffer), bytearray()
+        protocol.data_received(data)
+        if self._eof:
+            protocol.eof_received()
+
+
+class CniSocket:
+    """The bound CNI socket: short-path connections, and aiohttp's runner for the rest."""
+
+    def __init__(self, runner: web.AppRunner, path: str, *, shutdown_timeout: float) -> None:
+        app = runner.app
+        observer = app[_OBSERVER]
+        self.runner = runner
+        self.path = path
+        self.backend: CniBackend = app[_BACKEND]
+        self.observer: RequestObserver | None = observer if callable(observer) else None
+        self.connections: set[_FastConnection] = set()
+        self.closing = False
+        self.shutdown_timeout = shutdown_timeout
+        self._server: asyncio.AbstractServer | None = None
+        self._inode: int | None = None
+        self._idle = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _FastConnection(self), self.path)
+        os.chmod(self.path, 0o600)
+        self._inode = os.lstat(self.path).st_ino
+
+    def idle(self) -> None:
+        if not any(c.busy for c in self.connections):
+            self._idle.set()
+
+    async def stop_accepting(self) -> None:
+        """No new connections from now on (the ones accepted are still served)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def close(self) -> None:
+        """Stop accepting, let the calls in progress finish (up to ``shutdown_timeout``), close every
+        connection, and remove the socket file if it is still the one we bound."""
+        await self.stop_accepting()
+        self.closing = True
+        self._idle.clear()
+        self.idle()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.shutdown_timeout)
+        for connection in list(self.connections):
+            if not connection.busy:
+                connection.close()
+        await self.runner.cleanup()
+        with contextlib.suppress(OSError):
+            st = os.lstat(self.path)
+            if stat.S_ISSOCK(st.st_mode) and st.st_ino == self._inode:
+                os.unlink(self.path)
 
 
 class SocketInUse(Exception):
@@ -249,31 +495,24 @@ def _prepare_socket_path(socket_path: str) -> None:
         probe.close()
 
 
-async def serve(app: web.Application, socket_path: str, *, shutdown_timeout: float = 30.0) -> web.AppRunner:
+async def serve(app: web.Application, socket_path: str, *, shutdown_timeout: float = 30.0) -> CniSocket:
     """Bind ``app`` on ``socket_path`` (0600, parent 0700 when we create it) and start serving.
 
-    Raises SocketInUse when a live process already listens there.  Stop with ``shutdown(runner)``.
+    Raises SocketInUse when a live process already listens there.  Stop with ``shutdown(socket)``.
     """
     _prepare_socket_path(socket_path)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.UnixSite(runner, socket_path)
+    served = CniSocket(runner, socket_path, shutdown_timeout=shutdown_timeout)
     try:
-        await site.start()
-        os.chmod(socket_path, 0o600)
+        await served.start()
     except BaseException:
-        await runner.cleanup()
+        await served.close()
         raise
-    return runner
+    return served
 
 
-async def shutdown(runner: web.AppRunner) -> None:
-    """Stop accepting connections, let in-flight requests finish (up to the runner's
-    shutdown_timeout), then remove the socket files it bound."""
-    paths = [site.name for site in runner.sites if isinstance(site, web.UnixSite)]
-    await runner.cleanup()
-    for name in paths:
-        path = name.partition("://unix:")[2].removesuffix(":")
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
+async def shutdown(served: CniSocket) -> None:
+    """Stop accepting connections, let in-flight requests finish (up to the shutdown_timeout given to
+    serve), then remove the socket file it bound."""
+    await served.close()
