@@ -13,7 +13,7 @@ allocations terminating until they are released, instead of forgetting IPs that 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import yaml
@@ -22,7 +22,7 @@ from ipam import admission
 from ipam.errors import AlreadyExists, Conflict, Invalid, IpamError, NotFound
 from ipam.kinds import KindInfo, kind_info, resolve_kind
 from ipam.model import FINALIZER, IPPool, Subnet
-from ipam.pool_controller import finish_terminating
+from ipam.pool_controller import finish_terminating, owned_pools
 from ipam.ranges import total_ip_count
 from ipam.store import Obj, Store
 
@@ -33,6 +33,7 @@ __all__ = [
     "apply_object",
     "delete_object",
     "load_documents",
+    "update_object",
 ]
 
 ApplyOutcome = Literal["created", "configured", "unchanged"]
@@ -215,6 +216,31 @@ def apply_object(store: Store, obj: Obj, *, pending: Sequence[Obj] = ()) -> tupl
     raise Conflict(f'{info.kind} "{name}": kept changing while being written; try again')
 
 
+def update_object(
+    store: Store, kind: str, name: str, change: Callable[[Obj], Obj | None], namespace: str = ""
+) -> Obj | None:
+    """Read-modify-write one stored object through admission, as a controller's update goes through
+    Spiderpool's webhooks: ``change`` gets a copy of the stored object and returns what it becomes (None:
+    nothing to do).  The write is conditional on the version read; on Conflict it reads and calls
+    ``change`` again, so a concurrent write (an allocation, a user's apply) is never overwritten.
+    Returns the written object, or None when ``change`` declined or nothing changed.  Raises NotFound,
+    Invalid (admission refused the result; nothing is written), Conflict."""
+    info = kind_info(kind)
+    for _ in range(_RETRIES):
+        old = store.get(info.kind, name, namespace)
+        desired = change(copy.deepcopy(old))
+        if desired is None:
+            return None
+        admitted = _admit(store, desired, old, ())
+        if _comparable(admitted) == _comparable(old):
+            return None
+        try:
+            return store.update(admitted)
+        except Conflict:
+            continue
+    raise Conflict(f'{info.kind} "{name}": kept changing while being written; try again')
+
+
 def _comparable(obj: Obj) -> Obj:
     meta = obj["metadata"]
     return {
@@ -247,7 +273,9 @@ def delete_object(
     still holds allocations stays, terminating: its pods keep their IPs, no new IP comes from it, and
     the pool controller removes it once the last is released.  What Spiderpool's controller does for an
     empty pool or a subnet (drop the finalizer) is done here at once, so deleting an unused pool
-    removes it.
+    removes it.  A SpiderSubnet stays terminating while SpiderIPPools name it as their owner: the
+    leader's owner GC (``ipam.owner_gc``) deletes them, as Kubernetes' garbage collector would, and the
+    pool controller removes the subnet once they are gone.
 
     Returns kubectl's line ``<kind>.<group>/<name> deleted``; while the object stays, the reason
     follows in parentheses (``... deleted (terminating until its 2 allocated IPs are released)``).
@@ -301,6 +329,14 @@ def _why_kept(store: Store, kind: str, name: str, obj: Obj) -> str:
         count = len(store.records(name))
         if count:
             return f"terminating until its {count} allocated IPs are released"
+    if kind == "SpiderSubnet":
+        owned = owned_pools(store, str(meta.get("uid") or ""))
+        if owned:
+            shown = ", ".join(owned[:5]) + (", ..." if len(owned) > 5 else "")
+            return (
+                f"terminating until the {len(owned)} SpiderIPPools it owns are deleted: {shown}; "
+                "the leader's controllers delete them, each once its IPs are released"
+            )
     grace = int(meta.get("deletionGracePeriodSeconds") or 0)
     if grace > 0:
         return f"terminating, grace period {grace}s until {meta.get('deletionTimestamp')}"

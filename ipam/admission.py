@@ -8,8 +8,9 @@ changes its inputs, so a rejected write changes nothing.
 Mutation (as Spiderpool's webhook): ``spec.ipVersion`` from the subnet (from ``ips[0]`` for a
 SpiderReservedIP), the ``ipam.spidernet.io/ippool-cidr`` label (``subnet-cidr`` on a SpiderSubnet),
 ``ips``/``excludeIPs`` merged and sorted, ``default``/``disable`` defaulted to false, and, when a
-SpiderSubnet of the same CIDR exists, the pool's owner reference and label and the subnet's gateway
-and routes where the pool has none.  Every check works on intervals: O(ranges + objects + in-use IPs),
+SpiderSubnet of the same CIDR exists (and is not being deleted), the pool's controller owner reference
+and label and the subnet's gateway and routes where the pool has none (:func:`adopt`, which the subnet
+controller also uses for pools written before their subnet).  Every check works on intervals: O(ranges + objects + in-use IPs),
 never O(addresses).
 """
 
@@ -46,7 +47,7 @@ from ipam.ranges import (
 )
 from ipam.store import Obj
 
-__all__ = ["admit", "pool_status", "validate_name"]
+__all__ = ["admit", "adopt", "is_owned_by", "owner_subnet", "pool_status", "subnet_ref", "validate_name"]
 
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
@@ -285,20 +286,24 @@ def _admit_pool(
         spec["disable"] = False
     labels = _labels(kind, name, out)
     labels[LABEL_IPPOOL_CIDR] = cidr_label_value(canonical_cidr(pool.subnet))
-    owner = next(
-        (s for s in _parse_others(Subnet.from_obj, subnets, "") if _same_cidr(s.subnet, pool.subnet)),
-        None,
-    )
+    owner = owner_subnet(pool, subnets)
+    inherited_gateway = False
     if owner is not None:
-        labels[LABEL_OWNER_SUBNET] = owner.name
-        _set_controller_ref(out, owner)
-        if spec.get("gateway") is None and owner.gateway is not None:
-            spec["gateway"] = owner.gateway
-        if spec.get("routes") is None and owner.routes:
-            spec["routes"] = [r.to_obj() for r in owner.routes]
+        inherited_gateway = spec.get("gateway") is None and owner.gateway is not None
+        _inherit(out, owner)
     pool = IPPool.from_obj(out)
 
     # validation
+    if inherited_gateway and owner is not None and pool.gateway is not None:
+        gw = ip_to_int(pool.gateway, pool.ip_version)
+        if gw in pool.ips and gw not in pool.exclude_ips:
+            raise Invalid(
+                kind,
+                name,
+                "spec.gateway",
+                f"{pool.gateway}, inherited from SpiderSubnet {owner.name}, is in spec.ips; "
+                "add it to spec.excludeIPs, remove it from spec.ips, or set spec.gateway",
+            )
     _check_range_rules(
         kind,
         name,
@@ -353,23 +358,94 @@ def _admit_pool(
     return out
 
 
-def _set_controller_ref(out: Obj, owner: Subnet) -> None:
-    meta = out.setdefault("metadata", {})
-    refs = meta.get("ownerReferences")
-    if not isinstance(refs, list):
-        refs = []
-    refs = [r for r in refs if not (isinstance(r, Mapping) and r.get("controller"))]
-    refs.append(
-        {
-            "apiVersion": SPIDER_API,
-            "kind": Subnet.KIND,
-            "name": owner.name,
-            "uid": owner.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+def owner_subnet(pool: IPPool, subnets: Sequence[Obj]) -> Subnet | None:
+    """The SpiderSubnet that owns a pool: the one of the same CIDR and family that is not being
+    deleted (a terminating subnet takes no new pools; its own pools keep their reference)."""
+    for subnet in _parse_others(Subnet.from_obj, subnets, ""):
+        if (
+            not subnet.terminating
+            and subnet.ip_version == pool.ip_version
+            and _same_cidr(subnet.subnet, pool.subnet)
+        ):
+            return subnet
+    return None
+
+
+def subnet_ref(owner: Subnet) -> dict[str, Any]:
+    """The controller ownerReference a pool of ``owner`` carries."""
+    return {
+        "apiVersion": SPIDER_API,
+        "kind": Subnet.KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def is_owned_by(obj: Mapping[str, Any], owner: Subnet) -> bool:
+    """Whether ``obj`` (a stored SpiderIPPool) has ``owner`` as its controller, with the label."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return False
+    labels = meta.get("labels")
+    if not isinstance(labels, Mapping) or labels.get(LABEL_OWNER_SUBNET) != owner.name:
+        return False
+    want = (Subnet.KIND, owner.name, owner.uid)
+    return any(
+        _is_controller(ref) and (ref.get("kind"), ref.get("name"), ref.get("uid")) == want
+        for ref in meta.get("ownerReferences") or ()
     )
+
+
+def adopt(obj: Obj, owner: Subnet) -> Obj:
+    """A copy of a SpiderIPPool object owned by ``owner``, as Spiderpool's webhook and subnet
+    controller make it: the controller ownerReference, the ``owner-spider-subnet`` label, and the
+    subnet's ``gateway`` (when the pool has none) and ``routes`` (when the pool's are nil; an explicit
+    ``[]`` is kept).  Raises Invalid on ``metadata.ownerReferences`` when another kind controls it."""
+    out = copy.deepcopy(obj)
+    name = object_name(out)
+    _labels(IPPool.KIND, name, out)
+    _spec(IPPool.KIND, name, out)
+    _inherit(out, owner)
+    return out
+
+
+def _is_controller(ref: object) -> bool:
+    return isinstance(ref, Mapping) and ref.get("controller") is True
+
+
+def _inherit(out: Obj, owner: Subnet) -> None:
+    meta = out.setdefault("metadata", {})
+    name = str(meta.get("name") or "")
+    refs = meta.get("ownerReferences")
+    if refs is not None and not isinstance(refs, list):
+        raise Invalid(IPPool.KIND, name, "metadata.ownerReferences", "must be a list")
+    refs = list(refs or [])
+    for ref in refs:
+        if _is_controller(ref) and ref.get("kind") != Subnet.KIND:
+            raise Invalid(
+                IPPool.KIND,
+                name,
+                "metadata.ownerReferences",
+                f"is controlled by {ref.get('kind')} {ref.get('name')}, but a pool of the CIDR "
+                f"{owner.subnet} must be controlled by SpiderSubnet {owner.name}",
+            )
+    # the subnet replaces any earlier SpiderSubnet controller (one of the same name deleted and made
+    # again has another uid)
+    refs = [
+        r
+        for r in refs
+        if not (_is_controller(r) or (isinstance(r, Mapping) and r.get("kind") == Subnet.KIND))
+    ]
+    refs.append(subnet_ref(owner))
     meta["ownerReferences"] = refs
+    meta.setdefault("labels", {})[LABEL_OWNER_SUBNET] = owner.name
+    spec = out.setdefault("spec", {})
+    if spec.get("gateway") is None and owner.gateway is not None:
+        spec["gateway"] = owner.gateway
+    if spec.get("routes") is None and owner.routes:
+        spec["routes"] = [r.to_obj() for r in owner.routes]
 
 
 # --------------------------------------------------------------------------------------------------

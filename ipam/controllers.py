@@ -1,10 +1,14 @@
 """The leader-only IPAM controllers, bundled for the agent: the IP garbage collector (``ipam.gc``), the
-pool controller (``ipam.pool_controller``) and the SpiderSubnet auto-pool controller
-(``ipam.subnet_controller``).
+pool controller (``ipam.pool_controller``), the SpiderSubnet controller (``ipam.subnet_controller``:
+auto pools and adoption of orphan pools) and the owner-reference GC (``ipam.owner_gc``: pools of a
+subnet being deleted).
 
 The agent's leader loop calls :meth:`LeaderControllers.full_pass` once when it becomes leader and then
 every GC interval, feeds application watch events to ``subnets.handle`` and Pod watch events to
-``gc.trace_pods``, and calls ``gc.trace_pods(())`` when ``gc.next_due()`` passes.
+``gc.trace_pods``, calls ``gc.trace_pods(())`` when ``gc.next_due()`` passes, and calls
+``pools.reconcile()`` (a :class:`PoolPass`) after pool, subnet and reserved-IP events, so deleting a
+SpiderSubnet cascades at once: its pools are deleted, the empty ones go, and the subnet goes with the
+last of them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ipam.gc import GarbageCollector, Released
 from ipam.gc_policy import GCSettings
+from ipam.owner_gc import OwnerGC
 from ipam.pool_controller import PoolController, ReconcileReport
 from ipam.store import Store
 from ipam.subnet_controller import APP_KINDS, SubnetController
@@ -22,8 +27,10 @@ __all__ = [
     "APP_KINDS",
     "GarbageCollector",
     "LeaderControllers",
+    "OwnerGC",
     "PassReport",
     "PoolController",
+    "PoolPass",
     "ReconcileReport",
     "SubnetController",
 ]
@@ -38,6 +45,24 @@ class PassReport:
     pools: ReconcileReport = field(default_factory=ReconcileReport)
 
 
+class PoolPass:
+    """What runs after every change to pools and subnets: orphan pools adopted by their subnet, the
+    owner GC (pools whose subnet is being deleted are deleted), then the pool controller (statuses,
+    terminating pools that are empty removed, terminating subnets that own no pool removed)."""
+
+    def __init__(self, store: Store, subnets: SubnetController) -> None:
+        self.subnets = subnets
+        self.owners = OwnerGC(store)
+        self.controller = PoolController(store)
+
+    def reconcile(self) -> ReconcileReport:
+        report = ReconcileReport()
+        report.extend(self.subnets.adopt_orphans())
+        report.extend(self.owners.collect())
+        report.extend(self.controller.reconcile())
+        return report
+
+
 class LeaderControllers:
     def __init__(
         self,
@@ -49,13 +74,13 @@ class LeaderControllers:
         node_ready: Callable[[str], bool | None] | None = None,
     ) -> None:
         self.gc = GarbageCollector(store, settings=gc_settings, clock=clock, node_ready=node_ready)
-        self.pools = PoolController(store)
         self.subnets = SubnetController(store, default_flexible_ip_number=default_flexible_ip_number)
+        self.pools = PoolPass(store, self.subnets)
 
     def full_pass(self) -> PassReport:
-        """Auto pools first (so a reclaimed pool is terminating before the GC frees its last records),
-        then the GC's scan-all (one bounded step; call again while ``gc.scan_pending``), then the pool
-        controller (which removes pools the GC just emptied)."""
+        """Auto pools and adoption first (so a reclaimed pool is terminating before the GC frees its last
+        records), then the GC's scan-all (one bounded step; call again while ``gc.scan_pending``), then
+        the pool pass (owner GC and pool controller, which removes pools the GC just emptied)."""
         report = PassReport()
         report.subnets = self.subnets.reconcile_all()
         report.released = self.gc.scan_all()

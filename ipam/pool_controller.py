@@ -9,9 +9,10 @@
   ``status.allocatedIPs`` is empty), and the store then removes it; the update carries the
   resourceVersion the pool was read with, so a release in between fails it and the next pass looks
   again (claims never land in a terminating pool: the store refuses them).  A terminating SpiderSubnet
-  loses it at once (Spiderpool's subnet controller; in Kubernetes the garbage collector deletes the
-  pools it owns, the embedded store leaves them).  ``finish_terminating`` is that step, also used by
-  ``ipam.admin.delete_object`` so an unused pool goes at once.
+  loses it once no pool names it as an owner any more (Spiderpool's subnet controller waits for its
+  controlled pools); the owner GC (``ipam.owner_gc``) deletes those pools, in both stores.
+  ``finish_terminating`` is that step, also used by ``ipam.admin.delete_object`` so an unused pool or
+  subnet goes at once.
 - ``SpiderSubnet status`` is derived from the pools of the subnet's CIDR: ``controlledIPPools`` (the
   JSON string of each pool's addresses within the subnet, with the application key of auto pools),
   ``allocatedIPCount`` (how many addresses the pools hold) and ``totalIPCount``.  Deriving it from the
@@ -39,6 +40,7 @@ __all__ = [
     "app_key_of",
     "controlled_pools",
     "finish_terminating",
+    "owned_pools",
     "parse_pools",
     "subnet_status",
     "write_subnet_status",
@@ -144,9 +146,21 @@ def write_subnet_status(store: Store, name: str, pools: Sequence[IPPool] | None 
     raise Conflict(f'{Subnet.KIND} "{name}": kept changing while its status was written; try again')
 
 
+def owned_pools(store: Store, subnet_uid: str) -> list[str]:
+    """Names of the stored SpiderIPPools whose ownerReferences name the SpiderSubnet ``subnet_uid``."""
+    if not subnet_uid:
+        return []
+    out = []
+    for obj in store.list(IPPool.KIND, allocated_ips=False):
+        refs = obj["metadata"].get("ownerReferences") or []
+        if any(isinstance(r, dict) and r.get("uid") == subnet_uid for r in refs):
+            out.append(str(obj["metadata"]["name"]))
+    return out
+
+
 def finish_terminating(store: Store, kind: str, name: str) -> bool:
     """Spiderpool's controller step for a terminating SpiderIPPool (once it holds no records) or
-    SpiderSubnet: remove the finalizer ``spiderpool.spidernet.io``, so the store removes the object if no
+    SpiderSubnet (once no SpiderIPPool names it in its ownerReferences): remove the finalizer ``spiderpool.spidernet.io``, so the store removes the object if no
     other finalizer holds it.  True when the object is gone (or absent); False while it stays (not
     terminating, records left, or another finalizer).  Raises Conflict when it changed meanwhile."""
     try:
@@ -158,6 +172,8 @@ def finish_terminating(store: Store, kind: str, name: str) -> bool:
         return False
     if kind == IPPool.KIND and store.records(name):
         return False  # the IP GC (or CNI DEL) releases them first
+    if kind == Subnet.KIND and owned_pools(store, str(meta.get("uid") or "")):
+        return False  # the owner GC (ipam.owner_gc) deletes them first
     finalizers = list(meta.get("finalizers") or [])
     if FINALIZER in finalizers:
         meta["finalizers"] = [f for f in finalizers if f != FINALIZER]

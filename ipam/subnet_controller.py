@@ -14,17 +14,22 @@ empty, else marked terminating so nothing new is allocated from them and the poo
 them after the IP GC has released their records.  ``"false"`` pools stay for a later application of
 the same kind, namespace and name, which takes them over (the UID label is refreshed).
 
+It also adopts orphan pools (:meth:`SubnetController.adopt_orphans`): a SpiderIPPool of a subnet's CIDR
+written before the subnet gets the subnet as its controller owner, the owner label and the subnet's
+gateway and routes, as Spiderpool's subnet controller does; deleting the subnet then deletes it too
+(``ipam.owner_gc``).
+
 Every method is idempotent: running it again with nothing changed writes nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
-from ipam import admin
+from ipam import admin, admission
 from ipam import annotations as an
 from ipam.autopool import (
     LABEL_APP_KIND,
@@ -48,6 +53,7 @@ from ipam.workload import TopController
 __all__ = [
     "APP_KINDS",
     "SubnetController",
+    "adoptable",
     "app_requests",
     "app_top",
     "managed_by_parent",
@@ -156,6 +162,33 @@ def app_requests(app: Obj, *, default_flexible_ip_number: int) -> list[AppReques
     return out
 
 
+def adoptable(pools: Sequence[Obj], subnets: Sequence[Obj]) -> list[tuple[IPPool, Subnet]]:
+    """The pools a subnet should control but does not, each with that subnet: pools not terminating, of
+    the CIDR and family of a subnet that is not terminating, without its controller reference and owner
+    label.  Pools that do not parse are skipped (admission reports them when they are written)."""
+    out: list[tuple[IPPool, Subnet]] = []
+    for obj in pools:
+        try:
+            pool = IPPool.from_obj(obj)
+        except Invalid:
+            continue
+        if pool.terminating:
+            continue
+        owner = admission.owner_subnet(pool, subnets)
+        if owner is not None and not admission.is_owned_by(obj, owner):
+            out.append((pool, owner))
+    return out
+
+
+def _adopter(owner: Subnet) -> Callable[[Obj], Obj | None]:
+    def change(obj: Obj) -> Obj | None:
+        if obj["metadata"].get("deletionTimestamp") or admission.is_owned_by(obj, owner):
+            return None
+        return admission.adopt(obj, owner)
+
+    return change
+
+
 class SubnetController:
     """Creates, resizes and reclaims the auto pools of applications that ask for them."""
 
@@ -164,6 +197,7 @@ class SubnetController:
             raise ValueError("default_flexible_ip_number must be >= 0")
         self.store = store
         self.default_flexible_ip_number = default_flexible_ip_number
+        self._refused: dict[str, tuple[str, str]] = {}  # pool -> (pool, subnet) versions reported
 
     # ------------------------------------------------------------------ entry points
 
@@ -226,10 +260,45 @@ class SubnetController:
         self._log(report)
         return report
 
-    def reconcile_all(self) -> ReconcileReport:
-        """Reconcile every application, then reclaim auto pools whose application is gone or was
-        replaced by another of the same name (another UID), then refresh every subnet's status."""
+    def adopt_orphans(self) -> ReconcileReport:
+        """Spiderpool's subnet controller: every SpiderIPPool of a subnet's CIDR (and family) that the
+        subnet does not control yet (written before the subnet, or straight through the store) gets the
+        controller ownerReference, the ``owner-spider-subnet`` label and the subnet's gateway and routes
+        where it has none (``ipam.admission.adopt``).  The write goes through admission; a pool that
+        cannot be adopted (its IPs are not the subnet's, the inherited gateway is one of its IPs...)
+        stays as it is and its one-line error is reported once per version of pool and subnet.
+        Terminating pools and subnets are left alone."""
         report = ReconcileReport()
+        try:
+            pool_objs = self.store.list(IPPool.KIND, allocated_ips=False)
+            subnet_objs = self.store.list(Subnet.KIND)
+        except IpamError as err:
+            report.errors.append(f"cannot list pools and subnets: {err}")
+            return report
+        refused: dict[str, tuple[str, str]] = {}
+        for pool, owner in adoptable(pool_objs, subnet_objs):
+            versions = (pool.resource_version, owner.resource_version)
+            try:
+                written = admin.update_object(self.store, IPPool.KIND, pool.name, _adopter(owner))
+            except NotFound:
+                continue
+            except IpamError as err:
+                refused[pool.name] = versions
+                if self._refused.get(pool.name) != versions:
+                    report.errors.append(f"{Subnet.KIND} {owner.name} cannot adopt its pool: {err}")
+                continue
+            if written is not None:
+                report.updated.append(f"{IPPool.KIND}/{pool.name}")
+                LOG.info("SpiderSubnet %s adopted SpiderIPPool %s", owner.name, pool.name)
+        self._refused = refused
+        self._log(report)
+        return report
+
+    def reconcile_all(self) -> ReconcileReport:
+        """Adopt orphan pools, reconcile every application, then reclaim auto pools whose application is
+        gone or was replaced by another of the same name (another UID), then refresh every subnet's
+        status."""
+        report = self.adopt_orphans()
         live: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> uid
         for kind in APP_KINDS:
             try:
