@@ -197,7 +197,7 @@ class SubnetController:
             raise ValueError("default_flexible_ip_number must be >= 0")
         self.store = store
         self.default_flexible_ip_number = default_flexible_ip_number
-        self._refused: dict[str, tuple[str, str]] = {}  # pool -> (pool, subnet) versions reported
+        self._refused: dict[str, tuple[str, str]] = {}  # pool -> (pool version, subnet spec) reported
 
     # ------------------------------------------------------------------ entry points
 
@@ -266,7 +266,8 @@ class SubnetController:
         controller ownerReference, the ``owner-spider-subnet`` label and the subnet's gateway and routes
         where it has none (``ipam.admission.adopt``).  The write goes through admission; a pool that
         cannot be adopted (its IPs are not the subnet's, the inherited gateway is one of its IPs...)
-        stays as it is and its one-line error is reported once per version of pool and subnet.
+        stays as it is and its one-line error is reported once per version of the pool and of the subnet's
+        spec.
         Terminating pools and subnets are left alone."""
         report = ReconcileReport()
         try:
@@ -277,7 +278,7 @@ class SubnetController:
             return report
         refused: dict[str, tuple[str, str]] = {}
         for pool, owner in adoptable(pool_objs, subnet_objs):
-            versions = (pool.resource_version, owner.resource_version)
+            versions = (pool.resource_version, repr((owner.uid, owner.usable, owner.gateway, owner.routes)))
             try:
                 written = admin.update_object(self.store, IPPool.KIND, pool.name, _adopter(owner))
             except NotFound:
