@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from cni.spiderpool import render_plugin_file
 from ipam import admin
@@ -32,7 +31,7 @@ from ipam.errors import AlreadyExists, NotFound
 from ipam.service import IpamService, IpamSettings
 from ipam.sqlite_store import SqliteStore
 from ipam.store import Obj
-from spiderbgp.cni_endpoint import make_app, serve, shutdown
+from spiderbgp.cni_endpoint import CniSocket, make_app, serve, shutdown
 from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
 
 PYTHON = os.path.realpath(sys.executable)
@@ -201,7 +200,7 @@ class Agent:
         self.service = IpamService(store, node_name=NODE, settings=settings)
         self.backend = IpamBackend(self.service, executor=self.executor, events=self.events.sink())
         self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
+        self._runner: CniSocket | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     @property

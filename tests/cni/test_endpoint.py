@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import socket
 import stat
@@ -14,7 +15,7 @@ import aiohttp
 import pytest
 
 from cni import wire
-from spiderbgp.cni_endpoint import BackendError, SocketInUse, make_app, serve, shutdown
+from spiderbgp.cni_endpoint import BackendError, SocketInUse, make_app, parse_call, serve, shutdown
 
 
 class ScriptedBackend:
@@ -210,3 +211,131 @@ async def test_graceful_shutdown_finishes_in_flight_request(served: Any) -> None
     status, body = await asyncio.wait_for(pending, 5)
     assert status == 200 and body["ips"][0]["address"] == "10.0.0.9/24"
     await asyncio.wait_for(stopping, 5)
+
+
+# -- the short path and the hand-over to aiohttp, over raw connections ------------------------------------
+
+
+def _post(path: str, body: bytes, *extra: str, version: str = "HTTP/1.1") -> bytes:
+    head = [f"POST {path} {version}", "Host: agent", f"Content-Length: {len(body)}", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def _responses(reader: asyncio.StreamReader, count: int) -> list[tuple[int, dict[str, str], Any]]:
+    """``count`` HTTP responses with Content-Length bodies, in order."""
+    out = []
+    for _ in range(count):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
+        }
+        body = await reader.readexactly(int(headers["content-length"]))
+        out.append((int(lines[0].split(" ")[1]), headers, json.loads(body)))
+    return out
+
+
+ADD_BYTES = json.dumps(ADD).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (_post(wire.PATH_ADD, ADD_BYTES), "add"),
+        (_post(wire.PATH_DEL, b"{}", "Connection: keep-alive, Close"), "del close"),
+        (b"GET /v1/cni/status?network=n HTTP/1.1\r\nHost: a\r\n\r\n", "status"),
+        (_post(wire.PATH_ADD, ADD_BYTES)[:-3], "incomplete"),
+        (b"POST /v1/cni/add HTTP/1.1\r\nHost: a", "incomplete"),
+        (_post(wire.PATH_ADD, ADD_BYTES, version="HTTP/1.0"), None),
+        (_post("/v1/bgp/status", b""), None),
+        (_post(wire.PATH_ADD + "?x=1", ADD_BYTES), None),
+        (_post(wire.PATH_ADD, ADD_BYTES, "Content-Length: 3"), None),
+        (_post(wire.PATH_ADD, ADD_BYTES, "Transfer-Encoding: chunked"), None),
+        (_post(wire.PATH_ADD, ADD_BYTES, "Expect: 100-continue"), None),
+        (_post(wire.PATH_ADD, ADD_BYTES, " folded"), None),
+        (_post(wire.PATH_ADD, ADD_BYTES, "Bad Name: x"), None),
+        (b"POST /v1/cni/add HTTP/1.1\r\nHost: a\r\n\r\n", None),
+        (b"GET /v1/cni/status HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", None),
+        (b"POST /v1/cni/add HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (wire.MAX_BODY_BYTES + 1), None),
+        (b"GET / HTTP/1.1\r\nX: " + b"y" * 20000, None),
+    ],
+)
+def test_parse_call_takes_only_what_it_fully_understands(data: bytes, expected: str | None) -> None:
+    call = parse_call(data if expected == "incomplete" else data + b"next")
+    if expected is None or expected == "incomplete":
+        assert call == (None if expected is None else "incomplete")
+        return
+    assert not isinstance(call, str) and call is not None
+    operation, _, close = expected.partition(" ")
+    assert (call.operation, call.close, call.size) == (operation, close == "close", len(data))
+
+
+async def test_pipelined_calls_are_answered_in_order(served: Any) -> None:
+    backend, _, observed, path, _ = served
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        dreq = json.dumps(wire.DelRequest(container_id="c", if_name="eth0", network="net").to_json()).encode()
+        writer.write(
+            _post(wire.PATH_ADD, ADD_BYTES) + _post(wire.PATH_DEL, dreq) + _post(wire.PATH_ADD, b"{")
+        )
+        answers = await _responses(reader, 3)
+    finally:
+        writer.close()
+    assert [(status, body.get("code")) for status, _, body in answers] == [
+        (200, None),
+        (200, None),
+        (400, 106),
+    ]
+    assert answers[0][2]["ips"][0]["address"] == "10.0.0.9/24"
+    assert answers[0][1]["content-type"].startswith("application/json")
+    assert [type(r).__name__ for r in backend.seen] == ["AddRequest", "DelRequest"]
+    assert observed == [("add", 0), ("del", 0), ("add", wire.CODE_BAD_REQUEST)]
+
+
+async def test_a_connection_changes_to_aiohttp_at_the_first_request_it_does_not_take(served: Any) -> None:
+    _, _, _, path, _ = served
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        probe = b"GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n"
+        writer.write(_post(wire.PATH_ADD, ADD_BYTES) + probe + _post(wire.PATH_ADD, ADD_BYTES))
+        answers = await _responses(reader, 3)
+    finally:
+        writer.close()
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert answers[1][2] == {"apiVersion": "v1", "status": "ok"} and "ips" in answers[2][2]
+
+
+@pytest.mark.parametrize("extra", [(), ("Transfer-Encoding: chunked",)])
+async def test_requests_the_short_path_leaves_are_served_by_aiohttp(
+    served: Any, extra: tuple[str, ...]
+) -> None:
+    backend, _, observed, path, _ = served
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        if extra:  # chunked: the same body in two chunks
+            body = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+                10,
+                ADD_BYTES[:10],
+                len(ADD_BYTES) - 10,
+                ADD_BYTES[10:],
+            )
+            writer.write(f"POST {wire.PATH_ADD} HTTP/1.1\r\nHost: a\r\n{extra[0]}\r\n\r\n".encode() + body)
+        else:
+            writer.write(_post(wire.PATH_ADD, ADD_BYTES, version="HTTP/1.0"))
+        [(status, _, body)] = await _responses(reader, 1)
+    finally:
+        writer.close()
+    assert status == 200 and body["ips"][0]["address"] == "10.0.0.9/24"
+    assert backend.seen == [wire.AddRequest.from_json(ADD)] and observed == [("add", 0)]
+
+
+async def test_connection_close_is_honoured(served: Any) -> None:
+    _, _, _, path, _ = served
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        writer.write(_post(wire.PATH_ADD, ADD_BYTES, "Connection: close"))
+        [(status, headers, _)] = await _responses(reader, 1)
+        assert status == 200 and headers["connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
