@@ -39,7 +39,13 @@ __all__ = [
 ]
 
 MAX_LINE = 512 * 1024  # ExaBGP refuses lines over 1 MiB; stay well below
-NLRI_PER_LINE = 500  # batching beyond ~100 prefixes per line gains nothing (lab-notes §5.1)
+# ExaBGP runs an API command as a generator that yields once per prefix, and its reactor advances
+# such generators by at most 50 steps per loop turn (reactor/asynchronous.py, ASYNC.LIMIT); a turn
+# with no new input ends in a poll that sleeps for its idle tick.  A line of 500 prefixes therefore
+# took 10 ticks, and 2,000 prefixes 40 (0.4 s at ExaBGP's default tick, 2 s at ours).  A line of 49
+# prefixes is injected and acked within one turn (49 steps + the ack), and the next line, sent on
+# the ack, wakes ExaBGP at once: a bulk announce no longer depends on the tick at all.
+NLRI_PER_LINE = 49
 SHOW_ADJ_RIB_OUT = "show adj-rib out json"
 
 

@@ -291,8 +291,8 @@ class ExabgpProcess:
 
         They are not pipelined on purpose: ExaBGP answers some errors (an unknown command, an EoR for
         a peer that is not established) at once, ahead of announcements still in its queue, so acks
-        of pipelined commands could not be matched by order.  Batches of hundreds of prefixes per
-        line keep the number of round trips small."""
+        of pipelined commands could not be matched by order.  Each ack comes within one turn of
+        ExaBGP's loop (see commands.NLRI_PER_LINE), and the next command wakes it at once."""
         return [await self.send(cmd) for cmd in commands]
 
     async def send(self, command: str) -> CommandResult:

@@ -90,7 +90,8 @@ def render_exabgp_config(
 # sets how often an idle ExaBGP wakes up to look at its timers: 1.0 (its default, 100 wake-ups a
 # second) cost 1.3-1.6 % of a core with one established peer and nothing to send; 5.0 (20 a second)
 # costs 0.3-0.4 %.  The price: steps of the TCP connect that ExaBGP does not poll for wait for a
-# tick, so a session comes up ~0.1 s later; keepalives and hold timers are seconds.
+# tick, so a session comes up ~0.1 s later; keepalives and hold timers are seconds.  API commands
+# are sized so that none waits for a tick (commands.NLRI_PER_LINE).
 REACTOR_SPEED = "5.0"
 
 

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from bgp_speaker.commands import SHOW_ADJ_RIB_OUT, parse_adj_rib_line
+from bgp_speaker.commands import (
+    NLRI_PER_LINE,
+    SHOW_ADJ_RIB_OUT,
+    RouteAttributes,
+    announce_commands,
+    parse_adj_rib_line,
+)
 from bgp_speaker.config import parse_bgp_config
 from bgp_speaker.exabgp import Event, ExabgpError, ExabgpGone, ExabgpProcess
 from bgp_speaker.kernel import RouteBatch, RouteChange
@@ -120,6 +126,27 @@ async def test_bulk_batch_of_thousands_of_prefixes_is_acked(exa: tuple[ExabgpPro
     shown = await proc.send(SHOW_ADJ_RIB_OUT)
     assert len(shown.output) == len(nets)
     assert time.monotonic() - started < 30
+
+
+async def test_lines_of_nlri_per_line_prefixes_never_wait_for_exabgps_idle_tick(
+    exa: tuple[ExabgpProcess, list[Event]],
+) -> None:
+    """ExaBGP advances an API command by 50 prefixes per loop turn and then sleeps for its idle tick
+    (50 ms with our reactor speed) unless new input arrives: 500-prefix lines wait 10 ticks each,
+    lines of NLRI_PER_LINE prefixes are acked within one turn."""
+    proc, _ = exa
+    attrs = RouteAttributes(next_hop=ipaddress.ip_address("192.0.2.11"))
+    first = [N(f"10.251.{i // 250}.{i % 250}/32") for i in range(1000)]
+    second = [N(f"10.252.{i // 250}.{i % 250}/32") for i in range(1000)]
+    started = time.monotonic()
+    assert all(r.ok for r in await proc.send_many(announce_commands(PEER, attrs, first, per_line=500)))
+    wide = time.monotonic() - started
+    started = time.monotonic()
+    assert all(r.ok for r in await proc.send_many(announce_commands(PEER, attrs, second)))
+    narrow = time.monotonic() - started
+    assert NLRI_PER_LINE < 50
+    assert wide > 0.8  # 20 ticks of 50 ms
+    assert narrow < wide / 2, (narrow, wide)
 
 
 async def test_exabgp_death_is_noticed_at_once(exa: tuple[ExabgpProcess, list[Event]]) -> None:
