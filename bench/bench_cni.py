@@ -12,8 +12,9 @@ keeps the IP of a live pod across sandboxes).
    ``/usr/lib/cni/host-local`` ADD (temp dataDir).  Each ADD is followed by an untimed pod delete and
    DEL.  Beside them, one ADD over the socket from this process (the plugin's own HTTP code, no process
    start): the agent's part of the plugin's time.  p50/p99 side by side, ratios to the bare start; target: our p50 within 5 ms of the bare one.
-2. Throughput: ``--clients`` concurrent clients (asyncio + aiohttp UnixConnector, in this process, not
-   the agent's) doing ``--pairs`` ADD+DEL pairs over the socket; each pair is ADD, the pod's delete
+2. Throughput: ``--clients`` concurrent clients (in this process, not the agent's: each a keep-alive
+   connection on asyncio streams sending the plugin's requests and parsing answers with the plugin's
+   code, or with ``--client aiohttp`` an aiohttp ClientSession) doing ``--pairs`` ADD+DEL pairs over the socket; each pair is ADD, the pod's delete
    in the store, DEL.  Pairs/s (target >= 1,000), the agent's CPU per pair, per-request p50/p99, a
    check that every DEL released its IP, and as a reference the same pairs straight through
    IpamService in this process (one thread, no socket): the ceiling of the IPAM path itself.
@@ -49,7 +50,7 @@ import aiohttp
 import yaml
 
 from cni import wire
-from cni.spiderpool import Transport, render_plugin_file
+from cni.spiderpool import Transport, parse_http_response, render_plugin_file, response_length
 from ipam import admin
 from ipam.sqlite_store import SqliteStore
 
@@ -283,28 +284,70 @@ class Load:
     errors: list[str] = field(default_factory=list)
 
 
-async def _post(session: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    async with session.post(f"http://agent{path}", json=body) as resp:
-        return resp.status, await resp.json()
+class StreamClient:
+    """One keep-alive HTTP/1.1 connection to the agent socket on asyncio streams, answers parsed with the
+    plugin's own code: what the agent sees is the plugin's request, and the client costs a fraction of
+    an aiohttp ClientSession's CPU (the two share the bench machine's cores with the agent)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str) -> None:
+        self.reader, self.writer, self.where = reader, writer, where
+
+    @classmethod
+    async def connect(cls, sock: Path) -> StreamClient:
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        return cls(reader, writer, str(sock))
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        self.writer.write(
+            b"POST %s HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (path.encode(), len(payload))
+            + payload
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = response_length(head)
+        if length < 0:
+            raise SystemExit(f"agent answer without Content-Length: {head[:200]!r}")
+        data = head + await self.reader.readexactly(length - len(head))
+        return parse_http_response(data, self.where)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class AiohttpClient:
+    """The same over an aiohttp ClientSession (``--client aiohttp``)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        async with self.session.post(f"http://agent{path}", json=body) as resp:
+            return resp.status, await resp.json()
 
 
 async def drive(
-    sock: Path, agent_pid: int, cluster: Cluster, names: Sequence[str], clients: int, *, release: bool
+    sock: Path,
+    agent_pid: int,
+    cluster: Cluster,
+    names: Sequence[str],
+    clients: int,
+    *,
+    release: bool,
+    client: str = "stream",
 ) -> Load:
-    """``clients`` workers take the next pod name: ADD, and with ``release`` the pod's delete in the
-    store (in a thread) and DEL."""
+    """``clients`` workers, each on its own keep-alive connection, take the next pod name: ADD, and with
+    ``release`` the pod's delete in the store (in a thread) and DEL."""
     load = Load()
     queue = iter(names)
-    connector = aiohttp.UnixConnector(path=str(sock), limit=clients)
-    timeout = aiohttp.ClientTimeout(total=60)
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(conn: StreamClient | AiohttpClient) -> None:
         for name in queue:
             uid = cluster.uids[name]
             add = wire.AddRequest(container_id=name, if_name="eth0", netns="/var/run/netns/bench",
                                   pod_namespace=NAMESPACE, pod_name=name, pod_uid=uid, network=NETWORK)  # fmt: skip
             t0 = time.perf_counter()
-            status, body = await _post(session, wire.PATH_ADD, add.to_json())
+            status, body = await conn.post(wire.PATH_ADD, add.to_json())
             t1 = time.perf_counter()
             load.add.append(t1 - t0)
             if status != 200:
@@ -317,17 +360,30 @@ async def drive(
             load.pod_delete.append(t2 - t1)
             dreq = wire.DelRequest(container_id=name, if_name="eth0", pod_namespace=NAMESPACE,
                                    pod_name=name, pod_uid=uid, network=NETWORK)  # fmt: skip
-            status, body = await _post(session, wire.PATH_DEL, dreq.to_json())
+            status, body = await conn.post(wire.PATH_DEL, dreq.to_json())
             load.delete.append(time.perf_counter() - t2)
             if status != 200:
                 load.errors.append(f"DEL {name}: {status} {body}")
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async def run(conns: Sequence[StreamClient | AiohttpClient]) -> None:
         cpu0, mine0, start = cpu_seconds(agent_pid), time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(clients)))
+        await asyncio.gather(*(worker(conn) for conn in conns))
         load.seconds = time.perf_counter() - start
         load.agent_cpu = cpu_seconds(agent_pid) - cpu0
         load.client_cpu = time.process_time() - mine0
+
+    if client == "aiohttp":
+        connector = aiohttp.UnixConnector(path=str(sock), limit=clients)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await run([AiohttpClient(session)] * clients)
+        return load
+    streams = [await StreamClient.connect(sock) for _ in range(clients)]
+    try:
+        await run(streams)
+    finally:
+        for stream in streams:
+            stream.close()
     return load
 
 
@@ -415,6 +471,12 @@ def main() -> int:
     parser.add_argument("--fill", type=int, default=10_000, help="allocations held for the memory figure")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the plugin and the agent")
     parser.add_argument("--profile", type=Path, default=None, help="cProfile the agent into this file")
+    parser.add_argument(
+        "--client",
+        choices=("stream", "aiohttp"),
+        default="stream",
+        help="throughput clients: keep-alive asyncio streams with the plugin's HTTP parsing, or aiohttp",
+    )
     args = parser.parse_args()
     python = os.path.realpath(args.python)
     with tempfile.TemporaryDirectory(prefix="sbgp-bench-cni-") as tmp:
@@ -434,8 +496,10 @@ def main() -> int:
                 if args.pairs:
                     names = [f"pair{i}" for i in range(args.pairs)]
                     made = create_pods_timed(cluster, names)
-                    load = asyncio.run(drive(sock, proc.pid, cluster, names, args.clients, release=True))
-                    print_load(f"2. agent throughput: {args.clients} clients, ADD + pod delete + DEL per pair "
+                    load = asyncio.run(
+                        drive(sock, proc.pid, cluster, names, args.clients, release=True, client=args.client)
+                    )
+                    print_load(f"2. agent throughput: {args.clients} {args.client} clients, ADD + pod delete + DEL per pair "
                                f"({args.pairs} pods created beforehand in {made:.1f} s)", load, args.pairs, "pairs", 1000)  # fmt: skip
                     left = sum(
                         1 for r in store.records("bench") if r.pod.partition("/")[2].startswith("pair")
@@ -449,7 +513,9 @@ def main() -> int:
                 if args.fill:
                     names = [f"fill{i}" for i in range(args.fill)]
                     create_pods_timed(cluster, names)
-                    load = asyncio.run(drive(sock, proc.pid, cluster, names, args.clients, release=False))
+                    load = asyncio.run(
+                        drive(sock, proc.pid, cluster, names, args.clients, release=False, client=args.client)
+                    )
                     print_load(f"3. agent memory: {args.fill} allocations held ({args.clients} clients, ADD only)",
                                load, args.fill, "ADDs", None)  # fmt: skip
                     held = len(store.records("bench"))
