@@ -39,6 +39,7 @@ from ipam.autopool import (
     LABEL_RECLAIM,
     Action,
     AppRequest,
+    AutoPoolError,
     find_auto_pool,
     is_auto_pool,
     plan,
@@ -364,6 +365,10 @@ class SubnetController:
                 f"{_template_path(request.top.kind)}.metadata.annotations[ipam.spidernet.io/subnet]",
                 f'SpiderSubnet "{request.subnet}" not found',
             ) from None
+        if subnet.terminating:
+            raise AutoPoolError(
+                f'{what}: SpiderSubnet "{subnet.name}" is being deleted; no auto pool is made or resized from it'
+            )
         pools = self._pools(None)
         # the subnet's free addresses follow the pools as stored now, not a possibly older status
         fresh = replace(subnet, controlled_pools=controlled_pools(subnet, pools))

@@ -242,3 +242,30 @@ def test_owner_gc_leaves_live_subnets_pools_alone(store: Store, world: World) ->
     report = OwnerGC(store).collect()
     assert report.updated == [] and report.errors == []
     assert store.get("SpiderIPPool", "p1") == before
+
+
+def test_auto_pool_goes_with_its_subnet_and_is_not_made_again(store: Store, world: World) -> None:
+    subnet(world)
+    template = {
+        "metadata": {"annotations": {"ipam.spidernet.io/subnet": json.dumps({"ipv4": ["s1"]})}},
+        "spec": {"containers": []},
+    }
+    app = world.app("Deployment", "web", {"replicas": 2, "template": template})
+    subnets = SubnetController(store)
+    leader = PoolPass(store, subnets)
+    assert subnets.reconcile(app).errors == []
+    (auto,) = [p["metadata"]["name"] for p in store.list("SpiderIPPool")]
+    claim(store, auto, "10.0.1.0")
+
+    admin.delete_object(store, "SpiderSubnet", "s1")
+    leader.reconcile()
+    assert store.get("SpiderIPPool", auto)["metadata"]["deletionTimestamp"]
+    report = subnets.reconcile(app)
+    assert report.updated == []
+    assert report.errors == [
+        'Deployment "default/web": SpiderSubnet "s1" is being deleted; no auto pool is made or resized from it'
+    ]
+    release(store, auto, "10.0.1.0")
+    leader.reconcile()
+    assert subnets.reconcile(app).updated == []  # the subnet is gone: nothing to cut a pool from
+    assert store.list("SpiderIPPool") == [] and not exists(store, "SpiderSubnet", "s1")
