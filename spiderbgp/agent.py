@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ipam.errors import Gone, IpamError
@@ -136,6 +136,7 @@ class Agent:
             ),
             on_conflict=self.metrics.conflicts.inc,
         )
+        self._latency: dict[str, Histogram] = {}
         self._stopping = threading.Event()
         self._tracker = NodeAddresses(config.node_name)
         self._started = False
@@ -153,7 +154,10 @@ class Agent:
             self.announcer.remove_pod_ips(ips)
 
     def _observe(self, operation: str, code: int, seconds: float) -> None:
-        self.metrics.latency.labels(operation).observe(seconds)
+        latency = self._latency.get(operation)
+        if latency is None:  # labels() looks the child up under a lock: once per operation
+            latency = self._latency[operation] = self.metrics.latency.labels(operation)
+        latency.observe(seconds)
         if code:
             self.metrics.errors.labels(operation).inc()
         elif operation == "add":

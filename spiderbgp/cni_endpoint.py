@@ -253,6 +253,8 @@ _MAX_HEAD = 16 * 1024  # a head longer than this, or not complete by then, goes 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 409: b"Conflict", 413: b"Payload Too Large",
             422: b"Unprocessable Entity", 500: b"Internal Server Error", 503: b"Service Unavailable"}  # fmt: skip
 _INCOMPLETE = "incomplete"
+# RFC 9110 token characters (a header name); translate(None, _TOKEN) leaves whatever is not one
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class _Call:
@@ -375,6 +377,7 @@ class _FastConnection(asyncio.Protocol):
         elif isinstance(call, _Call):
             del self._buffer[: call.size]
             self._busy = True
+            self._server.busy += 1
             asyncio.get_running_loop().create_task(self._run(transport, call))
         elif self._eof:
             transport.close()
@@ -390,7 +393,9 @@ class _FastConnection(asyncio.Protocol):
             status, body = await _answer(server.backend, server.observer, call.operation, request)
         finally:
             self._busy = False
-            server.idle()
+            server.busy -= 1
+            if server.closing and not server.busy:
+                server.idle.set()
         if self._transport is None:
             return  # the client went away; the call's effect stands (ADD/DEL are idempotent)
         close = call.close or self._eof or server.closing
@@ -427,21 +432,18 @@ class CniSocket:
         self.backend: CniBackend = app[_BACKEND]
         self.observer: RequestObserver | None = observer if callable(observer) else None
         self.connections: set[_FastConnection] = set()
+        self.busy = 0  # connections answering a call
         self.closing = False
         self.shutdown_timeout = shutdown_timeout
         self._server: asyncio.AbstractServer | None = None
         self._inode: int | None = None
-        self._idle = asyncio.Event()
+        self.idle = asyncio.Event()  # set once closing and no call is in progress
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _FastConnection(self), self.path)
         os.chmod(self.path, 0o600)
         self._inode = os.lstat(self.path).st_ino
-
-    def idle(self) -> None:
-        if not any(c.busy for c in self.connections):
-            self._idle.set()
 
     async def stop_accepting(self) -> None:
         """No new connections from now on (the ones accepted are still served)."""
@@ -454,10 +456,10 @@ class CniSocket:
         connection, and remove the socket file if it is still the one we bound."""
         await self.stop_accepting()
         self.closing = True
-        self._idle.clear()
-        self.idle()
+        if not self.busy:
+            self.idle.set()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.shutdown_timeout)
+            await asyncio.wait_for(self.idle.wait(), self.shutdown_timeout)
         for connection in list(self.connections):
             if not connection.busy:
                 connection.close()
