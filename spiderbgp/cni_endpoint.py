@@ -333,6 +333,7 @@ class _FastConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._busy = False  # a call is being answered: later bytes wait in the buffer
         self._eof = False
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -378,7 +379,8 @@ class _FastConnection(asyncio.Protocol):
             del self._buffer[: call.size]
             self._busy = True
             self._server.busy += 1
-            asyncio.get_running_loop().create_task(self._run(transport, call))
+            # the loop keeps only a weak reference to a task: the connection holds this one
+            self._task = asyncio.get_running_loop().create_task(self._run(transport, call))
         elif self._eof:
             transport.close()
 
