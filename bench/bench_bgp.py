@@ -19,8 +19,8 @@ Convergence (per pod, node1 and node2 taking turns in the same run, 0.15 s apart
   exec, pipes and wait, holding the GIL in turns) would slow the speaker in a way no agent is slowed
   when a CNI plugin, another process, adds the route.
 Bulk: N host routes on a node; the speaker restarted without graceful restart: time from the start
-until the router's kernel holds all N again; the same for raw ExaBGP fed the N routes by a trivial
-helper, and for BIRD restarted with N kernel routes to learn.
+until the router's kernel holds all N again; the same for raw ExaBGP (with its default reactor
+speed) fed the N routes by a trivial helper, and for BIRD restarted with N kernel routes to learn.
 Memory: resident set of ExaBGP + relay, and of this process (which hosts the speaker), with N routes.
 """
 
@@ -436,6 +436,9 @@ neighbor {ROUTER} {{
 """
     )
     env = {"PATH": "/usr/sbin:/usr/bin:/bin", **exabgp_environment(pipename="rawbench", cli=False)}
+    # ExaBGP's own reactor speed (1.0): the helper writes 500-prefix lines at once, which ExaBGP takes
+    # in 50 prefixes per idle tick, so our slower idle tick (5.0) would make the baseline 2x slower
+    del env["exabgp_reactor_speed"]
     return [str(VENV_BIN / "exabgp"), "server", str(d / "exabgp.conf")], env
 
 
