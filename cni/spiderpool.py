@@ -1056,14 +1056,15 @@ def exit_now(status: int) -> NoReturn:
 _WIRE_BEGIN = "# --- begin wire import"
 _WIRE_END = "# --- end wire import ---"
 _PACKAGING = "# --- packaging"
+_AGENT_SIDE = ("# --- agent side", "# --- end agent side ---")
 _MAIN_GUARD = 'if __name__ == "__main__":'
 # The bytes a triple-quoted literal without escapes cannot hold (NUL, CR, quote, backslash).
 _UNSAFE = b'\x00\r"\\'
 
 
 def render_source() -> str:
-    """The installed program: this module up to its packaging section, with ``cni/wire.py`` inlined in
-    place of its import (one self-contained module), and the main guard."""
+    """The installed program: this module up to its packaging section, with ``cni/wire.py`` (less its
+    agent-side blocks) inlined in place of its import (one self-contained module), and the main guard."""
     from pathlib import Path
 
     here = Path(__file__).resolve().parent
@@ -1072,11 +1073,28 @@ def render_source() -> str:
     begin, end = plugin.index(_WIRE_BEGIN), plugin.index(_WIRE_END)
     end = plugin.index("\n", end) + 1
     packaging, guard = plugin.index(_PACKAGING), plugin.rindex(_MAIN_GUARD)
-    wire_body = wire.replace("from __future__ import annotations\n", "", 1)
+    wire_body = _without_agent_side(wire.replace("from __future__ import annotations\n", "", 1))
     return (
         f"{plugin[:begin]}# --- cni/wire.py, inlined ---\n{wire_body}\n# --- end of cni/wire.py ---\n"
         f"{plugin[end:packaging]}{plugin[guard:]}"
     )
+
+
+def _without_agent_side(source: str) -> str:
+    """``source`` without its blocks between ``# --- agent side`` and ``# --- end agent side ---``."""
+    out: list[str] = []
+    skipping = False
+    for line in source.splitlines(keepends=True):
+        text = line.strip()
+        if text.startswith(_AGENT_SIDE[0]):
+            skipping = True
+        elif text == _AGENT_SIDE[1]:
+            skipping = False
+        elif not skipping:
+            out.append(line)
+    if skipping:
+        raise ValueError(f"cni/wire.py: a {_AGENT_SIDE[0]!r} block has no end")
+    return "".join(out)
 
 
 def _svarint(out: bytearray, value: int) -> None:

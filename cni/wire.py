@@ -12,7 +12,9 @@ and typing names are only imported for the type checker.  ``to_json`` returns a 
 ``from_json`` takes one (the caller does the (de)serialization with its own JSON codec).
 
 ``cni.spiderpool.render_plugin_file`` inlines this source into the installed plugin file, so it must
-stay self-contained: no project imports, no module-level names that clash with the plugin's.
+stay self-contained: no project imports, no module-level names that clash with the plugin's.  What
+only the agent uses sits between ``# --- agent side`` and ``# --- end agent side ---`` comments, which
+the plugin file leaves out (less bytecode to load on every CNI call): nothing the plugin calls may.
 """
 
 from __future__ import annotations
@@ -293,6 +295,7 @@ class AddRequest(_Record):
             "network": self.network,
         }
 
+    # --- agent side (left out of the plugin file) ---
     @classmethod
     def from_json(cls, value: object) -> AddRequest:
         where = "AddRequest"
@@ -311,6 +314,8 @@ class AddRequest(_Record):
             cni_version=_str(obj, "cniVersion", where),
             network=_str(obj, "network", where),
         )
+
+    # --- end agent side ---
 
 
 def _api_version(obj: Mapping[str, Any], where: str) -> None:
@@ -336,12 +341,15 @@ class IPConfig(_Record):
         version: Literal[4, 6] = 6 if _cidr(address, "IPConfig.address") == 6 else 4
         self._init(address=address, gateway=gateway or None, pool=pool, nic=nic, version=version)
 
+    # --- agent side (left out of the plugin file) ---
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"address": self.address, "pool": self.pool, "nic": self.nic}
         if self.gateway:
             out["gateway"] = self.gateway
         out["version"] = self.version
         return out
+
+    # --- end agent side ---
 
     @classmethod
     def from_json(cls, value: object, where: str = "IPConfig") -> IPConfig:
@@ -371,11 +379,14 @@ class Route(_Record):
     def __init__(self, *, if_name: str, dst: str, gw: str | None = None) -> None:
         self._init(if_name=if_name, dst=dst, gw=gw or None)
 
+    # --- agent side (left out of the plugin file) ---
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ifName": self.if_name, "dst": self.dst}
         if self.gw:
             out["gw"] = self.gw
         return out
+
+    # --- end agent side ---
 
     @classmethod
     def from_json(cls, value: object, where: str = "Route") -> Route:
@@ -443,6 +454,7 @@ class AddResponse(_Record):
     ) -> None:
         self._init(ips=tuple(ips), routes=tuple(routes), dns=dns)
 
+    # --- agent side (left out of the plugin file) ---
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "apiVersion": API_VERSION,
@@ -452,6 +464,8 @@ class AddResponse(_Record):
         if self.dns is not None:
             out["dns"] = self.dns.to_json()
         return out
+
+    # --- end agent side ---
 
     @classmethod
     def from_json(cls, value: object) -> AddResponse:
@@ -529,6 +543,7 @@ class DelRequest(_Record):
             "network": self.network,
         }
 
+    # --- agent side (left out of the plugin file) ---
     @classmethod
     def from_json(cls, value: object) -> DelRequest:
         where = "DelRequest"
@@ -544,6 +559,8 @@ class DelRequest(_Record):
             cni_version=_str(obj, "cniVersion", where),
             network=_str(obj, "network", where),
         )
+
+    # --- end agent side ---
 
 
 class CheckRequest(_Record):
@@ -609,6 +626,7 @@ class CheckRequest(_Record):
             "network": self.network,
         }
 
+    # --- agent side (left out of the plugin file) ---
     @classmethod
     def from_json(cls, value: object) -> CheckRequest:
         where = "CheckRequest"
@@ -628,6 +646,8 @@ class CheckRequest(_Record):
             cni_version=_str(obj, "cniVersion", where),
             network=_str(obj, "network", where),
         )
+
+    # --- end agent side ---
 
 
 class Attachment(_Record):
@@ -670,6 +690,7 @@ class GcRequest(_Record):
             "validAttachments": [a.to_json() for a in self.valid_attachments],
         }
 
+    # --- agent side (left out of the plugin file) ---
     @classmethod
     def from_json(cls, value: object) -> GcRequest:
         where = "GcRequest"
@@ -684,7 +705,10 @@ class GcRequest(_Record):
             ],
         )
 
+    # --- end agent side ---
 
+
+# --- agent side (left out of the plugin file) ---
 class GcResult(_Record):
     """What a GC released (``ip`` strings, bare addresses); the agent logs and counts them."""
 
@@ -703,6 +727,9 @@ class GcResult(_Record):
         obj = _obj(value, where)
         _api_version(obj, where)
         return cls(released=_str_list(obj, "released", where))
+
+
+# --- end agent side ---
 
 
 class StatusRequest(_Record):
@@ -739,6 +766,7 @@ class StatusRequest(_Record):
         pairs += [("ipv6Pool", p) for p in self.default_ipv6_ippool]
         return "&".join(f"{k}={_quote(v)}" for k, v in pairs if v)
 
+    # --- agent side (left out of the plugin file) ---
     @classmethod
     def from_query(cls, pairs: Iterable[tuple[str, str]]) -> StatusRequest:
         network, version, v4, v6 = "", "1.1.0", [], []
@@ -754,6 +782,8 @@ class StatusRequest(_Record):
             else:
                 raise ValueError(f"StatusRequest.{key}: unknown query parameter")
         return cls(network=network, cni_version=version, default_ipv4_ippool=v4, default_ipv6_ippool=v6)
+
+    # --- end agent side ---
 
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -775,11 +805,14 @@ class ErrorResponse(_Record):
     def __init__(self, *, code: int, msg: str, details: str = "") -> None:
         self._init(code=code, msg=msg, details=details)
 
+    # --- agent side (left out of the plugin file) ---
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"apiVersion": API_VERSION, "code": self.code, "msg": self.msg}
         if self.details:
             out["details"] = self.details
         return out
+
+    # --- end agent side ---
 
     @classmethod
     def from_json(cls, value: object) -> ErrorResponse:
@@ -792,6 +825,7 @@ class ErrorResponse(_Record):
         )
 
 
+# --- agent side (left out of the plugin file) ---
 __all__ = [
     "API_VERSION",
     "CODE_AGENT_INTERNAL",
@@ -834,3 +868,4 @@ __all__ = [
     "Route",
     "StatusRequest",
 ]
+# --- end agent side ---

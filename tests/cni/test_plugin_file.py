@@ -93,8 +93,20 @@ def test_the_installed_program_has_no_packaging_code() -> None:
     program = sp.render_source()
     assert "def render_plugin_file" not in program and "def literal_text" not in program
     assert "from cni.wire import" not in program and "class AddRequest(_Record)" in program
+    # the agent-side blocks of cni/wire.py are left out; what the plugin calls stays
+    assert "class GcResult" not in program and "def from_query" not in program and "__all__" not in program
+    assert "def to_query" in program and "class ErrorResponse(_Record)" in program
     assert program.rstrip().endswith(
         "exit_now(main(process_environ(), sys.stdin.buffer, sys.stdout, sys.stderr))"
+    )
+
+
+def test_an_agent_side_block_without_its_end_is_refused() -> None:
+    with pytest.raises(ValueError, match="has no end"):
+        sp._without_agent_side("x = 1\n# --- agent side (left out of the plugin file) ---\ny = 2\n")
+    assert (
+        sp._without_agent_side("a\n    # --- agent side\n    b\n    # --- end agent side ---\nc\n")
+        == "a\nc\n"
     )
 
 
