@@ -250,6 +250,7 @@ def make_app(backend: CniBackend, *, metrics: RequestObserver | None = None) -> 
 
 _ROUTES = {(m.encode(), p.encode()): op for op, (m, p) in _CALLS.items()}
 _MAX_HEAD = 16 * 1024  # a head longer than this, or not complete by then, goes to aiohttp
+_MAX_PENDING = wire.MAX_BODY_BYTES + _MAX_HEAD  # bytes read ahead while a call is answered
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 409: b"Conflict", 413: b"Payload Too Large",
             422: b"Unprocessable Entity", 500: b"Internal Server Error", 503: b"Service Unavailable"}  # fmt: skip
 _INCOMPLETE = "incomplete"
@@ -352,6 +353,8 @@ class _FastConnection(asyncio.Protocol):
         self._buffer += data
         if not self._busy:
             self._next()
+        elif len(self._buffer) > _MAX_PENDING and self._transport is not None:
+            self._transport.pause_reading()  # a client that sends on without reading our answers
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -365,6 +368,8 @@ class _FastConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        if not transport.is_reading():
+            transport.resume_reading()
         if not self._buffer:
             if self._eof:
                 transport.close()

@@ -339,3 +339,26 @@ async def test_connection_close_is_honoured(served: Any) -> None:
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
+
+
+async def test_bytes_sent_while_a_call_is_answered_wait_and_are_read_after(served: Any) -> None:
+    """A client that sends on (more than a body's worth) while its call is held: reading pauses, the
+    call is answered, then what followed is read (here not HTTP, which aiohttp refuses)."""
+    backend, _, _, path, _ = served
+    backend.release.clear()
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        writer.write(_post(wire.PATH_ADD, ADD_BYTES))
+        await asyncio.wait_for(backend.started.wait(), 5)
+        junk = b"x" * (wire.MAX_BODY_BYTES + 200_000)
+        writer.write(junk)
+        sending = asyncio.create_task(writer.drain())
+        await asyncio.sleep(0.2)
+        backend.release.set()
+        [(status, _, body)] = await _responses(reader, 1)
+        assert status == 200 and body["ips"][0]["address"] == "10.0.0.9/24"
+        await asyncio.wait_for(sending, 5)
+        rest = await asyncio.wait_for(reader.read(), 5)  # aiohttp answers the junk with 400 and closes
+        assert rest == b"" or rest.split(b" ", 2)[1] == b"400"
+    finally:
+        writer.close()
