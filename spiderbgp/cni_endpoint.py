@@ -291,7 +291,7 @@ def parse_call(data: bytes | bytearray) -> _Call | str | None:
     length, close = -1, False
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or not name.isascii() or any(c in b' \t()<>@,;\\"/[]?={}' for c in name):
+        if not colon or not name or name.translate(None, _TOKEN):
             return None
         name, value = name.lower(), value.strip(b" \t")
         if name == b"content-length":
