@@ -486,7 +486,9 @@ def main() -> int:
         cluster.setup()
         sock = work / "run" / "agent.sock"
         try:
-            with agent_process(work, python, args.profile) as proc:
+            # the agent runs in the environment its dependencies are installed in (a venv's python is a
+            # link: resolved, it would leave the venv); the plugin gets the resolved interpreter
+            with agent_process(work, args.python, args.profile) as proc:
                 idle = rss_mib(proc.pid)
                 print(
                     f"agent pid {proc.pid}: spiderbgp agent, SQLite WAL synchronous=NORMAL (durable against process death)"

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
+import httptools
 from aiohttp import web
 
 from cni import wire
@@ -254,8 +255,6 @@ _MAX_PENDING = wire.MAX_BODY_BYTES + _MAX_HEAD  # bytes read ahead while a call 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 409: b"Conflict", 413: b"Payload Too Large",
             422: b"Unprocessable Entity", 500: b"Internal Server Error", 503: b"Service Unavailable"}  # fmt: skip
 _INCOMPLETE = "incomplete"
-# RFC 9110 token characters (a header name); translate(None, _TOKEN) leaves whatever is not one
-_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class _Call:
@@ -267,52 +266,97 @@ class _Call:
         self.operation, self.query, self.body, self.close, self.size = operation, query, body, close, size
 
 
+class _Stop(Exception):
+    """Raised from a parser callback to stop at the end of the first request (or at its head)."""
+
+
+class _Request:
+    """The first request of a buffer as httptools' parser reports it (callbacks of its protocol)."""
+
+    __slots__ = (
+        "body",
+        "complete",
+        "content_length",
+        "headers_done",
+        "operation",
+        "parser",
+        "query",
+        "reject",
+        "url",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.body: list[bytes] = []
+        self.operation = ""
+        self.query = b""
+        self.content_length = -1
+        self.headers_done = False
+        self.complete = False
+        self.reject = False
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in (b"transfer-encoding", b"expect", b"upgrade"):
+            self.reject = True
+        elif name == b"content-length":
+            self.content_length = int(value)  # llhttp has checked that it is one valid number
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        path, _, self.query = self.url.partition(b"?")
+        operation = _ROUTES.get((self.parser.get_method(), path))
+        length = self.content_length
+        if (
+            operation is None
+            or self.reject
+            or self.parser.get_http_version() != "1.1"
+            or (self.query and operation != "status")
+            or (operation == "status" and length > 0)
+            or (operation != "status" and not 0 <= length <= wire.MAX_BODY_BYTES)
+        ):
+            self.reject = True
+            raise _Stop
+        self.operation = operation
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        raise _Stop
+
+
 def parse_call(data: bytes | bytearray) -> _Call | str | None:
     """The CNI call at the start of ``data``; ``_INCOMPLETE`` when more bytes may make it one; None when
     it is not one the short path answers (aiohttp then serves the connection).
 
-    Accepted: ``POST <CNI path> HTTP/1.1`` with one Content-Length (at most MAX_BODY_BYTES) and no
-    Transfer-Encoding, Expect or Upgrade, or ``GET <status path>[?query] HTTP/1.1`` without a body;
-    header lines ``name: value`` with a token name.
+    The bytes are parsed by llhttp (``httptools``, the parser uvicorn uses).  Accepted: ``POST <CNI
+    path> HTTP/1.1`` with a Content-Length body (at most MAX_BODY_BYTES) and no Transfer-Encoding,
+    Expect or Upgrade, or ``GET <status path>[?query] HTTP/1.1`` without a body.
     """
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
+    request = _Request()
+    try:
+        request.parser.feed_data(bytes(data))
+    except httptools.HttpParserCallbackError:
+        pass  # a _Stop from a callback: the first request, or its head, has been seen
+    except httptools.HttpParserError:
+        return None  # malformed: aiohttp answers it (and closes)
+    if request.reject:
+        return None
+    if not request.headers_done:
         return _INCOMPLETE if len(data) <= _MAX_HEAD else None
-    if end > _MAX_HEAD:
-        return None
-    lines = bytes(data[:end]).split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
-        return None
-    path, _, query = parts[1].partition(b"?")
-    operation = _ROUTES.get((parts[0], path))
-    if operation is None or (query and operation != "status"):
-        return None
-    length, close = -1, False
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TOKEN):
-            return None
-        name, value = name.lower(), value.strip(b" \t")
-        if name == b"content-length":
-            if length >= 0 or not value.isdigit():
-                return None
-            length = int(value)
-        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
-            return None
-        elif name == b"connection":
-            tokens = {t.strip(b" \t").lower() for t in value.split(b",")}
-            close = close or b"close" in tokens
-    if operation == "status":
-        if length > 0:
-            return None
-        length = 0
-    elif length < 0 or length > wire.MAX_BODY_BYTES:
-        return None
-    size = end + 4 + length
-    if len(data) < size:
+    if not request.complete:
         return _INCOMPLETE
-    return _Call(operation, query, bytes(data[end + 4 : size]), close, size)
+    body = b"".join(request.body)
+    # llhttp accepted the request with CRLF line ends and a Content-Length: it ends that many bytes
+    # after the blank line that ends its head, where the next request on the connection starts
+    size = data.find(b"\r\n\r\n") + 4 + len(body)
+    return _Call(request.operation, request.query, body, not request.parser.should_keep_alive(), size)
 
 
 def _response(status: int, body: dict[str, Any], close: bool) -> bytes:
