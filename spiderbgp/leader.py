@@ -239,7 +239,13 @@ class LeaderElector:
         if timeout <= 0:
             return None
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn), timeout)
+            result = await asyncio.wait_for(asyncio.to_thread(fn), timeout)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for returns the result when the call completes just as the task
+                # is cancelled, and the cancellation is lost: honour it here
+                raise asyncio.CancelledError
+            return result
         except TimeoutError:
             log.warning(
                 "leader election %s: the store did not answer within %.1fs", self.config.name, timeout

@@ -191,8 +191,12 @@ class Leadership:
         self._task = asyncio.create_task(self.elector.run(), name="leader-election")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            # cancel until it is done: a cancellation can be lost in 3.11's wait_for (see LeaderElector)
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await asyncio.get_running_loop().run_in_executor(None, self.controllers.stop)
