@@ -37,6 +37,7 @@ from ipam.kinds import SPIDER_API
 from ipam.model import FINALIZER
 from ipam.pool_controller import ReconcileReport
 from ipam.store import Obj, Store
+from ipam.workload import OwnerRef
 
 __all__ = [
     "OWNED_KINDS",
@@ -57,21 +58,6 @@ LOG = logging.getLogger("spiderbgp.ipam.owners")
 OWNED_KINDS: Final[Mapping[str, tuple[str, ...]]] = {"SpiderIPPool": ("SpiderSubnet",)}
 _GROUP: Final = SPIDER_API.split("/", 1)[0]
 _RETRIES: Final = 5
-
-
-@dataclass(frozen=True)
-class OwnerRef:
-    """One entry of ``metadata.ownerReferences``."""
-
-    api_version: str
-    kind: str
-    name: str
-    uid: str
-    controller: bool = False
-
-    @property
-    def group(self) -> str:
-        return self.api_version.split("/", 1)[0] if "/" in self.api_version else ""
 
 
 @dataclass(frozen=True)
@@ -100,25 +86,12 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def owner_refs(obj: Mapping[str, Any]) -> tuple[OwnerRef, ...]:
-    """The well-formed owner references of an object (entries without kind, name or uid are skipped)."""
+    """The well-formed owner references of an object (entries without kind or uid are skipped)."""
     refs = _meta(obj).get("ownerReferences")
-    out: list[OwnerRef] = []
-    for ref in refs if isinstance(refs, list) else ():
-        if not isinstance(ref, Mapping):
-            continue
-        kind, name, uid = ref.get("kind"), ref.get("name"), ref.get("uid")
-        if not (isinstance(kind, str) and isinstance(name, str) and isinstance(uid, str) and kind and uid):
-            continue
-        out.append(
-            OwnerRef(
-                api_version=str(ref.get("apiVersion") or ""),
-                kind=kind,
-                name=name,
-                uid=uid,
-                controller=ref.get("controller") is True,
-            )
-        )
-    return tuple(out)
+    parsed = (
+        OwnerRef.from_dict(r) for r in (refs if isinstance(refs, list) else ()) if isinstance(r, Mapping)
+    )
+    return tuple(ref for ref in parsed if ref.kind and ref.uid)
 
 
 def owner_states(objs: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], OwnerState]:

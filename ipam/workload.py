@@ -77,6 +77,11 @@ class OwnerRef:
     uid: str
     controller: bool
 
+    @property
+    def group(self) -> str:
+        """The API group ("" for the core group, whose apiVersion has no slash)."""
+        return self.api_version.split("/", 1)[0] if "/" in self.api_version else ""
+
     @classmethod
     def from_dict(cls, ref: Mapping[str, Any]) -> OwnerRef:
         return cls(
