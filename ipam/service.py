@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -215,7 +215,23 @@ class IpamService:
         finally:
             self._thread.nonblocking = before
 
+    @contextmanager
+    def serialized_by_store(self) -> Iterator[None]:
+        """Calls of this thread inside this block take no pool locks: the caller holds the store's
+        writer lock across them (``SqliteStore.batch``), so nothing else commits in between, and a
+        thread of this process that read a pool before is refused by the pool's version when it
+        commits (and retries).  Waiting for a pool lock there could deadlock: its holder may be waiting
+        for the writer lock."""
+        before = getattr(self._thread, "unlocked", False)
+        self._thread.unlocked = True
+        try:
+            yield
+        finally:
+            self._thread.unlocked = before
+
     def _hold(self, pools: Sequence[str]) -> AbstractContextManager[None]:
+        if getattr(self._thread, "unlocked", False):
+            return nullcontext()
         return self._locks.hold(pools, wait=getattr(self._thread, "nonblocking", None))
 
     # -- reads ------------------------------------------------------------------------------------

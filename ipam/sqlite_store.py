@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -245,10 +245,12 @@ class _Checkpointer:
 
 @dataclass
 class _Tx:
-    """One write transaction: its connection and the revisions it hands out."""
+    """One write transaction: its connection, the revisions it hands out, and the pools whose usage
+    caches it advanced (dropped if a batch rolls back)."""
 
     conn: sqlite3.Connection
     revision: int
+    pools: set[str] = field(default_factory=set)
 
     def next_revision(self) -> int:
         self.revision += 1
@@ -496,8 +498,39 @@ class SqliteStore:
             self._local.nonblocking = before
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the writes this thread makes inside the block share one write transaction,
+        each in a savepoint of its own (a write that fails leaves nothing, the others stand), and become
+        durable together when the block ends.  The writer locks are taken at the start (``WriterBusy``
+        there under ``nonblocking_writes``) and held to the end, so keep the block short: no other
+        writer, of this process or another, commits in between.  An exception out of the block rolls
+        every write back.  Nested blocks join the outer one."""
+        if getattr(self._local, "batch", None) is not None:
+            yield
+            return
+        pools: set[str] = set()
+        try:
+            with self._write() as tx:
+                tx.pools = pools
+                self._local.batch = tx
+                try:
+                    yield
+                finally:
+                    self._local.batch = None
+        except BaseException:
+            with self._cache_lock:  # usage caches advanced by the writes that were rolled back
+                for pool in pools:
+                    self._cache.pop(pool, None)
+            raise
+
+    @contextmanager
     def _write(self) -> Iterator[_Tx]:
-        """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception so a failed call changes nothing."""
+        """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception so a failed call changes nothing.
+        Inside ``batch()``: a savepoint of the batch's transaction instead."""
+        batch: _Tx | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            yield from self._savepoint(batch)
+            return
         conn = self._connection()
         wait: float | None = getattr(self._local, "nonblocking", None)  # None: wait as long as it takes
         if not self._write_lock.acquire(timeout=-1 if wait is None else wait):
@@ -516,6 +549,23 @@ class SqliteStore:
                     fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._write_lock.release()
+
+    @staticmethod
+    def _savepoint(tx: _Tx) -> Iterator[_Tx]:
+        start = tx.revision
+        try:
+            tx.conn.execute("SAVEPOINT write")
+        except sqlite3.Error as err:
+            raise StoreUnavailable(f"cannot use the store database: {err}") from err
+        try:
+            yield tx
+        except BaseException:
+            with suppress(sqlite3.Error):
+                tx.conn.execute("ROLLBACK TO write")
+                tx.conn.execute("RELEASE write")
+            tx.revision = start  # the revisions it took were not used
+            raise
+        tx.conn.execute("RELEASE write")
 
     def _flock_within(self, fd: int, wait: float) -> None:
         """The file lock, polled for at most ``wait`` seconds (flock itself has no timeout).
@@ -1211,6 +1261,7 @@ class SqliteStore:
                     self._replace(tx, info, namespace, name, endpoint, status_only=False, found=existing)
             if delete_endpoint is not None:
                 self._release_endpoint(tx, *delete_endpoint)
+            tx.pools.update(touched)
         self._advance_caches(
             {
                 pool: (found[0], touched[pool], applied[pool])

@@ -291,7 +291,14 @@ class Agent:
 
         @contextlib.contextmanager
         def inline() -> Iterator[None]:
-            with self.service.nonblocking(INLINE_WAIT), store.nonblocking_writes(INLINE_WAIT):
+            # the calls of one loop turn share one write transaction (group commit), which holds the
+            # writer lock throughout: the service takes no pool locks inside it
+            with (
+                store.nonblocking_writes(INLINE_WAIT),
+                store.batch(),
+                self.service.nonblocking(0.0),
+                self.service.serialized_by_store(),
+            ):
                 yield
 
         return {"inline": inline, "would_block": (WouldBlock, WriterBusy)}

@@ -27,6 +27,9 @@ __all__ = ["IpamBackend", "NodeIpEvents"]
 
 LOG = logging.getLogger("spiderbgp.agent")
 T = TypeVar("T")
+# a group of inline calls that finds another writer is tried again on the loop this often, this long
+_GROUP_RETRY_DELAY = 0.0005
+_GROUP_RETRIES = 40
 
 _REASON_CODES = {
     "exhausted": wire.CODE_NO_IP_AVAILABLE,
@@ -100,26 +103,70 @@ class IpamBackend:
         self._ready = ready
         self._inline = inline
         self._would_block = would_block
+        self._queued: list[tuple[Callable[[], object], asyncio.Future[tuple[bool, object]]]] = []
+        self._scheduled = False  # a _run_queued is due on the loop
 
     async def _run(self, fn: Callable[[], T], *, check: bool = False, inline: bool = False) -> T:
         """``fn`` in the thread pool; with ``inline`` (a call that commits at most once, at its end)
-        first on the event loop, as long as it does not have to wait."""
+        first on the event loop, as long as it does not have to wait.
+
+        Inline calls are queued and made together on the loop's next turn, inside one ``inline``
+        context (for SQLite: one write transaction, each call in a savepoint of its own), and answered
+        once that context has ended, that is once every write of the group is durable: concurrent ADDs
+        and DELs share one commit instead of paying for one each."""
         if inline and self._inline is not None:
-            try:
-                with self._inline():
-                    return fn()
-            except self._would_block:
-                pass  # nothing was written: make the same call where waiting is fine
-            except BackendError:
-                raise
-            except Exception as exc:
-                raise _backend_error(exc, check=check) from None
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[tuple[bool, object]] = loop.create_future()
+            self._queued.append((fn, future))
+            if not self._scheduled:
+                self._scheduled = True
+                loop.call_soon(self._run_queued, 0)
+            done, outcome = await future
+            if done:
+                return outcome  # type: ignore[return-value]
+            if isinstance(outcome, BackendError):
+                raise outcome
+            if isinstance(outcome, Exception):
+                raise _backend_error(outcome, check=check) from None
+            # no outcome: it would have had to wait, and wrote nothing: make it where waiting is fine
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         except BackendError:
             raise
         except Exception as exc:
             raise _backend_error(exc, check=check) from None
+
+    def _run_queued(self, attempt: int) -> None:
+        """Make every queued inline call inside one ``inline`` context, then settle their futures (a
+        call that would wait gets no outcome and is made in the thread pool).  When the context cannot
+        start (another process is writing), the group is tried again a little later on the loop, for a
+        while, before its calls go to the thread pool."""
+        queued, self._queued = self._queued, []
+        self._scheduled = False
+        outcomes: list[tuple[bool, object]] = []
+        assert self._inline is not None
+        try:
+            with self._inline():
+                for fn, _ in queued:
+                    try:
+                        outcomes.append((True, fn()))
+                    except self._would_block:
+                        outcomes.append((False, None))
+                    except Exception as exc:  # handed to its caller, which maps it to a CNI code
+                        outcomes.append((False, exc))
+        except self._would_block:
+            if attempt < _GROUP_RETRIES:
+                self._queued[:0] = queued
+                if not self._scheduled:
+                    self._scheduled = True
+                    asyncio.get_running_loop().call_later(_GROUP_RETRY_DELAY, self._run_queued, attempt + 1)
+                return
+            outcomes = [(False, None)] * len(queued)
+        except Exception as exc:  # the group's commit failed: none of its writes stands
+            outcomes = [(False, exc)] * len(queued)
+        for (_, future), outcome in zip(queued, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
 
     def _announce(self, allocation: Allocation) -> None:
         if allocation.node == self.service.node_name:

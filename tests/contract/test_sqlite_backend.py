@@ -364,3 +364,61 @@ def test_durability_setting(tmp_path: Path) -> None:
     finally:
         normal.close()
         full.close()
+
+
+def test_a_batch_commits_its_writes_together_and_a_failing_write_leaves_nothing(tmp_path: Path) -> None:
+    """Group commit: writes inside batch() share one transaction (another connection sees none of them
+    before the block ends); a write that fails inside is rolled back alone (its savepoint); the usage
+    cache follows the writes that stand."""
+    store = SqliteStore(tmp_path / "state.db")
+    other = SqliteStore(tmp_path / "state.db")
+    try:
+        store.create(pool("p1"))
+        before = other.revision()
+        with store.batch():
+            store.commit(
+                claims=[Claim("p1", store.usage("p1").resource_version, "10.0.0.1", "default/a", "ua")]
+            )
+            with pytest.raises(Conflict):  # the same address again: refused, and nothing of it stays
+                store.commit(
+                    claims=[Claim("p1", store.usage("p1").resource_version, "10.0.0.1", "default/b", "ub")]
+                )
+            with pytest.raises(Conflict):  # a stale version
+                store.commit(claims=[Claim("p1", "1", "10.0.0.9", "default/c", "uc")])
+            store.commit(
+                claims=[Claim("p1", store.usage("p1").resource_version, "10.0.0.2", "default/d", "ud")],
+                endpoint=endpoint("d", "ud"),
+            )
+            assert other.revision() == before  # nothing is visible outside before the block ends
+            assert [r.ip for r in store.records("p1")] == ["10.0.0.1", "10.0.0.2"]
+        assert [r.ip for r in other.records("p1")] == ["10.0.0.1", "10.0.0.2"]
+        assert list(store.usage("p1").allocated) == [0x0A000001, 0x0A000002]
+        assert other.get("SpiderIPPool", "p1")["status"]["allocatedIPCount"] == 2
+        # revisions stay one per event, with no gap left by the refused writes
+        events = list(other.watch(["SpiderIPPool", "SpiderEndpoint"], before, timeout=0))
+        assert [int(e.revision) for e in events] == list(
+            range(int(before) + 1, int(before) + 1 + len(events))
+        )
+    finally:
+        store.close()
+        other.close()
+
+
+def test_an_exception_out_of_a_batch_rolls_every_write_back(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        store.create(pool("p1"))
+        store.usage("p1")  # a usage cache the batch advances, then must forget
+        with pytest.raises(RuntimeError), store.batch():
+            store.commit(
+                claims=[Claim("p1", store.usage("p1").resource_version, "10.0.0.1", "default/a", "ua")]
+            )
+            assert list(store.usage("p1").allocated) == [0x0A000001]
+            raise RuntimeError("the caller gave up")
+        assert store.records("p1") == []
+        assert list(store.usage("p1").allocated) == []
+        version = store.usage("p1").resource_version
+        store.commit(claims=[Claim("p1", version, "10.0.0.1", "default/a", "ua")])  # still free
+        assert [r.ip for r in store.records("p1")] == ["10.0.0.1"]
+    finally:
+        store.close()
