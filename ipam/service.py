@@ -141,14 +141,18 @@ class _Locks:
     guard: threading.Lock = field(default_factory=threading.Lock)
     by_pool: dict[str, threading.Lock] = field(default_factory=dict)
 
+    def _acquire(self, name: str, wait: float | None) -> threading.Lock:
+        with self.guard:
+            lock = self.by_pool.setdefault(name, threading.Lock())
+        if not lock.acquire(timeout=-1 if wait is None else wait):
+            raise WouldBlock(f"pool {name} is being allocated from by another thread")
+        return lock
+
     @contextmanager
     def hold(self, pools: Sequence[str], *, wait: float | None = None) -> Iterator[None]:
         """``wait`` None: as long as it takes; otherwise WouldBlock after that many seconds."""
         if len(pools) == 1:  # the usual case, without an ExitStack
-            with self.guard:
-                lock = self.by_pool.setdefault(pools[0], threading.Lock())
-            if not lock.acquire(timeout=-1 if wait is None else wait):
-                raise WouldBlock(f"pool {pools[0]} is being allocated from by another thread")
+            lock = self._acquire(pools[0], wait)
             try:
                 yield
             finally:
@@ -156,11 +160,7 @@ class _Locks:
             return
         with ExitStack() as stack:
             for name in sorted(set(pools)):
-                with self.guard:
-                    lock = self.by_pool.setdefault(name, threading.Lock())
-                if not lock.acquire(timeout=-1 if wait is None else wait):
-                    raise WouldBlock(f"pool {name} is being allocated from by another thread")
-                stack.callback(lock.release)
+                stack.callback(self._acquire(name, wait).release)
             yield
 
 

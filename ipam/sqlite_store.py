@@ -550,13 +550,12 @@ class SqliteStore:
         finally:
             self._write_lock.release()
 
-    @staticmethod
-    def _savepoint(tx: _Tx) -> Iterator[_Tx]:
+    def _savepoint(self, tx: _Tx) -> Iterator[_Tx]:
         start = tx.revision
         try:
             tx.conn.execute("SAVEPOINT write")
         except sqlite3.Error as err:
-            raise StoreUnavailable(f"cannot use the store database: {err}") from err
+            raise self._unavailable(err) from err
         try:
             yield tx
         except BaseException:

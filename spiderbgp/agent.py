@@ -46,8 +46,6 @@ LOG = logging.getLogger("spiderbgp.agent")
 # read on every ADD; with the Kubernetes store they come from informers (writes always go to the server)
 # after the CNI socket stops accepting: time for requests already connected to arrive and start
 SHUTDOWN_GRACE = 0.2
-# how long stopping the leader election may take (a Lease release is bounded by about a second)
-LEADERSHIP_STOP_SECONDS = 5.0
 FULL_RESYNC_SECONDS = 300.0
 CACHED_KINDS = ("Pod", "Namespace", "Node", "SpiderIPPool", "SpiderReservedIP", "ReplicaSet", "Deployment")
 
@@ -329,18 +327,6 @@ class Agent:
         await asyncio.sleep(SHUTDOWN_GRACE)
         await shutdown(served)
 
-    async def _stop_leadership(self, leadership: Leadership) -> None:
-        """Stop the leader election and the controllers.  On Python 3.11 a cancellation that lands
-        while one of the elector's store calls completes is lost inside ``asyncio.wait_for``, and the
-        elector would run on; so the stop is bounded, and made again (cancelling once more) past it."""
-        try:
-            await asyncio.wait_for(leadership.stop(), LEADERSHIP_STOP_SECONDS)
-        except TimeoutError:
-            LOG.warning(
-                "leader election did not stop within %.0fs; stopping it again", LEADERSHIP_STOP_SECONDS
-            )
-            await leadership.stop()
-
     async def _serve_health(self) -> web.AppRunner:
         """Bind /healthz, /readyz and /metrics; an address that cannot be bound (no such host, port in
         use) is a ConfigError naming healthAddress."""
@@ -418,7 +404,7 @@ class Agent:
             if runner is not None:
                 await self._stop_cni(runner)
             if leadership is not None:
-                await self._stop_leadership(leadership)
+                await leadership.stop()
             self._stopping.set()
             for task in self._tasks:
                 task.cancel()
