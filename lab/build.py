@@ -42,6 +42,14 @@ class LabError(RuntimeError):
     """A lab step failed; the message is one line naming the node and the step."""
 
 
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"  ({exc.strerror})"
+    return "\n".join(f"  {ln}" for ln in text.splitlines()[-lines:]) or "  (empty)"
+
+
 def _write_shim(bin_dir: Path) -> None:
     """``spiderbgp`` on the lab's PATH runs this working tree's CLI with the lab's interpreter."""
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -256,9 +264,33 @@ class Lab:
             try:
                 self.router.wait_established(peers, timeout=timeout)
             except TimeoutError as exc:
-                raise LabError(
-                    f"{exc}; agent logs: {', '.join(str(self.agent_log(n)) for n in self.k8s_nodes)}"
-                ) from None
+                # the run directory goes with the lab, so the error carries what explains it
+                raise LabError(f"{exc}\n{self.diagnosis()}") from None
+
+    def diagnosis(self, lines: int = 12) -> str:
+        """The router's view of its peers and the tail of every node agent's and ExaBGP's log."""
+        parts: list[str] = []
+        try:
+            peers = self.router.bgp_peers()
+            parts.append(
+                "router peers: "
+                + ", ".join(f"{addr} {p.get('state', '?')}" for addr, p in sorted(peers.items()))
+            )
+        except Exception as exc:  # a diagnosis must not hide the error it explains
+            parts.append(f"router peers: unavailable ({exc})")
+        parts.append(f"--- router: {self.router.log_file}:")
+        parts.append(_tail(self.router.log_file, lines))
+        for node in self.k8s_nodes:
+            ref = self.agents.get(node)
+            alive = "not started" if ref is None else ("running" if ref.alive() else "exited")
+            parts.append(f"--- {node}: agent {alive}; {self.agent_log(node)}:")
+            parts.append(_tail(self.agent_log(node), lines))
+            runtime = (self.agent_config(node).get("bgp") or {}).get("runtimeDir")
+            if runtime:
+                exa_log = self.host_path(node, str(runtime)) / "exabgp.log"
+                parts.append(f"--- {node}: {exa_log}:")
+                parts.append(_tail(exa_log, lines))
+        return "\n".join(parts)
 
     def _bgp_address(self, node: str) -> str | None:
         bgp = self.agent_config(node).get("bgp") or {}
