@@ -369,8 +369,11 @@ class BgpSpeaker:
     # ---- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Prepare the runtime dir, start the route watch and ExaBGP; ExabgpError/BgpConfigError if
-        the first ExaBGP cannot start (later deaths are handled in the background)."""
+        """Prepare the runtime dir, start the route watch and ExaBGP.  BgpConfigError if the config
+        cannot be used (a password file, the runtime dir).  An ExaBGP that does not start (it exits,
+        or does not connect in time) is logged and retried in the background with the same backoff
+        as one that dies later, as calico-node does with BIRD: the node keeps its IPAM meanwhile, and
+        ``status()`` and the ``exabgp_up`` metric say why there is no session."""
         if self._started:
             return
         self._started = True
@@ -384,8 +387,12 @@ class BgpSpeaker:
         self._table_loaded.clear()
         if self.route_source is not None:  # loads the kernel table while ExaBGP starts
             self._tasks.append(asyncio.create_task(self._watch_routes(), name="bgp-route-watch"))
+        proc: ExabgpProcess | None = None
         try:
             proc = await self._spawn()
+        except ExabgpError as exc:
+            self._mark_down(str(exc))
+            log.error("%s; retrying in %.1fs", exc, self._backoff[0])
         except BaseException:
             await self._cancel_tasks()
             self._started = False
@@ -458,12 +465,17 @@ class BgpSpeaker:
         return proc
 
     async def _supervise(self, proc: ExabgpProcess | None) -> None:
+        """Run ExaBGP generation after generation; ``proc`` None: the first start failed (retry)."""
         delay = self._backoff[0]
+        if proc is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff[1])
         while not self._stopping:
             if proc is None:
                 try:
                     proc = await self._spawn()
                 except ExabgpError as exc:
+                    self._mark_down(str(exc))
                     log.error("%s; retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._backoff[1])

@@ -160,14 +160,14 @@ class BgpLab:
     def speaker(self, config: BgpConfig, **kwargs: Any) -> BgpSpeaker:
         kwargs.setdefault("cli", False)
         kwargs.setdefault("backoff", (0.2, 2.0))
-        sp = BgpSpeaker(
-            config,
-            exabgp_command=ip_netns_exec(self.node_ns, [str(VENV_BIN / "exabgp"), "server"]),
-            route_source=NetlinkRouteSource(netns=self.node_ns.name),
-            **kwargs,
-        )
+        kwargs.setdefault("exabgp_command", self.exabgp_command(VENV_BIN / "exabgp"))
+        sp = BgpSpeaker(config, route_source=NetlinkRouteSource(netns=self.node_ns.name), **kwargs)
         self.speakers.append(sp)
         return sp
+
+    def exabgp_command(self, program: Path) -> list[str]:
+        """``program server`` in the node's namespace (``program``: ExaBGP, or a wrapper of it)."""
+        return ip_netns_exec(self.node_ns, [str(program), "server"])
 
     def add_host_route(self, ip: str) -> None:
         """What the CNI ptp plugin does on the node: a host route to the pod through a veth."""

@@ -20,6 +20,7 @@ from tests.bgp.labkit import (
     NODE_V4,
     ROUTER_AS,
     ROUTER_V4,
+    VENV_BIN,
     BgpLab,
     RouteMonitor,
     frr_config,
@@ -81,6 +82,30 @@ async def test_exabgp_killed_is_restarted_and_every_route_comes_back(lab: BgpLab
     assert sp.restarts == 1
     assert int((lab.runtime_dir / "exabgp.pid").read_text()) != old_pid
     assert sp.metrics.exabgp_restarts._value.get() == 1
+
+
+async def test_exabgp_that_does_not_start_is_retried_without_stopping_the_agent(lab: BgpLab) -> None:
+    lab.start_frr()
+    marker = lab.work / "refused-once"
+    wrapper = lab.work / "exabgp-refuses-once"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"if [ ! -e {marker} ]; then touch {marker}; echo 'not today'; exit 3; fi\n"
+        f'exec {VENV_BIN / "exabgp"} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    sp = lab.speaker(
+        speaker_config(lab.runtime_dir, requireHostRoute=False), exabgp_command=lab.exabgp_command(wrapper)
+    )
+    await sp.start()  # no exception: the first attempt failing is retried like a later death
+    (peer,) = sp.status()
+    assert peer.state == "down" and "not today" in peer.info, peer
+    assert sp.metrics.exabgp_up._value.get() == 0
+    ips = hosts("10.244.15.0/24", 10)
+    sp.set_pod_ips(dict.fromkeys(ips, POOL))
+    await _all_back(lab, {f"{ip}/32" for ip in ips}, what="routes from the second ExaBGP")
+    assert sp.metrics.exabgp_up._value.get() == 1
+    assert sp.status()[0].state == "up"
 
 
 async def test_exabgp_killed_under_graceful_restart_keeps_every_route_in_the_router(lab: BgpLab) -> None:
