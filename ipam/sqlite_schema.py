@@ -30,6 +30,7 @@ and a separate ``allocation_log`` table; ``ensure_schema`` migrates such a file 
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from ipam.errors import StoreUnavailable
@@ -135,10 +136,23 @@ def connect(path: Path, *, busy_timeout: float, fsync: bool) -> sqlite3.Connecti
     return conn
 
 
-def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+def ensure_schema(conn: sqlite3.Connection, path: Path, *, busy_timeout: float) -> None:
     """Switch the file to WAL and create the schema if the file is new (safe if several processes
-    open a new file at once: the check is repeated inside the write transaction)."""
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    open a new file at once: the check is repeated inside the write transaction).
+
+    Switching a new file to WAL needs it to itself, and SQLite answers "database is locked" at once
+    instead of calling the busy handler while another connection is doing the same; so that
+    statement is retried here for up to ``busy_timeout`` seconds.  (``SqliteStore`` also holds its
+    writer file lock around this call, so two stores opening one new file take turns.)"""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            break
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.002)
     if mode is None or str(mode[0]).lower() != "wal":
         raise StoreUnavailable(f"{path}: cannot switch the store database to WAL mode (got {mode!r})")
     if _version(conn) == SCHEMA_VERSION:

@@ -372,13 +372,33 @@ class SqliteStore:
             self._lock_fd = None  # read-only directory: SQLite's own locking alone still works
         try:
             conn = self._connection()
-            ensure_schema(conn, self._path)
+            with self._setup_lock():
+                ensure_schema(conn, self._path, busy_timeout=busy_timeout)
         except sqlite3.Error as err:
             self.close()
             raise self._unavailable(err) from err
         except BaseException:
             self.close()
             raise
+
+    @contextmanager
+    def _setup_lock(self) -> Iterator[None]:
+        """The writer file lock for opening the file: stores that open one new file take turns."""
+        fd = self._lock_fd
+        if fd is None:
+            yield
+            return
+        try:
+            self._flock_within(fd, self._busy_timeout_s)
+        except WriterBusy:
+            raise StoreUnavailable(
+                f"{self._path}: another process held the store's lock file for more than "
+                f"{self._busy_timeout_s:g}s while this one opened it"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     @property
     def path(self) -> Path:
