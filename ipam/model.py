@@ -626,7 +626,7 @@ class Endpoint:
             if not isinstance(item, Mapping):
                 raise ctx.fail(path, "must be an object")
             iface = item.get("interface")
-            if not isinstance(iface, str) or not iface:
+            if not isinstance(iface, str):  # "" is an entry of a no-name ippools pod not yet named
                 raise ctx.fail(f"{path}.interface", "is required")
             vlan = item.get("vlan", 0)
             if vlan is None:

@@ -176,6 +176,10 @@ def _subnet_of(cidr: str) -> str:
     return f"{socket.inet_ntop(socket.AF_INET, value.to_bytes(4, 'big'))}/{bits}"
 
 
+def _pools_of(endpoint: Endpoint) -> list[str]:
+    return [p for n in endpoint.ips for p in (n.ipv4_pool, n.ipv6_pool) if p]
+
+
 def _ip_of(cidr: str | None) -> str | None:
     return cidr.partition("/")[0] if cidr else None
 
@@ -307,8 +311,13 @@ class IpamService:
             releases: list[IPRecord] = []
             if endpoint is not None:
                 held = endpoint.nic(req.nic)
+                unnamed = endpoint.nic("") if held is None and endpoint.uid == pod.uid else None
+                if unnamed is not None:
+                    # a later NIC of a no-name ippools annotation: its entry was allocated by the first ADD
+                    with self._hold(_pools_of(endpoint)):
+                        return self._name_nic(req, pod, endpoint, unnamed)
                 if held is not None and (endpoint.uid == pod.uid or static):
-                    pools = [p for n in endpoint.ips for p in (n.ipv4_pool, n.ipv6_pool) if p]
+                    pools = _pools_of(endpoint)
                     if static and not self._still_candidates(req, pod, top, held):
                         # the StatefulSet's pool choice changed (Spiderpool #3543): give the old IPs back
                         releases = self._endpoint_records(endpoint)
@@ -326,11 +335,19 @@ class IpamService:
             raise AllocationError(
                 f"pod {pod.key}: no pool selection for interface {req.nic}", reason="no-pool"
             )
+        nics = [nic]
+        if sel.source == "ippools":
+            # Spiderpool §3.10: the first ADD allocates every NIC the annotation lists; later ADDs of
+            # the pod's other NICs find their entry in the SpiderEndpoint
+            nics += [
+                n for n in sel.nics if n is not nic and (endpoint is None or endpoint.nic(n.nic) is None)
+            ]
         full: set[str] = set()
-        with self._hold([p for fam in nic.families for p in fam.pools]), self.store.snapshot():
+        pools = [p for n in nics for fam in n.families for p in fam.pools]
+        with self._hold(pools), self.store.snapshot():
             while True:
                 try:
-                    return self._allocate_new(req, pod, top, sel, nic, endpoint, releases, pools_read, full)
+                    return self._allocate_new(req, pod, top, sel, nics, endpoint, releases, pools_read, full)
                 except PoolFull as exc:
                     # the store cannot record more in that pool (Kubernetes' per-object limit): next one
                     if exc.pool in full:
@@ -498,64 +515,43 @@ class IpamService:
         pod: PodInfo,
         top: TopController,
         sel: selection.Selection,
-        nic: selection.NicCandidates,
+        nics: Sequence[selection.NicCandidates],
         endpoint: Endpoint | None,
         releases: list[IPRecord],
         pools_read: dict[str, tuple[IPPool, str]],
         full: set[str],
     ) -> Allocation:
+        """Allocate ``nics`` (the first is the CNI call's own) in one commit; the answer is the first's."""
         claims: list[Claim] = []
-        chosen: list[tuple[int, IPPool, str]] = []
-        pod_records = self.store.records_of_pod(pod.namespace, pod.name)
-        for fam in nic.families:
-            errors: dict[str, str] = {}
-            reserved = self._reserved(fam.family)
-            for pool_name in fam.pools:
-                if pool_name in full:
-                    errors[pool_name] = "holds the most records one pool can hold in this store"
-                    continue
-                try:
-                    pool, ip, version, existing = self._pick(
-                        pool_name,
-                        fam.family,
-                        pod,
-                        known=pools_read.get(pool_name),
-                        held=pod_records,
-                        reserved=reserved,
-                    )
-                except AllocationError as exc:
-                    errors[pool_name] = str(exc)
-                    continue
-                except NotFound:
-                    errors[pool_name] = "not found"
-                    continue
+        # the pod's records, and the claims of this commit as they are made: a pod UID never holds two
+        # IPs of one pool (Spiderpool #4295), so two NICs naming one pool share its address, as there
+        held: list[IPRecord] = list(self.store.records_of_pod(pod.namespace, pod.name))
+        parsed = an.parse_pod_annotations(pod.key, pod.annotations, nic=req.nic)
+        unnamed = parsed.ippools is not None and not parsed.ippools.items[0].interface
+        entries: list[NicAllocation] = []
+        for nic in nics:
+            chosen: list[tuple[int, IPPool, str]] = []
+            for fam in nic.families:
+                pool, ip, version, existing = self._pick_of_family(
+                    req, pod, sel, nic, fam, pools_read, held, full
+                )
                 if not existing:
                     claims.append(
-                        Claim(pool=pool_name, pool_version=version, ip=ip, pod=pod.key, pod_uid=pod.uid)
+                        Claim(pool=pool.name, pool_version=version, ip=ip, pod=pod.key, pod_uid=pod.uid)
                     )
+                    held.append(IPRecord(pool=pool.name, ip=ip, pod=pod.key, pod_uid=pod.uid))
                 chosen.append((fam.family, pool, ip))
-                break
-            else:
-                exhausted = any(why == _EXHAUSTED for why in errors.values())
-                message = selection.describe_failure(fam.family, req.nic, sel, errors)
-                if exhausted and sel.source == "subnet":
-                    # an auto pool is sized by the leader's SpiderSubnet controller after the workload
-                    # scales; like Spiderpool's agent, wait for it (the runtime retries code 11)
-                    raise AllocationError(
-                        f"{message} (waiting for the SpiderSubnet controller to grow it)",
-                        retryable=True,
-                        reason="exhausted",
-                    )
-                raise AllocationError(message, reason="exhausted" if exhausted else "no-pool")
-        routes = an.parse_pod_annotations(pod.key, pod.annotations, nic=req.nic).routes
-        held = self._nic_allocation(req.nic, chosen, nic.clean_gateway, routes)
-        others = tuple(n for n in (endpoint.ips if endpoint else ()) if n.interface != req.nic)
+            # in the no-name form only the calling NIC has a name yet; each later ADD names one entry
+            name = "" if unnamed and nic is not nics[0] else nic.nic
+            entries.append(self._nic_allocation(name, chosen, nic.clean_gateway, parsed.routes))
+        names = {e.interface for e in entries if e.interface}
+        others = tuple(n for n in (endpoint.ips if endpoint else ()) if n.interface not in names)
         new_endpoint = Endpoint(
             namespace=pod.namespace,
             name=pod.name,
             uid=pod.uid,
             node=pod.node_name,
-            ips=(*others, held),
+            ips=(*others, *entries),
             owner_controller_type=top.kind,
             owner_controller_name=top.name,
             container_id=req.container_id,
@@ -564,7 +560,57 @@ class IpamService:
             annotations={NETWORK_ANNOTATION: req.network} if req.network else {},
         )
         self.store.commit(claims=claims, releases=releases, endpoint=new_endpoint.to_obj())
-        return self._result(pod, held, new=True)
+        return self._result(pod, entries[0], new=True)
+
+    def _pick_of_family(
+        self,
+        req: AllocateRequest,
+        pod: PodInfo,
+        sel: selection.Selection,
+        nic: selection.NicCandidates,
+        fam: selection.FamilyCandidates,
+        pools_read: dict[str, tuple[IPPool, str]],
+        held: Sequence[IPRecord],
+        full: set[str],
+    ) -> tuple[IPPool, str, str, bool]:
+        """The first of the family's candidate pools that yields an address (see ``_pick``); an
+        AllocationError naming the NIC and every pool's reason when none does."""
+        errors: dict[str, str] = {}
+        reserved = self._reserved(fam.family)
+        for pool_name in fam.pools:
+            if pool_name in full:
+                errors[pool_name] = "holds the most records one pool can hold in this store"
+                continue
+            try:
+                return self._pick(
+                    pool_name, fam.family, pod, known=pools_read.get(pool_name), held=held, reserved=reserved
+                )
+            except AllocationError as exc:
+                errors[pool_name] = str(exc)
+            except NotFound:
+                errors[pool_name] = "not found"
+        exhausted = any(why == _EXHAUSTED for why in errors.values())
+        message = selection.describe_failure(fam.family, nic.nic, sel, errors)
+        if exhausted and sel.source == "subnet":
+            # an auto pool is sized by the leader's SpiderSubnet controller after the workload
+            # scales; like Spiderpool's agent, wait for it (the runtime retries code 11)
+            raise AllocationError(
+                f"{message} (waiting for the SpiderSubnet controller to grow it)",
+                retryable=True,
+                reason="exhausted",
+            )
+        raise AllocationError(message, reason="exhausted" if exhausted else "no-pool")
+
+    def _name_nic(
+        self, req: AllocateRequest, pod: PodInfo, endpoint: Endpoint, entry: NicAllocation
+    ) -> Allocation:
+        """Give the first unnamed entry of a no-name ``ippools`` endpoint this call's NIC name."""
+        named = replace(entry, interface=req.nic)
+        ips = list(endpoint.ips)
+        ips[ips.index(entry)] = named
+        updated = replace(endpoint, ips=tuple(ips), node=pod.node_name, container_id=req.container_id)
+        self.store.commit(endpoint=updated.to_obj())
+        return self._result(pod, named, new=False)
 
     @staticmethod
     def _pod_owner_ref(pod: PodInfo) -> dict[str, Any]:

@@ -299,6 +299,109 @@ def test_two_nics_from_two_pools_and_del_releases_both(world: World, service: Ip
     assert world.held(POOL) == {} and world.held("net1-pool") == {}
 
 
+def _two_nics(items: list[dict[str, object]]) -> dict[str, str]:
+    return {"ipam.spidernet.io/ippools": json.dumps(items)}
+
+
+def test_the_first_add_allocates_every_nic_of_the_ippools_annotation(
+    world: World, service: IpamService, store: SqliteStore
+) -> None:
+    """Spiderpool §3.10: eth0's ADD allocates net1 too; net1's ADD returns it and writes nothing."""
+    world.pool("net1-pool", "10.43.0.0/24", ["10.43.0.10-10.43.0.20"], gateway="10.43.0.1")
+    world.pod(
+        "multi",
+        annotations={
+            **_two_nics(
+                [{"interface": "eth0", "ipv4": [POOL]}, {"interface": "net1", "ipv4": ["net1-pool"]}]
+            ),
+            "ipam.spidernet.io/routes": json.dumps([{"dst": "172.30.0.0/16", "gw": "10.43.0.1"}]),
+        },
+    )
+    eth0 = service.allocate(world.add("multi", container="ctr"))
+    assert [(i.nic, i.ip) for i in eth0.ips] == [("eth0", "10.40.0.10")]
+    assert world.held("net1-pool") == {"10.43.0.10": ("default/multi", eth0.pod_uid)}
+    endpoint = world.endpoint("multi")
+    assert endpoint is not None
+    entries = endpoint["status"]["current"]["ips"]
+    assert [(n["interface"], n["ipv4"]) for n in entries] == [
+        ("eth0", "10.40.0.10/24"),
+        ("net1", "10.43.0.10/24"),
+    ]
+    revision = store.revision()
+
+    net1 = service.allocate(world.add("multi", container="ctr", nic="net1"))
+
+    assert [(i.nic, i.ip, i.pool) for i in net1.ips] == [("net1", "10.43.0.10", "net1-pool")]
+    # the annotation route goes to the NIC whose subnet holds its gateway, as in Spiderpool
+    assert [(r.nic, r.dst, r.gw) for r in net1.routes] == [
+        ("net1", "172.30.0.0/16", "10.43.0.1"),
+        ("net1", "0.0.0.0/0", "10.43.0.1"),
+    ]
+    assert [(r.dst, r.gw) for r in eth0.routes] == [("0.0.0.0/0", "10.40.0.1")]
+    assert store.revision() == revision
+
+
+def test_a_later_nic_that_cannot_be_allocated_fails_the_first_add_and_stores_nothing(
+    world: World, service: IpamService, store: SqliteStore
+) -> None:
+    world.pool("tiny", "10.44.0.0/24", ["10.44.0.10"])
+    world.pod(
+        "multi",
+        annotations=_two_nics(
+            [{"interface": "eth0", "ipv4": [POOL]}, {"interface": "net1", "ipv4": ["tiny"]}]
+        ),
+    )
+    world.pod("taker", annotations=_two_nics([{"interface": "eth0", "ipv4": ["tiny"]}]))
+    service.allocate(world.add("taker"))
+    revision = store.revision()
+    with pytest.raises(AllocationError) as info:
+        service.allocate(world.add("multi"))
+    assert "net1" in str(info.value) and "tiny" in str(info.value)
+    assert store.revision() == revision
+    assert world.endpoint("multi") is None
+    assert set(world.held(POOL)) == set()
+
+
+def test_no_name_ippools_entries_are_named_by_the_later_adds_in_order(
+    world: World, service: IpamService
+) -> None:
+    """Without interface names, item i is the i-th NIC: the first ADD records the others unnamed and
+    each later ADD takes the first unnamed entry (Spiderpool's UpdateAllocationNICName)."""
+    world.pool("second", "10.45.0.0/24", ["10.45.0.10-10.45.0.20"])
+    world.pool("third", "10.46.0.0/24", ["10.46.0.10-10.46.0.20"])
+    world.pod("multi", annotations=_two_nics([{"ipv4": [POOL]}, {"ipv4": ["second"]}, {"ipv4": ["third"]}]))
+    eth0 = service.allocate(world.add("multi", container="ctr"))
+    endpoint = world.endpoint("multi")
+    assert endpoint is not None
+    assert [n["interface"] for n in endpoint["status"]["current"]["ips"]] == ["eth0", "", ""]
+
+    net1 = service.allocate(world.add("multi", container="ctr", nic="net1"))
+    again = service.allocate(world.add("multi", container="ctr", nic="net1"))
+    net2 = service.allocate(world.add("multi", container="ctr", nic="net2"))
+
+    assert [(a.ips[0].nic, a.ips[0].ip) for a in (eth0, net1, again, net2)] == [
+        ("eth0", "10.40.0.10"),
+        ("net1", "10.45.0.10"),
+        ("net1", "10.45.0.10"),
+        ("net2", "10.46.0.10"),
+    ]
+    endpoint = world.endpoint("multi")
+    assert endpoint is not None
+    assert [n["interface"] for n in endpoint["status"]["current"]["ips"]] == ["eth0", "net1", "net2"]
+
+
+def test_two_nics_naming_one_pool_share_its_address(world: World, service: IpamService) -> None:
+    """Spiderpool #4295: a pod UID never holds two IPs of one pool, so both NICs get the same one."""
+    world.pod(
+        "multi",
+        annotations=_two_nics([{"interface": "eth0", "ipv4": [POOL]}, {"interface": "net1", "ipv4": [POOL]}]),
+    )
+    eth0 = service.allocate(world.add("multi"))
+    net1 = service.allocate(world.add("multi", nic="net1"))
+    assert eth0.ips[0].ip == net1.ips[0].ip == "10.40.0.10"
+    assert world.held(POOL) == {"10.40.0.10": ("default/multi", eth0.pod_uid)}
+
+
 def test_statefulset_pod_with_two_nics_moves_every_record_to_the_new_uid(
     world: World, service: IpamService, store: SqliteStore
 ) -> None:
