@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ipam.sqlite_store import SqliteStore
-from tests.cni.conftest import Agent, Plugin, cni_env, netconf, pod_env, write_lock
+from tests.cni.conftest import Agent, Plugin, cni_env, netconf, pod_env, records, write_lock
 
 
 @pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
@@ -80,6 +81,30 @@ def test_repeated_add_same_ip_then_del_idempotent(plugin: Plugin, agent: Agent) 
     del env["CNI_NETNS"], env["CNI_ARGS"]
     assert plugin.run(env, conf).rc == 0
     assert plugin.run(pod_env(agent, "ADD", "c3"), conf).json["ips"][0]["address"] == "10.244.100.10/24"
+
+
+def test_ippools_first_add_allocates_every_nic_and_del_releases_them(plugin: Plugin, agent: Agent) -> None:
+    annotations = {
+        "ipam.spidernet.io/ippools": json.dumps(
+            [{"interface": "eth0", "ipv4": ["pool4"]}, {"interface": "net1", "ipv6": ["pool6"]}]
+        )
+    }
+    uid = agent.cluster.pod("multi", annotations=annotations)
+    conf = netconf(agent.socket_path)
+    eth0 = plugin.run(cni_env("ADD", "ctr", "eth0", uid=uid, pod="multi"), conf).json
+    assert [ip["address"] for ip in eth0["ips"]] == ["10.244.100.10/24"]
+    # net1's address was taken by eth0's ADD, in the same commit
+    assert records(agent.store, ["pool4", "pool6"]) == [
+        ("10.244.100.10", "default/multi"),
+        ("fd00:244::10", "default/multi"),
+    ]
+    net1 = plugin.run(cni_env("ADD", "ctr", "net1", uid=uid, pod="multi"), conf).json
+    assert [ip["address"] for ip in net1["ips"]] == ["fd00:244::10/64"]
+    agent.cluster.delete_pod("multi")
+    res = plugin.run(cni_env("DEL", "ctr", "eth0", uid=uid, pod="multi"), conf)
+    assert (res.rc, res.stdout) == (0, ""), res
+    assert records(agent.store, ["pool4", "pool6"]) == []
+    assert plugin.run(cni_env("DEL", "ctr", "net1", uid=uid, pod="multi"), conf).rc == 0
 
 
 def test_add_with_prev_result_keeps_it(plugin: Plugin, agent: Agent) -> None:
