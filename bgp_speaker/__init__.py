@@ -7,7 +7,7 @@ node's pod IPs and the pools' subnets, and reads ``status()`` / ``await routes()
 from bgp_speaker.commands import AdjRibRoute
 from bgp_speaker.config import BgpConfig, BgpConfigError, PeerConfig, parse_bgp_config
 from bgp_speaker.exabgp import ExabgpError
-from bgp_speaker.kernel import HostRouteSource, NetlinkRouteSource, RouteBatch, RouteChange
+from bgp_speaker.kernel import HostRouteSource, NetlinkRouteSource, RouteBatch, RouteChange, source_address
 from bgp_speaker.metrics import SpeakerMetrics
 from bgp_speaker.routes import desired_routes
 from bgp_speaker.speaker import BgpSpeaker, SpeakerNotRunning, cli_pipename, default_exabgp_command
@@ -33,4 +33,5 @@ __all__ = [
     "format_routes_table",
     "format_status_table",
     "parse_bgp_config",
+    "source_address",
 ]

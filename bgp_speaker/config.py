@@ -4,8 +4,10 @@
 bgp:
   asn: 64512                      # required: this node's AS
   routerId: 172.16.13.11          # default: nextHop when it is IPv4 (required otherwise)
-  nextHop: 172.16.13.11           # required: the node's peering address, next hop of every route
-  nextHopV6: fd00:13::11          # IPv6 next hop (default: nextHop when nextHop is IPv6)
+  nextHop: 172.16.13.11           # required: the node's peering address, next hop of every route;
+                                  #   "auto": the address this node sends from towards the first peer
+                                  #   (Calico's can-reach autodetection), read from the kernel at start
+  nextHopV6: fd00:13::11          # IPv6 next hop (default: nextHop when nextHop is IPv6; "auto" too)
   advertise: host                 # host (one /32 or /128 per pod IP) | aggregate | pool
   exportCIDRs: [10.244.0.0/16]    # optional: narrow the pools' subnets further
   withdrawOnExit: false           # withdraw everything (and wait for the acks) when the agent stops
@@ -37,7 +39,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -347,14 +349,53 @@ def _parse_peer(
     )
 
 
-def parse_bgp_config(raw: Mapping[str, Any] | None, *, source: str) -> BgpConfig:
-    """Validate the ``bgp`` section; raises BgpConfigError (one line naming the field) on any problem."""
+SourceAddress = Callable[[IPAddress], IPAddress | None]
+"""The address this node would send from towards a destination (None: no route there)."""
+
+AUTO = "auto"
+
+
+def _auto_next_hop(r: _Reader, key: str, version: int | None, resolve: SourceAddress | None) -> IPAddress:
+    """``key: auto``: the source address towards the first peer (of ``version``, if given)."""
+    if resolve is None:
+        raise r.error(key, "auto needs the node's routing table: only the agent can resolve it")
+    peers = r.raw.get("peers")
+    for item in peers if isinstance(peers, Sequence) and not isinstance(peers, str) else ():
+        text = item.get("address") if isinstance(item, Mapping) else None
+        try:
+            peer = ipaddress.ip_address(text.strip()) if isinstance(text, str) else None
+        except ValueError:
+            peer = None  # reported with its own field below
+        if peer is None or (version is not None and peer.version != version):
+            continue
+        found = resolve(peer)
+        if found is None:
+            raise r.error(key, f"auto: this node has no route to peer {peer}")
+        return found
+    family = f"IPv{version} " if version is not None else ""
+    raise r.error(key, f"auto: there is no {family}peer to find this node's address towards")
+
+
+def _hop(r: _Reader, key: str, version: int | None, resolve: SourceAddress | None) -> IPAddress | None:
+    if r.raw.get(key) == AUTO:
+        r.get(key)
+        return _auto_next_hop(r, key, version, resolve)
+    return r.address(key)
+
+
+def parse_bgp_config(
+    raw: Mapping[str, Any] | None, *, source: str, source_address: SourceAddress | None = None
+) -> BgpConfig:
+    """Validate the ``bgp`` section; raises BgpConfigError (one line naming the field) on any problem.
+
+    ``source_address`` resolves ``nextHop: auto`` / ``nextHopV6: auto`` (the agent passes the kernel's
+    answer, ``bgp_speaker.kernel.source_address``; without it, ``auto`` is an error)."""
     r = _Reader(raw, source=source, path="bgp")
     asn = r.required_integer("asn", minimum=1, maximum=MAX_ASN)
-    next_hop = r.address("nextHop")
+    next_hop = _hop(r, "nextHop", None, source_address)
     if next_hop is None:
-        raise r.error("nextHop", "is required (the node's peering address)")
-    next_hop_v6 = r.address("nextHopV6")
+        raise r.error("nextHop", "is required (the node's peering address, or auto)")
+    next_hop_v6 = _hop(r, "nextHopV6", 6, source_address)
     if next_hop_v6 is not None and next_hop_v6.version != 6:
         raise r.error("nextHopV6", f"{next_hop_v6} is not an IPv6 address")
     if next_hop.version == 6 and next_hop_v6 is not None and next_hop_v6 != next_hop:

@@ -31,6 +31,7 @@ __all__ = [
     "RouteChange",
     "RouteTable",
     "route_change_from_netlink",
+    "source_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,25 @@ class NetlinkRouteSource:
                         changes.append(ch)
                 if changes:
                     yield RouteBatch(tuple(changes))
+
+
+def source_address(destination: IPAddress, *, netns: str | None = None) -> IPAddress | None:
+    """The address the kernel would send from towards ``destination`` (``ip route get``'s ``src``), in
+    ``netns`` or the current namespace; None when it has no route there."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    kwargs: dict[str, Any] = {} if netns is None else {"netns": netns}
+    with IPRoute(**kwargs) as ipr:
+        try:
+            answers = ipr.route("get", dst=str(destination))
+        except NetlinkError:
+            return None
+    for msg in answers:
+        src = msg.get("RTA_PREFSRC")
+        if src:
+            return ipaddress.ip_address(src)
+    return None
 
 
 def _as_mapping(msg: Any) -> dict[str, Any]:

@@ -8,7 +8,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from bgp_speaker import BgpConfigError, BgpSpeaker, NetlinkRouteSource, SpeakerNotRunning, parse_bgp_config
+from bgp_speaker import (
+    BgpConfigError,
+    BgpSpeaker,
+    NetlinkRouteSource,
+    SpeakerNotRunning,
+    parse_bgp_config,
+    source_address,
+)
 from spiderbgp.config import AgentConfig
 from spiderbgp.fields import ConfigError
 
@@ -60,7 +67,7 @@ def build_announcer(
 ) -> SpeakerAnnouncer:
     """Parse the config's bgp section and build the speaker; ConfigError names the field."""
     try:
-        bgp = parse_bgp_config(config.bgp, source=config.source)
+        bgp = parse_bgp_config(config.bgp, source=config.source, source_address=source_address)
     except BgpConfigError as exc:
         raise ConfigError(exc.source, exc.field, exc.reason) from None
     route_source = NetlinkRouteSource() if bgp.require_host_route else None

@@ -122,7 +122,7 @@ def test_community_number_alone_is_refused() -> None:
         (_raw(peers={"a": 1}), "bgp.peers: must be a list, not dict"),
         (_raw(peers=["x"]), "bgp.peers[0]: must be a mapping, not str"),
         (_raw(asn=None), "bgp.asn: is required"),
-        (_raw(nextHop=None), "bgp.nextHop: is required (the node's peering address)"),
+        (_raw(nextHop=None), "bgp.nextHop: is required (the node's peering address, or auto)"),
         (_raw(nextHop="::1", routerId="1.1.1.1"), "bgp.nextHop: ::1 cannot be a next hop"),
         (_raw(nextHop="fd00::1"), "bgp.routerId: is required when nextHop is not IPv4"),
         (_raw(routerId="fd00::1"), "bgp.routerId: must be a non-zero IPv4 address, not fd00::1"),
@@ -262,3 +262,52 @@ def test_any_document_gives_a_config_or_one_line_error(raw: dict[str, Any]) -> N
         assert text.startswith("fuzz.yaml: bgp") and "\n" not in text
     else:
         assert cfg.peers and all(1 <= p.asn <= 2**32 - 1 for p in cfg.peers)
+
+
+ROUTES = {
+    ipaddress.ip_address("172.16.13.1"): ipaddress.ip_address("172.16.13.11"),
+    ipaddress.ip_address("fd00:13::1"): ipaddress.ip_address("fd00:13::11"),
+}
+
+
+def _kernel(peer: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+    """A routing table as the resolver sees it: a source address for the peers it can reach."""
+    return ROUTES.get(peer)
+
+
+def test_next_hop_auto_is_the_address_towards_the_first_peer_of_its_family() -> None:
+    v4 = parse_bgp_config(_raw(nextHop="auto"), source="agent.yaml", source_address=_kernel)
+    assert v4.next_hop_v4 == v4.router_id == v4.peers[0].local_address == ipaddress.ip_address("172.16.13.11")
+    both = [{"address": "172.16.13.1", "asn": 23000}, {"address": "fd00:13::1", "asn": 23000}]
+    dual = parse_bgp_config(
+        _raw(nextHop="auto", nextHopV6="auto", peers=both), source="agent.yaml", source_address=_kernel
+    )
+    assert (dual.next_hop_v4, dual.next_hop_v6) == (
+        ipaddress.ip_address("172.16.13.11"),
+        ipaddress.ip_address("fd00:13::11"),
+    )
+    # the first peer decides nextHop's family; an IPv6 next hop needs the router ID spelled out
+    v6_first = parse_bgp_config(
+        _raw(nextHop="auto", routerId="10.0.0.1", peers=both[::-1]),
+        source="agent.yaml",
+        source_address=_kernel,
+    )
+    assert (v6_first.next_hop_v4, v6_first.next_hop_v6) == (None, ipaddress.ip_address("fd00:13::11"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "resolver", "message"),
+    [
+        (_raw(nextHop="auto"), None, "bgp.nextHop: auto needs the node's routing table"),
+        (
+            _raw(nextHop="auto", peers=[{"address": "10.9.9.9", "asn": 1}]),
+            _kernel,
+            "bgp.nextHop: auto: this node has no route to peer 10.9.9.9",
+        ),
+        (_raw(nextHopV6="auto"), _kernel, "bgp.nextHopV6: auto: there is no IPv6 peer to find"),
+    ],
+)
+def test_next_hop_auto_errors_name_the_field(raw: dict[str, Any], resolver: Any, message: str) -> None:
+    with pytest.raises(BgpConfigError) as err:
+        parse_bgp_config(raw, source="agent.yaml", source_address=resolver)
+    assert message in str(err.value)

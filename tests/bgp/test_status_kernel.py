@@ -208,3 +208,25 @@ def test_routes_table_lists_each_route_once_sorted() -> None:
         "1:2:3",
     ]
     assert [c.strip() for c in lines[4].split("|")[1:-1]][3] == "64512:100"
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+def test_source_address_is_what_ip_route_get_says() -> None:
+    """``nextHop: auto`` reads the kernel's choice of source address towards the peer."""
+    from bgp_speaker.kernel import source_address
+
+    with Sandbox() as sb:
+        ns = sb.netns("src")
+        for argv in (
+            ["link", "add", "eth1", "type", "veth", "peer", "name", "p1"],
+            ["link", "set", "eth1", "up"],
+            ["link", "set", "p1", "up"],
+            ["addr", "add", "172.16.13.11/24", "dev", "eth1"],
+            ["addr", "add", "172.16.13.99/24", "dev", "eth1"],  # secondary: not the source
+            ["route", "add", "10.30.0.0/16", "via", "172.16.13.1", "src", "172.16.13.99"],
+        ):
+            subprocess.run(["ip", "-n", ns.name, *argv], check=True)
+        assert source_address(A("172.16.13.1"), netns=ns.name) == A("172.16.13.11")
+        assert source_address(A("10.30.1.1"), netns=ns.name) == A("172.16.13.99")
+        assert source_address(A("192.0.2.1"), netns=ns.name) is None  # no route there
