@@ -191,9 +191,16 @@ class ExabgpProcess:
                     start_new_session=True,
                 )
             exited: asyncio.Future[Any] = asyncio.ensure_future(self._proc.wait())
-            done, _ = await asyncio.wait(
-                {accepted, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            try:
+                done, _ = await asyncio.wait(
+                    {accepted, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            except asyncio.CancelledError:  # the speaker stopped while this one was coming up
+                exited.cancel()
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()  # no grace: it has not been told anything yet
+                await asyncio.shield(self._proc.wait())
+                raise
             exited.cancel()
             if accepted not in done:
                 await self._kill()

@@ -5,6 +5,7 @@ in its adj-rib-out while the session is down, which is what these tests read bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import signal
@@ -315,3 +316,38 @@ async def test_new_speaker_stops_an_exabgp_left_behind(solo: tuple[Netns, Path])
         proc = first._proc
         if proc is not None:
             await proc.stop()
+
+
+async def test_stopping_while_exabgp_comes_up_leaves_no_process(solo: tuple[Netns, Path]) -> None:
+    """The speaker stops while a restarted ExaBGP has not connected yet: that process goes too."""
+    _, work = solo
+    marker, pid_file = work / "failed-once", work / "hung.pid"
+    hangs = work / "exabgp-that-hangs"
+    hangs.write_text(
+        "#!/bin/sh\n"
+        f"if [ ! -e {marker} ]; then touch {marker}; exit 3; fi\n"
+        f"echo $$ > {pid_file}; exec sleep 600\n"  # alive, but its relay never connects
+    )
+    hangs.chmod(0o755)
+    raw = {
+        "asn": 64512,
+        "nextHop": "192.0.2.11",
+        "runtimeDir": str(work / "rt"),
+        "requireHostRoute": False,
+        "peers": [{"address": PEER, "asn": 23000}],
+    }
+    sp = BgpSpeaker(
+        parse_bgp_config(raw, source="t"), exabgp_command=[str(hangs)], cli=False, backoff=(0.1, 0.1)
+    )
+    await sp.start()  # the first attempt exits: retried in the background
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    pid = int(pid_file.read_text())
+    try:
+        await sp.stop()
+        assert not Path(f"/proc/{pid}").exists(), "the ExaBGP that was coming up outlived the speaker"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # the process this test started, if the assertion failed
