@@ -390,6 +390,24 @@ def test_no_name_ippools_entries_are_named_by_the_later_adds_in_order(
     assert [n["interface"] for n in endpoint["status"]["current"]["ips"]] == ["eth0", "net1", "net2"]
 
 
+def test_multi_nic_ippools_on_the_kubernetes_store(kube_world: KubeWorld) -> None:
+    """The same flow through the KubeStore (Spiderpool's in-object records) and the API emulator."""
+    world, service = kube_world.world, kube_world.service
+    world.pool("k1", "10.47.0.0/24", ["10.47.0.10-10.47.0.20"])
+    world.pool("k2", "10.48.0.0/24", ["10.48.0.10-10.48.0.20"])
+    world.pod("multi", annotations=_two_nics([{"ipv4": ["k1"]}, {"ipv4": ["k2"]}]))
+    eth0 = service.allocate(world.add("multi", container="ctr"))
+    assert world.held("k2") == {"10.48.0.10": ("default/multi", eth0.pod_uid)}
+    net1 = service.allocate(world.add("multi", container="ctr", nic="net1"))
+    assert (eth0.ips[0].ip, net1.ips[0].ip) == ("10.47.0.10", "10.48.0.10")
+    endpoint = world.endpoint("multi")
+    assert endpoint is not None
+    assert [n["interface"] for n in endpoint["status"]["current"]["ips"]] == ["eth0", "net1"]
+    world.delete_pod("multi")
+    released = service.release(world.delete_request(world.add("multi", container="ctr", uid=eth0.pod_uid)))
+    assert sorted(r.ip for r in released.records) == ["10.47.0.10", "10.48.0.10"]
+
+
 def test_two_nics_naming_one_pool_share_its_address(world: World, service: IpamService) -> None:
     """Spiderpool #4295: a pod UID never holds two IPs of one pool, so both NICs get the same one."""
     world.pod(
