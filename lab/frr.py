@@ -116,7 +116,9 @@ class FrrRouter:
         self.sandbox.add_path(self.state_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chown(self.run_dir, uid, gid)
-        _write_frr_file(self.run_dir / "empty.conf", "")
+        # the daemons read their startup file after dropping to the frr user, who may not be able to
+        # enter the run dir's parents (pytest's are 0700): it lives in the pathspace dir, frr's own
+        _write_frr_file(self.state_dir / "empty.conf", "")
 
     def start(self, config: str | None = None, *, timeout: float = 15.0) -> None:
         """Prepare, start every daemon in order, then push ``config`` (integrated frr.conf text)."""
@@ -140,7 +142,7 @@ class FrrRouter:
             "-N",
             self.pathspace,
             "-f",
-            str(self.run_dir / "empty.conf"),
+            str(self.state_dir / "empty.conf"),
             "-A",
             "127.0.0.1",
             "--log",
