@@ -161,21 +161,34 @@ def _refuse(obj: object) -> object:
 
 
 def json_loads(text: str) -> object:
-    """``json.loads`` with the same C scanner, minus NaN/Infinity; ValueError on bad input."""
+    """``json.loads`` with the same C scanner, minus NaN/Infinity; ValueError (or RecursionError) on
+    bad input, nothing else.
+
+    The scanner raises its syntax errors as ``json.decoder.JSONDecodeError``, which it looks up in
+    ``sys.modules`` without importing: while ``json.decoder`` is not loaded (the plugin never loads
+    it) such an error comes out as a SystemError without a message.  Then the text is parsed again by
+    ``json`` itself, imported only on this error path, for the message with line and column.
+    """
     try:
         _json = c_module("_json")
     except ImportError:  # pragma: no cover - CPython always has it
-        import json
-
-        return json.loads(text, parse_constant=_ScanContext.parse_constant)
+        return _stdlib_json_loads(text)
     start = len(text) - len(text.lstrip(" \t\n\r"))
     try:
         value, end = _json.make_scanner(_ScanContext())(text, start)
     except StopIteration as stop:
         raise ValueError(f"expecting a JSON value at offset {stop.value}") from None
+    except SystemError:
+        return _stdlib_json_loads(text)
     if text[end:].strip(" \t\n\r"):
         raise ValueError(f"extra data after the JSON value at offset {end}")
     return value
+
+
+def _stdlib_json_loads(text: str) -> object:
+    import json
+
+    return json.loads(text, parse_constant=_ScanContext.parse_constant)
 
 
 def json_dumps(value: object) -> str:
@@ -376,41 +389,64 @@ def parse_cni_args(text: str) -> CniArgs:
     )
 
 
-def parse_env(environ: Mapping[str, str]) -> Env:
-    """Validate the CNI variables ``CNI_COMMAND`` needs; code 4 names every missing or bad one."""
+def required_env(environ: Mapping[str, str]) -> str:
+    """The command, once ``CNI_COMMAND`` and the variables it needs are set (else code 4 naming them)."""
     command = environ.get("CNI_COMMAND", "")
     if command not in COMMANDS:
         raise PluginError(CODE_INVALID_ENV, f"CNI_COMMAND: {command!r} is not one of {', '.join(COMMANDS)}")
-    if command == "VERSION":
-        return Env(command=command)
     missing = [name for name in _REQUIRED_ENV[command] if not environ.get(name)]
     if missing:
         raise PluginError(CODE_INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
+    return command
+
+
+def check_identifiers(command: str, environ: Mapping[str, str]) -> None:
+    """``CNI_CONTAINERID`` and ``CNI_IFNAME`` of ADD, DEL and CHECK, by skel's rules (code 4)."""
+    if command not in ("ADD", "DEL", "CHECK"):
+        return
     container_id = environ.get("CNI_CONTAINERID", "")
-    if command in ("ADD", "DEL", "CHECK") and not is_valid_id(container_id):
+    if not is_valid_id(container_id):
         raise PluginError(
             CODE_INVALID_ENV,
             f"CNI_CONTAINERID: {container_id!r} must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
         )
-    if_name = environ.get("CNI_IFNAME", "")
-    if command in ("ADD", "DEL", "CHECK"):
-        problem = interface_name_problem(if_name)
-        if problem:
-            raise PluginError(CODE_INVALID_ENV, f"CNI_IFNAME: {problem}")
-    args = parse_cni_args(environ.get("CNI_ARGS", "")) if command in ("ADD", "DEL", "CHECK") else CniArgs()
+    problem = interface_name_problem(environ.get("CNI_IFNAME", ""))
+    if problem:
+        raise PluginError(CODE_INVALID_ENV, f"CNI_IFNAME: {problem}")
+
+
+def pod_args(command: str, environ: Mapping[str, str]) -> CniArgs:
+    """``CNI_ARGS`` of ADD, DEL and CHECK (ADD needs the pod's namespace and name), code 4."""
+    if command not in ("ADD", "DEL", "CHECK"):
+        return CniArgs()
+    args = parse_cni_args(environ.get("CNI_ARGS", ""))
     if command == "ADD" and not (args.pod_namespace and args.pod_name):
         missing = [k for k in ("K8S_POD_NAMESPACE", "K8S_POD_NAME") if not getattr(args, k[4:].lower())]
         raise PluginError(
             CODE_INVALID_ENV, f"CNI_ARGS: {' and '.join(missing)} missing (the agent allocates per pod)"
         )
+    return args
+
+
+def make_env(command: str, environ: Mapping[str, str], args: CniArgs) -> Env:
     return Env(
         command=command,
-        container_id=container_id,
+        container_id=environ.get("CNI_CONTAINERID", ""),
         netns=environ.get("CNI_NETNS", ""),
-        if_name=if_name,
+        if_name=environ.get("CNI_IFNAME", ""),
         path=environ.get("CNI_PATH", ""),
         args=args,
     )
+
+
+def parse_env(environ: Mapping[str, str]) -> Env:
+    """Validate the CNI variables ``CNI_COMMAND`` needs; code 4 names every missing or bad one.  (``run``
+    checks the same in skel's order, with the configuration between them.)"""
+    command = required_env(environ)
+    if command == "VERSION":
+        return Env(command=command)
+    check_identifiers(command, environ)
+    return make_env(command, environ, pod_args(command, environ))
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -507,8 +543,8 @@ def parse_ipam(ipam: object) -> IpamConf:
     )
 
 
-def parse_config(command: str, raw: dict[str, Any]) -> NetConf:
-    """Validate the configuration for ``command`` in skel's order: name (7), version (1), ipam (7/2)."""
+def network_name(raw: Mapping[str, Any]) -> str:
+    """The configuration's ``name``, as skel's validateConfig checks it (code 7)."""
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise PluginError(CODE_INVALID_CONFIG, "name: missing network name")
@@ -517,6 +553,12 @@ def parse_config(command: str, raw: dict[str, Any]) -> NetConf:
             CODE_INVALID_CONFIG,
             f"name: {name!r} must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
         )
+    return name
+
+
+def parse_config(command: str, raw: dict[str, Any]) -> NetConf:
+    """Validate the configuration for ``command`` in skel's order: name (7), version (1), ipam (7/2)."""
+    name = network_name(raw)
     version = raw.get("cniVersion", "")
     if not isinstance(version, str):
         raise PluginError(CODE_DECODE, f"cniVersion: expected a string, got {json_dumps(version)}")
@@ -930,15 +972,23 @@ def cmd_status(conf: NetConf, transport: Transport) -> None:
 
 
 def version_result(stdin_data: bytes) -> dict[str, Any]:
-    """VERSION: echo the input's cniVersion when it is one we speak; any stdin is tolerated."""
-    version = CURRENT_VERSION
+    """VERSION: echo the input's cniVersion when it is one we speak.  Any stdin is tolerated, as the
+    reference plugins do (skel does not read it for VERSION)."""
+    return {"cniVersion": stated_version(stdin_data), "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def stated_version(stdin_data: bytes) -> str:
+    """The configuration's cniVersion when it is one we speak, else ours; never raises (it labels
+    the VERSION answer and every error result, whatever stdin holds)."""
+    if len(stdin_data) > MAX_BODY_BYTES:
+        return CURRENT_VERSION
     try:
-        value = json_loads(stdin_data[:MAX_BODY_BYTES].decode("utf-8", "replace"))
-        if isinstance(value, dict) and value.get("cniVersion") in SUPPORTED_VERSIONS:
-            version = value["cniVersion"]
-    except (ValueError, RecursionError):
-        pass
-    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+        value = json_loads(stdin_data.decode("utf-8"))
+    except Exception:  # malformed stdin has its own error; here it only means "no version"
+        return CURRENT_VERSION
+    if isinstance(value, dict) and value.get("cniVersion") in SUPPORTED_VERSIONS:
+        return str(value["cniVersion"])
+    return CURRENT_VERSION
 
 
 def run(
@@ -947,11 +997,21 @@ def run(
     log: Log,
     make_transport: Callable[[IpamConf, int], Transport] | None = None,
 ) -> dict[str, Any] | None:
-    """One invocation minus the I/O: the result object to print (None: print nothing), or PluginError."""
-    env = parse_env(environ)
-    if env.command == "VERSION":
+    """One invocation minus the I/O: the result object to print (None: print nothing), or PluginError.
+
+    Checked in the order of libcni's skel, so that each input gets the reference plugins' code: the
+    variables the command needs (4), the configuration's JSON (6) and network name (7), container ID
+    and interface name (4), cniVersion (1), the rest of the configuration (7, 2), then ``CNI_ARGS``
+    (4), which the plugin's own command reads.
+    """
+    command = required_env(environ)
+    if command == "VERSION":
         return version_result(stdin_data)
-    conf = parse_config(env.command, decode_config(stdin_data))
+    raw = decode_config(stdin_data)
+    network_name(raw)
+    check_identifiers(command, environ)
+    conf = parse_config(command, raw)
+    env = make_env(command, environ, pod_args(command, environ))
     log.configure(conf.ipam.log_level, conf.ipam.log_file_path)
     unreachable = CODE_UNAVAILABLE if env.command == "STATUS" else CODE_TRY_AGAIN
     transport = (make_transport or _transport)(conf.ipam, unreachable)
@@ -979,17 +1039,6 @@ def run(
 
 def _transport(ipam: IpamConf, unreachable_code: int) -> Transport:
     return Transport(ipam.socket_path, ipam.timeout, unreachable_code)
-
-
-def _config_version(stdin_data: bytes) -> str:
-    """The cniVersion to put on an error result: the input's when we speak it."""
-    try:
-        value = json_loads(stdin_data[:MAX_BODY_BYTES].decode("utf-8"))
-    except (ValueError, RecursionError):
-        return CURRENT_VERSION
-    if isinstance(value, dict) and value.get("cniVersion") in SUPPORTED_VERSIONS:
-        return str(value["cniVersion"])
-    return CURRENT_VERSION
 
 
 def main(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> int:
@@ -1020,7 +1069,7 @@ def main(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Te
         f"{environ.get('CNI_COMMAND', '')} container={environ.get('CNI_CONTAINERID', '')}: code {failure.code}: {failure.details}",
     )
     try:
-        stdout.write(json_dumps(error_result(failure, _config_version(stdin_data))) + "\n")
+        stdout.write(json_dumps(error_result(failure, stated_version(stdin_data))) + "\n")
         stdout.flush()
     except (OSError, ValueError):
         pass
