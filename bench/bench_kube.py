@@ -21,8 +21,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-from kubernetes import client as k8s
-
 from ipam.errors import AllocationError
 from ipam.kube_store import KubeStore
 from ipam.service import AllocateRequest, IpamService, IpamSettings
@@ -67,11 +65,9 @@ def pod(name: str, node: str) -> Obj:
 
 def run(agents: int, pods_per_agent: int, latency: float) -> Result:
     emulator = KubeEmulator(history=100_000).start()
-    cfg = k8s.Configuration()
-    cfg.host = emulator.url
     stores: list[KubeStore] = []
     try:
-        admin = KubeStore.connect(cfg)
+        admin = KubeStore.connect(emulator.configuration(emulator.admin_token))
         stores.append(admin)
         admin.create(
             {
@@ -96,7 +92,8 @@ def run(agents: int, pods_per_agent: int, latency: float) -> Result:
 
         services = {}
         for node in nodes:
-            store = KubeStore.connect(cfg, cached_kinds=CACHED)
+            # each agent as the DaemonSet's ServiceAccount, authorized by configs/kubernetes/rbac.yaml
+            store = KubeStore.connect(emulator.configuration(emulator.agent_token), cached_kinds=CACHED)
             stores.append(store)
             services[node] = IpamService(
                 store, node_name=node, settings=IpamSettings(enable_ipv6=False), on_conflict=seen

@@ -60,9 +60,17 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from kubernetes import client as k8s
 
 from ipam.kinds import KINDS, KindInfo
 from ipam.selectors import LabelSelector, Requirement
+from tests.kube.emulator.manifests import (
+    agent_user,
+    base_objects,
+    cluster_actor_objects,
+    harness_user,
+)
+from tests.kube.emulator.rbac import ANONYMOUS, Attributes, Authorizer, User, forbidden_message, verb_of
 
 __all__ = ["Faults", "KubeEmulator", "kube_emulator", "parse_label_selector"]
 
@@ -306,8 +314,18 @@ class KubeEmulator:
         history: int = 2000,
         namespaces: tuple[str, ...] = DEFAULT_NAMESPACES,
         require_namespaces: bool = True,
+        rbac: list[Obj] | None = None,
     ) -> None:
+        """``rbac``: the Role/ClusterRole objects and bindings that authorize requests (default: those of
+        ``configs/kubernetes`` and the tests' cluster actors)."""
         self.faults = Faults()
+        self.authorizer = Authorizer(rbac if rbac is not None else base_objects() + cluster_actor_objects())
+        self._tokens: dict[str, User] = {}
+        self.admin_token = self.token_for(
+            User("kubernetes-admin", ("system:masters", "system:authenticated"))
+        )
+        self.agent_token = self.token_for(agent_user())
+        self.harness_token = self.token_for(harness_user())
         # As the NamespaceLifecycle admission plugin: creating in a missing namespace is 404.
         self.require_namespaces = require_namespaces
         self.history_size = history
@@ -383,6 +401,52 @@ class KubeEmulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # -- identities -------------------------------------------------------------------------------
+
+    def token_for(self, user: User) -> str:
+        """A bearer token that authenticates as ``user`` (as a ServiceAccount token would)."""
+        token = uuid.uuid4().hex
+        self._tokens[token] = user
+        return token
+
+    def configuration(self, token: str | None = None) -> k8s.Configuration:
+        """A client configuration for this server, authenticated with ``token`` (default: the harness:
+        the agent's ServiceAccount that also plays the cluster's other actors)."""
+        cfg = k8s.Configuration()
+        cfg.host = self.url
+        cfg.api_key["authorization"] = token or self.harness_token
+        cfg.api_key_prefix["authorization"] = "Bearer"
+        return cfg
+
+    def _user(self, request: web.Request) -> User:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return ANONYMOUS
+        scheme, _, token = header.partition(" ")
+        user = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            raise _ApiError(401, "Unauthorized", "Unauthorized")
+        return user
+
+    def _authorize(self, request: web.Request, t: _Target) -> None:
+        watch = request.query.get("watch") in ("1", "true")
+        attrs = Attributes(
+            user=self._user(request),
+            verb=verb_of(request.method, named=bool(t.name), watch=watch),
+            group=t.info.group,
+            resource=t.info.plural,
+            subresource=t.subresource,
+            namespace=t.namespace,
+            name=t.name,
+        )
+        if not self.authorizer.allows(attrs):
+            details: Obj = {"kind": t.info.plural}
+            if t.name:
+                details["name"] = t.name
+            if t.info.group:
+                details["group"] = t.info.group
+            raise _ApiError(403, "Forbidden", forbidden_message(attrs), details)
 
     # -- direct access for tests (bypasses HTTP and faults) ---------------------------------------
 
@@ -504,6 +568,7 @@ class KubeEmulator:
             if status:
                 raise _ApiError(status, "InternalError", f"injected error {status}")
             target = self._parse_path(request.path)
+            self._authorize(request, target)
             body: Obj | None = None
             if request.method in ("POST", "PUT", "DELETE") and request.can_read_body:
                 try:

@@ -7,8 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from kubernetes import client as k8s
-
 from ipam.kube_store import KubeStore
 from ipam.store import Store
 from tests.kube_emulator import KubeEmulator
@@ -28,9 +26,9 @@ def kube_backend(tmp: Path, options: _Options) -> Iterator[Store]:
     # The suite writes into namespaces it never creates (the embedded store has no namespace rule).
     emulator = KubeEmulator(history=options.history, require_namespaces=False).start()
     try:
-        cfg = k8s.Configuration()
-        cfg.host = emulator.url
-        store = KubeStore.connect(cfg)
+        # As the agent's ServiceAccount, authorized by configs/kubernetes/rbac.yaml; the suite's writes
+        # of what other actors write (pods, namespaces, new pools) are granted by cluster_actors.yaml.
+        store = KubeStore.connect(emulator.configuration())
         try:
             yield store
         finally:

@@ -15,9 +15,8 @@ __all__ = ["kube_emulator", "kube_store", "store_factory"]
 
 
 def configuration(emulator: KubeEmulator) -> k8s.Configuration:
-    cfg = k8s.Configuration()
-    cfg.host = emulator.url
-    return cfg
+    """As the agent's ServiceAccount that also plays the cluster's other actors (creates pods, ...)."""
+    return emulator.configuration()
 
 
 @pytest.fixture
@@ -25,8 +24,9 @@ def store_factory(kube_emulator: KubeEmulator) -> Iterator[Callable[..., KubeSto
     """Make KubeStores on the test's emulator (closed after the test)."""
     made: list[KubeStore] = []
 
-    def make(**kwargs: Any) -> KubeStore:
-        store = KubeStore.connect(configuration(kube_emulator), **kwargs)
+    def make(*, token: str | None = None, **kwargs: Any) -> KubeStore:
+        """``token``: who the store is (default: the harness, see ``KubeEmulator.configuration``)."""
+        store = KubeStore.connect(kube_emulator.configuration(token), **kwargs)
         made.append(store)
         return store
 

@@ -67,7 +67,7 @@ class Candidate:
 
     def __init__(self, store: ObjectStore, identity: str, **kw: object) -> None:
         self.log: list[str] = []
-        cfg = ElectionConfig("spiderbgp-controllers", "kube-system", identity, **FAST, **kw)  # type: ignore[arg-type]
+        cfg = ElectionConfig("spiderbgp-controller", "kube-system", identity, **FAST, **kw)  # type: ignore[arg-type]
         self.elector = LeaderElector(
             store,
             cfg,
@@ -109,8 +109,12 @@ def sqlite_stores(tmp_path: Path) -> Iterator[tuple[SqliteStore, SqliteStore]]:
 
 
 @pytest.fixture
-def kube_stores(store_factory: Callable[..., KubeStore]) -> tuple[KubeStore, KubeStore]:
-    return store_factory(), store_factory()
+def kube_stores(
+    kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
+) -> tuple[KubeStore, KubeStore]:
+    """Two agents as the DaemonSet's ServiceAccount: the Lease's Role in rbac.yaml must let them lead."""
+    token = kube_emulator.agent_token
+    return store_factory(token=token), store_factory(token=token)
 
 
 @pytest.fixture(params=["sqlite", "kubernetes"])
@@ -133,7 +137,7 @@ async def test_one_of_two_leads_and_the_other_takes_over_when_it_stops(
         await asyncio.sleep(0.5)  # several renew periods: b must stay a candidate
         assert (a.elector.is_leader, b.elector.is_leader) == (True, False)
         assert b.elector.leader == "node-a"
-        lease = parse_lease(two_stores[1].get("Lease", "spiderbgp-controllers", "kube-system"))
+        lease = parse_lease(two_stores[1].get("Lease", "spiderbgp-controller", "kube-system"))
         assert lease.holder == "node-a"
         assert lease.transitions == 0
         assert lease.duration_seconds == 1
@@ -141,10 +145,10 @@ async def test_one_of_two_leads_and_the_other_takes_over_when_it_stops(
         await a.stop()  # releases the Lease: b takes over without waiting for it to expire
         assert a.log == ["start", "stop"]
         # the release itself is what lets b in early (timing it would measure the machine's load)
-        released = parse_lease(two_stores[0].get("Lease", "spiderbgp-controllers", "kube-system"))
+        released = parse_lease(two_stores[0].get("Lease", "spiderbgp-controller", "kube-system"))
         assert released.holder in ("", "node-b"), released
         await wait_for(lambda: b.elector.is_leader, 5)
-        lease = parse_lease(two_stores[0].get("Lease", "spiderbgp-controllers", "kube-system"))
+        lease = parse_lease(two_stores[0].get("Lease", "spiderbgp-controller", "kube-system"))
         assert (lease.holder, lease.transitions) == ("node-b", 1)
         await b.stop()
         assert b.log == ["start", "stop"]
@@ -169,7 +173,7 @@ async def test_lease_not_released_is_taken_over_after_it_expires(
     await wait_for(lambda: b.elector.is_leader, 5)
     waited = loop.time() - began
     assert 0.6 <= waited < 3.0, waited  # about the lease duration (1 s, as b observed it)
-    lease = parse_lease(two_stores[1].get("Lease", "spiderbgp-controllers", "kube-system"))
+    lease = parse_lease(two_stores[1].get("Lease", "spiderbgp-controller", "kube-system"))
     assert (lease.holder, lease.transitions) == ("node-b", 1)
     await b.stop()
 

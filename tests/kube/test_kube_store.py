@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kubernetes import client as k8s
 
 from ipam.errors import Conflict, NotFound, StoreUnavailable
 from ipam.kinds import kind_info
@@ -42,11 +41,13 @@ def pod(name: str, namespace: str = "default", **labels: str) -> Obj:
     }
 
 
-def http(emulator: KubeEmulator, method: str, path: str, body: Obj | None = None) -> tuple[int, Any]:
+def http(
+    emulator: KubeEmulator, method: str, path: str, body: Obj | None = None, *, token: str | None = None
+) -> tuple[int, Any]:
+    """One raw request, as the cluster admin unless ``token`` says who."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        emulator.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token or emulator.admin_token}"}
+    req = urllib.request.Request(emulator.url + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, json.loads(resp.read())
@@ -115,7 +116,9 @@ def test_emulator_watch_turns_label_changes_into_added_and_deleted(kube_emulator
     a["metadata"]["labels"] = {"app": "y"}
     http(kube_emulator, "PUT", f"{path}/a", a)
     query = f"?watch=1&resourceVersion={start}&timeoutSeconds=1&labelSelector=app%3Dx"
-    with urllib.request.urlopen(kube_emulator.url + path + query, timeout=5) as resp:
+    auth = {"Authorization": f"Bearer {kube_emulator.admin_token}"}
+    req = urllib.request.Request(kube_emulator.url + path + query, headers=auth)
+    with urllib.request.urlopen(req, timeout=5) as resp:
         events = [json.loads(line) for line in resp]
     assert [e["type"] for e in events] == ["ADDED", "DELETED"]
 
@@ -184,9 +187,8 @@ def test_server_error_on_a_write_is_unavailable_and_writes_nothing(
 def test_unreachable_server_is_unavailable_in_one_line() -> None:
     emulator = KubeEmulator().start()
     url = emulator.url
+    cfg = emulator.configuration()
     emulator.stop()
-    cfg = k8s.Configuration()
-    cfg.host = url
     store = KubeStore.connect(cfg)
     try:
         with pytest.raises(StoreUnavailable) as err:

@@ -1,0 +1,150 @@
+"""Authorization: the emulator answers as kube-apiserver's RBAC authorizer does, from the roles in
+configs/kubernetes/rbac.yaml, so a write the agent does without a grant fails here as on a cluster."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ipam.errors import StoreError
+from ipam.kinds import kind_info
+from ipam.kube_api import resource_path
+from ipam.kube_store import KubeStore
+from ipam.model import FINALIZER
+from ipam.pool_controller import finish_terminating
+from tests.kube.emulator.manifests import agent_user, base_objects
+from tests.kube.emulator.rbac import ANONYMOUS, Attributes, Authorizer, User, forbidden_message
+from tests.kube_emulator import KubeEmulator
+
+SPIDER = "spiderpool.spidernet.io/v2beta1"
+Obj = dict[str, Any]
+
+
+def subnet(name: str) -> Obj:
+    return {
+        "apiVersion": SPIDER,
+        "kind": "SpiderSubnet",
+        "metadata": {"name": name, "finalizers": [FINALIZER]},
+        "spec": {"subnet": "10.7.0.0/24", "ips": ["10.7.0.10-10.7.0.20"]},
+    }
+
+
+def http(
+    emulator: KubeEmulator, method: str, path: str, token: str | None, body: Obj | None = None
+) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(emulator.url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_leader_finishes_a_terminating_subnet_as_the_agent(
+    kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
+) -> None:
+    """The production bug: the finalizer of a deleted SpiderSubnet is removed with a PUT on
+    spidersubnets, which rbac.yaml did not grant (the subnet stayed terminating forever)."""
+    admin = store_factory(token=kube_emulator.admin_token)
+    agent = store_factory(token=kube_emulator.agent_token)
+    admin.create(subnet("s1"))
+    admin.delete("SpiderSubnet", "s1")
+    assert kube_emulator.stored("SpiderSubnet", "s1") is not None  # terminating, held by the finalizer
+    assert finish_terminating(agent, "SpiderSubnet", "s1") is True
+    assert kube_emulator.stored("SpiderSubnet", "s1") is None
+
+
+def test_a_write_without_a_grant_is_the_api_servers_403(kube_emulator: KubeEmulator) -> None:
+    path = resource_path(kind_info("SpiderSubnet"))
+    code, created = http(kube_emulator, "POST", path, kube_emulator.admin_token, subnet("s1"))
+    assert code == 201
+    code, body = http(kube_emulator, "PUT", f"{path}/s1", kube_emulator.agent_token, created)
+    assert code == 200  # granted by rbac.yaml
+    code, body = http(kube_emulator, "DELETE", f"{path}/s1", kube_emulator.agent_token)
+    assert code == 403
+    assert body == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'spidersubnets.spiderpool.spidernet.io "s1" is forbidden: User '
+        '"system:serviceaccount:kube-system:spiderbgp" cannot delete resource "spidersubnets" '
+        'in API group "spiderpool.spidernet.io" at the cluster scope',
+        "reason": "Forbidden",
+        "details": {"name": "s1", "group": "spiderpool.spidernet.io", "kind": "spidersubnets"},
+        "code": 403,
+    }
+    assert kube_emulator.stored("SpiderSubnet", "s1") is not None
+
+
+def test_the_store_names_the_refusal_in_one_line(
+    kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
+) -> None:
+    agent = store_factory(token=kube_emulator.agent_token)
+    with pytest.raises(StoreError) as err:
+        agent.create(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", "namespace": "default"}, "spec": {}}
+        )
+    assert 'cannot create resource "pods" in API group "" in the namespace "default"' in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_anonymous_is_forbidden_and_a_bad_token_unauthorized(kube_emulator: KubeEmulator) -> None:
+    path = resource_path(kind_info("Pod"), "default")
+    code, body = http(kube_emulator, "GET", path, None)
+    assert (code, body["reason"]) == (403, "Forbidden")
+    assert body["message"] == (
+        'pods is forbidden: User "system:anonymous" cannot list resource "pods" in API group "" '
+        'in the namespace "default"'
+    )
+    code, body = http(kube_emulator, "GET", path, "not-a-token")
+    assert (code, body["reason"], body["message"]) == (401, "Unauthorized", "Unauthorized")
+
+
+def _can(
+    auth: Authorizer,
+    user: User,
+    verb: str,
+    resource: str,
+    namespace: str = "",
+    name: str = "",
+    group: str = "",
+) -> bool:
+    sub = ""
+    if "/" in resource:
+        resource, sub = resource.split("/", 1)
+    return auth.allows(Attributes(user, verb, group, resource, sub, namespace, name))
+
+
+def test_role_bindings_hold_in_their_namespace_and_resource_names_limit_by_name() -> None:
+    auth = Authorizer(base_objects())
+    agent = agent_user()
+    lease = "coordination.k8s.io"
+    assert _can(auth, agent, "create", "leases", "kube-system", group=lease)
+    assert not _can(auth, agent, "create", "leases", "default", group=lease)  # a Role, not a ClusterRole
+    assert _can(auth, agent, "update", "leases", "kube-system", "spiderbgp-controller", lease)
+    assert not _can(auth, agent, "update", "leases", "kube-system", "other", lease)
+    assert not _can(auth, agent, "list", "leases", "kube-system", group=lease)  # a name rule lists nothing
+    spider = "spiderpool.spidernet.io"
+    assert _can(auth, agent, "update", "spiderippools/status", name="p", group=spider)
+    assert not _can(auth, agent, "update", "spiderreservedips", name="r", group=spider)
+    assert not _can(auth, ANONYMOUS, "get", "pods", "default", "p")
+    assert _can(auth, User("root", ("system:masters",)), "delete", "nodes", name="n1")
+
+
+def test_forbidden_message_names_subresource_and_scope() -> None:
+    a = Attributes(agent_user(), "update", "spiderpool.spidernet.io", "spiderippools", "status", "", "p1")
+    assert forbidden_message(a) == (
+        'spiderippools.spiderpool.spidernet.io "p1" is forbidden: User '
+        '"system:serviceaccount:kube-system:spiderbgp" cannot update resource "spiderippools/status" '
+        'in API group "spiderpool.spidernet.io" at the cluster scope'
+    )
