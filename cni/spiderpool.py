@@ -24,6 +24,7 @@ import sys
 
 # --- begin wire import (render_plugin_file replaces this block with the source of cni/wire.py) ---
 from cni.wire import (
+    CNI_VERSIONS,
     CODE_DECODE,
     CODE_INCOMPATIBLE_VERSION,
     CODE_INVALID_CONFIG,
@@ -51,6 +52,8 @@ from cni.wire import (
     GcRequest,
     StatusRequest,
     _Record,
+    id_problem,
+    interface_name_problem,
 )
 
 # --- end wire import ---
@@ -62,7 +65,7 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO, NoReturn, TextIO
 
 PLUGIN_NAME = "spiderpool"
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+SUPPORTED_VERSIONS = CNI_VERSIONS
 CURRENT_VERSION = "1.1.0"
 DEFAULT_SOCKET_PATH = "/run/spiderbgp/agent.sock"
 DEFAULT_TIMEOUT = 30.0
@@ -102,8 +105,6 @@ _IPAM_KEYS = (
 )
 # Spiderpool's own netconf keys for its log rotation: accepted (so its configs keep working), no effect.
 _IPAM_KEYS_IGNORED = ("log_file_max_size", "log_file_max_age", "log_file_max_count")
-_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-_ID_REST = _ID_FIRST | frozenset("_.-")
 
 
 class PluginError(Exception):
@@ -335,25 +336,6 @@ class NetConf(_Record):
         return hash((self.cni_version, self.name, self.ipam))
 
 
-def is_valid_id(value: str) -> bool:
-    """skel's container-ID / network-name rule: ``^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$``."""
-    return bool(value) and value[0] in _ID_FIRST and all(c in _ID_REST for c in value)
-
-
-def interface_name_problem(name: str) -> str:
-    """Why ``name`` is not a usable interface name ("" when it is), as skel's ValidateInterfaceName."""
-    if not name:
-        return "is empty"
-    if len(name) > 15:
-        return f"{name!r} is longer than 15 characters"
-    if name in (".", ".."):
-        return f"{name!r} is not allowed"
-    for c in name:
-        if c in "/:" or c.isspace():
-            return f"{name!r} contains {c!r}"
-    return ""
-
-
 def parse_cni_args(text: str) -> CniArgs:
     """Parse ``CNI_ARGS`` (``K=V;K=V``) like libcni's LoadArgs, into the keys we use."""
     pairs: dict[str, str] = {}
@@ -404,12 +386,9 @@ def check_identifiers(command: str, environ: Mapping[str, str]) -> None:
     """``CNI_CONTAINERID`` and ``CNI_IFNAME`` of ADD, DEL and CHECK, by skel's rules (code 4)."""
     if command not in ("ADD", "DEL", "CHECK"):
         return
-    container_id = environ.get("CNI_CONTAINERID", "")
-    if not is_valid_id(container_id):
-        raise PluginError(
-            CODE_INVALID_ENV,
-            f"CNI_CONTAINERID: {container_id!r} must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
-        )
+    problem = id_problem(environ.get("CNI_CONTAINERID", ""))
+    if problem:
+        raise PluginError(CODE_INVALID_ENV, f"CNI_CONTAINERID: {problem}")
     problem = interface_name_problem(environ.get("CNI_IFNAME", ""))
     if problem:
         raise PluginError(CODE_INVALID_ENV, f"CNI_IFNAME: {problem}")
@@ -548,11 +527,9 @@ def network_name(raw: Mapping[str, Any]) -> str:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise PluginError(CODE_INVALID_CONFIG, "name: missing network name")
-    if not is_valid_id(name):
-        raise PluginError(
-            CODE_INVALID_CONFIG,
-            f"name: {name!r} must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
-        )
+    problem = id_problem(name)
+    if problem:
+        raise PluginError(CODE_INVALID_CONFIG, f"name: {problem}")
     return name
 
 

@@ -79,6 +79,53 @@ ERROR_MESSAGES = {
 }
 
 
+# The CNI versions both sides speak (the plugin's results are written in each of them).
+CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# A container ID or network name longer than this is refused (runtimes use 64 hex digits; skel sets
+# no bound, but the agent stores them as keys).
+MAX_ID_LENGTH = 256
+
+
+# --- identifiers, as libcni's skel validates them (the plugin checks its input, the agent requests) ---
+
+_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_REST = _ID_FIRST | frozenset("_.-")
+
+
+def _shown(value: str) -> str:
+    """``value`` quoted for an error line, cut to 40 characters."""
+    return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"
+
+
+def id_problem(value: str) -> str:
+    """Why ``value`` is not a container ID or network name ("" when it is): skel's
+    ``^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$``, at most MAX_ID_LENGTH characters."""
+    if not value:
+        return "is empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{_shown(value)} is longer than {MAX_ID_LENGTH} characters"
+    if value[0] not in _ID_FIRST or not _ID_REST.issuperset(value):
+        return (
+            f"{_shown(value)} must start with a letter or digit, followed by letters, digits, '_', '.' or '-'"
+        )
+    return ""
+
+
+def interface_name_problem(name: str) -> str:
+    """Why ``name`` is not a usable interface name ("" when it is), as skel's ValidateInterfaceName:
+    not empty, at most 15 characters (IFNAMSIZ - 1), not ``.`` or ``..``, no ``/``, ``:`` or whitespace."""
+    if not name:
+        return "is empty"
+    if len(name) > 15:
+        return f"{_shown(name)} is longer than 15 characters"
+    if name in (".", ".."):
+        return f"{name!r} is not allowed"
+    for c in name:
+        if c in "/:" or c.isspace() or not c.isprintable():
+            return f"{name!r} contains {c!r}"
+    return ""
+
+
 # --- field readers: every failure is one ValueError naming Record.field --------------------------
 
 
@@ -185,6 +232,88 @@ def _code(obj: Mapping[str, Any], key: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{where}.{key}: expected a positive integer, got {_kind(value)}")
     return value
+
+
+# --- agent side (left out of the plugin file) ---
+MAX_TEXT_LENGTH = 4096  # any other string of a request (netns is a path: PATH_MAX)
+
+
+def _text_problem(value: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    if len(value) > limit:
+        return f"{_shown(value)} is longer than {limit} characters"
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        return f"{_shown(value)} contains the character {bad!r}"
+    return ""
+
+
+def _dns_label_problem(value: str, limit: int = 63) -> str:
+    # RFC 1123 label as Kubernetes validates names: [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63
+    if len(value) > limit:
+        return f"{_shown(value)} is longer than {limit} characters"
+    if (
+        not value
+        or not _DNS_REST.issuperset(value)
+        or value[0] not in _DNS_ENDS
+        or value[-1] not in _DNS_ENDS
+    ):
+        return (
+            f"{_shown(value)} is not a lowercase RFC 1123 label (a-z, 0-9 and '-', alphanumeric at both ends)"
+        )
+    return ""
+
+
+def _dns_subdomain_problem(value: str) -> str:
+    # RFC 1123 subdomain (Pod and IPPool names): labels joined by '.', at most 253
+    if len(value) > 253:
+        return f"{_shown(value)} is longer than 253 characters"
+    if any(_dns_label_problem(label) for label in value.split(".")):
+        return f"{_shown(value)} is not a lowercase RFC 1123 subdomain (a-z, 0-9, '-' and '.')"
+    return ""
+
+
+_DNS_ENDS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_DNS_REST = _DNS_ENDS | frozenset("-")
+
+
+def _version_problem(value: str) -> str:
+    if value not in CNI_VERSIONS:
+        return f"{_shown(value)} is not one of {', '.join(CNI_VERSIONS)}"
+    return ""
+
+
+# (attribute, JSON key, rule): every field a request may carry; an empty optional field passes.
+_FIELD_RULES = (
+    ("container_id", "containerID", id_problem),
+    ("if_name", "ifName", interface_name_problem),
+    ("network", "network", id_problem),
+    ("cni_version", "cniVersion", _version_problem),
+    ("pod_namespace", "podNamespace", _dns_label_problem),
+    ("pod_name", "podName", _dns_subdomain_problem),
+    ("pod_uid", "podUID", lambda v: _text_problem(v, 128)),
+    ("netns", "netns", _text_problem),
+    ("default_ipv4_ippool", "defaultIPv4IPPool", _dns_subdomain_problem),
+    ("default_ipv6_ippool", "defaultIPv6IPPool", _dns_subdomain_problem),
+)
+
+
+def _check_fields(record: _Record, where: str) -> None:
+    """Each field of ``record`` by its rule (ValueError naming ``where.key``): what the agent stores
+    or looks up must be what the plugin itself would have sent."""
+    for attr, key, rule in _FIELD_RULES:
+        value = getattr(record, attr, "")
+        if isinstance(value, tuple):
+            for i, item in enumerate(value):
+                problem = rule(item)
+                if problem:
+                    raise ValueError(f"{where}.{key}[{i}]: {problem}")
+        elif value:
+            problem = rule(value)
+            if problem:
+                raise ValueError(f"{where}.{key}: {problem}")
+
+
+# --- end agent side ---
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -301,7 +430,7 @@ class AddRequest(_Record):
         where = "AddRequest"
         obj = _obj(value, where)
         _api_version(obj, where)
-        return cls(
+        request = cls(
             container_id=_str(obj, "containerID", where),
             if_name=_str(obj, "ifName", where),
             netns=_str(obj, "netns", where),
@@ -314,6 +443,8 @@ class AddRequest(_Record):
             cni_version=_str(obj, "cniVersion", where),
             network=_str(obj, "network", where),
         )
+        _check_fields(request, where)
+        return request
 
     # --- end agent side ---
 
@@ -549,7 +680,7 @@ class DelRequest(_Record):
         where = "DelRequest"
         obj = _obj(value, where)
         _api_version(obj, where)
-        return cls(
+        request = cls(
             container_id=_str(obj, "containerID", where),
             if_name=_str(obj, "ifName", where),
             netns=_str(obj, "netns", where, required=False),
@@ -559,6 +690,8 @@ class DelRequest(_Record):
             cni_version=_str(obj, "cniVersion", where),
             network=_str(obj, "network", where),
         )
+        _check_fields(request, where)
+        return request
 
     # --- end agent side ---
 
@@ -635,7 +768,7 @@ class CheckRequest(_Record):
         ips = _str_list(obj, "ips", where)
         for i, address in enumerate(ips):
             _cidr(address, f"{where}.ips[{i}]")
-        return cls(
+        request = cls(
             container_id=_str(obj, "containerID", where),
             if_name=_str(obj, "ifName", where),
             netns=_str(obj, "netns", where, required=False),
@@ -646,6 +779,8 @@ class CheckRequest(_Record):
             cni_version=_str(obj, "cniVersion", where),
             network=_str(obj, "network", where),
         )
+        _check_fields(request, where)
+        return request
 
     # --- end agent side ---
 
@@ -697,13 +832,22 @@ class GcRequest(_Record):
         obj = _obj(value, where)
         _api_version(obj, where)
         items = _list(obj, "validAttachments", where, required=True)
-        return cls(
+        request = cls(
             network=_str(obj, "network", where),
             cni_version=_str(obj, "cniVersion", where),
             valid_attachments=[
                 Attachment.from_json(v, f"{where}.validAttachments[{i}]") for i, v in enumerate(items)
             ],
         )
+        _check_fields(request, where)
+        for i, attachment in enumerate(request.valid_attachments):
+            for key, problem in (
+                ("containerID", id_problem(attachment.container_id)),
+                ("ifname", interface_name_problem(attachment.if_name)),
+            ):
+                if problem:
+                    raise ValueError(f"{where}.validAttachments[{i}].{key}: {problem}")
+        return request
 
     # --- end agent side ---
 
@@ -781,7 +925,9 @@ class StatusRequest(_Record):
                 v6.append(value)
             else:
                 raise ValueError(f"StatusRequest.{key}: unknown query parameter")
-        return cls(network=network, cni_version=version, default_ipv4_ippool=v4, default_ipv6_ippool=v6)
+        request = cls(network=network, cni_version=version, default_ipv4_ippool=v4, default_ipv6_ippool=v6)
+        _check_fields(request, "StatusRequest")
+        return request
 
     # --- end agent side ---
 
@@ -828,6 +974,7 @@ class ErrorResponse(_Record):
 # --- agent side (left out of the plugin file) ---
 __all__ = [
     "API_VERSION",
+    "CNI_VERSIONS",
     "CODE_AGENT_INTERNAL",
     "CODE_BAD_REQUEST",
     "CODE_DECODE",
@@ -849,6 +996,7 @@ __all__ = [
     "DNS",
     "ERROR_MESSAGES",
     "MAX_BODY_BYTES",
+    "MAX_ID_LENGTH",
     "PATH_ADD",
     "PATH_CHECK",
     "PATH_DEL",
@@ -867,5 +1015,7 @@ __all__ = [
     "IPConfig",
     "Route",
     "StatusRequest",
+    "id_problem",
+    "interface_name_problem",
 ]
 # --- end agent side ---

@@ -109,7 +109,7 @@ async def test_every_endpoint_round_trips(served: Any) -> None:
     ).to_json()
     status, body = await call(session, "POST", wire.PATH_GC, json=greq)
     assert (status, wire.GcResult.from_json(body).released) == (200, ("10.0.0.7",))
-    sreq = wire.StatusRequest(network="net", default_ipv4_ippool=["a b/c"])
+    sreq = wire.StatusRequest(network="net_1.a-b", default_ipv4_ippool=["pool.a-1"])
     assert (await call(session, "GET", f"{wire.PATH_STATUS}?{sreq.to_query()}"))[0] == 200
     assert backend.seen[-1] == sreq
     assert [op for op, _ in observed] == ["add", "add", "del", "check", "gc", "status"]

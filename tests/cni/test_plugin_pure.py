@@ -64,7 +64,7 @@ def test_bad_command(command: str) -> None:
     ],
 )
 def test_container_id_rule(cid: str, ok: bool) -> None:
-    assert sp.is_valid_id(cid) is ok
+    assert (sp.id_problem(cid) == "") is ok
     if not ok:
         assert code_of(sp.parse_env, {**BASE_ENV, "CNI_CONTAINERID": cid})[1].startswith("CNI_CONTAINERID:")
 

@@ -21,9 +21,15 @@ routes = st.one_of(
     st.builds(lambda dst, gw, nic: wire.Route(if_name=nic, dst=dst, gw=gw), st.sampled_from(["0.0.0.0/0", "10.0.0.0/8"]), st.none() | v4, names),
     st.builds(lambda dst, gw, nic: wire.Route(if_name=nic, dst=dst, gw=gw), st.sampled_from(["::/0", "fd00::/64"]), st.none() | v6, names),
 )  # fmt: skip
+ids = st.from_regex(r"\A[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,30}\Z")
+labels = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?\Z")
+ifnames = st.text(
+    st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789-._@"), min_size=1, max_size=15
+).filter(lambda n: n not in (".", ".."))
 requests = st.builds(
-    wire.AddRequest, container_id=names, if_name=names, netns=names, pod_namespace=names, pod_name=names, pod_uid=st.text(max_size=5),
-    default_ipv4_ippool=st.lists(names, max_size=3), default_ipv6_ippool=st.lists(names, max_size=3), clean_gateway=st.booleans(), network=names,
+    wire.AddRequest, container_id=ids, if_name=ifnames, netns=st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=40), pod_namespace=labels,
+    pod_name=labels, pod_uid=st.text(st.sampled_from("0123456789abcdef-"), max_size=36), default_ipv4_ippool=st.lists(labels, max_size=3),
+    default_ipv6_ippool=st.lists(labels, max_size=3), clean_gateway=st.booleans(), network=ids, cni_version=st.sampled_from(wire.CNI_VERSIONS),
 )  # fmt: skip
 
 
@@ -120,3 +126,69 @@ def test_records_are_immutable_values() -> None:
         a.code = 3
     assert a == wire.ErrorResponse(code=100, msg="m") != wire.ErrorResponse(code=101, msg="m")
     assert repr(a) == "ErrorResponse(code=100, details='', msg='m')"
+
+
+ADD = {"containerID": "c1", "ifName": "eth0", "netns": "/run/netns/x", "podNamespace": "default", "podName": "web-0",
+       "cniVersion": "1.0.0", "network": "podnet"}  # fmt: skip
+GC = {
+    "network": "podnet",
+    "cniVersion": "1.1.0",
+    "validAttachments": [{"containerID": "c1", "ifname": "eth0"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("cls", "body", "message"),
+    [
+        (wire.AddRequest, {**ADD, "containerID": "c\x001"}, "AddRequest.containerID: 'c\\x001' must start with a letter"),
+        (wire.AddRequest, {**ADD, "containerID": "c\n1"}, "AddRequest.containerID:"),
+        (wire.AddRequest, {**ADD, "containerID": "-c"}, "AddRequest.containerID:"),
+        (wire.AddRequest, {**ADD, "containerID": "c" * 100_000}, "AddRequest.containerID: 'cccc"),
+        (wire.AddRequest, {**ADD, "ifName": "e" * 1000}, "AddRequest.ifName: 'eeee"),
+        (wire.AddRequest, {**ADD, "ifName": "../x"}, "AddRequest.ifName: '../x' contains '/'"),
+        (wire.AddRequest, {**ADD, "ifName": ".."}, "AddRequest.ifName: '..' is not allowed"),
+        (wire.AddRequest, {**ADD, "ifName": "eth 0"}, "AddRequest.ifName:"),
+        (wire.AddRequest, {**ADD, "ifName": "eth\x000"}, "AddRequest.ifName:"),
+        (wire.AddRequest, {**ADD, "cniVersion": "garbage"}, "AddRequest.cniVersion: 'garbage' is not one of 0.3.0"),
+        (wire.AddRequest, {**ADD, "network": "pod net"}, "AddRequest.network:"),
+        (wire.AddRequest, {**ADD, "podNamespace": "Default"}, "AddRequest.podNamespace:"),
+        (wire.AddRequest, {**ADD, "podName": "web\n0"}, "AddRequest.podName:"),
+        (wire.AddRequest, {**ADD, "podUID": "u" * 129}, "AddRequest.podUID:"),
+        (wire.AddRequest, {**ADD, "netns": "/run/netns/x\x00"}, "AddRequest.netns:"),
+        (wire.AddRequest, {**ADD, "netns": "/" * 4097}, "AddRequest.netns:"),
+        (wire.AddRequest, {**ADD, "defaultIPv4IPPool": ["ok", "Bad Pool"]}, "AddRequest.defaultIPv4IPPool[1]:"),
+        (wire.DelRequest, {**ADD, "containerID": "c/1"}, "DelRequest.containerID:"),
+        (wire.DelRequest, {**ADD, "ifName": "x" * 16}, "DelRequest.ifName:"),
+        (wire.DelRequest, {**ADD, "cniVersion": "2.0.0"}, "DelRequest.cniVersion:"),
+        (wire.CheckRequest, {**ADD, "ips": [], "ifName": "a:b"}, "CheckRequest.ifName:"),
+        (wire.GcRequest, {**GC, "network": "a\nb"}, "GcRequest.network:"),
+        (wire.GcRequest, {**GC, "cniVersion": "x"}, "GcRequest.cniVersion:"),
+        (wire.GcRequest, {**GC, "validAttachments": [{"containerID": "c 1", "ifname": "eth0"}]}, "GcRequest.validAttachments[0].containerID:"),
+        (wire.GcRequest, {**GC, "validAttachments": [{"containerID": "c1", "ifname": "a/b"}]}, "GcRequest.validAttachments[0].ifname:"),
+    ],
+)  # fmt: skip
+def test_request_fields_follow_the_plugins_rules(cls: Any, body: object, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        cls.from_json(body)
+    text = str(info.value)
+    assert text.startswith(message) and "\n" not in text and len(text) < 300, text
+
+
+def test_status_query_fields_follow_the_same_rules() -> None:
+    with pytest.raises(ValueError, match=r"^StatusRequest.cniVersion: 'x'"):
+        wire.StatusRequest.from_query([("cniVersion", "x")])
+    with pytest.raises(ValueError, match=r"^StatusRequest.defaultIPv4IPPool\[0\]"):
+        wire.StatusRequest.from_query([("ipv4Pool", "a b")])
+    assert wire.StatusRequest.from_query([("network", "podnet")]).network == "podnet"
+
+
+def test_the_longest_valid_identifiers_pass() -> None:
+    body = {
+        **ADD,
+        "containerID": "c" * wire.MAX_ID_LENGTH,
+        "ifName": "e" * 15,
+        "podName": ".".join(["a" * 63] * 3) + ".b",
+    }
+    assert wire.AddRequest.from_json(body).container_id == "c" * wire.MAX_ID_LENGTH
+    with pytest.raises(ValueError, match="longer than 256"):
+        wire.AddRequest.from_json({**body, "containerID": "c" * (wire.MAX_ID_LENGTH + 1)})
