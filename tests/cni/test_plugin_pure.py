@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cni import spiderpool as sp
-from cni.wire import AddResponse, IPConfig, Route
+from cni.wire import AddResponse, IPConfig, Route, id_problem, interface_name_problem
 
 BASE_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
             "CNI_ARGS": "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p"}  # fmt: skip
@@ -64,7 +64,7 @@ def test_bad_command(command: str) -> None:
     ],
 )
 def test_container_id_rule(cid: str, ok: bool) -> None:
-    assert (sp.id_problem(cid) == "") is ok
+    assert (id_problem(cid) == "") is ok
     if not ok:
         assert code_of(sp.parse_env, {**BASE_ENV, "CNI_CONTAINERID": cid})[1].startswith("CNI_CONTAINERID:")
 
@@ -76,8 +76,8 @@ def test_bad_interface_names(name: str) -> None:
 
 
 def test_interface_name_limits() -> None:
-    assert sp.interface_name_problem("a" * 15) == ""
-    assert sp.interface_name_problem("") == "is empty"
+    assert interface_name_problem("a" * 15) == ""
+    assert interface_name_problem("") == "is empty"
 
 
 def test_cni_args_parsing() -> None:
