@@ -203,6 +203,37 @@ class KubeApi:
                 self._sleep(next(delays))
         raise AssertionError("unreachable")
 
+    def list_all(
+        self,
+        info: KindInfo,
+        *,
+        namespace: str = "",
+        query: Sequence[tuple[str, str]] = (),
+        page_size: int = 500,
+    ) -> tuple[list[Obj], str]:
+        """Every object of a kind (as ``query`` selects them), read in pages of ``page_size`` from one
+        consistent snapshot, and that snapshot's resourceVersion.  When the snapshot is compacted
+        before the last page (410 on the ``continue`` token) the list is read again in one request
+        without a limit, as client-go's pager does (``FullListIfExpired``)."""
+        items: list[Obj] = []
+        cont = ""
+        while True:
+            paged = [*query, ("limit", str(page_size))]
+            if cont:
+                paged.append(("continue", cont))
+            try:
+                doc = self.request("GET", info, namespace=namespace, query=paged)
+            except Gone:
+                if not cont:
+                    raise
+                doc = self.request("GET", info, namespace=namespace, query=list(query))
+                items = []
+            items.extend(doc.get("items") or [])
+            meta = doc.get("metadata") or {}
+            cont = str(meta.get("continue") or "")
+            if not cont:
+                return items, str(meta.get("resourceVersion") or "")
+
     def error(self, status: int, doc: object, info: KindInfo, namespace: str, name: str) -> IpamError:
         """The store error for a non-2xx answer (a Kubernetes ``Status`` object, or anything else)."""
         st: Mapping[str, Any] = doc if isinstance(doc, dict) else {}

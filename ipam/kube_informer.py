@@ -171,21 +171,9 @@ class Informer:
         return obj
 
     def _relist(self) -> None:
-        items: list[Obj] = []
-        cont = ""
-        while True:
-            query = [("limit", "500")]
-            if cont:
-                query.append(("continue", cont))
-            if self.label_selector:
-                query.append(("labelSelector", self.label_selector))
-            doc = self.api.request("GET", self.info, namespace=self.namespace, query=query)
-            items.extend(self._typed(o) for o in doc.get("items") or [])
-            meta = doc.get("metadata") or {}
-            cont = str(meta.get("continue") or "")
-            if not cont:
-                rv = str(meta.get("resourceVersion") or "")
-                break
+        query = [("labelSelector", self.label_selector)] if self.label_selector else []
+        found, rv = self.api.list_all(self.info, namespace=self.namespace, query=query)
+        items = [self._typed(o) for o in found]
         fresh = {_key(o): o for o in items}
         with self._lock:
             old = self._items

@@ -319,20 +319,10 @@ class KubeStore:
     def _list_server(
         self, info: KindInfo, namespace: str | None, labels: Mapping[str, str] | None = None
     ) -> builtins.list[Obj]:
-        items: builtins.list[Obj] = []
-        cont = ""
         selector = ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
-        while True:
-            query = [("limit", "500")]
-            if selector:
-                query.append(("labelSelector", selector))
-            if cont:
-                query.append(("continue", cont))
-            doc = self.api.request("GET", info, namespace=namespace or "", query=query)
-            items.extend(_typed(info, o) for o in doc.get("items") or [])
-            cont = str((doc.get("metadata") or {}).get("continue") or "")
-            if not cont:
-                break
+        query = [("labelSelector", selector)] if selector else []
+        found, _ = self.api.list_all(info, namespace=namespace or "", query=query)
+        items = [_typed(info, o) for o in found]
         items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
         return items
 

@@ -28,7 +28,15 @@ It implements, with the API server's semantics, what the backend relies on:
 * watch (``?watch=1&resourceVersion=N``): newline-delimited JSON events after N from a bounded history,
   ADDED/DELETED when a label change moves an object into/out of a label selector, and an ``ERROR``
   event with a 410 ``Expired`` Status when N is older than the history window; without N the stream
-  starts with ADDED events of the current objects;
+  starts with ADDED events of the current objects; BOOKMARK events (``allowWatchBookmarks``) every
+  ``bookmark_interval`` and before the watch times out;
+* history compaction by time, as kube-apiserver has etcd compact every ``--etcd-compaction-interval``:
+  each compaction drops the revisions older than the previous compaction's (``compact_if_due``);
+* paged lists served from one snapshot: ``continue`` tokens in the API server's format name the first
+  page's revision, later pages are that revision's objects (410 ``Expired`` once it is compacted);
+* authorization (``tests/kube/emulator/rbac.py``): bearer tokens name users (``token_for``;
+  ``admin_token``, ``agent_token``, ``harness_token``), no token is ``system:anonymous``, and every
+  request is checked against the RBAC objects of ``configs/kubernetes`` (403 Forbidden Status);
 * injected faults: latency on every request, 409 conflicts on the Nth write (or every Nth), 5xx
   errors, and dropped watch streams.
 
@@ -51,9 +59,10 @@ import copy
 import json
 import re
 import threading
+import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +79,7 @@ from tests.kube.emulator.manifests import (
     cluster_actor_objects,
     harness_user,
 )
+from tests.kube.emulator.paging import EXPIRED_MESSAGE, Continue, decode_continue, encode_continue
 from tests.kube.emulator.rbac import ANONYMOUS, Attributes, Authorizer, User, forbidden_message, verb_of
 
 __all__ = ["Faults", "KubeEmulator", "kube_emulator", "parse_label_selector"]
@@ -296,8 +306,12 @@ def _shifted(stamp: str, seconds: float) -> str:
     return datetime.fromtimestamp(base + seconds, UTC).strftime(_TIME_FORMAT)
 
 
+def _prefix(info: KindInfo) -> str:
+    return info.api_version + "/" + info.plural
+
+
 def _key(info: KindInfo, namespace: str, name: str) -> tuple[str, str, str]:
-    return (info.api_version + "/" + info.plural, namespace, name)
+    return (_prefix(info), namespace, name)
 
 
 def _content(obj: Obj) -> Obj:
@@ -315,9 +329,22 @@ class KubeEmulator:
         namespaces: tuple[str, ...] = DEFAULT_NAMESPACES,
         require_namespaces: bool = True,
         rbac: list[Obj] | None = None,
+        compaction_interval: float = 300.0,
+        bookmark_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``rbac``: the Role/ClusterRole objects and bindings that authorize requests (default: those of
-        ``configs/kubernetes`` and the tests' cluster actors)."""
+        ``configs/kubernetes`` and the tests' cluster actors).  ``compaction_interval``: how often the
+        history is compacted, as kube-apiserver asks etcd every ``--etcd-compaction-interval`` (5 min):
+        each compaction drops the revisions older than the one seen at the previous compaction, so a
+        revision lives between one and two intervals (``clock`` measures them).  ``bookmark_interval``:
+        how often a quiet watch that allows bookmarks gets a BOOKMARK (the API server: about a minute).
+        ``history``: how many events the watch history holds at most, as the watch cache's size."""
+        self.compaction_interval = compaction_interval
+        self.bookmark_interval = bookmark_interval
+        self._clock = clock
+        self._next_compaction = clock() + compaction_interval
+        self._rv_at_last_compaction = 0
         self.faults = Faults()
         self.authorizer = Authorizer(rbac if rbac is not None else base_objects() + cluster_actor_objects())
         self._tokens: dict[str, User] = {}
@@ -455,6 +482,12 @@ class KubeEmulator:
         with self._lock:
             return self._rv
 
+    @property
+    def compacted_revision(self) -> int:
+        """Watches and continue tokens from before this revision get 410."""
+        with self._lock:
+            return self._compacted
+
     def put(self, obj: Obj) -> Obj:
         """Create or replace an object as-is (status included), as a controller would leave it."""
         info = self._info_of(obj)
@@ -478,8 +511,22 @@ class KubeEmulator:
     def compact(self) -> None:
         """Forget all watch history: every watch from an older resourceVersion now gets 410 Gone."""
         with self._lock:
-            self._history.clear()
-            self._compacted = self._rv
+            self._compact_to(self._rv)
+
+    def compact_if_due(self) -> None:
+        """Run the periodic compactions whose time (by ``clock``) has come; every request and every
+        write does this first."""
+        now = self._clock()
+        with self._lock:
+            while now >= self._next_compaction:
+                self._compact_to(self._rv_at_last_compaction)
+                self._rv_at_last_compaction = self._rv
+                self._next_compaction += self.compaction_interval
+
+    def _compact_to(self, rv: int) -> None:
+        self._compacted = max(self._compacted, rv)
+        while self._history and self._history[0].rv <= self._compacted:
+            self._history.popleft()
 
     # -- state changes (under self._lock) -----------------------------------------------------------
 
@@ -501,6 +548,7 @@ class KubeEmulator:
     def _commit(self, info: KindInfo, new: Obj | None, old: Obj | None, last: Obj | None = None) -> Obj:
         """Store ``new`` (None: delete ``old``, whose final state is ``last`` if given) under a new
         revision and record the event."""
+        self.compact_if_due()
         self._rv += 1
         if new is None:
             assert old is not None
@@ -558,6 +606,7 @@ class KubeEmulator:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             self.requests += 1
+        self.compact_if_due()
         faults = self.faults
         if faults.latency > 0:
             await asyncio.sleep(faults.latency)
@@ -623,30 +672,55 @@ class KubeEmulator:
             return False
         return all((_field_value(obj, path) == value) == eq for path, eq, value in fields)
 
+    def _snapshot(self, info: KindInfo, rv: int) -> dict[tuple[str, str], Obj]:
+        """The objects of a kind as they were at revision ``rv`` (under the lock; ``rv`` not compacted):
+        today's objects with the later events undone."""
+        prefix = info.api_version + "/" + info.plural
+        state = {(k[1], k[2]): o for k, o in self._objects.items() if k[0] == prefix}
+        for ev in reversed(self._history):
+            if ev.rv <= rv:
+                break
+            if ev.info is not info:
+                continue
+            meta = ev.obj["metadata"]
+            key = (meta.get("namespace", ""), meta["name"])
+            if ev.old is None:
+                state.pop(key, None)
+            else:
+                state[key] = ev.old
+        return state
+
     def _list(self, t: _Target, query: Mapping[str, str]) -> Obj:
         labels, fields = self._selectors(query)
-        with self._lock:
-            prefix = t.info.api_version + "/" + t.info.plural
-            items = [
-                o
-                for k, o in sorted(self._objects.items())
-                if k[0] == prefix and self._selected(o, t, labels, fields)
-            ]
-            rv = self._rv
-            start = int(query.get("continue") or 0)
+        try:
             limit = int(query.get("limit") or 0)
-            page = items[start : start + limit] if limit > 0 else items[start:]
+            token = decode_continue(query["continue"]) if query.get("continue") else None
+        except ValueError as err:
+            raise _ApiError(400, "BadRequest", str(err)) from None
+        with self._lock:
+            if token is None:
+                rv = self._rv
+                state = {(k[1], k[2]): o for k, o in self._objects.items() if k[0] == _prefix(t.info)}
+            else:
+                rv = token.rv
+                if rv < self._compacted or rv > self._rv:
+                    raise _ApiError(410, "Expired", EXPIRED_MESSAGE)
+                state = self._snapshot(t.info, rv)
+            keys = sorted(k for k, o in state.items() if self._selected(o, t, labels, fields))
+            if token is not None:
+                keys = [k for k in keys if k > token.after]
+            page = keys[:limit] if limit > 0 else keys
             out = []
-            for o in page:
-                item = copy.deepcopy(o)
+            for key in page:
+                item = copy.deepcopy(state[key])
                 if t.info.group in _BUILTIN_GROUPS:  # built-in list items carry no apiVersion/kind
                     item.pop("apiVersion", None)
                     item.pop("kind", None)
                 out.append(item)
         meta: Obj = {"resourceVersion": str(rv)}
-        if limit > 0 and start + limit < len(items):
-            meta["continue"] = str(start + limit)
-            meta["remainingItemCount"] = len(items) - start - limit
+        if len(page) < len(keys):
+            meta["continue"] = encode_continue(Continue(rv, page[-1]))
+            meta["remainingItemCount"] = len(keys) - len(page)
         return {
             "apiVersion": t.info.api_version,
             "kind": t.info.kind + "List",
@@ -889,6 +963,7 @@ class KubeEmulator:
     async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
         labels, fields = self._selectors(request.query)
         timeout = float(request.query.get("timeoutSeconds") or 1800)
+        bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true")
         drop_after: int | None = None  # cut the stream once ``sent`` reaches it
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
@@ -907,7 +982,7 @@ class KubeEmulator:
                     request.transport.close()  # cut the stream mid-way, as a broken connection does
                 return False
             out = copy.deepcopy(obj)
-            if t.info.group in _BUILTIN_GROUPS and ev_type != "ERROR":
+            if t.info.group in _BUILTIN_GROUPS and ev_type not in ("ERROR", "BOOKMARK"):
                 out.setdefault("apiVersion", t.info.api_version)
                 out.setdefault("kind", t.info.kind)
             await resp.write(json.dumps({"type": ev_type, "object": out}).encode() + b"\n")
@@ -933,7 +1008,9 @@ class KubeEmulator:
                     since = int(rv_text)
                 except ValueError:
                     since = -1
-            deadline = asyncio.get_running_loop().time() + timeout
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            next_bookmark = loop.time() + self.bookmark_interval
             while True:
                 changed = self._changed
                 assert changed is not None
@@ -944,16 +1021,29 @@ class KubeEmulator:
                     )
                     await send("ERROR", expired.status())
                     break
-                events, _ = found
-                for rv, ev_type, obj in events:
+                events, last = found
+                for _, ev_type, obj in events:
                     if not await send(ev_type, obj):
                         return resp
-                    since = rv
-                remaining = deadline - asyncio.get_running_loop().time()
+                since = last  # every event up to ``last`` was looked at: none left for this watch
+                now = loop.time()
+                if bookmarks and (now >= next_bookmark or now >= deadline):
+                    # a quiet watch learns how far it is, so it can resume after a compaction
+                    # (the API server also sends one just before the watch times out)
+                    bookmark: Obj = {
+                        "apiVersion": t.info.api_version,
+                        "kind": t.info.kind,
+                        "metadata": {"resourceVersion": str(since)},
+                    }
+                    if not await send("BOOKMARK", bookmark):
+                        return resp
+                    next_bookmark = now + self.bookmark_interval
+                remaining = deadline - now
                 if remaining <= 0:
                     break
+                wait = min(remaining, next_bookmark - now) if bookmarks else remaining
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=remaining)
+                    await asyncio.wait_for(changed.wait(), timeout=max(wait, 0.0))
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
