@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ipam import safe_yaml
 from spiderbgp.fields import ConfigError, Fields
 
 __all__ = [
@@ -206,7 +207,7 @@ def load_agent_config(path: str | Path, *, default_node_name: str | None = None)
     except UnicodeDecodeError:
         raise ConfigError(source, "", "is not UTF-8 text") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_yaml.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
