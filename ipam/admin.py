@@ -12,13 +12,15 @@ allocations terminating until they are released, instead of forgetting IPs that 
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import yaml
 
-from ipam import admission
+from ipam import admission, safe_yaml
 from ipam.errors import AlreadyExists, Conflict, Invalid, IpamError, NotFound
 from ipam.kinds import KindInfo, kind_info, resolve_kind
 from ipam.model import FINALIZER, IPPool, Subnet
@@ -49,7 +51,7 @@ class DocumentError(IpamError):
 def load_documents(text: str, *, source: str) -> list[Obj]:
     """Parse multi-document YAML into objects, checking only the envelope (apiVersion/kind/name)."""
     try:
-        raw_docs = list(yaml.safe_load_all(text))
+        raw_docs = safe_yaml.load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -129,19 +131,26 @@ def _in_use(store: Store, kind: str, obj: Obj) -> dict[str, str]:
 
 
 def _admit(store: Store, obj: Obj, old: Obj | None, pending: Sequence[Obj]) -> Obj:
+    """``pending``: objects an apply is about to write; they stand in for stored ones of their name."""
     kind = obj["kind"]
+    admission.validate_metadata(kind, kind_info(kind).namespaced, obj)
+    admission.validate_size(kind, obj["metadata"]["name"], obj)
     if kind not in ADMITTED_KINDS:
         return obj
     name = obj["metadata"]["name"]
-    existing = [o for o in store.list(kind) if o["metadata"]["name"] != name]
-    existing += [o for o in pending if o["kind"] == kind and o["metadata"]["name"] != name]
+
+    def stored(of_kind: str) -> list[Obj]:
+        by_name = {o["metadata"]["name"]: o for o in store.list(of_kind)}
+        by_name.update({o["metadata"]["name"]: o for o in pending if o["kind"] == of_kind})
+        return list(by_name.values())
+
     admitted = admission.admit(
         obj,
         old=old,
-        existing=existing,
+        existing=[o for o in stored(kind) if o["metadata"]["name"] != name],
         in_use=_in_use(store, kind, obj),
-        subnets=store.list("SpiderSubnet") if kind == "SpiderIPPool" else (),
-        pools=store.list("SpiderIPPool") if kind == "SpiderSubnet" else (),
+        subnets=stored("SpiderSubnet") if kind == "SpiderIPPool" else (),
+        pools=stored("SpiderIPPool") if kind == "SpiderSubnet" else (),
     )
     if kind in FINALIZED_KINDS:
         _add_finalizer(admitted, old)
@@ -172,6 +181,11 @@ def _desired(store: Store, obj: Obj) -> tuple[Obj | None, Obj]:
     except NotFound:
         return None, copy.deepcopy(obj)
     assert old is not None
+    return old, _merged(info, old, obj)
+
+
+def _merged(info: KindInfo, old: Obj, obj: Obj) -> Obj:
+    """What ``old`` becomes when ``obj`` is applied over it."""
     desired = copy.deepcopy(old)
     for key in ("labels", "annotations", "ownerReferences", "finalizers"):
         if key in obj["metadata"]:
@@ -181,7 +195,7 @@ def _desired(store: Store, obj: Obj) -> tuple[Obj | None, Obj]:
             desired[key] = copy.deepcopy(value)
     if not info.has_status and "status" in obj:
         desired["status"] = copy.deepcopy(obj["status"])
-    return old, desired
+    return desired
 
 
 def apply_object(store: Store, obj: Obj, *, pending: Sequence[Obj] = ()) -> tuple[ApplyOutcome, Obj]:
@@ -253,16 +267,37 @@ def object_ref(info: KindInfo, name: str) -> str:
     return f"{info.kind.lower()}.{info.group}/{name}" if info.group else f"{info.kind.lower()}/{name}"
 
 
-def apply_documents(store: Store, docs: Sequence[Obj]) -> Iterator[str]:
-    """Admit every document first (nothing is written if any is rejected), then write them in order."""
-    admitted: list[Obj] = []
+def apply_documents(
+    store: Store,
+    docs: Sequence[Obj],
+    *,
+    transaction: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+) -> list[str]:
+    """Apply documents as one change: every document is admitted first, each against the stored
+    objects as the earlier documents of the same list leave them (the same object twice, a pool
+    overlapping one written before it in the file), and nothing is written if any is rejected.  The
+    writes then happen inside ``transaction()`` (the SQLite store's ``batch``: one commit, so a crash
+    leaves all or none; the Kubernetes API has no transactions, so there each write stands alone).
+    Returns kubectl's line per document (``<kind>.<group>/<name> created``), once all are written."""
+    staged: dict[tuple[str, str, str], Obj] = {}  # (kind, namespace, name) -> as admitted
     for doc in docs:
-        old, desired = _desired(store, doc)
-        _admit(store, desired, old, admitted)
-        admitted.append(doc)
-    for doc in docs:
-        outcome, _ = apply_object(store, doc)
-        yield f"{object_ref(kind_info(doc['kind']), doc['metadata']['name'])} {outcome}"
+        info = kind_info(doc["kind"])
+        if info.namespaced:
+            doc = {**doc, "metadata": {**doc["metadata"], "namespace": _namespace(info, doc)}}
+        key = (info.kind, _namespace(info, doc), doc["metadata"]["name"])
+        base: Obj | None
+        if key in staged:
+            base = staged[key]  # an earlier document of this list: this one updates what it wrote
+            desired = _merged(info, base, doc)
+        else:
+            base, desired = _desired(store, doc)
+        staged[key] = _admit(store, desired, base, [o for k, o in staged.items() if k != key])
+    lines: list[str] = []
+    with transaction():
+        for doc in docs:
+            outcome, _ = apply_object(store, doc)
+            lines.append(f"{object_ref(kind_info(doc['kind']), doc['metadata']['name'])} {outcome}")
+    return lines
 
 
 def delete_object(

@@ -17,6 +17,7 @@ never O(addresses).
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
@@ -47,10 +48,35 @@ from ipam.ranges import (
 )
 from ipam.store import Obj
 
-__all__ = ["admit", "adopt", "is_owned_by", "owner_subnet", "pool_status", "subnet_ref", "validate_name"]
+__all__ = [
+    "MAX_ANNOTATIONS_BYTES",
+    "MAX_OBJECT_BYTES",
+    "admit",
+    "adopt",
+    "check_size",
+    "is_owned_by",
+    "owner_subnet",
+    "pool_status",
+    "subnet_ref",
+    "validate_metadata",
+    "validate_name",
+    "validate_size",
+]
 
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
+_DNS1123_LABEL_RE = re.compile(_DNS1123_LABEL)
+_DNS1035_LABEL_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+# The API server's limits: etcd's request size, and apimachinery's ValidateObjectMeta.
+MAX_OBJECT_BYTES = 3 * 1024 * 1024 // 2  # 1.5 MiB, the object as JSON
+MAX_ANNOTATIONS_BYTES = 256 * 1024  # keys and values of all annotations together
+_MAX_LABEL_PART = 63
+# kinds whose names are DNS-1123 labels (<= 63, no dots) or DNS-1035 labels (also starting with a
+# letter) in Kubernetes; every other kind takes a DNS-1123 subdomain
+_LABEL_NAMED_KINDS = frozenset({"Namespace"})
+_DNS1035_NAMED_KINDS = frozenset({"Service"})
 _T = TypeVar("_T")
 _MAX_SHOWN = 3  # ranges quoted in an overlap message
 
@@ -70,6 +96,151 @@ def validate_name(kind: str, obj: Mapping[str, Any]) -> str:
             "starting and ending with a letter or digit, at most 253 characters",
         )
     return name
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """A value short enough to quote in a one-line error."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _check_name_format(kind: str, shown: str, field: str, name: str, *, label: bool, dns1035: bool) -> None:
+    if dns1035:
+        if len(name) > _MAX_LABEL_PART or not _DNS1035_LABEL_RE.fullmatch(name):
+            raise Invalid(
+                kind,
+                shown,
+                field,
+                f"{_clip(name)} must be a DNS-1035 label: lower-case letters, digits and '-', starting "
+                "with a letter, ending with a letter or digit, at most 63 characters",
+            )
+    elif label:
+        if len(name) > _MAX_LABEL_PART or not _DNS1123_LABEL_RE.fullmatch(name):
+            raise Invalid(
+                kind,
+                shown,
+                field,
+                f"{_clip(name)} must be a DNS-1123 label: lower-case letters, digits and '-', starting "
+                "and ending with a letter or digit, at most 63 characters",
+            )
+    elif len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
+        raise Invalid(
+            kind,
+            shown,
+            field,
+            f"{_clip(name)} must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters",
+        )
+
+
+def _check_qualified_key(kind: str, name: str, field: str, key: object) -> str:
+    """A label or annotation key: ``[prefix/]name``, the prefix a DNS-1123 subdomain, the name at most
+    63 characters of letters, digits, '-', '_' and '.', starting and ending alphanumeric."""
+    if not isinstance(key, str) or not key:
+        raise Invalid(kind, name, field, f"key {key!r} must be a non-empty string")
+    prefix, slash, part = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)):
+        raise Invalid(kind, name, field, f"key {_clip(key)}: the prefix must be a DNS-1123 subdomain")
+    if len(part) > _MAX_LABEL_PART or not _QUALIFIED_NAME.fullmatch(part):
+        raise Invalid(
+            kind,
+            name,
+            field,
+            f"key {_clip(key)}: the name part must be at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit",
+        )
+    return key
+
+
+def validate_metadata(kind: str, namespaced: bool, obj: Mapping[str, Any]) -> None:
+    """What the API server checks on every object of every kind (apimachinery's ValidateObjectMeta
+    and the request size limit), so one hostile object cannot slow every read of it: the name
+    (DNS-1123 subdomain; a Namespace's a DNS-1123 label), the namespace (a DNS-1123 label), labels
+    (qualified-name keys, values of at most 63 characters) and annotations (qualified-name keys, at
+    most 256 KiB together); :func:`validate_size` checks the whole object.  Raises Invalid."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        raise Invalid(kind, "", "metadata", "is required")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise Invalid(kind, "", "metadata.name", "is required")
+    shown = name if len(name) <= 253 and name.isprintable() else _clip(name)
+    _check_name_format(
+        kind,
+        shown,
+        "metadata.name",
+        name,
+        label=kind in _LABEL_NAMED_KINDS,
+        dns1035=kind in _DNS1035_NAMED_KINDS,
+    )
+    namespace = meta.get("namespace")
+    if namespaced and namespace not in (None, ""):
+        if not isinstance(namespace, str):
+            raise Invalid(kind, name, "metadata.namespace", "must be a string")
+        _check_name_format(kind, name, "metadata.namespace", namespace, label=True, dns1035=False)
+    labels = meta.get("labels")
+    if labels is not None:
+        if not isinstance(labels, Mapping):
+            raise Invalid(
+                kind, name, "metadata.labels", f"must be a map of strings, not {type(labels).__name__}"
+            )
+        for key, value in labels.items():
+            _check_qualified_key(kind, name, "metadata.labels", key)
+            if not isinstance(value, str):
+                raise Invalid(
+                    kind, name, f"metadata.labels.{key}", f"must be a string, not {type(value).__name__}"
+                )
+            if len(value) > _MAX_LABEL_PART or not _LABEL_VALUE.fullmatch(value):
+                raise Invalid(
+                    kind,
+                    name,
+                    f"metadata.labels.{key}",
+                    f"{_clip(value)} must be empty or at most 63 letters, digits, '-', '_' or '.', "
+                    "starting and ending with a letter or digit",
+                )
+    annotations = meta.get("annotations")
+    if annotations is not None:
+        if not isinstance(annotations, Mapping):
+            raise Invalid(
+                kind,
+                name,
+                "metadata.annotations",
+                f"must be a map of strings, not {type(annotations).__name__}",
+            )
+        total = 0
+        for key, value in annotations.items():
+            _check_qualified_key(kind, name, "metadata.annotations", key)
+            if not isinstance(value, str):
+                raise Invalid(
+                    kind, name, f"metadata.annotations.{key}", f"must be a string, not {type(value).__name__}"
+                )
+            total += len(key) + len(value)
+        if total > MAX_ANNOTATIONS_BYTES:
+            raise Invalid(
+                kind,
+                name,
+                "metadata.annotations",
+                f"may not be more than {MAX_ANNOTATIONS_BYTES // 1024} KiB in total (keys and values), not {total} bytes",
+            )
+
+
+def validate_size(kind: str, name: str, obj: Mapping[str, Any]) -> None:
+    """The whole object, as compact JSON, may be at most 1.5 MiB (the API server's request limit)."""
+    try:
+        body = json.dumps(obj, separators=(",", ":"))
+    except (TypeError, ValueError) as err:
+        raise Invalid(kind, name, "object", f"is not JSON-serializable: {err}") from None
+    check_size(kind, name, len(body))
+
+
+def check_size(kind: str, name: str, size: int) -> None:
+    """``size``: bytes of the object as JSON (``json.dumps`` escapes non-ASCII, so its length)."""
+    if size > MAX_OBJECT_BYTES:
+        raise Invalid(
+            kind,
+            name,
+            "object",
+            f"is {size} bytes as JSON; the API server takes objects of at most {MAX_OBJECT_BYTES} bytes (1.5 MiB)",
+        )
 
 
 def admit(
@@ -185,6 +356,8 @@ def _check_range_rules(
     """The rules pools and subnets share: canonical subnet, ranges inside it, gateway, routes."""
     _check_canonical(kind, name, subnet)
     whole = IntervalSet((cidr_interval(subnet),))
+    if family == 6:
+        _check_not_ipv4_in_ipv6(kind, name, ips.difference(exclude_ips))
     for field, ranges in (("spec.ips", ips), ("spec.excludeIPs", exclude_ips)):
         outside = ranges.difference(whole)
         if outside.first is not None:
@@ -218,6 +391,29 @@ def _check_range_rules(
         seen[key] = i
         if ip_to_int(route.gw, family) not in whole:
             raise Invalid(kind, name, f"spec.routes[{i}].gw", f"{route.gw} is outside subnet {subnet}")
+
+
+# IPv6 ranges that stand for IPv4 addresses: IPv4-mapped (::ffff:a.b.c.d, what a dual-stack socket
+# shows for an IPv4 peer; Kubernetes refuses such pod IPs) and the deprecated IPv4-compatible
+# (::a.b.c.d, RFC 4291 section 2.5.5.1).  A pool handing them out would give a pod an address that
+# names an IPv4 host.
+_IPV4_IN_IPV6 = (
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("::/96", "IPv4-compatible"),
+)
+
+
+def _check_not_ipv4_in_ipv6(kind: str, name: str, usable: IntervalSet) -> None:
+    for cidr, what in _IPV4_IN_IPV6:
+        common = usable.intersection(IntervalSet.from_cidr(cidr))
+        if common.first is not None:
+            raise Invalid(
+                kind,
+                name,
+                "spec.ips",
+                f"{int_to_ip(common.first, 6)} is an {what} IPv6 address ({cidr}), which stands for an "
+                "IPv4 address; use addresses outside ::/96 and ::ffff:0:0/96",
+            )
 
 
 def _check_in_use(

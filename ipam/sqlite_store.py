@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ipam.admission import check_size, validate_metadata
 from ipam.allocator import SortedPrefix
 from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound, StoreUnavailable
 from ipam.kinds import KindInfo, kind_info
@@ -157,6 +158,43 @@ def _finalizers(meta: Obj) -> builtins.list[str]:
 def _grace_pending(meta: Obj) -> bool:
     """A pod deleted with a grace period that its final delete (grace 0) has not ended yet."""
     return bool(meta.get("deletionTimestamp")) and int(meta.get("deletionGracePeriodSeconds") or 0) > 0
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# the database and the files SQLite and this store keep beside it
+_COMPANIONS = ("", "-wal", "-shm", ".lock")
+
+
+def _prepare_file(path: Path) -> None:
+    """Before anything is created beside it: refuse a path that holds something other than an SQLite
+    database (no lock file appears next to it), and create a new database file with mode 0600 (SQLite
+    gives its -wal and -shm files the database file's mode), since allocation records name every pod."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except IsADirectoryError:
+        raise StoreUnavailable(f"{path}: is a directory, not a store database") from None
+    except OSError as err:
+        if path.is_file():  # read-only: SQLite may still read it
+            return
+        raise StoreUnavailable(f"{path}: cannot create the store database: {err.strerror}") from None
+    try:
+        header = os.pread(fd, len(_SQLITE_MAGIC), 0)
+    finally:
+        os.close(fd)
+    if header and header != _SQLITE_MAGIC[: len(header)]:
+        raise StoreUnavailable(f"{path}: is not an SQLite store database")
+
+
+def _restrict_modes(path: Path) -> None:
+    """Files of an existing store that others may read (made before stores used 0600) become 0600,
+    when this process owns them."""
+    uid = os.geteuid()
+    for suffix in _COMPANIONS:
+        target = Path(f"{path}{suffix}")
+        with suppress(OSError):
+            st = target.lstat()
+            if st.st_uid == uid and st.st_mode & 0o077 and not target.is_symlink():
+                target.chmod(0o600)
 
 
 def ip_key(ip: int) -> bytes:
@@ -366,6 +404,7 @@ class SqliteStore:
             self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as err:
             raise StoreUnavailable(f"{self._path}: cannot create its directory: {err.strerror}") from err
+        _prepare_file(self._path)
         try:
             self._lock_fd = os.open(f"{self._path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:
@@ -374,6 +413,7 @@ class SqliteStore:
             conn = self._connection()
             with self._setup_lock():
                 ensure_schema(conn, self._path, busy_timeout=busy_timeout)
+            _restrict_modes(self._path)
         except sqlite3.Error as err:
             self.close()
             raise self._unavailable(err) from err
@@ -701,9 +741,11 @@ class SqliteStore:
     @staticmethod
     def _serialize(info: KindInfo, name: str, obj: Obj) -> str:
         try:
-            return _dumps(obj)
+            body = _dumps(obj)
         except (TypeError, ValueError) as err:
             raise Invalid(info.kind, name, "object", f"is not JSON-serializable: {err}") from None
+        check_size(info.kind, name, len(body))
+        return body
 
     def _render_pool(self, conn: sqlite3.Connection, obj: Obj, *, committed: bool = True) -> Obj:
         """Add ``status.allocatedIPs`` (Spiderpool's JSON string, keys in IP order, absent when there
@@ -928,6 +970,7 @@ class SqliteStore:
 
     def create(self, obj: Obj) -> Obj:
         info, namespace, name = self._identify(obj)
+        validate_metadata(info.kind, info.namespaced, obj)
         with self._write() as tx:
             body = self._insert(tx, info, namespace, name, obj)
             assert body is not None  # without if_absent, _insert raises rather than skip
@@ -993,6 +1036,7 @@ class SqliteStore:
 
     def update(self, obj: Obj) -> Obj:
         info, namespace, name = self._identify(obj)
+        validate_metadata(info.kind, info.namespaced, obj)
         with self._write() as tx:
             body = self._replace(tx, info, namespace, name, obj, status_only=False)
             return self._output(tx.conn, info, body, committed=False)

@@ -94,7 +94,7 @@ def _parser(default_store: str) -> argparse.ArgumentParser:
 
 def _cmd_apply(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
     from ipam.admin import apply_documents, load_documents
-    from spiderbgp.stores import open_store
+    from spiderbgp.stores import open_store, transaction
 
     source = "<stdin>" if args.filename == "-" else args.filename
     if args.filename == "-":
@@ -109,10 +109,11 @@ def _cmd_apply(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
     documents = load_documents(text, source=source)
     store = open_store(args.store, kubeconfig=args.kubeconfig)
     try:
-        for line in apply_documents(store, documents):
-            print(line, file=out)
+        lines = apply_documents(store, documents, transaction=transaction(store))
     finally:
         store.close()
+    for line in lines:
+        print(line, file=out)
     return EXIT_OK
 
 
@@ -140,7 +141,7 @@ def _cmd_get(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     namespace: str | None = None
     if info.namespaced and not args.all_namespaces:
         namespace = args.namespace or "default"
-    store = open_store(args.store, kubeconfig=args.kubeconfig)
+    store = open_store(args.store, kubeconfig=args.kubeconfig, create=False)
     try:
         if args.name:
             objs = [store.get(info.kind, args.name, namespace or "")]
@@ -173,7 +174,7 @@ def _cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     except KeyError as exc:
         raise CliError(str(exc.args[0])) from None
     namespace = (args.namespace or "default") if info.namespaced else ""
-    store = open_store(args.store, kubeconfig=args.kubeconfig)
+    store = open_store(args.store, kubeconfig=args.kubeconfig, create=False)
     try:
         print(delete_object(store, info.kind, args.name, namespace, refuse_in_use=True), file=out)
     finally:
@@ -185,7 +186,7 @@ def _cmd_ipam(args: argparse.Namespace, out: TextIO) -> int:
     from ipam import report
     from spiderbgp.stores import open_store
 
-    store = open_store(args.store, kubeconfig=args.kubeconfig)
+    store = open_store(args.store, kubeconfig=args.kubeconfig, create=False)
     try:
         if args.ipam_command == "show":
             print(report.show_ip(store, args.ip) if args.ip else report.show_pools(store), file=out)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from ipam.errors import StoreUnavailable
 from ipam.store import Store
 
-__all__ = ["KUBERNETES", "open_store"]
+__all__ = ["KUBERNETES", "open_store", "transaction"]
 
 KUBERNETES = "kubernetes"
 
@@ -18,13 +21,16 @@ def open_store(
     kubeconfig: str | None = None,
     cached_kinds: Sequence[str] = (),
     max_pool_records: int | None = None,
+    create: bool = True,
 ) -> Store:
     """``spec`` is a SQLite path or ``kubernetes`` (in-cluster config, else ``kubeconfig``).
 
     ``cached_kinds`` (Kubernetes only) are served from an informer cache for hot-path reads; writes
     always go to the server.  ``max_pool_records`` (Kubernetes only): records one pool object may hold
     (Spiderpool's SPIDERPOOL_IPPOOL_MAX_ALLOCATED_IPS).  Raises ipam.errors.StoreUnavailable with one
-    line when it cannot open."""
+    line when it cannot open.  ``create=False`` (commands that only read or change what is there):
+    a SQLite path that does not exist is refused instead of created, so a mistyped ``--store`` is an
+    error rather than an empty store."""
     if spec == KUBERNETES:
         from ipam.kube_store import DEFAULT_MAX_POOL_RECORDS, KubeStore, load_configuration
 
@@ -35,4 +41,20 @@ def open_store(
         )
     from ipam.sqlite_store import SqliteStore
 
-    return SqliteStore(Path(spec).expanduser())
+    path = Path(spec).expanduser()
+    if not create and not path.exists():
+        raise StoreUnavailable(
+            f"{path}: no store database there (check --store or $SPIDERBGP_STORE; "
+            "`spiderbgp apply` and the agent create one)"
+        )
+    return SqliteStore(path)
+
+
+def transaction(store: Store) -> Callable[[], AbstractContextManager[None]]:
+    """What makes several writes one commit on ``store``: the SQLite store's ``batch``; the Kubernetes
+    API has no transactions, so there each write commits alone."""
+    from ipam.sqlite_store import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        return store.batch
+    return contextlib.nullcontext

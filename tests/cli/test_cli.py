@@ -158,7 +158,9 @@ def test_get_of_a_missing_object_is_one_line(run: Run) -> None:
     assert unknown.code == 1 and 'unknown resource type "widgets"' in one_error_line(unknown.err)
 
 
-def test_empty_listing_says_so_on_stderr(run: Run) -> None:
+def test_empty_listing_says_so_on_stderr(run: Run, db: Path) -> None:
+    with open_db(db):
+        pass  # an existing, empty store
     got = run("get", "sp")
     assert (got.code, got.out, got.err) == (0, "", "No resources found.\n")
 
@@ -400,9 +402,10 @@ def test_store_comes_from_flag_then_environment(run: Run, tmp_path: Path) -> Non
     assert env_db.exists() and not flag_db.exists()
     assert run("get", "sp", env=env).lines[1].split()[0] == SEED
     assert run("--store", str(env_db), "get", "sp", env={}).lines[1].split()[0] == SEED
-    # --store wins over the environment
+    # --store wins over the environment (get refuses a store that does not exist; apply creates it)
     other = run("--store", str(flag_db), "get", "sp", env=env)
-    assert (other.code, other.out, other.err) == (0, "", "No resources found.\n")
+    assert other.code == 1 and str(flag_db) in one_error_line(other.err)
+    assert not flag_db.exists()
     assert run("--store", str(flag_db), "apply", "-f", str(SEED_FILE), env=env).code == 0
     assert run("--store", str(flag_db), "delete", "sp", SEED, env=env).code == 0
     assert run("get", "sp", env=env).lines[1].split()[0] == SEED  # untouched
@@ -413,6 +416,34 @@ def test_a_store_that_cannot_be_opened_is_one_line(run: Run, tmp_path: Path) -> 
     not_a_db.write_bytes(b"this is not a database" * 100)
     result = run("--store", str(not_a_db), "get", "sp", env={})
     assert result.code == 1 and str(not_a_db) in one_error_line(result.err)
+    applied = run("--store", str(not_a_db), "apply", "-f", str(SEED_FILE), env={})
+    assert applied.code == 1 and "not an SQLite store database" in one_error_line(applied.err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.db"]  # no lock file beside it
+
+
+@pytest.mark.parametrize(
+    "command", [["get", "sp"], ["ipam", "show"], ["ipam", "check"], ["delete", "sp", "x"]]
+)
+def test_a_mistyped_store_is_refused_not_created(run: Run, tmp_path: Path, command: list[str]) -> None:
+    typo = tmp_path / "no-such-dir" / "state.db"
+    result = run("--store", str(typo), *command, env={})
+    assert result.code == 1 and "no store database there" in one_error_line(result.err)
+    assert not typo.parent.exists()
+
+
+def test_store_files_are_private(run: Run, db: Path) -> None:
+    assert run("apply", "-f", str(SEED_FILE)).code == 0
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in db.parent.iterdir()}
+    assert set(files) >= {"state.db", "state.db.lock"}
+    assert files == dict.fromkeys(files, 0o600)
+
+
+def test_an_existing_world_readable_store_becomes_private(run: Run, db: Path) -> None:
+    assert run("apply", "-f", str(SEED_FILE)).code == 0
+    for p in db.parent.iterdir():
+        p.chmod(0o644)
+    assert run("get", "sp").code == 0
+    assert {stat.S_IMODE(p.stat().st_mode) for p in db.parent.iterdir()} == {0o600}
 
 
 def test_install_cni_writes_an_executable_plugin(run: Run, tmp_path: Path) -> None:

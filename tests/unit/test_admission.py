@@ -381,3 +381,32 @@ def test_admission_is_idempotent_and_rejections_name_a_field(
                 pool.subnet_interval[0] <= other.subnet_interval[1]
                 and other.subnet_interval[0] <= pool.subnet_interval[1]
             )
+
+
+# ------------------------------------------------------------------------ IPv4 addresses in IPv6 pools
+
+
+@pytest.mark.parametrize(
+    ("subnet", "ips", "reason"),
+    [
+        ("::a32:0/120", ["::a32:a"], "::10.50.0.10 is an IPv4-compatible IPv6 address (::/96)"),
+        (
+            "::ffff:a32:0/120",
+            ["::ffff:a32:1-::ffff:a32:5"],
+            "::ffff:10.50.0.1 is an IPv4-mapped IPv6 address",
+        ),
+        ("::/64", ["::1:0:0-::1:0:ff", "::ff"], "::ff is an IPv4-compatible IPv6 address"),
+    ],
+)
+def test_ipv6_pools_may_not_hand_out_ipv4_addresses(subnet: str, ips: list[str], reason: str) -> None:
+    for make in (sp, ss):
+        err = rejected(make(subnet=subnet, ips=ips))
+        assert err.field == "spec.ips" and reason in err.reason
+
+
+def test_an_ipv6_pool_beside_those_ranges_is_fine() -> None:
+    ok = admit(sp(subnet="::/64", ips=["::1:0:0-::1:0:ff"]), old=None, existing=[])
+    assert ok["spec"]["ips"] == ["::1:0:0-::1:0:ff"]
+    # excluding the IPv4-compatible part makes the pool acceptable
+    ok = admit(sp(subnet="::/64", ips=["::ff", "::1:0:0"], excludeIPs=["::ff"]), old=None, existing=[])
+    assert ok["spec"]["excludeIPs"] == ["::ff"]
