@@ -263,38 +263,43 @@ class FrrRouter:
             what=f"BGP sessions {sorted(want)} Established on {self.pathspace}",
         )
 
-    def bgp_routes(self) -> dict[str, BgpPath]:
-        """The best path per prefix of ``show bgp ipv4 unicast json``."""
-        data = self.vtysh_json("show bgp ipv4 unicast json")
+    def bgp_routes(self, families: Sequence[str] = ("ipv4", "ipv6")) -> dict[str, BgpPath]:
+        """The best path per prefix of ``show bgp <family> unicast json``, every family together
+        (the lab is dual-stack: IPv6 pod routes come over the same sessions)."""
         routes: dict[str, BgpPath] = {}
-        for prefix, paths in (data.get("routes") or {}).items():
-            for path in paths:
-                if not path.get("bestpath"):
-                    continue
-                hops = path.get("nexthops") or [{}]
-                routes[prefix] = BgpPath(
-                    prefix=prefix,
-                    nexthop=str(hops[0].get("ip", "")),
-                    as_path=str(path.get("path", "")),
-                    stale=bool(path.get("stale", False)),
-                )
+        for family in families:
+            data = self.vtysh_json(f"show bgp {family} unicast json")
+            for prefix, paths in (data.get("routes") or {}).items():
+                for path in paths:
+                    if not path.get("bestpath"):
+                        continue
+                    hops = path.get("nexthops") or [{}]
+                    hop = next((h for h in hops if h.get("scope", "global") == "global"), hops[0])
+                    routes[prefix] = BgpPath(
+                        prefix=prefix,
+                        nexthop=str(hop.get("ip", "")),
+                        as_path=str(path.get("path", "")),
+                        stale=bool(path.get("stale", False)),
+                    )
         return routes
 
-    def kernel_routes(self, proto: str = "bgp") -> dict[str, str]:
-        """Kernel FIB routes of ``proto`` in the router's namespace: destination -> gateway."""
-        res = subprocess.run(
-            ["ip", "-n", self.ns.name, "-j", "-4", "route", "show", "proto", proto],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
+    def kernel_routes(self, proto: str = "bgp", families: Sequence[int] = (4, 6)) -> dict[str, str]:
+        """Kernel FIB routes of ``proto`` in the router's namespace: destination (with its prefix
+        length) -> gateway, IPv4 and IPv6."""
         out: dict[str, str] = {}
-        for r in json.loads(res.stdout or "[]"):
-            dst = str(r.get("dst", ""))
-            if "/" not in dst and dst != "default":
-                dst += "/32"
-            out[dst] = str(r.get("gateway", ""))
+        for family in families:
+            res = subprocess.run(
+                ["ip", "-n", self.ns.name, "-j", f"-{family}", "route", "show", "proto", proto],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            for r in json.loads(res.stdout or "[]"):
+                dst = str(r.get("dst", ""))
+                if "/" not in dst and dst != "default":
+                    dst += "/128" if family == 6 else "/32"
+                out[dst] = str(r.get("gateway", ""))
         return out
 
 

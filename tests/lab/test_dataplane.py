@@ -1,16 +1,23 @@
-"""The lab's data plane: the per-node pod server (one process serving every pod namespace of a node)."""
+"""The lab's data plane: the per-node pod server (one process serving every pod namespace of a node),
+the Calico-style ``hostroute`` CNI plugin, and (marker ``lab``) pods of several subnets and both
+families on the seed lab."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from lab import cni_hostroute as hostroute
 from lab.netns import Netns, Sandbox, list_netns, run
 from lab.podserver import NodePodServer, PodServerClient, PodServerError, answer
 
@@ -142,3 +149,154 @@ def test_readiness_remove_and_errors(podhost: PodHost) -> None:
 def test_connect_to_a_missing_server_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(PodServerError, match=r"^pod server .*nothing\.sock: No such file or directory$"):
         NodePodServer.connect(tmp_path / "nothing.sock")
+
+
+# ---- the hostroute CNI plugin (Calico-style wiring) ------------------------------------------
+
+REFERENCE_PLUGINS = Path("/usr/lib/cni")
+HOSTROUTE = Path(__file__).resolve().parents[2] / "lab" / "cni_hostroute.py"
+
+
+def test_hostroute_names_and_commands_are_calicos() -> None:
+    args = hostroute.parse_cni_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=nginx-0")
+    # Calico: "cali" + the first 11 hex digits of sha1("<namespace>.<pod>")
+    assert hostroute.host_veth_name(args, "c1") == "cali" + hashlib.sha1(b"default.nginx-0").hexdigest()[:11]
+    assert hostroute.host_veth_name({}, "c1") == "cali" + hashlib.sha1(b"c1").hexdigest()[:11]
+    mac = hostroute.container_mac("c1")
+    assert mac.startswith("0a:58:") and len(mac.split(":")) == 6
+    addrs = hostroute.addresses({"ips": [{"address": "10.244.1.5/16"}, {"address": "fd00:10::5/64"}]})
+    assert [a.host_prefix for a in addrs] == ["10.244.1.5/32", "fd00:10::5/128"]
+    assert hostroute.pod_commands("eth0", addrs, [("192.0.2.0/24", False)]) == [
+        "link set eth0 up",
+        "addr add 10.244.1.5/32 dev eth0",
+        "addr add fd00:10::5/128 dev eth0 nodad",
+        "route add 169.254.1.1 dev eth0 scope link",
+        "route add 0.0.0.0/0 via 169.254.1.1 dev eth0",
+        "route add ::/0 via fe80::ecee:eeff:feee:eeee dev eth0",
+        "route add 192.0.2.0/24 via 169.254.1.1 dev eth0",
+    ]
+    # the host routes come last, after the link is up
+    assert hostroute.host_commands("caliX", addrs) == [
+        "link set caliX up",
+        "route add 10.244.1.5/32 dev caliX scope link",
+        "route add fd00:10::5/128 dev caliX scope link",
+    ]
+    legacy = hostroute.render_result("0.4.0", "caliX", "eth0", mac, "/ns", addrs[:1], {})
+    assert legacy["ips"] == [
+        {"version": "4", "address": "10.244.1.5/32", "gateway": "169.254.1.1", "interface": 1}
+    ]
+    assert legacy["routes"] == [{"dst": "0.0.0.0/0"}]
+    with pytest.raises(hostroute.PluginError, match="no IP address"):
+        hostroute.addresses({"ips": []})
+
+
+@dataclass
+class PluginHosts:
+    node: Netns
+    pod: Netns
+    bin_dir: Path
+
+
+@pytest.fixture
+def plugin_hosts(tmp_path: Path) -> Iterator[PluginHosts]:
+    if not (REFERENCE_PLUGINS / "static").exists():
+        pytest.skip("needs containernetworking-plugins in /usr/lib/cni")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    plugin = bin_dir / "hostroute"
+    plugin.write_bytes(HOSTROUTE.read_bytes())
+    plugin.chmod(0o755)
+    with Sandbox() as sb:
+        node, pod = sb.netns("node"), sb.netns("pod")
+        # the node's uplink: a veth with the node's addresses and default routes (proxy ARP answers
+        # for 169.254.1.1 only when the node routes it elsewhere, as a real node does)
+        for line in (
+            "link add up0 type veth peer name up1",
+            "link set up1 up",
+            "link set up0 up",
+            "addr add 10.0.0.1/32 dev up0",
+            "addr add fd00::1/128 dev up0 nodad",
+            "route add 0.0.0.0/0 dev up0",
+            "route add ::/0 dev up0",
+        ):
+            run(node, ["ip", *line.split()])
+        yield PluginHosts(node, pod, bin_dir)
+
+
+def _plugin(h: PluginHosts, command: str, conf: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "ctr-1",
+        "CNI_NETNS": h.pod.path,
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": f"{h.bin_dir}:{REFERENCE_PLUGINS}",
+        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
+        "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    res = subprocess.run(
+        ["ip", "netns", "exec", h.node.name, str(h.bin_dir / "hostroute")],
+        input=json.dumps(conf),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return res.returncode, json.loads(res.stdout) if res.stdout.strip() else {}
+
+
+def _netconf(**ipam: object) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "t",
+        "type": "hostroute",
+        "mtu": 1400,
+        "ipam": {"type": "static", **ipam},
+    }
+
+
+@root_only
+@pytest.mark.netns
+def test_hostroute_wires_a_dual_stack_pod_like_calico(plugin_hosts: PluginHosts) -> None:
+    h = plugin_hosts
+    conf = _netconf(addresses=[{"address": "10.244.7.9/16"}, {"address": "fd00:10:244::9/64"}])
+    rc, result = _plugin(h, "ADD", conf)
+    assert rc == 0, result
+    veth = "cali" + hashlib.sha1(b"default.web-0").hexdigest()[:11]
+    assert [i["name"] for i in result["interfaces"]] == [veth, "eth0"]
+    assert [i["address"] for i in result["ips"]] == ["10.244.7.9/32", "fd00:10:244::9/128"]
+    pod_addrs = run(h.pod, ["ip", "-br", "addr", "show", "eth0"]).stdout
+    assert "10.244.7.9/32" in pod_addrs and "fd00:10:244::9/128" in pod_addrs
+    assert "default via 169.254.1.1 dev eth0" in run(h.pod, ["ip", "route"]).stdout
+    assert "default via fe80::ecee:eeff:feee:eeee dev eth0" in run(h.pod, ["ip", "-6", "route"]).stdout
+    assert f"10.244.7.9 dev {veth} scope link" in run(h.node, ["ip", "route"]).stdout
+    assert f"fd00:10:244::9 dev {veth}" in run(h.node, ["ip", "-6", "route"]).stdout
+    assert "mtu 1400" in run(h.pod, ["ip", "link", "show", "eth0"]).stdout
+    # traffic both ways, both families: the pod's replies go through the link-local gateway
+    assert run(h.node, ["ping", "-c1", "-W2", "10.244.7.9"], check=False).returncode == 0
+    assert run(h.node, ["ping", "-c1", "-W2", "fd00:10:244::9"], check=False).returncode == 0
+
+    rc, _ = _plugin(h, "DEL", conf)
+    assert rc == 0
+    assert veth not in run(h.node, ["ip", "-br", "link"]).stdout
+    assert "10.244.7.9" not in run(h.node, ["ip", "route"]).stdout
+    assert "eth0" not in run(h.pod, ["ip", "-br", "link"]).stdout
+    assert _plugin(h, "DEL", conf)[0] == 0  # DEL twice is fine
+
+
+@root_only
+@pytest.mark.netns
+def test_hostroute_errors_are_one_line_and_leave_nothing(plugin_hosts: PluginHosts) -> None:
+    h = plugin_hosts
+    rc, err = _plugin(h, "ADD", {**_netconf(addresses=[{"address": "10.244.7.9/16"}]), "mtu": 5})
+    assert rc == 1 and err["code"] == 7 and err["msg"] == "mtu: must be 68..65535, got 5"
+    rc, err = _plugin(h, "ADD", {**_netconf(), "ipam": {"type": "nonexistent"}})
+    assert (
+        rc == 1
+        and err["code"] == 7
+        and str(err["msg"]).startswith("ipam.type: plugin 'nonexistent' not found")
+    )
+    rc, err = _plugin(h, "ADD", _netconf(addresses=[{"address": "not-an-ip"}]))
+    assert rc != 0 and err.get("msg")  # the IPAM plugin's own error, passed through
+    assert "cali" not in run(h.node, ["ip", "-br", "link"]).stdout
+    assert "eth0" not in run(h.pod, ["ip", "-br", "link"]).stdout
