@@ -252,9 +252,49 @@ def make_app(backend: CniBackend, *, metrics: RequestObserver | None = None) -> 
 _ROUTES = {(m.encode(), p.encode()): op for op, (m, p) in _CALLS.items()}
 _MAX_HEAD = 16 * 1024  # a head longer than this, or not complete by then, goes to aiohttp
 _MAX_PENDING = wire.MAX_BODY_BYTES + _MAX_HEAD  # bytes read ahead while a call is answered
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 409: b"Conflict", 413: b"Payload Too Large",
-            422: b"Unprocessable Entity", 500: b"Internal Server Error", 503: b"Service Unavailable"}  # fmt: skip
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+            409: b"Conflict", 413: b"Payload Too Large", 422: b"Unprocessable Entity", 431: b"Request Header Fields Too Large",
+            500: b"Internal Server Error", 501: b"Not Implemented", 503: b"Service Unavailable",
+            505: b"HTTP Version Not Supported"}  # fmt: skip
 _INCOMPLETE = "incomplete"
+_LINGER = 2.0  # seconds a refused connection is read on (and dropped) before it is closed
+
+
+class Refusal:
+    """A request the agent answers with an error and then closes the connection: malformed HTTP, a
+    head too long, a request cut short or too slow (``status``, the one-line ``details``)."""
+
+    __slots__ = ("details", "status")
+
+    def __init__(self, status: int, details: str) -> None:
+        self.status, self.details = status, details
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Refusal) and (self.status, self.details) == (other.status, other.details)
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.status}, {self.details!r})"
+
+    def response(self) -> bytes:
+        return _response(self.status, _error_body(wire.CODE_BAD_REQUEST, self.details), True)
+
+
+def _malformed(data: bytes | bytearray, err: httptools.HttpParserError) -> Refusal:
+    """What to answer a request llhttp could not parse: 501 for a method it does not know in an
+    otherwise HTTP/1.x request line, 505 for another protocol version (HTTP/2's preface included),
+    else 400; the details carry llhttp's one-line reason."""
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    first = bytes(data[:200]).split(b"\r\n", 1)[0].split(b" ")
+    if (
+        isinstance(err, httptools.HttpParserInvalidMethodError)
+        and len(first) == 3
+        and first[2].startswith(b"HTTP/1.")
+    ):
+        method = first[0].decode("latin-1")
+        return Refusal(501, f"malformed HTTP request: method {method[:40]!r} is not implemented")
+    if reason in ("Pause on PRI/Upgrade", "Invalid HTTP version") or first[-1:] == [b"HTTP/2.0"]:
+        return Refusal(505, f"malformed HTTP request: {reason} (the agent speaks HTTP/1.1)")
+    return Refusal(400, f"malformed HTTP request: {reason}")
 
 
 class _Call:
@@ -331,9 +371,10 @@ class _Request:
         raise _Stop
 
 
-def parse_call(data: bytes | bytearray) -> _Call | str | None:
-    """The CNI call at the start of ``data``; ``_INCOMPLETE`` when more bytes may make it one; None when
-    it is not one the short path answers (aiohttp then serves the connection).
+def parse_call(data: bytes | bytearray) -> _Call | Refusal | str | None:
+    """The CNI call at the start of ``data``; ``_INCOMPLETE`` when more bytes may make it one; a
+    Refusal for malformed HTTP or a head over 16 KiB; None for a well-formed request the short path
+    does not answer (aiohttp then serves the connection).
 
     The bytes are parsed by llhttp (``httptools``, the parser uvicorn uses).  Accepted: ``POST <CNI
     path> HTTP/1.1`` with a Content-Length body (at most MAX_BODY_BYTES) and no Transfer-Encoding,
@@ -344,12 +385,16 @@ def parse_call(data: bytes | bytearray) -> _Call | str | None:
         request.parser.feed_data(bytes(data))
     except httptools.HttpParserCallbackError:
         pass  # a _Stop from a callback: the first request, or its head, has been seen
-    except httptools.HttpParserError:
-        return None  # malformed: aiohttp answers it (and closes)
+    except httptools.HttpParserError as err:
+        return _malformed(data, err)
+    if request.headers_done and data.find(b"\r\n\r\n", 0, _MAX_HEAD) < 0:
+        return Refusal(431, f"malformed HTTP request: the head is longer than {_MAX_HEAD} bytes")
     if request.reject:
         return None
     if not request.headers_done:
-        return _INCOMPLETE if len(data) <= _MAX_HEAD else None
+        if len(data) <= _MAX_HEAD:
+            return _INCOMPLETE
+        return Refusal(431, f"malformed HTTP request: the head is longer than {_MAX_HEAD} bytes")
     if not request.complete:
         return _INCOMPLETE
     body = b"".join(request.body)
@@ -379,6 +424,7 @@ class _FastConnection(asyncio.Protocol):
         self._busy = False  # a call is being answered: later bytes wait in the buffer
         self._eof = False
         self._task: asyncio.Task[None] | None = None
+        self._refused: asyncio.TimerHandle | None = None  # set once refused: reading on to discard
 
     @property
     def busy(self) -> bool:
@@ -392,8 +438,12 @@ class _FastConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._transport = None
+        if self._refused is not None:
+            self._refused.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused is not None:
+            return  # refused: what follows is read only so that the answer is not lost to a reset
         self._buffer += data
         if not self._busy:
             self._next()
@@ -402,7 +452,12 @@ class _FastConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        return self._busy  # keep the transport open to answer the call in progress
+        if self._busy:
+            return True  # keep the transport open to answer the call in progress
+        if self._buffer and self._refused is None:
+            self._next()  # a request cut short by the client's shutdown is refused; the rest answered
+            return True
+        return False
 
     def close(self) -> None:
         if self._transport is not None:
@@ -430,8 +485,33 @@ class _FastConnection(asyncio.Protocol):
             self._server.busy += 1
             # the loop keeps only a weak reference to a task: the connection holds this one
             self._task = asyncio.get_running_loop().create_task(self._run(transport, call))
+        elif isinstance(call, Refusal):
+            self.refuse(call)
         elif self._eof:
+            self.refuse(
+                Refusal(
+                    400,
+                    f"incomplete HTTP request: the client shut down its side after {len(self._buffer)} bytes",
+                )
+            )
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Answer ``refusal`` and close.  Unless the client has shut down its side, the answer ends
+        with our shutdown and what the client still sends is read and dropped for up to _LINGER
+        seconds: closing a unix socket with unread bytes resets it, and the answer would be lost."""
+        transport = self._transport
+        if transport is None or self._refused is not None:
+            return
+        log.debug("CNI socket: %s: %s", refusal.status, refusal.details)
+        self._buffer.clear()
+        transport.write(refusal.response())
+        if self._eof:
             transport.close()
+            return
+        transport.write_eof()
+        self._refused = asyncio.get_running_loop().call_later(_LINGER, transport.close)
+        if not transport.is_reading():
+            transport.resume_reading()
 
     async def _run(self, transport: asyncio.Transport, call: _Call) -> None:
         server = self._server
@@ -458,18 +538,58 @@ class _FastConnection(asyncio.Protocol):
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
         """aiohttp's protocol takes the connection over, with the bytes read so far."""
-        handler = self._server.runner.server
-        if handler is None:  # the runner was cleaned up: we are shutting down
+        manager = self._server.runner.server
+        if manager is None:  # the runner was cleaned up: we are shutting down
             transport.close()
             return
         self._server.connections.discard(self)
-        protocol = handler()
+        protocol = _AiohttpConnection(manager)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data, self._buffer = bytes(self._buffer), bytearray()
         protocol.data_received(data)
         if self._eof:
             protocol.eof_received()
+
+
+class _AiohttpConnection(web.RequestHandler):
+    """aiohttp's protocol for the connections the short path hands over, with two changes: its
+    answers to requests it cannot parse are ErrorResponse JSON (aiohttp's are plain text echoing the
+    input), and a client that shuts down its side after a request still gets the answer (aiohttp
+    would close the transport at once)."""
+
+    def __init__(self, manager: web.Server) -> None:
+        # no access log, as the AppRunner is told (aiohttp's annotation omits None, its code takes it)
+        super().__init__(manager, loop=asyncio.get_running_loop(), access_log=None)  # type: ignore[arg-type]
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: an answer has begun, the connection is broken
+            raise ConnectionError("an answer was being sent when the request failed")
+        if status >= 500:
+            log.error("CNI socket: %s %s failed", request.method, request.path, exc_info=exc)
+        else:  # one line, not aiohttp's traceback: a client sending garbage must not flood the log
+            log.debug("CNI socket: malformed request: %s", exc or message)
+        if status >= 500:
+            body = _error_body(
+                wire.CODE_AGENT_INTERNAL, f"{request.method} {request.path}: see the agent log"
+            )
+        else:
+            reason = (message or str(exc or "") or "bad request").strip().splitlines()[0]
+            reason = reason.split(": b'", 1)[0].split(': b"', 1)[0][:200]  # without the input it quotes
+            body = _error_body(wire.CODE_BAD_REQUEST, f"malformed HTTP request: {reason}")
+        response = web.Response(body=_dumps(body), status=status, content_type="application/json")
+        response.force_close()
+        return response
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # aiohttp declares None: close at once
+        self.close()  # answer what has arrived, then close
+        return True
 
 
 class CniSocket:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from cni import wire
-from spiderbgp.cni_endpoint import BackendError, SocketInUse, make_app, parse_call, serve, shutdown
+from spiderbgp.cni_endpoint import BackendError, Refusal, SocketInUse, make_app, parse_call, serve, shutdown
 
 
 class ScriptedBackend:
@@ -249,15 +249,18 @@ ADD_BYTES = json.dumps(ADD).encode()
         (_post(wire.PATH_ADD, ADD_BYTES, version="HTTP/1.0"), None),
         (_post("/v1/bgp/status", b""), None),
         (_post(wire.PATH_ADD + "?x=1", ADD_BYTES), None),
-        (_post(wire.PATH_ADD, ADD_BYTES, "Content-Length: 3"), None),
-        (_post(wire.PATH_ADD, ADD_BYTES, "Transfer-Encoding: chunked"), None),
+        (_post(wire.PATH_ADD, ADD_BYTES, "Content-Length: 3"), "refused 400"),
+        (_post(wire.PATH_ADD, ADD_BYTES, "Transfer-Encoding: chunked"), "refused 400"),
         (_post(wire.PATH_ADD, ADD_BYTES, "Expect: 100-continue"), None),
-        (_post(wire.PATH_ADD, ADD_BYTES, " folded"), None),
-        (_post(wire.PATH_ADD, ADD_BYTES, "Bad Name: x"), None),
+        (_post(wire.PATH_ADD, ADD_BYTES, " folded"), "refused 400"),
+        (_post(wire.PATH_ADD, ADD_BYTES, "Bad Name: x"), "refused 400"),
         (b"POST /v1/cni/add HTTP/1.1\r\nHost: a\r\n\r\n", None),
         (b"GET /v1/cni/status HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", None),
         (b"POST /v1/cni/add HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (wire.MAX_BODY_BYTES + 1), None),
-        (b"GET / HTTP/1.1\r\nX: " + b"y" * 20000, None),
+        (b"GET / HTTP/1.1\r\nX: " + b"y" * 20000, "refused 431"),
+        (b"GET / HTTP/1.1\r\nX: " + b"y" * 20000 + b"\r\n\r\n", "refused 431"),
+        (b"FOO / HTTP/1.1\r\n\r\n", "refused 501"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "refused 505"),
     ],
 )
 def test_parse_call_takes_only_what_it_fully_understands(data: bytes, expected: str | None) -> None:
@@ -265,7 +268,11 @@ def test_parse_call_takes_only_what_it_fully_understands(data: bytes, expected: 
     if expected is None or expected == "incomplete":
         assert call == (None if expected is None else "incomplete")
         return
-    assert not isinstance(call, str) and call is not None
+    if expected.startswith("refused"):
+        assert isinstance(call, Refusal) and call.status == int(expected.split()[1])
+        assert call.details.startswith("malformed HTTP request: ") and "\n" not in call.details
+        return
+    assert not isinstance(call, (str, Refusal)) and call is not None
     operation, _, close = expected.partition(" ")
     assert (call.operation, call.close, call.size) == (operation, close == "close", len(data))
 
