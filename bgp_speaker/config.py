@@ -14,6 +14,14 @@ bgp:
   requireHostRoute: true          # announce an IP only once the node's kernel routes it locally
   reconcileInterval: 30           # seconds between adj-rib-out reconciliations (0 = never)
   runtimeDir: /run/spiderbgp/bgp  # ExaBGP config, relay socket, CLI pipes (one per agent)
+  announceWhen: ready             # ready: the pod is Ready (and routed) | allocated: routed is enough
+  damping:                        # RFC 2439 flap damping of pod prefixes; off without this section
+    enabled: true                 # default true once the section is there
+    halfLife: 900                 # seconds for the penalty to halve
+    reuse: 750                    # a suppressed prefix comes back when its penalty decays to this
+    suppress: 2000                # a prefix is suppressed when its penalty goes above this
+    maxSuppress: 3600             # seconds: the longest suppression after the last withdrawal
+    penalty: 1000                 # added by each withdrawal
   peers:
     - address: 172.16.13.1        # IPv4 or IPv6
       asn: 23000
@@ -43,12 +51,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bgp_speaker.damping import DampingParams
+
 __all__ = [
     "ADVERTISE_MODES",
+    "ANNOUNCE_WHEN",
     "DEFAULT_RUNTIME_DIR",
     "FAMILIES",
     "WELL_KNOWN_COMMUNITIES",
     "AdvertiseMode",
+    "AnnounceWhen",
     "BgpConfig",
     "BgpConfigError",
     "Family",
@@ -63,9 +75,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Family = Literal["ipv4", "ipv6"]
 AdvertiseMode = Literal["host", "aggregate", "pool"]
+AnnounceWhen = Literal["ready", "allocated"]
 
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
 ADVERTISE_MODES: tuple[AdvertiseMode, ...] = ("host", "aggregate", "pool")
+ANNOUNCE_WHEN: tuple[AnnounceWhen, ...] = ("ready", "allocated")
 WELL_KNOWN_COMMUNITIES = frozenset(
     {"no-export", "no-advertise", "no-export-subconfed", "no-peer", "nopeer", "blackhole"}
 )
@@ -135,6 +149,8 @@ class BgpConfig:
     reconcile_interval: float = 30.0
     runtime_dir: str = DEFAULT_RUNTIME_DIR
     source: str = ""
+    announce_when: AnnounceWhen = "ready"
+    damping: DampingParams | None = None  # None: no flap damping
 
     def next_hop(self, family: Family) -> IPAddress | None:
         return self.next_hop_v4 if family == "ipv4" else self.next_hop_v6
@@ -349,6 +365,27 @@ def _parse_peer(
     )
 
 
+def _parse_damping(raw: object, *, source: str) -> DampingParams | None:
+    """``bgp.damping``: None when absent or ``enabled: false``."""
+    if raw is None:
+        return None
+    r = _Reader(raw, source=source, path="bgp.damping")
+    enabled = r.boolean("enabled", True)
+    base = DampingParams()
+    params = DampingParams(
+        half_life=r.number("halfLife", base.half_life, minimum=0.001),
+        reuse=r.number("reuse", base.reuse, minimum=1.0),
+        suppress=r.number("suppress", base.suppress, minimum=1.0),
+        max_suppress=r.number("maxSuppress", base.max_suppress, minimum=0.001),
+        penalty=r.number("penalty", base.penalty, minimum=1.0),
+    )
+    r.done()
+    problem = params.problem()
+    if problem is not None:
+        raise r.error(*problem)
+    return params if enabled else None
+
+
 SourceAddress = Callable[[IPAddress], IPAddress | None]
 """The address this node would send from towards a destination (None: no route there)."""
 
@@ -435,6 +472,10 @@ def parse_bgp_config(
         raise r.error(
             "runtimeDir", f"must be at most {MAX_RUNTIME_DIR} bytes long (a unix socket lives in it)"
         )
+    announce_when = r.string("announceWhen") or "ready"
+    if announce_when not in ANNOUNCE_WHEN:
+        raise r.error("announceWhen", f"must be one of {', '.join(ANNOUNCE_WHEN)}, not {announce_when!r}")
+    damping = _parse_damping(r.get("damping"), source=source)
     peers_raw = r.get("peers")
     if peers_raw is None or (isinstance(peers_raw, Sequence) and not peers_raw):
         raise r.error("peers", "at least one peer is required")
@@ -465,4 +506,6 @@ def parse_bgp_config(
         reconcile_interval=reconcile,
         runtime_dir=runtime_dir,
         source=source,
+        announce_when=announce_when,
+        damping=damping,
     )
