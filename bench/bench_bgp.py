@@ -294,6 +294,7 @@ def speaker_for(lab: Lab, *, gr: int = 0) -> BgpSpeaker:
             "nextHop": NODE1,
             "runtimeDir": str(lab.work / "rt"),
             "reconcileInterval": 0,
+            "announceWhen": "allocated",  # no Pod objects: route -> UPDATE is what this measures
             "peers": [{"address": ROUTER, "asn": 23000, "holdTime": 9, "gracefulRestart": gr}],
         },
         source="bench",

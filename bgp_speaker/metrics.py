@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LATENCY_BUCKETS", "SpeakerMetrics"]
+__all__ = ["CONVERGENCE_STAGES", "LATENCY_BUCKETS", "SpeakerMetrics"]
 
+# the stages of spiderbgp_bgp_convergence_seconds: an address allocated (CNI ADD answered) -> its host
+# route seen; its host prefix announceable (routed, Ready, not suppressed) -> UPDATE acked by ExaBGP;
+# and for withdrawals, from the cause (released, pod NotReady or terminating, host route gone) -> acked
+CONVERGENCE_STAGES = (
+    "allocated_to_route",
+    "ready_to_announced",
+    "released_to_withdrawn",
+    "unready_to_withdrawn",
+    "route_to_withdrawn",
+)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -59,5 +69,26 @@ class SpeakerMetrics:
             f"{prefix}_announce_latency_seconds",
             "From an IP being allocated on this node to ExaBGP accepting its announcement",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.convergence = Histogram(
+            f"{prefix}_convergence_seconds",
+            "Per pod address, by stage: allocated_to_route (CNI ADD answered -> host route seen), "
+            "ready_to_announced (announceable -> UPDATE acked by ExaBGP), released_to_withdrawn, "
+            "unready_to_withdrawn, route_to_withdrawn (cause -> withdrawal acked)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        for stage in CONVERGENCE_STAGES:
+            self.convergence.labels(stage=stage)
+        self.suppressed_prefixes = Gauge(
+            f"{prefix}_damping_suppressed_prefixes",
+            "Pod prefixes flap damping holds back right now",
+            registry=r,
+        )
+        self.damping_suppressions = Counter(
+            f"{prefix}_damping_suppressions",
+            "Times flap damping started holding a prefix back",
             registry=r,
         )

@@ -4,7 +4,14 @@ Inputs (call them from the event loop's thread; they never block):
 * ``set_pod_ips({ip: pool_subnet})`` (full state), ``add_pod_ip(ip, subnet)``, ``remove_pod_ip(ip)``;
 * ``set_pool_subnets(subnets)``: the pools' subnets, the outer limit of the export policy;
 * the kernel's routes, from a ``HostRouteSource`` (pyroute2 netlink in production): with
-  ``requireHostRoute`` an IP is announced only once its host route exists.
+  ``requireHostRoute`` an IP is announced only once its host route exists;
+* with ``announceWhen: ready``, ``set_ready_ips(ips)`` (full state) and ``set_pod_ready({ip: bool})``:
+  an IP is announced only while its pod is Ready, and withdrawn as soon as it is not;
+* with ``damping``, a prefix withdrawn too often is held back (``bgp_speaker.damping``) until its
+  penalty has decayed; a prefix without history is never delayed.
+
+``readiness()`` says why the node is not converged yet (None once every peer is Established and has
+had the initial routes, and the End-of-RIB with graceful restart): the agent's ``/readyz``.
 
 A supervisor task runs one ExaBGP *generation* at a time (``bgp_speaker.exabgp``).  For each
 generation it announces the whole desired set, then sends only differences (batched, per peer,
@@ -52,6 +59,7 @@ from bgp_speaker.commands import (
     withdraw_commands,
 )
 from bgp_speaker.config import BgpConfig, Family, IPAddress, IPNetwork, PeerConfig, family_of
+from bgp_speaker.damping import FlapState, is_suppressed, penalty_at, reuse_at, stale, withdrawn
 from bgp_speaker.exabgp import Event, ExabgpError, ExabgpGone, ExabgpProcess
 from bgp_speaker.kernel import HostRouteSource, RouteTable
 from bgp_speaker.metrics import SpeakerMetrics
@@ -160,10 +168,28 @@ class BgpSpeaker:
         self._incremental = config.advertise == "host" and all(p.max_prefixes is None for p in config.peers)
         self._table_loaded = asyncio.Event()
         self._allocated_at: dict[IPAddress, float] = {}
+        # announceWhen: ready: the IPs whose pod is Ready (only IPs in _pods are kept)
+        self._gate_ready = config.announce_when == "ready"
+        self._pod_ready: set[IPAddress] = set()
+        # damping: per host prefix, its flap history, and the suppressed ones with their reuse time
+        self._damping = config.damping
+        self._flaps: dict[IPNetwork, FlapState] = {}
+        self._suppressed: dict[IPNetwork, float] = {}
+        self._next_sweep = 0.0
+        # convergence telemetry (clock times): allocated and waiting for the host route; host prefix
+        # desired since (route + Ready + not suppressed); left the desired set (when, why); first acked
+        self._route_pending: dict[IPAddress, float] = {}
+        self._entered_at: dict[IPNetwork, float] = {}
+        self._left_at: dict[IPNetwork, tuple[float, str]] = {}
+        self._announced_at: dict[IPNetwork, float] = {}
+        self._track_hosts = config.advertise == "host"
+        self.metrics.suppressed_prefixes.set_function(lambda: len(self.suppressed()))
         # ExaBGP side
         self._proc: ExabgpProcess | None = None
         self._announced: dict[str, set[IPNetwork]] = {k: set() for k in self._peers}
         self._eor_due: set[str] = set()
+        self._up_pending: set[str] = set()  # session up, initial routes not yet confirmed sent
+        self._initial_sent: set[str] = set()  # initial routes (and End-of-RIB) sent this session
         self._status: dict[str, PeerStatus] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -192,21 +218,83 @@ class BgpSpeaker:
             self._refused[ip] = why
         if self._table.is_local(ip):
             self._ready.add(ip)
+            self._route_seen(ip)
         else:
             self._ready.discard(ip)
-        self._refresh(ip)
+        self._refresh(ip, "route")
 
-    def _refresh(self, ip: IPAddress) -> None:
-        """Bring ``ip``'s host prefix in ``_hosts`` in line with its eligibility and readiness."""
+    def _route_seen(self, ip: IPAddress) -> None:
+        since = self._route_pending.pop(ip, None)
+        if since is not None:
+            self.metrics.convergence.labels(stage="allocated_to_route").observe(self._clock() - since)
+
+    def _refresh(self, ip: IPAddress, why: str) -> None:
+        """Bring ``ip``'s host prefix in ``_hosts`` in line with its eligibility, readiness and
+        damping; ``why``: what changed (released, unready, route), for the withdrawal telemetry."""
         entry = self._eligible.get(ip)
         if entry is not None and self._is_ready(ip):
-            if self._hosts.get(entry[0]) != entry[1]:
-                self._hosts[entry[0]] = entry[1]
-                self._dirty.add(entry[0])
+            host = entry[0]
+            if self._hosts.get(host) == entry[1] or self._held_by_damping(host):
+                return
+            if host not in self._hosts and self._track_hosts:
+                self._entered_at[host] = self._clock()
+                self._left_at.pop(host, None)
+            self._hosts[host] = entry[1]
+            self._dirty.add(host)
         else:
             host = host_prefix(ip)
-            if self._hosts.pop(host, None) is not None:
+            was = self._hosts.pop(host, None) is not None
+            held = self._suppressed.pop(host, None) is not None
+            if was:
                 self._dirty.add(host)
+                if self._track_hosts:
+                    self._entered_at.pop(host, None)
+                    self._left_at[host] = (self._clock(), why)
+            if (was or held) and self._damping is not None:
+                now, before = self._clock(), self._flaps.get(host)
+                after = self._flaps[host] = withdrawn(before, now, self._damping)
+                if after.suppressed and not is_suppressed(before, now, self._damping):
+                    self.metrics.damping_suppressions.inc()
+                    log.info("damping: %s suppressed after %d withdrawals", host, after.withdrawals)
+
+    def _held_by_damping(self, host: IPNetwork) -> bool:
+        """True while ``host`` is suppressed (it is then kept in ``_suppressed`` with its reuse time)."""
+        if self._damping is None:
+            return False
+        state = self._flaps.get(host)
+        if state is None:
+            return False  # no history: a new pod's first announcement is never delayed
+        now = self._clock()
+        if is_suppressed(state, now, self._damping):
+            until = reuse_at(state, self._damping)
+            assert until is not None
+            if host not in self._suppressed:
+                log.info("damping: holding %s back for %.1f s", host, until - now)
+            self._suppressed[host] = until
+            return True
+        self._suppressed.pop(host, None)
+        if stale(state, now, self._damping):
+            del self._flaps[host]
+        return False
+
+    def _release_reused(self) -> None:
+        """Announce the suppressed prefixes whose reuse time has come; now and then forget flap
+        histories that no longer matter."""
+        if self._damping is None:
+            return
+        now = self._clock()
+        for host, until in list(self._suppressed.items()):
+            if now >= until:
+                self._refresh(host.network_address, "route")
+        if now >= self._next_sweep:
+            self._next_sweep = now + 60.0
+            damping = self._damping
+            for host in [h for h, st in self._flaps.items() if stale(st, now, damping)]:
+                if host not in self._hosts:
+                    del self._flaps[host]
+
+    def _next_reuse(self) -> float | None:
+        return min(self._suppressed.values()) if self._suppressed else None
 
     def _set_pod(self, ip: IPAddress, subnet: IPNetwork) -> None:
         old = self._pods.get(ip)
@@ -241,6 +329,7 @@ class BgpSpeaker:
         for ip, subnet in new.items():
             if ip not in self._pods:
                 self._allocated_at[ip] = now
+                self._route_pending[ip] = now
             if self._pods.get(ip) != subnet:
                 self._set_pod(ip, subnet)
                 self._admit(ip, subnet)
@@ -253,6 +342,7 @@ class BgpSpeaker:
         if self._pods.get(addr) == net:
             return
         self._allocated_at.setdefault(addr, self._clock())
+        self._route_pending.setdefault(addr, self._clock())
         self._set_pod(addr, net)
         self._admit(addr, net)
         self._update_refused_metric()
@@ -273,8 +363,35 @@ class BgpSpeaker:
         self._eligible.pop(ip, None)
         self._refused.pop(ip, None)
         self._ready.discard(ip)
+        self._pod_ready.discard(ip)
         self._allocated_at.pop(ip, None)
-        self._refresh(ip)
+        self._route_pending.pop(ip, None)
+        self._refresh(ip, "released")
+
+    def set_ready_ips(self, ips: Iterable[IPAddress | str]) -> None:
+        """``announceWhen: ready``: the whole set of this node's IPs whose pod is Ready."""
+        new = {a for a in (_ip(i) for i in ips) if a in self._pods}
+        old, self._pod_ready = self._pod_ready, new
+        for ip in old ^ new:
+            self._refresh(ip, "unready")
+        self._changed()
+
+    def set_pod_ready(self, changes: Mapping[IPAddress | str, bool] | Mapping[str, bool]) -> None:
+        """``announceWhen: ready``: some IPs' pods turned Ready (True) or NotReady/terminating (False).
+        IPs not allocated here are ignored (their readiness comes again with their allocation)."""
+        touched = False
+        for raw, ready in changes.items():
+            ip = _ip(raw)
+            if ip not in self._pods or (ip in self._pod_ready) == ready:
+                continue
+            if ready:
+                self._pod_ready.add(ip)
+            else:
+                self._pod_ready.discard(ip)
+            self._refresh(ip, "unready")
+            touched = True
+        if touched:
+            self._changed()
 
     def set_pool_subnets(self, subnets: Iterable[IPNetwork | str]) -> None:
         """The subnets of the IP pools: nothing outside them is ever announced."""
@@ -344,13 +461,17 @@ class BgpSpeaker:
                 changed = True
                 if local:
                     self._ready.add(ip)
+                    self._route_seen(ip)
                 else:
                     self._ready.discard(ip)
-                self._refresh(ip)
+                self._refresh(ip, "route")
         return changed
 
     def _is_ready(self, ip: IPAddress) -> bool:
-        return not self.config.require_host_route or ip in self._ready
+        """Announceable: routed here (with requireHostRoute) and, with announceWhen: ready, Ready."""
+        if self.config.require_host_route and ip not in self._ready:
+            return False
+        return not self._gate_ready or ip in self._pod_ready
 
     # ---- desired state -----------------------------------------------------------------------
 
@@ -458,6 +579,8 @@ class BgpSpeaker:
         self._announced = {k: set() for k in self._peers}
         self._full_sync = True
         self._eor_due = set()
+        self._up_pending = set()
+        self._initial_sent = set()
         now = self._now()
         for p in self.config.peers:
             self._status[p.key] = initial_status(p.key, local_as=self.config.asn, peer_as=p.asn, now=now)
@@ -498,6 +621,8 @@ class BgpSpeaker:
             proc = None
 
     def _mark_down(self, reason: str) -> None:
+        self._up_pending = set()
+        self._initial_sent = set()
         now = self._now()
         for key, st in self._status.items():
             self._status[key] = PeerStatus(
@@ -528,7 +653,8 @@ class BgpSpeaker:
                         next_reconcile = self._clock() + interval
                 except ExabgpGone:
                     return
-                timeout = None if next_reconcile is None else max(0.0, next_reconcile - self._clock())
+                wake_at = [t for t in (next_reconcile, self._next_reuse()) if t is not None]
+                timeout = max(0.0, min(wake_at) - self._clock()) if wake_at else None
                 await self._wait_for_work(timeout)
         finally:
             closer.cancel()
@@ -562,11 +688,16 @@ class BgpSpeaker:
             # itself; with graceful restart (manual-eor) we add the End-of-RIB once our changes
             # queued so far are in, so the router keeps its stale routes until the set is complete.
             log.info("BGP session with %s is up", key)
+            self._up_pending.add(key)
+            self._initial_sent.discard(key)
             if self._peers[key].graceful_restart > 0:
                 self._eor_due.add(key)
-                self._changed()
-        elif event.state == "down" and before.established:
-            log.warning("BGP session with %s went down: %s", key, event.reason)
+            self._changed()
+        elif event.state != "up":
+            self._up_pending.discard(key)
+            self._initial_sent.discard(key)
+            if event.state == "down" and before.established:
+                log.warning("BGP session with %s went down: %s", key, event.reason)
 
     def _peer_key(self, address: str) -> str | None:
         try:
@@ -623,6 +754,7 @@ class BgpSpeaker:
 
     async def _sync(self, proc: ExabgpProcess) -> None:
         self._wake.clear()
+        self._release_reused()
         ops: list[tuple[_Op, list[str]]] = []
         if self._incremental and not self._full_sync:
             dirty = sorted(self._dirty, key=_order)
@@ -637,6 +769,7 @@ class BgpSpeaker:
                 ops.extend(self._ops_for_peer(peer, desired))
         if not ops:
             self._observe_latency()
+            self._settle_initial(set())
             return
         lines = [line for _, cmds in ops for line in cmds]
         try:
@@ -646,10 +779,14 @@ class BgpSpeaker:
             raise
         i = 0
         failed = False
+        eor_sent: set[str] = set()
+        now = self._clock()
         for op, cmds in ops:
             chunk = results[i : i + len(cmds)]
             i += len(cmds)
             ok = all(r.ok for r in chunk)
+            if op.action == "eor" and ok:
+                eor_sent.add(op.peer)
             if not ok and op.action == "eor":  # the session went down again before the EoR: harmless
                 log.info("End-of-RIB to %s not sent: the session is not established", op.peer)
             elif not ok:
@@ -659,15 +796,92 @@ class BgpSpeaker:
             if op.action == "announce" and ok:
                 self._announced[op.peer].update(op.prefixes)
                 self.metrics.updates_sent.labels(peer=op.peer, action="announce").inc(len(op.prefixes))
+                self._acked_announce(op.prefixes, now)
             elif op.action == "withdraw" and ok:
                 self._announced[op.peer].difference_update(op.prefixes)
                 self.metrics.updates_sent.labels(peer=op.peer, action="withdraw").inc(len(op.prefixes))
+                self._acked_withdraw(op.prefixes, now)
         for key, prefixes in self._announced.items():
             self.metrics.announced_prefixes.labels(peer=key).set(len(prefixes))
         self._observe_latency()
+        if not failed:
+            self._settle_initial(eor_sent)
         if failed:  # try again later (in full) rather than spinning
             self._full_sync = True
             asyncio.get_running_loop().call_later(5.0, self._changed)
+
+    def _acked_announce(self, prefixes: Sequence[IPNetwork], now: float) -> None:
+        for p in prefixes:
+            self._announced_at.setdefault(p, now)
+            since = self._entered_at.pop(p, None)
+            if since is not None:
+                self.metrics.convergence.labels(stage="ready_to_announced").observe(now - since)
+
+    def _acked_withdraw(self, prefixes: Sequence[IPNetwork], now: float) -> None:
+        for p in prefixes:
+            if not any(p in s for s in self._announced.values()):
+                self._announced_at.pop(p, None)
+            left = self._left_at.pop(p, None)
+            if left is not None:
+                self.metrics.convergence.labels(stage=f"{left[1]}_to_withdrawn").observe(now - left[0])
+
+    def _settle_initial(self, eor_sent: set[str]) -> None:
+        """After a sync that sent everything queued: peers whose session came up have had their
+        initial routes (ExaBGP replays its adj-rib-out itself) and, with graceful restart, the EoR."""
+        for key in list(self._up_pending):
+            if key in self._eor_due:
+                continue
+            if self._peers[key].graceful_restart > 0 and key not in eor_sent:
+                continue
+            if self._status[key].established:
+                self._up_pending.discard(key)
+                self._initial_sent.add(key)
+
+    def readiness(self) -> str | None:
+        """None when the node is converged: ExaBGP runs, the kernel routes are loaded, and every
+        peer is Established and has had the initial routes (and End-of-RIB); else the reason."""
+        if not self.running:
+            return "ExaBGP is not running"
+        if self.route_source is not None and not self._table_loaded.is_set():
+            return "the kernel's routes are not loaded yet"
+        for p in self.config.peers:
+            st = self._status[p.key]
+            if not st.established:
+                return f"BGP peer {p.key} is not Established ({st.state})"
+            if p.key not in self._initial_sent:
+                eor = " and End-of-RIB" if p.graceful_restart > 0 else ""
+                return f"BGP peer {p.key}: initial routes{eor} not sent yet"
+        return None
+
+    def announced_age(self, prefix: IPNetwork, *, now: float | None = None) -> float | None:
+        """Seconds since ExaBGP first acked the announcement of ``prefix`` (None: not announced)."""
+        since = self._announced_at.get(prefix)
+        if since is None:
+            return None
+        return (self._clock() if now is None else now) - since
+
+    def suppressed(self) -> list[dict[str, object]]:
+        """The prefixes damping suppresses now: prefix, penalty now, withdrawals, until (UTC, ISO),
+        and ``held``: whether a Ready, routed address is waiting for it (else none is allocated)."""
+        damping = self._damping
+        if damping is None:
+            return []
+        now, wall = self._clock(), self._now()
+        out: list[dict[str, object]] = []
+        for host, state in sorted(self._flaps.items(), key=lambda kv: _order(kv[0])):
+            until = reuse_at(state, damping)
+            if until is None or now >= until:
+                continue
+            out.append(
+                {
+                    "prefix": str(host),
+                    "penalty": round(penalty_at(state, now, damping)),
+                    "withdrawals": state.withdrawals,
+                    "until": (wall + dt.timedelta(seconds=until - now)).isoformat(timespec="seconds"),
+                    "held": host in self._suppressed,
+                }
+            )
+        return out
 
     def _observe_latency(self) -> None:
         if not self._allocated_at:

@@ -19,8 +19,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -38,6 +39,7 @@ from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
 from spiderbgp.leadership import Leadership
 from spiderbgp.metrics import IpamMetrics
 from spiderbgp.node_addresses import Delta, NodeAddresses
+from spiderbgp.pod_readiness import ReadyAddresses
 from spiderbgp.stores import KUBERNETES
 
 __all__ = ["Agent", "Announcer", "run_agent"]
@@ -64,6 +66,22 @@ class Announcer(Protocol):
 
     def set_pool_subnets(self, subnets: Sequence[str]) -> None:
         """The pools' subnets: the export policy never announces anything outside them."""
+
+    @property
+    def announce_when_ready(self) -> bool:
+        """True when addresses are announced only while their pod is Ready (bgp.announceWhen)."""
+
+    def set_ready_ips(self, ips: Collection[str]) -> None:
+        """The full set of this node's addresses whose pod is Ready."""
+
+    def set_pod_ready(self, changes: Mapping[str, bool]) -> None:
+        """Addresses whose pod turned Ready (True) or NotReady/terminating (False)."""
+
+    def readiness(self) -> str | None:
+        """None when BGP has converged (every peer Established, initial routes and EoR sent)."""
+
+    def suppressed(self) -> list[dict[str, Any]]:
+        """The prefixes flap damping holds back, with until when."""
 
     def status(self) -> list[dict[str, Any]]: ...
 
@@ -97,6 +115,15 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What the announcer is seeded with from a full read of the store."""
+
+    ips: dict[str, str]  # this node's addresses -> pool subnet
+    subnets: list[str]  # every pool's subnet
+    ready: set[str] | None  # the addresses of Ready pods (None: announceWhen is not ready)
 
 
 # how long a CNI call answered on the event loop may wait for a lock (another process's write takes
@@ -137,6 +164,8 @@ class Agent:
         self._latency: dict[str, Histogram] = {}
         self._stopping = threading.Event()
         self._tracker = NodeAddresses(config.node_name)
+        self._ready_tracker = ReadyAddresses(config.node_name)
+        self._gate_ready = announcer is not None and announcer.announce_when_ready
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -167,17 +196,19 @@ class Agent:
         Each event costs O(1); a full re-read runs only after a gap in the watch, and every
         ``FULL_RESYNC_SECONDS`` as a safety net."""
         next_full = time.monotonic() + FULL_RESYNC_SECONDS
+        kinds = ["SpiderEndpoint", "SpiderIPPool", *(["Pod"] if self._gate_ready else [])]
         while not self._stopping.is_set():
             try:
                 if time.monotonic() >= next_full:
                     since = self.store.revision()
                     self._push_full(loop, self._full_state())
                     next_full = time.monotonic() + FULL_RESYNC_SECONDS
-                for event in self.store.watch(["SpiderEndpoint", "SpiderIPPool"], since, timeout=1.0):
+                for event in self.store.watch(kinds, since, timeout=1.0):
                     since = event.revision
                     delta = self._tracker.apply([event])
-                    if not delta.empty:
-                        loop.call_soon_threadsafe(self._push_delta, delta)
+                    ready = self._ready_tracker.apply([event]) if self._gate_ready else {}
+                    if not delta.empty or ready:
+                        loop.call_soon_threadsafe(self._push_delta, delta, ready)
                     if self._stopping.is_set() or time.monotonic() >= next_full:
                         break
             except Gone:
@@ -189,21 +220,26 @@ class Agent:
                 LOG.exception("endpoint watch failed; retrying")
                 self._stopping.wait(1.0)
 
-    def _full_state(self) -> tuple[dict[str, str], list[str]]:
-        """(thread) This node's addresses and every pool's subnet, from a full list."""
-        return self._tracker.reset(
-            self.store.list("SpiderEndpoint"), self.store.list("SpiderIPPool", allocated_ips=False)
-        )
+    def _full_state(self) -> NodeState:
+        """(thread) This node's addresses, every pool's subnet and (announceWhen: ready) the Ready
+        pods' addresses, from full lists (Pods listed last: an endpoint newer than the list of Pods
+        only waits for its pod's next event)."""
+        endpoints = self.store.list("SpiderEndpoint")
+        ips, subnets = self._tracker.reset(endpoints, self.store.list("SpiderIPPool", allocated_ips=False))
+        ready = self._ready_tracker.reset(endpoints, self.store.list("Pod")) if self._gate_ready else None
+        return NodeState(ips, subnets, ready)
 
-    def _push_full(self, loop: asyncio.AbstractEventLoop, state: tuple[dict[str, str], list[str]]) -> None:
-        def push() -> None:
-            if self.announcer is not None:
-                self.announcer.set_pool_subnets(state[1])
-                self.announcer.set_pod_ips(state[0])
+    def _seed(self, state: NodeState) -> None:
+        if self.announcer is not None:
+            self.announcer.set_pool_subnets(state.subnets)
+            self.announcer.set_pod_ips(state.ips)
+            if state.ready is not None:
+                self.announcer.set_ready_ips(state.ready)
 
-        loop.call_soon_threadsafe(push)
+    def _push_full(self, loop: asyncio.AbstractEventLoop, state: NodeState) -> None:
+        loop.call_soon_threadsafe(self._seed, state)
 
-    def _push_delta(self, delta: Delta) -> None:
+    def _push_delta(self, delta: Delta, ready: Mapping[str, bool]) -> None:
         if self.announcer is None:
             return
         if delta.subnets is not None:
@@ -212,6 +248,8 @@ class Agent:
             self.announcer.remove_pod_ips(delta.removed)
         if delta.added:
             self.announcer.add_pod_ips(delta.added)
+        if ready:
+            self.announcer.set_pod_ready(ready)
 
     def _gc_released(self, released: Sequence[tuple[str, str]], loop: asyncio.AbstractEventLoop) -> None:
         """From the leader's controller thread: (ip, reason) pairs the IP GC released."""
@@ -231,7 +269,9 @@ class Agent:
     async def _bgp_routes(self, request: web.Request) -> web.Response:
         if self.announcer is None:
             return web.json_response({"routes": [], "note": "BGP is not configured on this agent"})
-        return web.json_response({"routes": await self.announcer.routes()})
+        return web.json_response(
+            {"routes": await self.announcer.routes(), "suppressed": self.announcer.suppressed()}
+        )
 
     def _ready(self) -> bool:
         return self._started
@@ -240,12 +280,19 @@ class Agent:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        """200 once serving, the store answers and (with BGP) every peer is Established and has had
+        the initial routes and End-of-RIB: the DaemonSet's readinessProbe, so a rolling update
+        moves to the next node only when this one forwards again."""
         if not self._started:
             return web.Response(status=503, text="starting\n")
         try:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.store.revision)
         except Exception as exc:
             return web.Response(status=503, text=f"store unavailable: {exc}\n")
+        if self.announcer is not None:
+            why = self.announcer.readiness()
+            if why is not None:
+                return web.Response(status=503, text=f"bgp: {why}\n")
         return web.Response(text="ok\n")
 
     def _pool_usage(self) -> list[tuple[str, int, int | None]]:
@@ -370,9 +417,7 @@ class Agent:
             since = ""
             if self.announcer is not None:
                 since = await loop.run_in_executor(self.executor, self.store.revision)
-                ips, subnets = await loop.run_in_executor(self.executor, self._full_state)
-                self.announcer.set_pool_subnets(subnets)
-                self.announcer.set_pod_ips(ips)
+                self._seed(await loop.run_in_executor(self.executor, self._full_state))
                 announcer_started = True  # stop() is safe after a failed start
                 await self.announcer.start()
             app = make_app(backend, metrics=self._observe)

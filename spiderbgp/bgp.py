@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -46,6 +46,22 @@ class SpeakerAnnouncer:
         for ip in ips:
             self.speaker.remove_pod_ip(ip)
 
+    @property
+    def announce_when_ready(self) -> bool:
+        return self.speaker.config.announce_when == "ready"
+
+    def set_ready_ips(self, ips: Collection[str]) -> None:
+        self.speaker.set_ready_ips(ips)
+
+    def set_pod_ready(self, changes: Mapping[str, bool]) -> None:
+        self.speaker.set_pod_ready(changes)
+
+    def readiness(self) -> str | None:
+        return self.speaker.readiness()
+
+    def suppressed(self) -> list[dict[str, Any]]:
+        return self.speaker.suppressed()
+
     def status(self) -> list[dict[str, Any]]:
         return [dict(s.as_dict()) for s in self.speaker.status()]
 
@@ -54,9 +70,16 @@ class SpeakerAnnouncer:
 
     async def routes(self) -> list[dict[str, Any]]:
         try:
-            return [r.as_dict() for r in await self.speaker.routes()]
+            routes = await self.speaker.routes()
         except SpeakerNotRunning:
             return []
+        out = []
+        for r in routes:
+            row = r.as_dict()
+            age = self.speaker.announced_age(r.prefix)
+            row["ageSeconds"] = None if age is None else round(age, 1)
+            out.append(row)
+        return out
 
     async def stop(self, *, withdraw: bool) -> None:
         await self.speaker.stop(withdraw=withdraw or self.withdraw_on_exit)

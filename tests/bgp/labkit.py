@@ -92,6 +92,7 @@ def speaker_config(
         "nextHop": NODE_V4,
         "runtimeDir": str(runtime_dir),
         "reconcileInterval": 0,
+        "announceWhen": "allocated",  # no Pod objects here: the speaker's own tests gate on routes only
         "peers": list(peers) if peers is not None else [{"address": ROUTER_V4, "asn": ROUTER_AS}],
     }
     raw.update(top)

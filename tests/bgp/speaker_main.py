@@ -21,7 +21,8 @@ from bgp_speaker.speaker import BgpSpeaker
 
 async def _run(config: Path, netns: str) -> None:
     raw = json.loads(config.read_text())
-    cfg = parse_bgp_config(raw["bgp"], source=str(config))
+    # no Pod objects here: announce on allocation (and route), as the agent does with announceWhen: allocated
+    cfg = parse_bgp_config({"announceWhen": "allocated", **raw["bgp"]}, source=str(config))
     exabgp = Path(sys.executable).with_name("exabgp")
     sp = BgpSpeaker(
         cfg,

@@ -239,6 +239,7 @@ def _speaker(ns: Netns, work: Path, routes: FakeRoutes, **top: object) -> BgpSpe
         "nextHop": "192.0.2.11",
         "runtimeDir": str(work / "rt"),
         "reconcileInterval": 0,
+        "announceWhen": "allocated",
         "peers": [{"address": PEER, "asn": 23000, "gracefulRestart": 0, "maxPrefixes": 3}],
         **top,
     }

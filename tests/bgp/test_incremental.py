@@ -37,6 +37,7 @@ def _speaker(*, families: list[str] | None = None) -> BgpSpeaker:
             "nextHop": "172.16.13.11",
             "nextHopV6": "fd00:13::11",
             "runtimeDir": "/nonexistent",
+            "announceWhen": "allocated",
             "peers": [peer],
         },
         source="test",
