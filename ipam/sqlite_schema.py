@@ -18,13 +18,21 @@ Tables (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
     whose change added or removed records lists them in ``changes`` (``+N`` / ``-N``, N the address
     as an integer, comma-separated, in order): what a per-pool usage cache replays instead of
     re-reading a whole pool.
+    A claim or release on a pool whose body is large (``sqlite_store``) does not copy the body:
+    its event has ``base``, the revision of the pool's last event with a whole body, and ``body``
+    is the merge patch (RFC 7396: ``resourceVersion`` and ``allocatedIPCount``) that turns that
+    body into this revision's; a watch applies it with ``json_patch``.  Compaction keeps an event
+    that a kept event names as its ``base``.
 ``allocations``
-    One row per allocated IP, keyed by the address as a 16-byte big-endian integer (unique across
-    pools, so the database itself refuses a second owner; in address order, so consecutive claims
-    append), with its canonical text, pool, pod and pod UID.
+    One row per allocated IP, keyed by the address in network byte order: 4 bytes for IPv4, 16 for
+    IPv6, so the key carries the family (``10.50.0.10`` and ``::a32:a`` are different keys) and
+    is unique across pools (the database itself refuses a second owner); in address order within
+    a family, so consecutive claims append; with its canonical text, pool, pod and pod UID.
 
 Version 1 kept (kind, namespace, name) as a WITHOUT ROWID key, allocations keyed by the address text
-and a separate ``allocation_log`` table; ``ensure_schema`` migrates such a file in place.
+and a separate ``allocation_log`` table; version 2 keyed IPv4 records by 16 bytes like IPv6 (so an
+IPv4-compatible IPv6 address had its IPv4 address's key) and copied every pool body into every claim's
+event.  ``ensure_schema`` migrates such files in place, one version after the other.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from ipam.errors import StoreUnavailable
 
 __all__ = ["SCHEMA_VERSION", "connect", "ensure_schema"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WAL_AUTOCHECKPOINT = 8192
 
 _OBJECTS = """CREATE TABLE objects (
@@ -62,6 +70,8 @@ _ALLOCATION_INDEXES = (
     "CREATE INDEX allocations_by_pod ON allocations (pod)",
 )
 
+_EVENTS_BY_BASE = "CREATE INDEX events_by_base ON events (base) WHERE base IS NOT NULL"
+
 _DDL: tuple[str, ...] = (
     """CREATE TABLE meta (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -77,8 +87,10 @@ _DDL: tuple[str, ...] = (
         name TEXT NOT NULL,
         type TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
         body TEXT NOT NULL,
-        changes TEXT
+        changes TEXT,
+        base INTEGER
     )""",
+    _EVENTS_BY_BASE,
     _ALLOCATIONS,
     *_ALLOCATION_INDEXES,
 )
@@ -106,6 +118,16 @@ _MIGRATE_1_TO_2: tuple[str, ...] = (
     *_ALLOCATION_INDEXES,
     "DROP TABLE allocation_log",
 )
+
+
+# version 2 -> 3: IPv4 keys become their last 4 bytes (a version-2 IPv4 key is the address as 16
+# bytes, so its first 12 are zero); IPv6 keys stay 16 bytes.  Events gain ``base``.
+_MIGRATE_2_TO_3: tuple[str, ...] = (
+    "UPDATE allocations SET ip_key = substr(ip_key, 13, 4) WHERE instr(ip, ':') = 0 AND length(ip_key) = 16",
+    "ALTER TABLE events ADD COLUMN base INTEGER",
+    _EVENTS_BY_BASE,
+)
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3}
 
 
 def connect(path: Path, *, busy_timeout: float, fsync: bool) -> sqlite3.Connection:
@@ -164,9 +186,11 @@ def ensure_schema(conn: sqlite3.Connection, path: Path, *, busy_timeout: float) 
             for statement in _DDL:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif version == 1:
-            for statement in _MIGRATE_1_TO_2:
-                conn.execute(statement)
+        elif version in _MIGRATIONS:
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                version += 1
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise StoreUnavailable(
