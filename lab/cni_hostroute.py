@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env -S python3 -I -S
 """``hostroute``: the lab's CNI main plugin, wiring each pod as Calico's plugin does.
 
 A veth pair per pod: ``eth0`` in the pod, ``cali<hash>`` on the node (``cali`` + 11 hex digits of the
