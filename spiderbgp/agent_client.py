@@ -98,9 +98,50 @@ def render_bgp_status(data: Mapping[str, Any]) -> str:
     return "\n".join(out).rstrip()
 
 
-def render_bgp_routes(data: Mapping[str, Any]) -> str:
+def _age(seconds: object) -> str:
+    """kubectl's AGE: 45s, 3m12s, 2h5m, 3d4h ("" when unknown)."""
+    if not isinstance(seconds, int | float):
+        return ""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def render_bgp_routes(data: Mapping[str, Any], *, wide: bool = False) -> str:
+    """The announced routes (``wide``: with each prefix's age), then what flap damping suppresses."""
     routes = list(data.get("routes") or [])
-    if not routes:
-        return str(data.get("note") or "No routes announced.")
-    rows = [[str(r.get("peer", "")), str(r.get("prefix", "")), str(r.get("nextHop") or "")] for r in routes]
-    return _table(["PEER", "PREFIX", "NEXT HOP"], rows)
+    out: list[str] = []
+    if routes:
+        headers = ["PEER", "PREFIX", "NEXT HOP", *(["AGE"] if wide else [])]
+        rows = [
+            [
+                str(r.get("peer", "")),
+                str(r.get("prefix", "")),
+                str(r.get("nextHop") or ""),
+                *([_age(r.get("ageSeconds"))] if wide else []),
+            ]
+            for r in routes
+        ]
+        out.append(_table(headers, rows))
+    else:
+        out.append(str(data.get("note") or "No routes announced."))
+    suppressed = list(data.get("suppressed") or [])
+    if suppressed:
+        rows = [
+            [
+                str(s.get("prefix", "")),
+                str(s.get("penalty", "")),
+                str(s.get("withdrawals", "")),
+                str(s.get("until", "")),
+                "yes" if s.get("held") else "no",
+            ]
+            for s in suppressed
+        ]
+        out.append("Suppressed by flap damping:")
+        out.append(_table(["PREFIX", "PENALTY", "WITHDRAWALS", "UNTIL", "POD WAITING"], rows))
+    return "\n".join(out)

@@ -6,12 +6,14 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from ipam.errors import IpamError
+from ipam.selectors import LabelSelector, Requirement
 from spiderbgp.fields import ConfigError
 
 __all__ = ["main"]
@@ -48,7 +50,12 @@ def _parser(default_store: str) -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default=None)
     p.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("-l", "--selector", default=None, help="label equality selector, k=v[,k2=v2]")
+    p.add_argument(
+        "-l",
+        "--selector",
+        default=None,
+        help="label selector as kubectl takes it: k=v, k!=v, k in (a,b), k notin (a,b), k, !k; comma-separated",
+    )
     p.add_argument("-o", "--output", default="", choices=["", "wide", "yaml", "json", "name"])
 
     p = sub.add_parser("delete", help="delete an object (like kubectl delete)")
@@ -73,7 +80,7 @@ def _parser(default_store: str) -> argparse.ArgumentParser:
             "--socket", default=None, help="agent socket (default: from --config, or the default path)"
         )
         q.add_argument("--config", default=None, help="agent config file to take the socket path from")
-        q.add_argument("-o", "--output", default="", choices=["", "json"])
+        q.add_argument("-o", "--output", default="", choices=["", "wide", "json"])
 
     p = sub.add_parser("install-cni", help="install the spiderpool CNI plugin file")
     p.add_argument("--dir", default="/opt/cni/bin")
@@ -117,16 +124,59 @@ def _cmd_apply(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
     return EXIT_OK
 
 
-def _parse_selector(text: str | None) -> dict[str, str] | None:
-    if not text:
-        return None
-    labels: dict[str, str] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise CliError(f"selector {text!r}: only equality selectors key=value[,key=value] are supported")
-        labels[key.strip()] = value.strip().lstrip("=")
-    return labels
+_SEL_KEY = r"[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?"
+_SEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_SEL_EXISTS = re.compile(rf"(?P<not>!?)\s*(?P<key>{_SEL_KEY})")
+_SEL_EQUALITY = re.compile(rf"(?P<key>{_SEL_KEY})\s*(?P<op>==|=|!=)\s*(?P<value>{_SEL_VALUE})")
+_SEL_SET = re.compile(rf"(?P<key>{_SEL_KEY})\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)")
+
+
+def _selector_parts(text: str) -> list[str]:
+    """The requirements of a selector: split at commas outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def _parse_selector(text: str | None) -> tuple[dict[str, str], LabelSelector]:
+    """A label selector as kubectl's ``-l`` reads it (``k8s.io/apimachinery/pkg/labels.Parse``):
+    comma-separated ``k=v``, ``k==v``, ``k!=v`` (also true when ``k`` is absent), ``k in (a,b)``,
+    ``k notin (a,b)``, ``k`` (exists) and ``!k``.  Returns the equalities (the store filters on them)
+    and the whole selector (what a listed object must match)."""
+    if not text or not text.strip():
+        return {}, LabelSelector()
+    equal: dict[str, str] = {}
+    requirements: list[Requirement] = []
+    for part in _selector_parts(text):
+        if m := _SEL_EQUALITY.fullmatch(part):
+            key, value = m["key"], m["value"]
+            if m["op"] == "!=":
+                requirements.append(Requirement(key, "NotIn", (value,)))
+            elif equal.get(key, value) != value:
+                requirements.append(Requirement(key, "In", (value,)))  # k=a,k=b: matches nothing
+            else:
+                equal[key] = value
+        elif m := _SEL_SET.fullmatch(part):
+            values = tuple(v.strip() for v in m["values"].split(","))
+            if not all(re.fullmatch(_SEL_VALUE, v) for v in values) or values == ("",):
+                raise CliError(f"selector {text!r}: {part!r}: values must be label values, e.g. (a,b)")
+            requirements.append(Requirement(m["key"], "In" if m["op"] == "in" else "NotIn", values))
+        elif m := _SEL_EXISTS.fullmatch(part):
+            requirements.append(Requirement(m["key"], "DoesNotExist" if m["not"] else "Exists"))
+        else:
+            raise CliError(
+                f"selector {text!r}: cannot read {part!r} (use k=v, k==v, k!=v, k in (a,b), "
+                "k notin (a,b), k or !k, separated by commas)"
+            )
+    return equal, LabelSelector(tuple(sorted(equal.items())), tuple(requirements))
 
 
 def _cmd_get(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -146,7 +196,12 @@ def _cmd_get(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.name:
             objs = [store.get(info.kind, args.name, namespace or "")]
         else:
-            objs = store.list(info.kind, namespace=namespace, labels=_parse_selector(args.selector))
+            equal, selector = _parse_selector(args.selector)
+            objs = [
+                obj
+                for obj in store.list(info.kind, namespace=namespace, labels=equal or None)
+                if selector.matches(obj["metadata"].get("labels") or {})
+            ]
     finally:
         store.close()
     if not objs and args.output not in ("yaml", "json"):
@@ -214,7 +269,8 @@ def _cmd_bgp(args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps(data, indent=2) if args.output == "json" else render_bgp_status(data), file=out)
     else:
         data = client.get_json("/v1/bgp/routes")
-        print(json.dumps(data, indent=2) if args.output == "json" else render_bgp_routes(data), file=out)
+        text = json.dumps(data, indent=2) if args.output == "json" else None
+        print(text or render_bgp_routes(data, wide=args.output == "wide"), file=out)
     return EXIT_OK
 
 

@@ -93,6 +93,16 @@ class Agent:
         data: dict[str, Any] = json.loads(res.stdout)
         return data
 
+    def bgp_routes_text(self, *args: str) -> str:
+        res = subprocess.run(
+            [SPIDERBGP, "bgp", "routes", *args, "--socket", str(self.socket)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -238,6 +248,8 @@ def test_ready_gates_the_announcement_and_readyz_waits_for_bgp(
     ages = {r["prefix"]: r["ageSeconds"] for r in wide["routes"]}
     assert ages[f"{ip_b}/32"] is not None and ages[f"{ip_b}/32"] >= 0
     assert wide["suppressed"] == []
+    table = agent.bgp_routes_text("-o", "wide")
+    assert "| AGE" in table and f"{ip_b}/32" in table and "Suppressed" not in table
 
 
 def test_allocated_announces_without_readiness(env: Env, agents: list[Agent], plugin: Plugin) -> None:
@@ -292,6 +304,8 @@ def test_damping_suppresses_a_pod_recreated_over_and_over(
     assert suppressed[0]["withdrawals"] == 20 and suppressed[0]["until"]
     assert agent.metric(SUPPRESSED) == 1
     assert agent.metric("spiderbgp_bgp_damping_suppressions_total") == 1
+    text = agent.bgp_routes_text()
+    assert "Suppressed by flap damping:" in text and f"| {ip}/32" in text, text
     # never longer than maxSuppress after the last withdrawal (until is printed to the second)
     until = dt.datetime.fromisoformat(suppressed[0]["until"])
     assert until - last_withdrawal <= dt.timedelta(seconds=8 + 1)
