@@ -22,7 +22,7 @@ import yaml
 
 from ipam import admission, safe_yaml
 from ipam.errors import AlreadyExists, Conflict, Invalid, IpamError, NotFound
-from ipam.kinds import KindInfo, kind_info, resolve_kind
+from ipam.kinds import KINDS, KindInfo, kind_info, resolve_kind
 from ipam.model import FINALIZER, IPPool, Subnet
 from ipam.pool_controller import finish_terminating, owned_pools
 from ipam.ranges import total_ip_count
@@ -300,8 +300,53 @@ def apply_documents(
     return lines
 
 
+# What Kubernetes' namespace controller deletes first: owners before the pods they would replace.
+_WORKLOAD_KINDS = ("CronJob", "Job", "Deployment", "DaemonSet", "StatefulSet", "ReplicaSet")
+DEFAULT_GRACE_SECONDS = 30  # a Pod's default spec.terminationGracePeriodSeconds
+
+
+def pod_grace_seconds(pod: Obj) -> int:
+    """The grace period a delete gives a pod: its ``spec.terminationGracePeriodSeconds`` (default 30)."""
+    grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+    return (
+        grace
+        if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0
+        else DEFAULT_GRACE_SECONDS
+    )
+
+
+def delete_namespace_contents(store: Store, namespace: str) -> dict[str, int]:
+    """What Kubernetes' namespace controller does before a Namespace goes: delete every object in it,
+    workloads first (so nothing makes new pods), then pods gracefully (each with its
+    terminationGracePeriodSeconds: it stays terminating, with deletionTimestamp, for the kubelet --
+    the lab's controller -- to tear its sandbox down, which releases its IPs, and then delete it for
+    good), then everything else (SpiderEndpoints keep Spiderpool's finalizer until their IPs are
+    released).  Returns how many objects of each kind were deleted or marked terminating."""
+    order = [*_WORKLOAD_KINDS, "Pod"]
+    kinds = order + [i.kind for i in KINDS if i.namespaced and i.kind not in order]
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        for obj in store.list(kind, namespace=namespace, allocated_ips=False):
+            meta = obj["metadata"]
+            if meta.get("deletionTimestamp") and kind != "Pod":
+                continue  # already terminating
+            grace = pod_grace_seconds(obj) if kind == "Pod" else None
+            try:
+                store.delete(kind, meta["name"], namespace, grace_period_seconds=grace)
+            except NotFound:
+                continue
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def delete_object(
-    store: Store, kind: str, name: str, namespace: str = "", *, refuse_in_use: bool = False
+    store: Store,
+    kind: str,
+    name: str,
+    namespace: str = "",
+    *,
+    refuse_in_use: bool = False,
+    cascade_namespace: bool = True,
 ) -> str:
     """Delete an object as ``kubectl delete`` does: the store removes it, or keeps it terminating while
     finalizers hold it (``ipam.store``).  A SpiderIPPool carries Spiderpool's finalizer, so one that
@@ -319,9 +364,17 @@ def delete_object(
     Spiderpool's, or straight through the store) that still holds allocations would be removed with its records
     while pods use them; that is refused with one line naming metadata.finalizers, changing nothing.
     The check and the delete cannot interleave with an allocation: a claim bumps the pool's
-    resourceVersion, which fails the delete's precondition and re-checks."""
+    resourceVersion, which fails the delete's precondition and re-checks.
+
+    A Namespace (``cascade_namespace``, for stores without a namespace controller of their own: the
+    SQLite store) takes its objects with it (:func:`delete_namespace_contents`); the line says how
+    many pods are still terminating."""
     info = kind_info(kind)
     ref = object_ref(info, name)
+    contents: dict[str, int] = {}
+    if kind == "Namespace" and cascade_namespace:
+        store.get(kind, name)  # NotFound before anything is deleted
+        contents = delete_namespace_contents(store, name)
     for _ in range(_RETRIES):
         obj = store.get(kind, name, namespace)
         meta = obj["metadata"]
@@ -354,6 +407,12 @@ def delete_object(
     try:
         kept = store.get(kind, name, namespace)
     except NotFound:
+        if contents:
+            shown = ", ".join(f"{count} {k}" for k, count in contents.items())
+            pods = [p for p in store.list("Pod", namespace=name, allocated_ips=False)]
+            if pods:
+                shown += f"; {len(pods)} pods terminating until their sandboxes are torn down"
+            return f"{ref} deleted (with its objects: {shown})"
         return f"{ref} deleted"
     return f"{ref} deleted ({_why_kept(store, kind, name, kept)})"
 

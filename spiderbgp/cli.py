@@ -222,7 +222,7 @@ def _cmd_get(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     from ipam.admin import delete_object
     from ipam.kinds import resolve_kind
-    from spiderbgp.stores import open_store
+    from spiderbgp.stores import KUBERNETES, open_store
 
     try:
         info = resolve_kind(args.kind)
@@ -231,7 +231,12 @@ def _cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     namespace = (args.namespace or "default") if info.namespaced else ""
     store = open_store(args.store, kubeconfig=args.kubeconfig, create=False)
     try:
-        print(delete_object(store, info.kind, args.name, namespace, refuse_in_use=True), file=out)
+        # the API server's namespace controller empties a namespace itself; the SQLite store has none
+        cascade = args.store != KUBERNETES
+        line = delete_object(
+            store, info.kind, args.name, namespace, refuse_in_use=True, cascade_namespace=cascade
+        )
+        print(line, file=out)
     finally:
         store.close()
     return EXIT_OK
