@@ -22,6 +22,7 @@ bgp:
     suppress: 2000                # a prefix is suppressed when its penalty goes above this
     maxSuppress: 3600             # seconds: the longest suppression after the last withdrawal
     penalty: 1000                 # added by each withdrawal
+  nodeCondition: true             # the agent keeps the Node's NetworkUnavailable condition True until BGP is up
   peers:
     - address: 172.16.13.1        # IPv4 or IPv6
       asn: 23000
@@ -151,6 +152,7 @@ class BgpConfig:
     source: str = ""
     announce_when: AnnounceWhen = "ready"
     damping: DampingParams | None = None  # None: no flap damping
+    node_condition: bool = True  # the agent writes the Node's NetworkUnavailable condition
 
     def next_hop(self, family: Family) -> IPAddress | None:
         return self.next_hop_v4 if family == "ipv4" else self.next_hop_v6
@@ -476,6 +478,7 @@ def parse_bgp_config(
     if announce_when not in ANNOUNCE_WHEN:
         raise r.error("announceWhen", f"must be one of {', '.join(ANNOUNCE_WHEN)}, not {announce_when!r}")
     damping = _parse_damping(r.get("damping"), source=source)
+    node_condition = r.boolean("nodeCondition", True)
     peers_raw = r.get("peers")
     if peers_raw is None or (isinstance(peers_raw, Sequence) and not peers_raw):
         raise r.error("peers", "at least one peer is required")
@@ -508,4 +511,5 @@ def parse_bgp_config(
         source=source,
         announce_when=announce_when,
         damping=damping,
+        node_condition=node_condition,
     )

@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ipam.errors import Gone, IpamError
+from ipam.errors import Conflict, Gone, IpamError, NotFound
 from ipam.service import IpamService, IpamSettings, WouldBlock
 from ipam.sqlite_store import SqliteStore, WriterBusy
 from ipam.store import Store
@@ -39,6 +39,7 @@ from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
 from spiderbgp.leadership import Leadership
 from spiderbgp.metrics import IpamMetrics
 from spiderbgp.node_addresses import Delta, NodeAddresses
+from spiderbgp.node_condition import with_network_condition
 from spiderbgp.pod_readiness import ReadyAddresses
 from spiderbgp.stores import KUBERNETES
 
@@ -49,6 +50,7 @@ LOG = logging.getLogger("spiderbgp.agent")
 # after the CNI socket stops accepting: time for requests already connected to arrive and start
 SHUTDOWN_GRACE = 0.2
 FULL_RESYNC_SECONDS = 300.0
+NODE_CONDITION_INTERVAL = 0.5  # how often BGP readiness is looked at for the Node's condition
 CACHED_KINDS = ("Pod", "Namespace", "Node", "SpiderIPPool", "SpiderReservedIP", "ReplicaSet", "Deployment")
 
 
@@ -70,6 +72,10 @@ class Announcer(Protocol):
     @property
     def announce_when_ready(self) -> bool:
         """True when addresses are announced only while their pod is Ready (bgp.announceWhen)."""
+
+    @property
+    def writes_node_condition(self) -> bool:
+        """True when the agent keeps the Node's NetworkUnavailable condition (bgp.nodeCondition)."""
 
     def set_ready_ips(self, ips: Collection[str]) -> None:
         """The full set of this node's addresses whose pod is Ready."""
@@ -257,6 +263,50 @@ class Agent:
             self.metrics.gc_released.labels(reason).inc()
         self.metrics.releases.inc(len(released))  # the endpoint watch tells the announcer
 
+    # -- the Node's NetworkUnavailable condition ----------------------------------------------------
+
+    async def _keep_node_condition(self) -> None:
+        """Task: write NetworkUnavailable=True while BGP has not converged, False once it has (on
+        each flip, and once at start).  A store that fails is tried again at the next look."""
+        assert self.announcer is not None
+        loop = asyncio.get_running_loop()
+        written: bool | None = None
+        retry_at, backoff = 0.0, NODE_CONDITION_INTERVAL
+        while True:
+            why = self.announcer.readiness() if self._started else "the agent is starting"
+            unavailable = why is not None
+            if unavailable != written and time.monotonic() >= retry_at:
+                message = why or "BGP sessions are Established and this node's routes are announced"
+                try:
+                    await loop.run_in_executor(
+                        self.executor, self._write_node_condition, unavailable, message
+                    )
+                    written, backoff = unavailable, NODE_CONDITION_INTERVAL
+                except IpamError as exc:  # e.g. no RBAC for nodes/status: say it once, retry slower
+                    level = logging.WARNING if backoff == NODE_CONDITION_INTERVAL else logging.DEBUG
+                    LOG.log(level, "node %s: cannot write NetworkUnavailable: %s", self.config.node_name, exc)
+                    retry_at, backoff = time.monotonic() + backoff, min(backoff * 2, 60.0)
+            await asyncio.sleep(NODE_CONDITION_INTERVAL)
+
+    def _write_node_condition(self, unavailable: bool, message: str) -> None:
+        """(thread) Read-modify-write of the Node's status; a Node not in the store is left alone."""
+        for _ in range(5):
+            try:
+                node = self.store.get("Node", self.config.node_name)
+            except NotFound:
+                LOG.debug("node %s: no Node object to set NetworkUnavailable on", self.config.node_name)
+                return
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            new = with_network_condition(node, unavailable=unavailable, message=message, now=now)
+            if new is None:
+                return
+            try:
+                self.store.update_status(new)
+                LOG.info("node %s: NetworkUnavailable=%s (%s)", self.config.node_name, unavailable, message)
+                return
+            except Conflict:
+                continue  # the kubelet wrote the status meanwhile: read it again
+
     # -- HTTP: BGP views on the CNI socket, health and metrics on TCP ---------------------------
 
     async def _bgp_status(self, request: web.Request) -> web.Response:
@@ -438,6 +488,8 @@ class Agent:
                     on_change=lambda leading: self.metrics.leader.set(1 if leading else 0),
                 )
                 leadership.start()
+            if self.announcer is not None and self.announcer.writes_node_condition:
+                self._tasks.append(asyncio.create_task(self._keep_node_condition(), name="node-condition"))
             self._started = True
             LOG.info("agent for node %s serving on %s", self.config.node_name, self.config.socket_path)
             await stop.wait()

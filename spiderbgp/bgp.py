@@ -50,6 +50,10 @@ class SpeakerAnnouncer:
     def announce_when_ready(self) -> bool:
         return self.speaker.config.announce_when == "ready"
 
+    @property
+    def writes_node_condition(self) -> bool:
+        return self.speaker.config.node_condition
+
     def set_ready_ips(self, ips: Collection[str]) -> None:
         self.speaker.set_ready_ips(ips)
 

@@ -55,6 +55,7 @@ def env() -> Iterator[Env]:
         try:
             store.create(namespace_doc())
             store.create(pool_doc())
+            store.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"}})
             yield Env(lab, db, store)
         finally:
             store.close()
@@ -199,6 +200,19 @@ def updates_received(env: Env) -> int:
     return int(data[NODE_V4]["messageStats"]["updatesRecv"])
 
 
+def network_condition(env: Env) -> tuple[str, str, str] | None:
+    """The Node's NetworkUnavailable condition: (status, reason, message)."""
+    for c in env.store.get("Node", "node1").get("status", {}).get("conditions", []):
+        if c["type"] == "NetworkUnavailable":
+            return c["status"], c["reason"], c["message"]
+    return None
+
+
+def condition_is(env: Env, status: str) -> tuple[str, str, str] | None:
+    found = network_condition(env)
+    return found if found is not None and found[0] == status else None
+
+
 def announced_or_held(env: Env, agent: Agent, ip: str) -> bool:
     return router_has(env, ip) or agent.metric(SUPPRESSED) == 1
 
@@ -218,6 +232,9 @@ def test_ready_gates_the_announcement_and_readyz_waits_for_bgp(
     # 503 until the session is Established and the initial routes and End-of-RIB are out
     wait_until(lambda: agent.http("/readyz")[0] == 200, timeout=30, interval=0.05, what="/readyz 200")
     assert code == 200 or body.startswith("bgp: "), body
+    # the node-level counterpart: the Node's NetworkUnavailable condition follows
+    up = wait_until(partial(condition_is, env, "False"), timeout=10, interval=0.05)
+    assert up[1] == "SpiderbgpIsUp"
 
     _, ip_a = new_pod(env, agent, plugin, "gate-a")
     _, ip_b = new_pod(env, agent, plugin, "gate-b")
@@ -270,6 +287,8 @@ def test_readyz_names_the_peer_that_is_not_established(env: Env, agents: list[Ag
     agents.append(agent)
     body = wait_until(partial(not_ready_reason, agent), timeout=20, interval=0.05)
     assert f"BGP peer {missing} is not Established" in body
+    down = wait_until(partial(condition_is, env, "True"), timeout=10, interval=0.05)
+    assert down[1] == "SpiderbgpNotReady" and (missing in down[2] or "starting" in down[2]), down
 
 
 def test_damping_suppresses_a_pod_recreated_over_and_over(
