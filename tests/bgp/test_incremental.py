@@ -6,12 +6,14 @@ announced set to exactly that (the invariant the sync loop relies on to skip who
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgp_speaker.config import IPNetwork, parse_bgp_config
+from bgp_speaker.damping import is_suppressed
 from bgp_speaker.kernel import RouteBatch, RouteChange
 from bgp_speaker.routes import desired_routes
 from bgp_speaker.speaker import BgpSpeaker
@@ -27,7 +29,9 @@ class _NoRoutes:
         raise AssertionError("not started in these tests")
 
 
-def _speaker(*, families: list[str] | None = None) -> BgpSpeaker:
+def _speaker(
+    *, families: list[str] | None = None, clock: Callable[[], float] = time.monotonic, **top: object
+) -> BgpSpeaker:
     peer: dict[str, object] = {"address": PEER, "asn": 23000}
     if families is not None:
         peer["families"] = families
@@ -39,10 +43,11 @@ def _speaker(*, families: list[str] | None = None) -> BgpSpeaker:
             "runtimeDir": "/nonexistent",
             "announceWhen": "allocated",
             "peers": [peer],
+            **top,
         },
         source="test",
     )
-    sp = BgpSpeaker(cfg, route_source=_NoRoutes())
+    sp = BgpSpeaker(cfg, route_source=_NoRoutes(), clock=clock)
     sp.set_pool_subnets([POOL, "fd00:244::/64"])
     return sp
 
@@ -157,3 +162,68 @@ def test_a_change_costs_the_same_with_many_pods() -> None:
     assert [(op.action, op.prefixes) for op in ops] == [
         ("announce", (ipaddress.ip_network("10.244.200.1/32"),))
     ]
+
+
+_GATED_STEP = st.one_of(
+    _STEP,
+    st.tuples(st.just("ready+"), st.integers(0, 40)),
+    st.tuples(st.just("ready-"), st.integers(0, 40)),
+    st.tuples(st.just("tick"), st.integers(1, 40)),  # seconds pass
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(_GATED_STEP, max_size=80))
+def test_readiness_and_damping_keep_the_announced_set_exact(steps: list[tuple[str, int]]) -> None:
+    """announceWhen: ready with damping, over an injected clock: an address is desired exactly when it
+    is allocated, routed, Ready and its prefix not suppressed; a prefix without withdrawals is never
+    held back; the changed prefixes alone bring the announced set to the desired one."""
+    now = [0.0]
+    damping = {"halfLife": 10, "reuse": 750, "suppress": 2000, "maxSuppress": 30}
+    sp = _speaker(clock=lambda: now[0], announceWhen="ready", damping=damping)
+    params = sp.config.damping
+    assert params is not None
+    _apply(sp, [RouteChange("add", ipaddress.ip_network("0.0.0.0/0"), False, gateway=PEER)], reset=True)
+    sp._full_sync = False
+    ever_withdrawn: set[IPNetwork] = set()
+    for kind, n in steps:
+        if kind == "pod+":
+            sp.add_pod_ip(_ip(n), POOL)
+        elif kind == "pod-":
+            sp.remove_pod_ip(_ip(n))
+        elif kind == "route+":
+            _apply(sp, [RouteChange("add", _host(n), True, oif=3)])
+        elif kind == "route-":
+            _apply(sp, [RouteChange("del", _host(n), True, oif=3)])
+        elif kind in ("link+", "link-"):
+            _apply(sp, [RouteChange("add" if kind == "link+" else "del", _link(n), True, oif=4)])
+        elif kind == "ready+":
+            sp.set_pod_ready({_ip(n): True})
+        elif kind == "ready-":
+            sp.set_pod_ready({_ip(n): False})
+        elif kind == "tick":
+            now[0] += n
+            sp._release_reused()
+        elif kind == "sync":
+            sp._release_reused()
+            _sync_changed(sp)
+            assert sp._announced[PEER] == set(sp.desired())
+        ever_withdrawn |= set(sp._flaps)
+        announceable = {_host_of(ip) for ip in sp._pods if sp._table.is_local(ip) and ip in sp._pod_ready}
+        held = set(sp._suppressed)
+        assert set(sp.desired()) | held == announceable
+        assert not set(sp.desired()) & held
+        for host in held:
+            assert host in ever_withdrawn  # never a prefix without history
+            assert is_suppressed(sp._flaps[host], now[0], params) or now[0] >= sp._suppressed[host]
+    now[0] += 1000.0  # every suppression has run out
+    sp._release_reused()
+    _sync_changed(sp)
+    assert not sp._suppressed
+    assert sp._announced[PEER] == {
+        _host_of(ip) for ip in sp._pods if sp._table.is_local(ip) and ip in sp._pod_ready
+    }
+
+
+def _host_of(ip: object) -> IPNetwork:
+    return ipaddress.ip_network(f"{ip}/32")
