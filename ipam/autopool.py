@@ -43,6 +43,7 @@ __all__ = [
     "find_auto_pool",
     "grow",
     "is_auto_pool",
+    "label_value",
     "matches_app",
     "plan",
     "replicas_of",
@@ -69,6 +70,7 @@ AFF_NAME: Final = _P + "app-name"
 AFFINITY_KEYS: Final = (AFF_GROUP, AFF_VERSION, AFF_KIND, AFF_NAMESPACE, AFF_NAME)
 
 MAX_NAME_LENGTH: Final = 253  # a DNS-1123 subdomain
+MAX_LABEL_VALUE: Final = 63  # the API server refuses longer label values
 _UID_CHARS: Final = 5
 
 
@@ -86,8 +88,16 @@ def auto_pool_name(app_name: str, family: Family, nic: str, app_uid: str) -> str
     characters (the application name is shortened to fit)."""
     tail = app_uid.rsplit("-", 1)[-1][:_UID_CHARS].lower()
     fixed = len(f"auto{family}---") + len(nic) + len(tail)
-    app = app_name[: max(0, MAX_NAME_LENGTH - fixed)]
+    # cut where it fits; a cut ending in '.' would leave ".-" in the name, which is no DNS-1123 subdomain
+    app = app_name[: max(0, MAX_NAME_LENGTH - fixed)].rstrip(".")
     return f"auto{family}-{app}-{nic}-{tail}".lower()
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value: its first 63 characters, ending alphanumeric (a workload's or API
+    group's name may be longer; the API server refuses such a label, so the auto pool is labelled with
+    the cut name, and found again by it)."""
+    return text[:MAX_LABEL_VALUE].rstrip("-_.")
 
 
 def _int(value: Any) -> int | None:
@@ -239,10 +249,10 @@ class AppRequest:
         return {
             LABEL_IPPOOL_CIDR: cidr_label_value(canonical_cidr(subnet.subnet)),
             LABEL_OWNER_SUBNET: subnet.name,
-            LABEL_APP_GV: self.top.label_gv,
+            LABEL_APP_GV: label_value(self.top.label_gv),
             LABEL_APP_KIND: self.top.kind,
             LABEL_APP_NAMESPACE: self.top.namespace,
-            LABEL_APP_NAME: self.top.name,
+            LABEL_APP_NAME: label_value(self.top.name),
             LABEL_APP_UID: self.top.uid,
             LABEL_INTERFACE: self.nic,
             LABEL_IP_VERSION: f"IPv{self.family}",
@@ -258,10 +268,10 @@ def find_auto_pool(pools: Iterable[IPPool], request: AppRequest) -> IPPool | Non
     top = request.top
     want = {
         LABEL_OWNER_SUBNET: request.subnet,
-        LABEL_APP_GV: top.label_gv,
+        LABEL_APP_GV: label_value(top.label_gv),
         LABEL_APP_KIND: top.kind,
         LABEL_APP_NAMESPACE: top.namespace,
-        LABEL_APP_NAME: top.name,
+        LABEL_APP_NAME: label_value(top.name),
         LABEL_INTERFACE: request.nic,
         LABEL_IP_VERSION: f"IPv{request.family}",
     }

@@ -42,6 +42,7 @@ from ipam.autopool import (
     AutoPoolError,
     find_auto_pool,
     is_auto_pool,
+    label_value,
     plan,
 )
 from ipam.errors import Conflict, Invalid, IpamError, NotFound
@@ -310,7 +311,7 @@ class SubnetController:
                 return report  # without the full list, no pool may be judged orphaned
             for app in apps:
                 top = app_top(app)
-                live[(kind, top.namespace, top.name)] = top.uid
+                live[(kind, top.namespace, label_value(top.name))] = top.uid  # as the pool's label
                 report.extend(self.reconcile(app))
         for pool in self._pools(None):
             if not is_auto_pool(pool) or pool.labels.get(LABEL_APP_KIND) not in APP_KINDS:

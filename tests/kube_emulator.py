@@ -40,7 +40,13 @@ It implements, with the API server's semantics, what the backend relies on:
 * injected faults: latency on every request, 409 conflicts on the Nth write (or every Nth), 5xx
   errors, and dropped watch streams.
 
-Not emulated (not used by the backend): PATCH, server-side apply, admission webhooks, schema validation,
+* admission as the API server's decoding and validation do it (``tests/kube/emulator/schema.py`` and
+  ``metadata.py``): custom resources are pruned, defaulted and validated against the
+  ``openAPIV3Schema`` of their CRD in ``configs/kubernetes/crds`` (CEL rules included), and every
+  object's metadata against ``ValidateObjectMeta``'s rules; a refusal is 422 ``Invalid`` with every
+  field in ``details.causes``.  ``put()`` bypasses it, as a controller's own state would.
+
+Not emulated (not used by the backend): PATCH, server-side apply, admission webhooks,
 discovery, defaulting of built-in kinds (a new Pod gets no ``status.phase``), the garbage collector
 (ownerReferences cascade), namespace termination, and a Pod's default grace period (a DELETE without
 ``gracePeriodSeconds`` is not graceful here; the API server would take
@@ -79,8 +85,10 @@ from tests.kube.emulator.manifests import (
     cluster_actor_objects,
     harness_user,
 )
+from tests.kube.emulator.metadata import meta_causes
 from tests.kube.emulator.paging import EXPIRED_MESSAGE, Continue, decode_continue, encode_continue
 from tests.kube.emulator.rbac import ANONYMOUS, Attributes, Authorizer, User, forbidden_message, verb_of
+from tests.kube.emulator.schema import Cause, CrdSchema
 
 __all__ = ["Faults", "KubeEmulator", "kube_emulator", "parse_label_selector"]
 
@@ -262,6 +270,17 @@ def _conflict(info: KindInfo, name: str, why: str) -> _ApiError:
     )
 
 
+def _invalid(info: KindInfo, name: str, causes: list[Cause]) -> _ApiError:
+    """422 Invalid as the API server words it: every field error in the message, each in the causes."""
+    qualified = f"{info.kind}.{info.group}" if info.group and info.group not in _BUILTIN_GROUPS else info.kind
+    listed = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(str(c) for c in causes) + "]"
+    details: Obj = {"name": name, "kind": info.kind}
+    if info.group:
+        details["group"] = info.group
+    details["causes"] = [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes]
+    return _ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {listed}', details)
+
+
 _MODIFIED = "the object has been modified; please apply your changes to the latest version and try again"
 
 
@@ -347,6 +366,11 @@ class KubeEmulator:
         self._rv_at_last_compaction = 0
         self.faults = Faults()
         self.authorizer = Authorizer(rbac if rbac is not None else base_objects() + cluster_actor_objects())
+        self._schemas = {
+            crd["spec"]["names"]["kind"]: CrdSchema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+            for crd in base_objects()
+            if crd["kind"] == "CustomResourceDefinition"
+        }
         self._tokens: dict[str, User] = {}
         self.admin_token = self.token_for(
             User("kubernetes-admin", ("system:masters", "system:authenticated"))
@@ -757,6 +781,19 @@ class KubeEmulator:
             )
         return copy.deepcopy(body)
 
+    def _admit(self, info: KindInfo, obj: Obj, old: Obj | None) -> Obj:
+        """As the API server's decoding, defaulting and validation: the object as it is stored (a custom
+        resource pruned and defaulted by its CRD's schema), or 422 Invalid naming every bad field."""
+        causes = meta_causes(obj["metadata"], kind=info.kind)
+        schema = self._schemas.get(info.kind)
+        if schema is not None:
+            obj = schema.admit(obj)
+            if not causes:
+                causes = schema.validate(obj, old)
+        if causes:
+            raise _invalid(info, str(obj["metadata"].get("name") or ""), causes)
+        return obj
+
     def _create(self, t: _Target, body: Obj | None) -> Obj:
         if t.info.namespaced and not t.namespace:
             raise _ApiError(405, "MethodNotAllowed", "create needs a namespace")
@@ -779,6 +816,7 @@ class KubeEmulator:
                 obj["status"] = copy.deepcopy(_STATUS_ON_CREATE[t.info.kind])
         for stale in _SERVER_META:
             meta.pop(stale, None)
+        obj = self._admit(t.info, obj, None)
         with self._lock:
             if (
                 self.require_namespaces
@@ -857,6 +895,7 @@ class KubeEmulator:
                 if _content(new) != _content(old):
                     new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            new = self._admit(t.info, new, old)
             if new == old:
                 return copy.deepcopy(old)
             meta = new["metadata"]

@@ -38,7 +38,9 @@ def endpoint(name: str, uid: str, ip: str, pool_name: str, *, version: str | Non
                 "uid": uid,
                 "node": "node1",
                 "ips": [{"interface": "eth0", "ipv4": f"{ip}/24", "ipv4Pool": pool_name}],
-            }
+            },
+            "ownerControllerType": "Pod",  # required by the SpiderEndpoint CRD
+            "ownerControllerName": name,
         },
     }
 

@@ -287,7 +287,11 @@ def endpoint(name: str, finalizers: list[str]) -> Obj:
         "apiVersion": SPIDER,
         "kind": "SpiderEndpoint",
         "metadata": {"name": name, "namespace": "default", "finalizers": finalizers},
-        "status": {"current": {"uid": "u-" + name, "node": "node1", "ips": []}},
+        "status": {
+            "current": {"uid": "u-" + name, "node": "node1", "ips": []},
+            "ownerControllerType": "Pod",  # required by the SpiderEndpoint CRD
+            "ownerControllerName": name,
+        },
     }
 
 

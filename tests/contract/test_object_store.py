@@ -26,7 +26,13 @@ def pool(name: str, *, labels: dict[str, str] | None = None, ips: list[str] | No
         "apiVersion": SPIDER,
         "kind": "SpiderIPPool",
         "metadata": meta,
-        "spec": {"subnet": "10.0.0.0/16", "ips": ips or ["10.0.0.1-10.0.0.9"]},
+        # default and disable as the CRD defaults them, so the API server returns the spec as sent
+        "spec": {
+            "subnet": "10.0.0.0/16",
+            "ips": ips or ["10.0.0.1-10.0.0.9"],
+            "default": False,
+            "disable": False,
+        },
     }
 
 
@@ -272,15 +278,21 @@ def test_update_replaces_status_of_kinds_without_status_subresource(store: Store
         "apiVersion": SPIDER,
         "kind": "SpiderEndpoint",
         "metadata": {"name": "web", "namespace": "default"},
-        "status": {"current": {"uid": "u1", "node": "node1"}},
+        "status": {
+            "current": {"uid": "u1", "node": "node1"},
+            "ownerControllerType": "Pod",
+            "ownerControllerName": "web",
+        },
     }
     store.create(endpoint)
     obj = store.get("SpiderEndpoint", "web", "default")
-    obj["status"] = {"current": {"uid": "u2", "node": "node2"}}
-    store.update(obj)
-    assert store.get("SpiderEndpoint", "web", "default")["status"] == {
-        "current": {"uid": "u2", "node": "node2"}
+    obj["status"] = {
+        "current": {"uid": "u2", "node": "node2"},
+        "ownerControllerType": "Pod",
+        "ownerControllerName": "web",
     }
+    store.update(obj)
+    assert store.get("SpiderEndpoint", "web", "default")["status"] == obj["status"]
 
 
 def test_update_without_resource_version_is_unconditional(store: Store) -> None:

@@ -21,7 +21,7 @@ from ipam.model import Endpoint, NicAllocation, Route
 from spiderbgp.config import parse_agent_config
 from tests.kube.emulator.manifests import agent_user
 from tests.kube.emulator.rbac import Attributes, Authorizer
-from tests.kube.openapi import CEL_RULES, pruned, structural_problems, validate
+from tests.kube.emulator.schema import CrdSchema, pruned, structural_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "configs" / "kubernetes"
@@ -67,6 +67,11 @@ def crd_schema(kind: str) -> Obj:
     crd = find("CustomResourceDefinition", f"{info.plural}.{info.group}")
     schema: Obj = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema
+
+
+def validate(schema: Obj, obj: Obj, old: Obj | None = None) -> list[str]:
+    """The API server's field errors for ``obj`` (``old``: the stored object on an update)."""
+    return [str(c) for c in CrdSchema(schema).validate(obj, old)]
 
 
 def examples() -> list[tuple[str, Obj]]:
@@ -141,7 +146,9 @@ def test_pool_printer_columns_are_the_seeds() -> None:
     assert wide[0] == "DISABLE"
 
 
-def test_every_cel_rule_in_the_crds_has_a_known_meaning() -> None:
+def test_the_crds_have_cel_rules_and_the_library_compiles_each() -> None:
+    """CEL rules run in the emulator through the ``common-expression-language`` library; a rule it
+    cannot compile is a structural problem (test above), so this only checks that there are rules."""
     rules: list[str] = []
 
     def walk(schema: Obj) -> None:
@@ -154,8 +161,7 @@ def test_every_cel_rule_in_the_crds_has_a_known_meaning() -> None:
 
     for kind in ("SpiderIPPool", "SpiderSubnet", "SpiderReservedIP", "SpiderEndpoint"):
         walk(crd_schema(kind))
-    assert rules
-    assert set(rules) == set(CEL_RULES)
+    assert len(set(rules)) >= 5
 
 
 @pytest.mark.parametrize(("where", "obj"), examples(), ids=[w for w, _ in examples()])
@@ -214,17 +220,17 @@ def pool(**spec: Any) -> Obj:
     ("obj", "error"),
     [
         ({**pool(), "spec": {"ips": ["10.0.0.1"]}}, "spec.subnet: Required value"),
-        (pool(ipVersion=5), "spec.ipVersion: must be one of [4, 6]"),
-        (pool(ipVersion="4"), "spec.ipVersion: must be of type integer"),
-        (pool(ipVersion=6), "spec: spec.ipVersion does not match the family of spec.subnet"),
-        (pool(subnet="10.0.0.0"), "spec.subnet: must match"),
-        (pool(ips=["10.0.0.1 - 10.0.0.5"]), "spec.ips[0]: must match"),
-        (pool(ips="10.0.0.1"), "spec.ips: must be of type array"),
+        (pool(ipVersion=5), 'spec.ipVersion: Unsupported value: 5: supported values: "4", "6"'),
+        (pool(ipVersion="4"), "spec.ipVersion in body must be of type integer"),
+        (pool(ipVersion=6), 'spec: Invalid value: "object": spec.ipVersion does not match the family'),
+        (pool(subnet="10.0.0.0"), 'spec.subnet: Invalid value: "10.0.0.0": spec.subnet in body should match'),
+        (pool(ips=["10.0.0.1 - 10.0.0.5"]), "spec.ips[0] in body should match"),
+        (pool(ips="10.0.0.1"), "spec.ips in body must be of type array"),
         (pool(routes=[{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]), "please specify spec.gateway"),
         (pool(routes=[{"dst": "10.1.0.0/16"}]), "spec.routes[0].gw: Required value"),
-        (pool(podAffinity={}), "spec.podAffinity: empty podAffinity is invalid"),
-        (pool(podAffinity={"matchExpressions": [{"key": "a", "operator": "Equals"}]}), "must be one of"),
-        (pool(default="yes"), "spec.default: must be of type boolean"),
+        (pool(podAffinity={}), 'spec.podAffinity: Invalid value: "object": empty podAffinity is invalid'),
+        (pool(podAffinity={"matchExpressions": [{"key": "a", "operator": "Equals"}]}), "Unsupported value"),
+        (pool(default="yes"), "spec.default in body must be of type boolean"),
     ],
 )
 def test_pool_schema_refuses_what_needs_no_webhook(obj: Obj, error: str) -> None:
@@ -237,10 +243,14 @@ def test_subnet_and_ip_version_are_immutable() -> None:
     old = pool(ipVersion=4)
     moved = copy.deepcopy(old)
     moved["spec"]["subnet"] = "10.1.0.0/24"
-    assert validate(schema, moved, old) == ["spec.subnet: spec.subnet is not changeable"]
+    assert validate(schema, moved, old) == [
+        'spec.subnet: Invalid value: "string": spec.subnet is not changeable'
+    ]
     dropped = copy.deepcopy(old)
     del dropped["spec"]["ipVersion"]
-    assert validate(schema, dropped, old) == ["spec: spec.ipVersion is not changeable"]
+    assert validate(schema, dropped, old) == [
+        'spec: Invalid value: "object": spec.ipVersion is not changeable'
+    ]
     grown = copy.deepcopy(old)
     grown["spec"]["ips"] = ["10.0.0.1-10.0.0.99"]
     assert validate(schema, grown, old) == []
@@ -254,7 +264,7 @@ def test_subnet_and_ip_version_are_immutable() -> None:
     moved_subnet = copy.deepcopy(subnet)
     moved_subnet["spec"]["subnet"] = "fd01::/64"
     assert validate(crd_schema("SpiderSubnet"), moved_subnet, subnet) == [
-        "spec.subnet: spec.subnet is not changeable"
+        'spec.subnet: Invalid value: "string": spec.subnet is not changeable'
     ]
 
 

@@ -70,12 +70,14 @@ def test_emulator_status_subresource_and_unconditional_update_rules(kube_emulato
     code, created = http(kube_emulator, "POST", path, {**pool("p1"), "status": {"allocatedIPCount": 7}})
     assert code == 201 and "status" not in created  # status is dropped on create
     item = f"{path}/p1"
-    changed = {**created, "spec": {**created["spec"], "default": True}, "status": {"x": 1}}
+    changed = {**created, "spec": {**created["spec"], "default": True}, "status": {"allocatedIPCount": 1}}
     code, out = http(kube_emulator, "PUT", item, changed)
     assert code == 200 and out["spec"]["default"] is True and "status" not in out
     assert out["metadata"]["generation"] == 2
-    code, out2 = http(kube_emulator, "PUT", item + "/status", {**out, "spec": {}, "status": {"x": 2}})
-    assert code == 200 and out2["status"] == {"x": 2} and out2["spec"]["default"] is True
+    code, out2 = http(
+        kube_emulator, "PUT", item + "/status", {**out, "spec": {}, "status": {"allocatedIPCount": 2}}
+    )
+    assert code == 200 and out2["status"] == {"allocatedIPCount": 2} and out2["spec"]["default"] is True
     assert out2["metadata"]["generation"] == 2
     code, err = http(kube_emulator, "PUT", item, changed)  # stale resourceVersion
     assert (code, err["reason"], err["code"]) == (409, "Conflict", 409)
@@ -257,7 +259,11 @@ def test_deleting_an_endpoint_lets_go_of_spiderpools_finalizer(
         "apiVersion": SPIDER,
         "kind": "SpiderEndpoint",
         "metadata": {"name": "a", "namespace": "default", "finalizers": ["spiderpool.spidernet.io"]},
-        "status": {"current": {"uid": "u", "node": "n", "ips": []}},
+        "status": {
+            "current": {"uid": "u", "node": "n", "ips": []},
+            "ownerControllerType": "Pod",
+            "ownerControllerName": "a",
+        },
     }
     kube_store.commit(endpoint=ep)
     kube_store.commit(delete_endpoint=("default", "a"))
