@@ -30,6 +30,7 @@ __all__ = [
     "RouteBatch",
     "RouteChange",
     "RouteTable",
+    "RoutesByLink",
     "route_change_from_netlink",
     "source_address",
 ]
@@ -173,19 +174,50 @@ def route_change_from_netlink(msg: Mapping[str, Any]) -> RouteChange | None:
     )
 
 
+class RoutesByLink:
+    """The routes seen per output interface, so a deleted interface's routes can be deleted too: the
+    kernel flushes the IPv4 routes of a deleted link WITHOUT an RTM_DELROUTE (IPv6 ones get one).
+    Calico's plugin deletes a pod's veth on CNI DEL, and the next pod often gets the same address;
+    without this its stale host route would make the new pod's address "ready" before its own host
+    route exists."""
+
+    def __init__(self) -> None:
+        self._by_oif: dict[int, dict[tuple[IPNetwork, tuple[int, str, int]], RouteChange]] = {}
+
+    def note(self, ch: RouteChange) -> None:
+        if not ch.oif:
+            return
+        routes = self._by_oif.setdefault(ch.oif, {})
+        if ch.kind == "add":
+            routes[(ch.dst, ch.entry)] = ch
+        else:
+            routes.pop((ch.dst, ch.entry), None)
+            if not routes:
+                del self._by_oif[ch.oif]
+
+    def gone(self, oif: int) -> list[RouteChange]:
+        """The deletions for every route still known on the deleted interface ``oif``."""
+        return [
+            RouteChange("del", ch.dst, ch.direct, ch.oif, ch.gateway, ch.metric)
+            for ch in self._by_oif.pop(oif, {}).values()
+        ]
+
+
 class NetlinkRouteSource:
-    """Route changes from the kernel through pyroute2 (asyncio), in ``netns`` or the current namespace."""
+    """Route changes from the kernel through pyroute2 (asyncio), in ``netns`` or the current namespace.
+    A deleted interface yields the deletion of the routes it still had (see ``RoutesByLink``)."""
 
     def __init__(self, *, netns: str | None = None) -> None:
         self.netns = netns
 
     async def watch(self) -> AsyncGenerator[RouteBatch, None]:
         from pyroute2 import AsyncIPRoute
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK
 
         kwargs: dict[str, Any] = {} if self.netns is None else {"netns": self.netns}
+        links = RoutesByLink()
         async with AsyncIPRoute(**kwargs) as ipr:
-            await ipr.bind(groups=RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+            await ipr.bind(groups=RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_LINK)
             snapshot: list[RouteChange] = []
             for family in (_AF_INET, _AF_INET6):
                 async for msg in await ipr.route("dump", family=family, table=MAIN_TABLE):
@@ -193,13 +225,18 @@ class NetlinkRouteSource:
                     msg_dict["event"] = "RTM_NEWROUTE"
                     ch = route_change_from_netlink(msg_dict)
                     if ch is not None:
+                        links.note(ch)
                         snapshot.append(ch)
             yield RouteBatch(tuple(snapshot), reset=True)
             while True:
                 changes: list[RouteChange] = []
                 async for msg in ipr.get():
+                    if msg.get("event") == "RTM_DELLINK":
+                        changes.extend(links.gone(int(msg.get("index") or 0)))
+                        continue
                     ch = route_change_from_netlink(_as_mapping(msg))
                     if ch is not None:
+                        links.note(ch)
                         changes.append(ch)
                 if changes:
                     yield RouteBatch(tuple(changes))

@@ -4,7 +4,9 @@ families on the seed lab."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import ipaddress
 import json
 import os
 import socket
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bgp_speaker.kernel import NetlinkRouteSource, RouteChange, RoutesByLink, RouteTable
 from lab import cni_hostroute as hostroute
 from lab.netns import Netns, Sandbox, list_netns, run
 from lab.podserver import NodePodServer, PodServerClient, PodServerError, answer
@@ -300,3 +303,45 @@ def test_hostroute_errors_are_one_line_and_leave_nothing(plugin_hosts: PluginHos
     assert rc != 0 and err.get("msg")  # the IPAM plugin's own error, passed through
     assert "cali" not in run(h.node, ["ip", "-br", "link"]).stdout
     assert "eth0" not in run(h.pod, ["ip", "-br", "link"]).stdout
+
+
+# ---- the agent's view of a deleted pod veth -------------------------------------------------
+
+
+def test_routes_of_a_deleted_link_are_deleted_with_it() -> None:
+    links = RoutesByLink()
+    a = RouteChange("add", ipaddress.ip_network("10.244.1.5/32"), True, oif=7)
+    b = RouteChange("add", ipaddress.ip_network("fd00::5/128"), True, oif=7)
+    links.note(a)
+    links.note(b)
+    links.note(RouteChange("del", b.dst, True, oif=7))  # IPv6: the kernel says so itself
+    links.note(RouteChange("add", ipaddress.ip_network("10.244.1.6/32"), True, oif=8))
+    assert links.gone(7) == [RouteChange("del", a.dst, True, oif=7)]
+    assert links.gone(7) == []
+
+
+@root_only
+@pytest.mark.netns
+def test_the_agents_route_watch_forgets_a_pods_host_route_when_its_veth_goes() -> None:
+    """The kernel flushes a deleted veth's IPv4 routes without telling (no RTM_DELROUTE); the next pod
+    usually gets the same address, so a stale entry would make it "ready" before its own route."""
+    with Sandbox() as sb:
+        node = sb.netns("node")
+        run(node, ["ip", "link", "add", "cali1", "type", "veth", "peer", "name", "cali1p"])
+        run(node, ["ip", "link", "set", "cali1", "up"])
+        run(node, ["ip", "route", "add", "10.244.1.5/32", "dev", "cali1", "scope", "link"])
+        pod_ip = ipaddress.ip_address("10.244.1.5")
+
+        async def scenario() -> None:
+            table = RouteTable()
+            gen = NetlinkRouteSource(netns=node.name).watch()
+            try:
+                table.apply(await asyncio.wait_for(gen.__anext__(), 10))
+                assert table.is_local(pod_ip)
+                await asyncio.to_thread(run, node, ["ip", "link", "del", "cali1"])
+                while table.is_local(pod_ip):
+                    table.apply(await asyncio.wait_for(gen.__anext__(), 10))
+            finally:
+                await gen.aclose()
+
+        asyncio.run(scenario())
