@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ __all__ = [
     "PeerConfig",
     "family_of",
     "parse_bgp_config",
+    "unusable_address",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -88,6 +90,7 @@ DEFAULT_RUNTIME_DIR = "/run/spiderbgp/bgp"
 MAX_ASN = 2**32 - 1
 MAX_PASSWORD_LENGTH = 80  # ExaBGP's and the kernel's TCP-MD5 limit
 MAX_RUNTIME_DIR = 96  # + "/api.sock" stays below the 108-byte unix socket path limit
+MAX_SECONDS = 7 * 24 * 3600  # the longest interval a number field takes (a week)
 
 _COMMUNITY = re.compile(r"^(\d{1,5}):(\d{1,5})$")
 _LARGE_COMMUNITY = re.compile(r"^(\d{1,10}):(\d{1,10}):(\d{1,10})$")
@@ -207,8 +210,12 @@ class _Reader:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, not {value}")
         if value < minimum:
             raise self.error(key, f"must be at least {minimum:g}, not {value}")
+        if value > MAX_SECONDS:
+            raise self.error(key, f"must be at most {MAX_SECONDS:g}, not {value}")
         return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -272,6 +279,25 @@ def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def unusable_address(address: IPAddress) -> str | None:
+    """Why ``address`` cannot be a BGP peer, local address or next hop (None: it can): ExaBGP and the
+    kernel take no IPv6 zone (``fe80::1%eth0``), a link-local IPv6 address needs one, an IPv4-mapped
+    IPv6 address is an IPv4 host in disguise, and unspecified, loopback, multicast and reserved
+    (240.0.0.0/4, with the broadcast address) addresses reach no router."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            return "has a zone (%...), which ExaBGP cannot use"
+        if address.ipv4_mapped is not None:
+            return f"is IPv4-mapped (use {address.ipv4_mapped})"
+        if address.is_link_local:
+            return "is link-local, which needs a zone ExaBGP cannot use"
+    if address.is_unspecified or address.is_loopback or address.is_multicast:
+        return "is unspecified, loopback or multicast"
+    if isinstance(address, ipaddress.IPv4Address) and address.is_reserved:
+        return "is reserved (240.0.0.0/4, with 255.255.255.255)"
+    return None
+
+
 def _community(source: str, where: str, text: str) -> str:
     low = text.lower().replace("_", "-")
     if low in WELL_KNOWN_COMMUNITIES:
@@ -304,16 +330,20 @@ def _parse_peer(
     address = r.address("address")
     if address is None:
         raise r.error("address", "is required")
-    if address.is_unspecified or address.is_multicast or address.is_loopback:
-        raise r.error("address", f"{address} cannot be a BGP peer")
+    if (why := unusable_address(address)) is not None:
+        raise r.error("address", f"{address} cannot be a BGP peer: it {why}")
     asn = r.required_integer("asn", minimum=1, maximum=MAX_ASN)
     local = r.address("localAddress")
+    if local is not None and (why := unusable_address(local)) is not None:
+        raise r.error("localAddress", f"{local} cannot be a local address: it {why}")
     if local is not None and local.version != address.version:
         raise r.error("localAddress", f"{local} is not of the same family as the peer {address}")
     if local is None:
         local = next_hops[family_of(address)]
     port = r.integer("port", 179, minimum=1, maximum=65535)
     password_file = r.string("passwordFile")
+    if password_file is not None and not password_file.startswith("/"):
+        raise r.error("passwordFile", f"must be an absolute path, not {password_file!r}")
     hold = r.integer("holdTime", 90, minimum=0, maximum=65535)
     if hold is not None and 0 < hold < 3:
         raise r.error("holdTime", "must be 0 or >= 3")
@@ -442,8 +472,8 @@ def parse_bgp_config(
     nh4 = next_hop if isinstance(next_hop, ipaddress.IPv4Address) else None
     nh6 = next_hop_v6 or (next_hop if isinstance(next_hop, ipaddress.IPv6Address) else None)
     for key, hop in (("nextHop", nh4), ("nextHopV6" if next_hop_v6 is not None else "nextHop", nh6)):
-        if hop is not None and (hop.is_unspecified or hop.is_multicast or hop.is_loopback):
-            raise r.error(key, f"{hop} cannot be a next hop")
+        if hop is not None and (why := unusable_address(hop)) is not None:
+            raise r.error(key, f"{hop} cannot be a next hop: it {why}")
     router_id = r.address("routerId")
     if router_id is None:
         if nh4 is None:

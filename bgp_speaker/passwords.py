@@ -6,13 +6,14 @@ the rendered ExaBGP config, which is written mode 0600.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bgp_speaker.config import MAX_PASSWORD_LENGTH, BgpConfig, BgpConfigError
 
-__all__ = ["Secret", "read_passwords"]
+__all__ = ["KeyFileError", "Secret", "read_key_file", "read_passwords"]
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,30 @@ class Secret:
     __str__ = __repr__
 
 
-def _read_bytes(path: str) -> bytes:
-    return Path(path).read_bytes()
+class KeyFileError(Exception):
+    """A password file that must not be used as it is (the reason, one line)."""
 
 
-def read_passwords(cfg: BgpConfig, *, read: Callable[[str], bytes] = _read_bytes) -> Mapping[str, Secret]:
+MAX_KEY_FILE = 4096  # a key is at most 80 bytes; anything much larger is not a key file
+
+
+def read_key_file(path: str) -> bytes:
+    """The bytes of a key file that only its owner can read: a regular file (not a directory, a FIFO
+    that would block, or a device) without group or other permissions, as ssh insists for its keys."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path} is not a regular file")
+        if st.st_mode & 0o077:
+            mode = stat.S_IMODE(st.st_mode)
+            raise KeyFileError(f"{path} is readable by others (mode {mode:04o}); chmod 600 it")
+        return os.read(fd, MAX_KEY_FILE + 1)
+    finally:
+        os.close(fd)
+
+
+def read_passwords(cfg: BgpConfig, *, read: Callable[[str], bytes] = read_key_file) -> Mapping[str, Secret]:
     """Peer key (address) -> MD5 key, for the peers with a passwordFile.
 
     One trailing newline is dropped; the key must be 1..80 bytes without other control characters."""
@@ -45,6 +65,8 @@ def read_passwords(cfg: BgpConfig, *, read: Callable[[str], bytes] = _read_bytes
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise BgpConfigError(cfg.source, where, f"cannot read {peer.password_file}: {reason}") from None
+        except KeyFileError as exc:
+            raise BgpConfigError(cfg.source, where, str(exc)) from None
         if raw.endswith(b"\r\n"):
             raw = raw[:-2]
         elif raw.endswith(b"\n"):

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from bgp_speaker.config import BgpConfigError
 from ipam.errors import IpamError
 from ipam.selectors import LabelSelector, Requirement
 from spiderbgp.fields import ConfigError
@@ -357,7 +358,7 @@ def main(
         except PackageNotFoundError:
             print("spiderbgp (not installed)", file=out)
         return EXIT_OK
-    except (CliError, ConfigError, IpamError) as exc:
+    except (CliError, ConfigError, IpamError, BgpConfigError) as exc:
         print(f"error: {exc}", file=err)
         return EXIT_ERROR
     except KeyboardInterrupt:

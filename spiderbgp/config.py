@@ -1,10 +1,11 @@
 """The agent's configuration file (YAML), parsed once into frozen values.
 
 ```yaml
-nodeName: node1                       # required: the Kubernetes node this agent serves
-store: /var/lib/spiderbgp/state.db    # SQLite path, or "kubernetes"
+nodeName: node1                       # required: the Kubernetes node this agent serves (else
+                                      #   $SPIDERBGP_NODE_NAME, or nodeNameFromHostname: true)
+store: /var/lib/spiderbgp/state.db    # absolute SQLite path, or "kubernetes"
 kubeconfig: ~/.kube/config            # with store: kubernetes, outside a cluster
-socketPath: /run/spiderbgp/agent.sock # the CNI plugin's socket
+socketPath: /run/spiderbgp/agent.sock # the CNI plugin's socket (absolute, at most 107 bytes)
 healthAddress: 127.0.0.1:9710         # /healthz, /readyz, /metrics
 log: {level: info, format: text}      # level debug|info|warning|error, format text|json
 ipam: {...}                           # see IpamConfig
@@ -15,9 +16,10 @@ bgp: {...}                            # parsed by bgp_speaker.config; absent = I
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from typing import Any
 import yaml
 
 from ipam import safe_yaml
+from ipam.admission import validate_metadata
+from ipam.errors import Invalid
 from spiderbgp.fields import ConfigError, Fields
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
 
 DEFAULT_STORE = "/var/lib/spiderbgp/state.db"
 DEFAULT_SOCKET = "/run/spiderbgp/agent.sock"
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
 @dataclass(frozen=True)
@@ -120,27 +125,37 @@ def _parse_address(f: Fields, key: str, default: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _object_name(f: Fields, key: str, default: str, kind: str) -> str:
+    """The name of an object the agent writes, as Kubernetes validates names of ``kind``."""
+    name = f.string(key, default)
+    try:
+        validate_metadata(kind, False, {"metadata": {"name": name}})
+    except Invalid as exc:
+        raise f.error(key, exc.reason) from None
+    return name
+
+
 def _parse_ipam(f: Fields, source: str) -> IpamConfig:
     gc = f.section("gc")
     gc_config = GcConfig(
         enabled=gc.boolean("enabled", True),
         interval_seconds=gc.number("intervalSeconds", 600.0, minimum=1.0),
-        trace_interval_seconds=gc.number("traceIntervalSeconds", 5.0, minimum=0.1),
+        trace_interval_seconds=gc.number("traceIntervalSeconds", 5.0, minimum=0.1, maximum=3600.0),
         additional_grace_delay_seconds=gc.number("additionalGraceDelaySeconds", 0.0),
         terminating_on_ready_node=gc.boolean("terminatingPodOnReadyNode", True),
         terminating_on_not_ready_node=gc.boolean("terminatingPodOnNotReadyNode", True),
     )
     gc.done()
     le = f.section("leaderElection")
-    duration = le.number("leaseDurationSeconds", 15.0, minimum=1.0)
-    renew = le.number("renewDeadlineSeconds", 10.0, minimum=0.5)
-    retry = le.number("retryPeriodSeconds", 2.0, minimum=0.1)
+    duration = le.number("leaseDurationSeconds", 15.0, minimum=1.0, maximum=3600.0)
+    renew = le.number("renewDeadlineSeconds", 10.0, minimum=0.5, maximum=3600.0)
+    retry = le.number("retryPeriodSeconds", 2.0, minimum=0.1, maximum=3600.0)
     if not retry < renew < duration:
         raise le.error("renewDeadlineSeconds", "must lie between retryPeriodSeconds and leaseDurationSeconds")
     leader = LeaderConfig(
         enabled=le.boolean("enabled", True),
-        lease_name=le.string("leaseName", "spiderbgp-controller"),
-        lease_namespace=le.string("leaseNamespace", "kube-system"),
+        lease_name=_object_name(le, "leaseName", "spiderbgp-controller", "Lease"),
+        lease_namespace=_object_name(le, "leaseNamespace", "kube-system", "Namespace"),
         lease_duration_seconds=duration,
         renew_deadline_seconds=renew,
         retry_period_seconds=retry,
@@ -163,12 +178,54 @@ def _parse_ipam(f: Fields, source: str) -> IpamConfig:
     return config
 
 
-def parse_agent_config(raw: object, *, source: str, default_node_name: str | None = None) -> AgentConfig:
-    """Validate a parsed YAML document; raises ConfigError naming the field."""
+def _node_name(f: Fields, default_node_name: str | None, hostname: Callable[[], str]) -> str:
+    """``nodeName``, else $SPIDERBGP_NODE_NAME (``default_node_name``), else this host's name when the
+    config opts in with ``nodeNameFromHostname: true``; a DNS-1123 subdomain as Kubernetes names nodes."""
+    from_hostname = f.boolean("nodeNameFromHostname", False)
+    name = f.optional_string("nodeName")
+    key = "nodeName"
+    if name is None:
+        name = default_node_name or (hostname() if from_hostname else None)
+        if from_hostname and not default_node_name:
+            key = "nodeNameFromHostname"
+    if not name:
+        raise f.error(
+            "nodeName",
+            "is required: the Kubernetes node this agent serves (or set $SPIDERBGP_NODE_NAME, or "
+            "nodeNameFromHostname: true to take this host's name)",
+        )
+    try:
+        validate_metadata("Node", False, {"metadata": {"name": name}})
+    except Invalid as exc:
+        raise f.error(key, exc.reason) from None
+    return name
+
+
+def _socket_path(f: Fields) -> str:
+    path = f.path("socketPath", DEFAULT_SOCKET)
+    assert path is not None  # it has a default
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise f.error("socketPath", f"must be at most {MAX_SOCKET_PATH} bytes (a unix socket path)")
+    return path
+
+
+def _store(f: Fields) -> str:
+    store = f.string("store", DEFAULT_STORE)
+    return store if store == "kubernetes" else str(f.path("store", DEFAULT_STORE))
+
+
+def parse_agent_config(
+    raw: object,
+    *,
+    source: str,
+    default_node_name: str | None = None,
+    hostname: Callable[[], str] = socket.gethostname,
+) -> AgentConfig:
+    """Validate a parsed YAML document; raises ConfigError naming the field.  ``default_node_name``:
+    $SPIDERBGP_NODE_NAME, used when the file has no ``nodeName``; ``hostname`` is asked only when the
+    file says ``nodeNameFromHostname: true``."""
     f = Fields(raw, source=source)
-    node_name = f.optional_string("nodeName") or default_node_name
-    if not node_name:
-        raise f.error("nodeName", "is required")
+    node_name = _node_name(f, default_node_name, hostname)
     health_host, health_port = _parse_address(f, "healthAddress", "127.0.0.1:9710")
     log = f.section("log")
     log_level = log.choice("level", "info", ("debug", "info", "warning", "error"))
@@ -180,9 +237,9 @@ def parse_agent_config(raw: object, *, source: str, default_node_name: str | Non
         raise f.error("bgp", "must be a mapping")
     config = AgentConfig(
         node_name=node_name,
-        store=f.string("store", DEFAULT_STORE),
-        kubeconfig=f.optional_string("kubeconfig"),
-        socket_path=f.string("socketPath", DEFAULT_SOCKET),
+        store=_store(f),
+        kubeconfig=f.path("kubeconfig"),
+        socket_path=_socket_path(f),
         health_host=health_host,
         health_port=health_port,
         log_level=log_level,
@@ -198,7 +255,8 @@ def parse_agent_config(raw: object, *, source: str, default_node_name: str | Non
 def load_agent_config(path: str | Path, *, default_node_name: str | None = None) -> AgentConfig:
     """Read and validate a config file; every failure is a ConfigError with one line.  Without
     ``nodeName`` in the file the node is ``default_node_name`` (the agent passes $SPIDERBGP_NODE_NAME,
-    e.g. from the downward API's spec.nodeName), else the hostname."""
+    e.g. from the downward API's spec.nodeName), else the hostname if the file opts in with
+    ``nodeNameFromHostname: true``; an empty file is refused (it names no node)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -213,4 +271,4 @@ def load_agent_config(path: str | Path, *, default_node_name: str | None = None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(source, "", f"{where}{problem}") from None
-    return parse_agent_config(raw, source=source, default_node_name=default_node_name or socket.gethostname())
+    return parse_agent_config(raw, source=source, default_node_name=default_node_name)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "Fields"]
+__all__ = ["MAX_SECONDS", "ConfigError", "Fields"]
+
+MAX_SECONDS = 7 * 24 * 3600.0  # the longest interval or duration a config field takes (a week)
 
 T = TypeVar("T")
 
@@ -73,15 +77,32 @@ class Fields:
             raise self.error(key, f"must be at most {maximum}, not {value}")
         return value
 
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+    def number(
+        self, key: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_SECONDS
+    ) -> float:
+        """A finite number in ``[minimum, maximum]`` (``.inf`` and ``.nan`` are YAML numbers too)."""
         value = self._get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, not {value}")
         if value < minimum:
-            raise self.error(key, f"must be at least {minimum}, not {value}")
+            raise self.error(key, f"must be at least {minimum:g}, not {value:g}")
+        if value > maximum:
+            raise self.error(key, f"must be at most {maximum:g}, not {value:g}")
         return float(value)
+
+    def path(self, key: str, default: str | None = None) -> str | None:
+        """An absolute file path (``~`` is expanded); a relative one would depend on where the agent
+        was started."""
+        if self._get(key) is None and default is None:
+            return None
+        text = self.string(key, default)
+        if not os.path.isabs(os.path.expanduser(text)):
+            raise self.error(key, f"must be an absolute path, not {text!r}")
+        return text
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self._get(key)

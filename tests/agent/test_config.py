@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bgp_speaker.config import BgpConfigError, parse_bgp_config
+from ipam import safe_yaml
+from spiderbgp.config import load_agent_config, parse_agent_config
+from spiderbgp.fields import ConfigError
 from tests.agent.conftest import SPIDERBGP, AgentFactory, free_port
 
 
@@ -168,3 +172,136 @@ def test_unusable_store_names_the_store_field(tmp_path: Path, kind: str) -> None
     assert not sock.exists()
     if before is not None:
         assert store.read_bytes() == before
+
+
+# ------------------------------------------------------------------ issue 12, item 7: validation gaps
+
+HEAD = "nodeName: node1\nstore: /tmp/x/state.db\nsocketPath: /tmp/x/agent.sock\n"
+BGP = "bgp: {asn: 64512, nextHop: 10.0.0.1, peers: [{address: %s, asn: 65000%s}]}\n"
+
+
+def config_error(text: str, *, env_node: str | None = None) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse_agent_config(safe_yaml.load(text), source="a.yaml", default_node_name=env_node)
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("a.yaml: ")
+    return line
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "a.yaml: nodeName: is required: the Kubernetes node this agent serves"),
+        ("nodeName: " + "n" * 300 + "\n", "a.yaml: nodeName: 'nnnn"),
+        ("nodeName: Node_1\n", "a.yaml: nodeName: 'Node_1' must be a DNS-1123 subdomain"),
+        (HEAD.replace("/tmp/x/agent.sock", "run/agent.sock"), "socketPath: must be an absolute path"),
+        (HEAD.replace("/tmp/x/agent.sock", "/" + "s" * 120), "socketPath: must be at most 107 bytes"),
+        (HEAD.replace("/tmp/x/state.db", "state.db"), "store: must be an absolute path, not 'state.db'"),
+        (HEAD + "kubeconfig: kube/config\n", "kubeconfig: must be an absolute path"),
+        (
+            HEAD + "ipam: {leaderElection: {leaseDurationSeconds: .inf}}\n",
+            "ipam.leaderElection.leaseDurationSeconds: must be a finite number, not inf",
+        ),
+        (
+            HEAD + "ipam: {gc: {intervalSeconds: .nan}}\n",
+            "ipam.gc.intervalSeconds: must be a finite number, not nan",
+        ),
+        (
+            HEAD + "ipam: {gc: {intervalSeconds: 1000000000}}\n",
+            "ipam.gc.intervalSeconds: must be at most 604800",
+        ),
+        (
+            HEAD + "ipam: {leaderElection: {leaseName: 'a b'}}\n",
+            "ipam.leaderElection.leaseName: 'a b' must be",
+        ),
+        (
+            HEAD + "ipam: {leaderElection: {leaseNamespace: a.b}}\n",
+            "leaseNamespace: 'a.b' must be a DNS-1123 label",
+        ),
+    ],
+)
+def test_agent_config_gaps(text: str, message: str) -> None:
+    assert message in config_error(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000,
+        "a: &a [1,1,1,1,1,1,1,1,1,1]\n"
+        + "".join(f"{n}: &{n} [{','.join(['*' + p] * 10)}]\n" for p, n in zip("abcde", "bcdef", strict=True)),
+    ],
+)
+def test_yaml_bombs_in_the_agent_config_are_one_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_agent_config(path)
+    assert str(err.value).startswith(f"{path}: line ") and "\n" not in str(err.value)
+    assert "nested deeper than 100 levels" in str(err.value) or "aliases expand" in str(err.value)
+
+
+def test_node_name_comes_from_the_file_the_environment_or_an_explicit_hostname_opt_in() -> None:
+    def parse(text: str, env: str | None = None) -> str:
+        raw = safe_yaml.load(text)
+        return parse_agent_config(raw, source="a", default_node_name=env, hostname=lambda: "host-1").node_name
+
+    assert parse("nodeName: n1\n", env="n2") == "n1"
+    assert parse("store: /x.db\n", env="n2") == "n2"
+    assert parse("nodeNameFromHostname: true\n") == "host-1"
+    # the hostname is validated as nodeName is
+    with pytest.raises(ConfigError, match="nodeNameFromHostname: 'Bad_Host' must be a DNS-1123"):
+        parse_agent_config({"nodeNameFromHostname": True}, source="a", hostname=lambda: "Bad_Host")
+
+
+@pytest.mark.parametrize(
+    ("address", "extra", "message"),
+    [
+        ("'fe80::1%eth0'", "", "bgp.peers[0].address: fe80::1%eth0 cannot be a BGP peer: it has a zone"),
+        ("'fe80::1'", "", "it is link-local"),
+        ("'::ffff:127.0.0.1'", "", "::ffff:7f00:1 cannot be a BGP peer: it is IPv4-mapped (use 127.0.0.1)"),
+        ("255.255.255.255", "", "255.255.255.255 cannot be a BGP peer: it is reserved"),
+        (
+            "10.0.0.2",
+            ", localAddress: 0.0.0.0",
+            "bgp.peers[0].localAddress: 0.0.0.0 cannot be a local address",
+        ),
+        ("10.0.0.2", ", passwordFile: router.md5", "bgp.peers[0].passwordFile: must be an absolute path"),
+    ],
+)
+def test_bgp_peer_addresses_must_be_usable(address: str, extra: str, message: str) -> None:
+    with pytest.raises(BgpConfigError) as err:
+        parse_bgp_config(safe_yaml.load(BGP % (address, extra))["bgp"], source="a.yaml")
+    assert message in str(err.value)
+
+
+def test_bgp_numbers_must_be_finite() -> None:
+    raw = safe_yaml.load(BGP % ("10.0.0.2", ""))["bgp"]
+    with pytest.raises(BgpConfigError, match=r"bgp\.reconcileInterval: must be a finite number, not nan"):
+        parse_bgp_config({**raw, "reconcileInterval": float("nan")}, source="a.yaml")
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "directory", "world-readable"])
+def test_bad_password_file_is_one_line_not_an_internal_error(tmp_path: Path, kind: str) -> None:
+    """The key file is read when the speaker starts: before, every such file was
+    ``internal error (BgpConfigError)``, and a 0644 key was used."""
+    key = tmp_path / "router.md5"
+    if kind == "directory":
+        key.mkdir()
+    elif kind != "missing":
+        key.write_text("" if kind == "empty" else "s3cret\n")
+        key.chmod(0o600 if kind == "empty" else 0o644)
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"nodeName: node1\nstore: {tmp_path / 'state.db'}\nsocketPath: {tmp_path / 'agent.sock'}\n"
+        f"healthAddress: 127.0.0.1:{free_port()}\n"
+        + f"bgp: {{asn: 64512, nextHop: 10.0.0.1, runtimeDir: {tmp_path / 'bgp'}, requireHostRoute: false,\n"
+        + f"  peers: [{{address: 10.0.0.2, asn: 65000, passwordFile: {key}}}]}}\n"
+    )
+    expected = {
+        "missing": "No such file or directory",
+        "empty": "is empty",
+        "directory": "is not a regular file",
+        "world-readable": "is readable by others (mode 0644); chmod 600 it",
+    }[kind]
+    assert_one_line(run_agent(config, isolated=True), "bgp.peers[0].passwordFile", expected)

@@ -123,7 +123,10 @@ def test_community_number_alone_is_refused() -> None:
         (_raw(peers=["x"]), "bgp.peers[0]: must be a mapping, not str"),
         (_raw(asn=None), "bgp.asn: is required"),
         (_raw(nextHop=None), "bgp.nextHop: is required (the node's peering address, or auto)"),
-        (_raw(nextHop="::1", routerId="1.1.1.1"), "bgp.nextHop: ::1 cannot be a next hop"),
+        (
+            _raw(nextHop="::1", routerId="1.1.1.1"),
+            "bgp.nextHop: ::1 cannot be a next hop: it is unspecified, loopback or multicast",
+        ),
         (_raw(nextHop="fd00::1"), "bgp.routerId: is required when nextHop is not IPv4"),
         (_raw(routerId="fd00::1"), "bgp.routerId: must be a non-zero IPv4 address, not fd00::1"),
         (_raw(nextHopV6="10.0.0.1"), "bgp.nextHopV6: 10.0.0.1 is not an IPv6 address"),
@@ -195,6 +198,7 @@ def test_errors_are_one_line_naming_the_field(raw: Any, message: str) -> None:
 def test_passwords_come_from_files_and_never_show(tmp_path: Path) -> None:
     key = tmp_path / "md5"
     key.write_bytes(b"s3cret with spaces\n")
+    key.chmod(0o600)  # a key file others can read is refused
     cfg = parse_bgp_config(_peer(passwordFile=str(key)), source="a.yaml")
     secrets = read_passwords(cfg)
     assert secrets["172.16.13.1"].value == b"s3cret with spaces"
@@ -215,6 +219,7 @@ def test_password_file_errors(tmp_path: Path, content: bytes | None, message: st
     key = tmp_path / "md5"
     if content is not None:
         key.write_bytes(content)
+        key.chmod(0o600)
     cfg = parse_bgp_config(_peer(passwordFile=str(key)), source="a.yaml")
     with pytest.raises(BgpConfigError) as err:
         read_passwords(cfg)

@@ -225,6 +225,7 @@ async def test_wrong_md5_key_never_establishes(lab: BgpLab) -> None:
     lab.start_frr(frr_config(password="right-key"))
     keyfile = lab.work / "router.md5"
     keyfile.write_text("wrong-key")
+    keyfile.chmod(0o600)
     cfg = speaker_config(
         lab.runtime_dir, peers=[{"address": ROUTER_V4, "asn": ROUTER_AS, "passwordFile": str(keyfile)}]
     )
