@@ -252,6 +252,13 @@ def test_ready_gates_the_announcement_and_readyz_waits_for_bgp(
     set_ready(env.store, "gate-a", True)
     wait_router(env, ip_a, True)
 
+    # the host route goes (requireHostRoute): withdrawn although the pod stays Ready; back with it
+    env.lab.del_host_route(ip_a)
+    wait_router(env, ip_a, False)
+    env.lab.add_host_route(ip_a)
+    wait_router(env, ip_a, True)
+    assert agent.metric('spiderbgp_bgp_convergence_seconds_count{stage="route_to_withdrawn"}') == 1
+
     # terminating: withdrawn while the address is still allocated (before the CNI DEL releases it)
     env.store.delete("Pod", "gate-a", "default", grace_period_seconds=30)
     wait_router(env, ip_a, False)
