@@ -15,19 +15,27 @@ connection, bytes read so far included, to aiohttp's own protocol for the applic
 serves it to its end.  aiohttp's per-connection and per-request machinery (a request object, a stream
 reader, a writer, a task per connection, timers) cost more than the IPAM call for an ADD, and the
 plugin opens a new connection for every call.
+
+``CniSocket`` accepts connections itself, within ``SocketLimits``: a bounded number of connections
+(the idlest closed to make room), idle, head and body deadlines enforced by a sweeper task, and a
+rate-limited warning instead of a traceback per failed accept when descriptors run out.  Requests
+that are not well-formed HTTP/1.1 get the same JSON ErrorResponse on both paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import resource
 import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -43,6 +51,7 @@ __all__ = [
     "CniSocket",
     "RequestObserver",
     "SocketInUse",
+    "SocketLimits",
     "make_app",
     "serve",
     "shutdown",
@@ -52,6 +61,20 @@ log = logging.getLogger(__name__)
 
 # (operation, CNI code or 0 for success, seconds): the agent wires this to its Prometheus metrics.
 RequestObserver = Callable[[str, int, float], None]
+
+
+@dataclass(frozen=True)
+class SocketLimits:
+    """Bounds on the socket's clients.  At ``max_connections`` (lowered to half the process's
+    descriptor limit) a new connection closes the connection idle longest, or is turned away with a
+    503 when none is idle.  A connection with no request in progress closes after ``idle_timeout``; a
+    request's head must arrive within ``header_timeout`` of its first byte and its body within
+    ``body_timeout`` of its head (else 408), however slowly the bytes trickle in."""
+
+    max_connections: int = 512
+    idle_timeout: float = 60.0
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
 
 
 class BackendError(Exception):
@@ -87,6 +110,7 @@ class CniBackend(Protocol):
 
 _BACKEND = web.AppKey("backend", CniBackend)
 _OBSERVER = web.AppKey("observer", object)  # RequestObserver | None (AppKey needs a runtime type)
+_BODY_TIMEOUT = web.AppKey("body_timeout", float)  # SocketLimits.body_timeout, set by serve()
 
 # operation -> (method, path)
 _CALLS = {
@@ -181,10 +205,13 @@ async def _answer(
 async def _read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > wire.MAX_BODY_BYTES:
         raise _BadRequest(f"request body: {request.content_length} bytes is over {wire.MAX_BODY_BYTES}", 413)
+    timeout = request.app.get(_BODY_TIMEOUT, SocketLimits.body_timeout)
     try:
-        return await request.read()
+        return await asyncio.wait_for(request.read(), timeout)
     except web.HTTPRequestEntityTooLarge:
         raise _BadRequest(f"request body: over {wire.MAX_BODY_BYTES} bytes", 413) from None
+    except TimeoutError:
+        raise _BadRequest(f"request timeout: the body did not arrive within {timeout:g}s", 408) from None
 
 
 def _handler(operation: str) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -256,8 +283,14 @@ _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method No
             409: b"Conflict", 413: b"Payload Too Large", 422: b"Unprocessable Entity", 431: b"Request Header Fields Too Large",
             500: b"Internal Server Error", 501: b"Not Implemented", 503: b"Service Unavailable",
             505: b"HTTP Version Not Supported"}  # fmt: skip
-_INCOMPLETE = "incomplete"
+_INCOMPLETE = "incomplete"  # the head is not all there yet
+_INCOMPLETE_BODY = "incomplete body"
 _LINGER = 2.0  # seconds a refused connection is read on (and dropped) before it is closed
+_BACKLOG = 128
+_ACCEPT_PAUSE = 0.1  # seconds the socket is not accepted from after running out of descriptors
+_LOG_INTERVAL = 10.0  # at most one accept-error line this often
+# a connection's phases: what its deadline bounds
+_IDLE, _HEAD, _BODY, _BUSY, _REFUSED, _CLOSED = range(6)
 
 
 class Refusal:
@@ -372,7 +405,8 @@ class _Request:
 
 
 def parse_call(data: bytes | bytearray) -> _Call | Refusal | str | None:
-    """The CNI call at the start of ``data``; ``_INCOMPLETE`` when more bytes may make it one; a
+    """The CNI call at the start of ``data``; ``_INCOMPLETE`` (``_INCOMPLETE_BODY`` once its head is
+    complete) when more bytes may make it one; a
     Refusal for malformed HTTP or a head over 16 KiB; None for a well-formed request the short path
     does not answer (aiohttp then serves the connection).
 
@@ -396,7 +430,7 @@ def parse_call(data: bytes | bytearray) -> _Call | Refusal | str | None:
             return _INCOMPLETE
         return Refusal(431, f"malformed HTTP request: the head is longer than {_MAX_HEAD} bytes")
     if not request.complete:
-        return _INCOMPLETE
+        return _INCOMPLETE_BODY
     body = b"".join(request.body)
     # llhttp accepted the request with CRLF line ends and a Content-Length: it ends that many bytes
     # after the blank line that ends its head, where the next request on the connection starts
@@ -415,7 +449,12 @@ def _response(status: int, body: dict[str, Any], close: bool) -> bytes:
 
 
 class _FastConnection(asyncio.Protocol):
-    """A connection on the short path until a request it does not answer arrives."""
+    """A connection on the short path until a request it does not answer arrives.
+
+    Its phase (idle, head or body arriving, a call being answered, refused) comes with a deadline
+    that the socket's sweeper enforces: set when the phase begins, not moved by bytes arriving, so a
+    client cannot keep a request open by trickling it in.
+    """
 
     def __init__(self, server: CniSocket) -> None:
         self._server = server
@@ -424,25 +463,41 @@ class _FastConnection(asyncio.Protocol):
         self._busy = False  # a call is being answered: later bytes wait in the buffer
         self._eof = False
         self._task: asyncio.Task[None] | None = None
-        self._refused: asyncio.TimerHandle | None = None  # set once refused: reading on to discard
+        self._phase = _IDLE
+        self._deadline = 0.0  # loop time by which the phase must end
+        self.since = 0.0  # loop time the phase began
 
     @property
     def busy(self) -> bool:
         return self._busy
 
+    @property
+    def idle(self) -> bool:
+        return self._phase == _IDLE
+
+    def itself(self) -> _FastConnection:
+        """The protocol factory of its own transport."""
+        return self
+
+    def accepted(self) -> None:
+        """Counted, and idle, from the moment it is accepted (its transport comes a loop turn later)."""
+        self._server.connections.add(self)
+        self._enter(_IDLE)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self._phase == _CLOSED:  # closed for a newer connection before it started
+            transport.close()
+            return
         self._transport = transport
-        self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._transport = None
-        if self._refused is not None:
-            self._refused.cancel()
+        self._phase = _CLOSED
 
     def data_received(self, data: bytes) -> None:
-        if self._refused is not None:
+        if self._phase >= _REFUSED:
             return  # refused: what follows is read only so that the answer is not lost to a reset
         self._buffer += data
         if not self._busy:
@@ -454,14 +509,53 @@ class _FastConnection(asyncio.Protocol):
         self._eof = True
         if self._busy:
             return True  # keep the transport open to answer the call in progress
-        if self._buffer and self._refused is None:
+        if self._buffer and self._phase < _REFUSED:
             self._next()  # a request cut short by the client's shutdown is refused; the rest answered
             return True
         return False
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        """Close now (a client that does not read what we wrote is cut off)."""
+        self._server.connections.discard(self)
+        self._phase = _CLOSED
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+    def expire(self, now: float) -> None:
+        """The sweeper's call: end a phase that has outlived its deadline."""
+        if now < self._deadline or self._transport is None:
+            return
+        limits = self._server.limits
+        if self._phase == _HEAD:
+            self.refuse(
+                Refusal(408, f"request timeout: the head did not arrive within {limits.header_timeout:g}s")
+            )
+        elif self._phase == _BODY:
+            self.refuse(
+                Refusal(408, f"request timeout: the body did not arrive within {limits.body_timeout:g}s")
+            )
+        elif self._phase in (_IDLE, _REFUSED):
+            self.close()
+
+    def _enter(self, phase: int) -> None:
+        self._phase = phase
+        limits = self._server.limits
+        self.since = now = self._server.loop.time()
+        if phase == _IDLE:
+            self._deadline = now + limits.idle_timeout
+        elif phase == _HEAD:
+            self._deadline = now + limits.header_timeout
+        elif phase == _BODY:
+            self._deadline = now + limits.body_timeout
+        elif phase == _REFUSED:
+            self._deadline = now + _LINGER
+        else:
+            self._deadline = float("inf")
 
     def _next(self) -> None:
         transport = self._transport
@@ -472,6 +566,8 @@ class _FastConnection(asyncio.Protocol):
         if not self._buffer:
             if self._eof:
                 transport.close()
+            elif self._phase != _IDLE:
+                self._enter(_IDLE)
             return
         if self._server.closing:
             transport.close()
@@ -483,6 +579,7 @@ class _FastConnection(asyncio.Protocol):
             del self._buffer[: call.size]
             self._busy = True
             self._server.busy += 1
+            self._enter(_BUSY)
             # the loop keeps only a weak reference to a task: the connection holds this one
             self._task = asyncio.get_running_loop().create_task(self._run(transport, call))
         elif isinstance(call, Refusal):
@@ -494,22 +591,27 @@ class _FastConnection(asyncio.Protocol):
                     f"incomplete HTTP request: the client shut down its side after {len(self._buffer)} bytes",
                 )
             )
+        elif call == _INCOMPLETE:
+            if self._phase != _HEAD:
+                self._enter(_HEAD)
+        elif self._phase != _BODY:
+            self._enter(_BODY)
 
     def refuse(self, refusal: Refusal) -> None:
         """Answer ``refusal`` and close.  Unless the client has shut down its side, the answer ends
         with our shutdown and what the client still sends is read and dropped for up to _LINGER
         seconds: closing a unix socket with unread bytes resets it, and the answer would be lost."""
         transport = self._transport
-        if transport is None or self._refused is not None:
+        if transport is None or self._phase >= _REFUSED:
             return
         log.debug("CNI socket: %s: %s", refusal.status, refusal.details)
         self._buffer.clear()
         transport.write(refusal.response())
         if self._eof:
-            transport.close()
+            self.close()
             return
         transport.write_eof()
-        self._refused = asyncio.get_running_loop().call_later(_LINGER, transport.close)
+        self._enter(_REFUSED)
         if not transport.is_reading():
             transport.resume_reading()
 
@@ -543,7 +645,8 @@ class _FastConnection(asyncio.Protocol):
             transport.close()
             return
         self._server.connections.discard(self)
-        protocol = _AiohttpConnection(manager)
+        self._phase = _CLOSED
+        protocol = _AiohttpConnection(manager, self._server)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data, self._buffer = bytes(self._buffer), bytearray()
@@ -556,11 +659,24 @@ class _AiohttpConnection(web.RequestHandler):
     """aiohttp's protocol for the connections the short path hands over, with two changes: its
     answers to requests it cannot parse are ErrorResponse JSON (aiohttp's are plain text echoing the
     input), and a client that shuts down its side after a request still gets the answer (aiohttp
-    would close the transport at once)."""
+    would close the transport at once).  Counted among the socket's connections; idle ones close
+    after the idle timeout (aiohttp's keep-alive timeout)."""
 
-    def __init__(self, manager: web.Server) -> None:
+    def __init__(self, manager: web.Server, server: CniSocket) -> None:
         # no access log, as the AppRunner is told (aiohttp's annotation omits None, its code takes it)
-        super().__init__(manager, loop=asyncio.get_running_loop(), access_log=None)  # type: ignore[arg-type]
+        super().__init__(
+            manager,
+            loop=server.loop,
+            access_log=None,  # type: ignore[arg-type]
+            keepalive_timeout=server.limits.idle_timeout,
+            lingering_time=_LINGER,  # an unread body after the answer: read and dropped this long
+        )
+        self._cni_socket = server
+        server.handed_over += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self._cni_socket.handed_over -= 1
 
     def handle_error(
         self,
@@ -588,39 +704,187 @@ class _AiohttpConnection(web.RequestHandler):
         return response
 
     def eof_received(self) -> bool:  # type: ignore[override]  # aiohttp declares None: close at once
-        self.close()  # answer what has arrived, then close
+        # waiting for a next request (aiohttp's own test of idleness, as in its keep-alive expiry):
+        # nothing to answer, close now; else answer what has arrived, then close
+        waiter = getattr(self, "_waiter", None)
+        if waiter is not None and not waiter.done():
+            self.force_close()
+            return False
+        self.close()
         return True
 
 
-class CniSocket:
-    """The bound CNI socket: short-path connections, and aiohttp's runner for the rest."""
+class _RateLimitedLog:
+    """At most one warning per ``interval`` seconds; the next one says how many were left out."""
 
-    def __init__(self, runner: web.AppRunner, path: str, *, shutdown_timeout: float) -> None:
+    def __init__(self, interval: float, emit: Callable[[str], None]) -> None:
+        self.interval = interval
+        self.emit = emit
+        self.next_at = float("-inf")
+        self.left_out = 0
+
+    def warn(self, now: float, message: str) -> None:
+        if now < self.next_at:
+            self.left_out += 1
+            return
+        if self.left_out:
+            message += f" ({self.left_out} more in the last {self.interval:g}s)"
+        self.emit(message)
+        self.left_out = 0
+        self.next_at = now + self.interval
+
+
+class CniSocket:
+    """The bound CNI socket: its own accept loop (bounded connections, descriptor exhaustion handled
+    without a traceback per attempt), short-path connections, and aiohttp's runner for the rest."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        path: str,
+        *,
+        shutdown_timeout: float,
+        limits: SocketLimits,
+        max_connections: int,
+    ) -> None:
         app = runner.app
         observer = app[_OBSERVER]
         self.runner = runner
         self.path = path
         self.backend: CniBackend = app[_BACKEND]
         self.observer: RequestObserver | None = observer if callable(observer) else None
+        self.loop = asyncio.get_running_loop()
+        self.limits = limits
+        self.max_connections = max_connections
         self.connections: set[_FastConnection] = set()
+        self.handed_over = 0  # connections aiohttp serves
+        self.turned_away = 0  # connections closed at once because every slot was busy
         self.busy = 0  # connections answering a call
         self.closing = False
         self.shutdown_timeout = shutdown_timeout
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._starting: dict[asyncio.Task[Any], tuple[_FastConnection, socket.socket]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._accept_log = _RateLimitedLog(
+            _LOG_INTERVAL, lambda message: log.warning("CNI socket: %s", message)
+        )
         self._inode: int | None = None
         self.idle = asyncio.Event()  # set once closing and no call is in progress
+        self._full = _response(
+            503,
+            _error_body(
+                wire.CODE_TRY_AGAIN,
+                f"agent socket: {max_connections} connections open (the limit), none of them idle",
+            ),
+            True,
+        )
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections) + self.handed_over
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _FastConnection(self), self.path)
-        os.chmod(self.path, 0o600)
-        self._inode = os.lstat(self.path).st_ino
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.path)
+            os.chmod(self.path, 0o600)
+            self._inode = os.lstat(self.path).st_ino
+            listener.listen(_BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self.loop.add_reader(listener.fileno(), self._accept)
+        self._sweeper = self.loop.create_task(self._sweep())
+
+    def _accept(self) -> None:
+        listener = self._listener
+        for _ in range(_BACKLOG):
+            if listener is None or self._listener is not listener:
+                return
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                self._accept_failed(listener, err)
+                return
+            conn.setblocking(False)
+            full = self.open_connections >= self.max_connections
+            if full and not self._close_idlest():
+                self._turn_away(conn)
+                continue
+            connection = _FastConnection(self)
+            connection.accepted()
+            task = self.loop.create_task(self.loop.connect_accepted_socket(connection.itself, conn))
+            self._starting[task] = (connection, conn)
+            task.add_done_callback(self._started)
+            if full:
+                # the closed connection's descriptor is released in the next loop turn: accept
+                # no more before, or a burst of new connections would run out of descriptors
+                return
+
+    def _started(self, task: asyncio.Task[Any]) -> None:
+        connection, conn = self._starting.pop(task)
+        failure = "cancelled" if task.cancelled() else task.exception()
+        if failure is not None:
+            log.debug("CNI socket: a connection failed to start: %s", failure)
+            self.connections.discard(connection)
+            conn.close()
+
+    def _close_idlest(self) -> bool:
+        """Close the connection idle longest, if there is one."""
+        idlest = min((c for c in self.connections if c.idle), key=lambda c: c.since, default=None)
+        if idlest is None:
+            return False
+        idlest.close()
+        return True
+
+    def _turn_away(self, conn: socket.socket) -> None:
+        self.turned_away += 1
+        with contextlib.suppress(OSError):
+            conn.send(self._full)
+        conn.close()
+        self._accept_log.warn(
+            self.loop.time(),
+            f"{self.open_connections} connections open (the limit) and none idle: turning new ones away",
+        )
+
+    def _accept_failed(self, listener: socket.socket, err: OSError) -> None:
+        if err.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            log.debug("CNI socket: accept: %s", err)  # that one connection is gone (ECONNABORTED, ...)
+            return
+        # out of descriptors (or memory): free one if a connection is idle, and leave the pending
+        # connections in the backlog for a moment instead of failing on them in a loop
+        freed = self._close_idlest()
+        self.loop.remove_reader(listener.fileno())
+        self.loop.call_later(_ACCEPT_PAUSE, self._resume_accepting, listener)
+        self._accept_log.warn(
+            self.loop.time(),
+            f"cannot accept a connection: {err.strerror} ({self.open_connections} open"
+            f"{', closed the one idle longest' if freed else ''}; accepting again in {_ACCEPT_PAUSE:g}s)",
+        )
+
+    def _resume_accepting(self, listener: socket.socket) -> None:
+        if self._listener is listener:
+            self.loop.add_reader(listener.fileno(), self._accept)
+
+    async def _sweep(self) -> None:
+        limits = self.limits
+        tick = min(max(min(limits.idle_timeout, limits.header_timeout, limits.body_timeout) / 4, 0.05), 1.0)
+        while True:
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            for connection in list(self.connections):
+                connection.expire(now)
 
     async def stop_accepting(self) -> None:
         """No new connections from now on (the ones accepted are still served)."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            self.loop.remove_reader(listener.fileno())
+            listener.close()
 
     async def close(self) -> None:
         """Stop accepting, let the calls in progress finish (up to ``shutdown_timeout``), close every
@@ -631,6 +895,10 @@ class CniSocket:
             self.idle.set()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.idle.wait(), self.shutdown_timeout)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for connection in list(self.connections):
             if not connection.busy:
                 connection.close()
@@ -668,15 +936,33 @@ def _prepare_socket_path(socket_path: str) -> None:
         probe.close()
 
 
-async def serve(app: web.Application, socket_path: str, *, shutdown_timeout: float = 30.0) -> CniSocket:
-    """Bind ``app`` on ``socket_path`` (0600, parent 0700 when we create it) and start serving.
+async def serve(
+    app: web.Application,
+    socket_path: str,
+    *,
+    shutdown_timeout: float = 30.0,
+    limits: SocketLimits | None = None,
+) -> CniSocket:
+    """Bind ``app`` on ``socket_path`` (0600, parent 0700 when we create it) and start serving within
+    ``limits`` (``SocketLimits()`` by default).
 
     Raises SocketInUse when a live process already listens there.  Stop with ``shutdown(socket)``.
     """
+    limits = limits or SocketLimits()
+    # half the descriptors at most: the store, ExaBGP's pipes and the TCP listeners need the rest
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    max_connections = (
+        limits.max_connections
+        if soft == resource.RLIM_INFINITY
+        else min(limits.max_connections, max(soft // 2, 1))
+    )
     _prepare_socket_path(socket_path)
+    app[_BODY_TIMEOUT] = limits.body_timeout
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    served = CniSocket(runner, socket_path, shutdown_timeout=shutdown_timeout)
+    served = CniSocket(
+        runner, socket_path, shutdown_timeout=shutdown_timeout, limits=limits, max_connections=max_connections
+    )
     try:
         await served.start()
     except BaseException:

@@ -31,7 +31,7 @@ from ipam.errors import AlreadyExists, NotFound
 from ipam.service import IpamService, IpamSettings
 from ipam.sqlite_store import SqliteStore
 from ipam.store import Obj
-from spiderbgp.cni_endpoint import CniSocket, make_app, serve, shutdown
+from spiderbgp.cni_endpoint import CniSocket, SocketLimits, make_app, serve, shutdown
 from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
 
 PYTHON = os.path.realpath(sys.executable)
@@ -190,9 +190,14 @@ class Agent:
     ``make_app`` + ``serve`` on a temp socket, in a thread with its own event loop."""
 
     def __init__(
-        self, socket_path: Path, store: SqliteStore, *, settings: IpamSettings | None = None
+        self,
+        socket_path: Path,
+        store: SqliteStore,
+        *,
+        settings: IpamSettings | None = None,
+        limits: SocketLimits | None = None,
     ) -> None:
-        self.socket_path, self.store = socket_path, store
+        self.socket_path, self.store, self.limits = socket_path, store, limits
         self.cluster = Cluster(store)
         self.events = NodeEvents()
         self.observed: list[tuple[str, int, float]] = []
@@ -211,9 +216,13 @@ class Agent:
     def start(self) -> None:
         self._thread.start()
         app = make_app(self.backend, metrics=lambda op, code, s: self.observed.append((op, code, s)))
-        self._runner = asyncio.run_coroutine_threadsafe(serve(app, str(self.socket_path)), self._loop).result(
-            10
-        )
+        served = serve(app, str(self.socket_path), limits=self.limits)
+        self._runner = asyncio.run_coroutine_threadsafe(served, self._loop).result(10)
+
+    @property
+    def served(self) -> CniSocket:
+        assert self._runner is not None
+        return self._runner
 
     def stop(self) -> None:
         try:
