@@ -191,6 +191,17 @@ def test_hostroute_names_and_commands_are_calicos() -> None:
     assert legacy["routes"] == [{"dst": "0.0.0.0/0"}]
     with pytest.raises(hostroute.PluginError, match="no IP address"):
         hostroute.addresses({"ips": []})
+    # JSON through the C accelerator (the plugin does not import json)
+    assert hostroute.json_loads(' {"a": [1, 2.5, null, true], "b": "\\u00e9"} ') == {
+        "a": [1, 2.5, None, True],
+        "b": "\u00e9",
+    }
+    assert json.loads(hostroute.json_dumps({"ips": [{"address": "10.0.0.1/32"}]})) == {
+        "ips": [{"address": "10.0.0.1/32"}]
+    }
+    for bad in ('{"a":', "1 2", "", "NaN", "[1,]"):
+        with pytest.raises(hostroute.JSONError):
+            hostroute.json_loads(bad)
 
 
 @dataclass
