@@ -12,7 +12,6 @@ allocations terminating until they are released, instead of forgetting IPs that 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -130,8 +129,34 @@ def _in_use(store: Store, kind: str, obj: Obj) -> dict[str, str]:
     return in_use
 
 
-def _admit(store: Store, obj: Obj, old: Obj | None, pending: Sequence[Obj]) -> Obj:
-    """``pending``: objects an apply is about to write; they stand in for stored ones of their name."""
+Listing = Callable[[str], list[Obj]]
+"""The stored objects of a (cluster-scoped, admitted) kind that a write must not collide with."""
+
+
+class _Overlay:
+    """Stored objects of the admitted kinds, listed once for a whole apply and overlaid with what the
+    apply admits or writes, so checking N documents reads each kind once, not N times."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._by_kind: dict[str, dict[str, Obj]] = {}
+
+    def _kind(self, kind: str) -> dict[str, Obj]:
+        if kind not in self._by_kind:
+            listed = self._store.list(kind, allocated_ips=False)
+            self._by_kind[kind] = {o["metadata"]["name"]: o for o in listed}
+        return self._by_kind[kind]
+
+    def __call__(self, kind: str) -> list[Obj]:
+        return list(self._kind(kind).values())
+
+    def put(self, obj: Obj) -> None:
+        if obj["kind"] in ADMITTED_KINDS:
+            self._kind(obj["kind"])[obj["metadata"]["name"]] = obj
+
+
+def _admit(store: Store, obj: Obj, old: Obj | None, listing: Listing | None = None) -> Obj:
+    """``listing``: the stored objects to check against (default: the store's, read now)."""
     kind = obj["kind"]
     admission.validate_metadata(kind, kind_info(kind).namespaced, obj)
     admission.validate_size(kind, obj["metadata"]["name"], obj)
@@ -140,9 +165,7 @@ def _admit(store: Store, obj: Obj, old: Obj | None, pending: Sequence[Obj]) -> O
     name = obj["metadata"]["name"]
 
     def stored(of_kind: str) -> list[Obj]:
-        by_name = {o["metadata"]["name"]: o for o in store.list(of_kind)}
-        by_name.update({o["metadata"]["name"]: o for o in pending if o["kind"] == of_kind})
-        return list(by_name.values())
+        return listing(of_kind) if listing is not None else store.list(of_kind, allocated_ips=False)
 
     admitted = admission.admit(
         obj,
@@ -198,15 +221,17 @@ def _merged(info: KindInfo, old: Obj, obj: Obj) -> Obj:
     return desired
 
 
-def apply_object(store: Store, obj: Obj, *, pending: Sequence[Obj] = ()) -> tuple[ApplyOutcome, Obj]:
-    """Create or update one object through admission; retries on Conflict, re-reading each time."""
+def apply_object(store: Store, obj: Obj, *, listing: Listing | None = None) -> tuple[ApplyOutcome, Obj]:
+    """Create or update one object through admission; retries on Conflict, re-reading each time.
+    ``listing``: what to check the object against instead of reading the store's (``apply_documents``
+    inside one transaction)."""
     info = kind_info(obj["kind"])
     name = obj["metadata"]["name"]
     if info.namespaced:
         obj = {**obj, "metadata": {**obj["metadata"], "namespace": _namespace(info, obj)}}
-    for _ in range(_RETRIES):
+    for attempt in range(_RETRIES):
         old, desired = _desired(store, obj)
-        admitted = _admit(store, desired, old, pending)
+        admitted = _admit(store, desired, old, listing if attempt == 0 else None)
         try:
             if old is None:
                 written = store.create(admitted)
@@ -245,7 +270,7 @@ def update_object(
         desired = change(copy.deepcopy(old))
         if desired is None:
             return None
-        admitted = _admit(store, desired, old, ())
+        admitted = _admit(store, desired, old)
         if _comparable(admitted) == _comparable(old):
             return None
         try:
@@ -271,15 +296,27 @@ def apply_documents(
     store: Store,
     docs: Sequence[Obj],
     *,
-    transaction: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    transaction: Callable[[], AbstractContextManager[None]] | None = None,
 ) -> list[str]:
-    """Apply documents as one change: every document is admitted first, each against the stored
-    objects as the earlier documents of the same list leave them (the same object twice, a pool
-    overlapping one written before it in the file), and nothing is written if any is rejected.  The
-    writes then happen inside ``transaction()`` (the SQLite store's ``batch``: one commit, so a crash
-    leaves all or none; the Kubernetes API has no transactions, so there each write stands alone).
-    Returns kubectl's line per document (``<kind>.<group>/<name> created``), once all are written."""
+    """Apply documents as one change: each document is admitted against the stored objects as the
+    earlier documents of the same list leave them (the same object twice is an update of the first, a
+    pool may not overlap one written before it in the file), and nothing is written if any is
+    rejected.  With a ``transaction`` (the SQLite store's ``batch``) the documents are admitted and
+    written inside it, in one pass: a rejection rolls every earlier write back, and a crash leaves all
+    or none.  Without one (the Kubernetes API has no transactions) every document is admitted first,
+    then each is written alone.  Returns kubectl's line per document (``<kind>.<group>/<name>
+    created``), once all are written."""
+    if transaction is None:
+        _check_documents(store, docs)
+        return _write_documents(store, docs)
+    with transaction():
+        return _write_documents(store, docs)
+
+
+def _check_documents(store: Store, docs: Sequence[Obj]) -> None:
+    """Admit every document without writing, each against the store as the earlier ones leave it."""
     staged: dict[tuple[str, str, str], Obj] = {}  # (kind, namespace, name) -> as admitted
+    planned = _Overlay(store)
     for doc in docs:
         info = kind_info(doc["kind"])
         if info.namespaced:
@@ -291,12 +328,19 @@ def apply_documents(
             desired = _merged(info, base, doc)
         else:
             base, desired = _desired(store, doc)
-        staged[key] = _admit(store, desired, base, [o for k, o in staged.items() if k != key])
+        staged[key] = admitted = _admit(store, desired, base, planned)
+        planned.put(admitted)
+
+
+def _write_documents(store: Store, docs: Sequence[Obj]) -> list[str]:
+    # listed once (inside a transaction, nobody else writes until it ends; without one, a concurrent
+    # writer is met by a retry, which reads the store again)
+    written = _Overlay(store)
     lines: list[str] = []
-    with transaction():
-        for doc in docs:
-            outcome, _ = apply_object(store, doc)
-            lines.append(f"{object_ref(kind_info(doc['kind']), doc['metadata']['name'])} {outcome}")
+    for doc in docs:
+        outcome, obj = apply_object(store, doc, listing=written)
+        written.put(obj)
+        lines.append(f"{object_ref(kind_info(doc['kind']), doc['metadata']['name'])} {outcome}")
     return lines
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -50,11 +49,9 @@ def open_store(
     return SqliteStore(path)
 
 
-def transaction(store: Store) -> Callable[[], AbstractContextManager[None]]:
-    """What makes several writes one commit on ``store``: the SQLite store's ``batch``; the Kubernetes
-    API has no transactions, so there each write commits alone."""
+def transaction(store: Store) -> Callable[[], AbstractContextManager[None]] | None:
+    """What makes several writes one commit on ``store``: the SQLite store's ``batch``; None for the
+    Kubernetes API, which has no transactions."""
     from ipam.sqlite_store import SqliteStore
 
-    if isinstance(store, SqliteStore):
-        return store.batch
-    return contextlib.nullcontext
+    return store.batch if isinstance(store, SqliteStore) else None
