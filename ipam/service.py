@@ -28,7 +28,7 @@ from ipam import selection
 from ipam.allocator import free_intervals, lowest_free
 from ipam.autopool import is_auto_pool
 from ipam.errors import AllocationError, Conflict, NotFound, PoolFull
-from ipam.model import Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
+from ipam.model import FINALIZER, Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
 from ipam.ranges import IntervalSet, int_to_ip
 from ipam.store import Claim, IPRecord, Obj, Store
 from ipam.workload import (
@@ -557,6 +557,9 @@ class IpamService:
             container_id=req.container_id,
             resource_version=endpoint.resource_version if endpoint else "",
             owner_references=() if top.kind == "StatefulSet" else (self._pod_owner_ref(pod),),
+            # as Spiderpool's: the garbage collector deletes the endpoint with its pod, and the
+            # finalizer keeps it (terminating) until the CNI DEL or the IP GC releases its IPs
+            finalizers=(FINALIZER,),
             annotations={NETWORK_ANNOTATION: req.network} if req.network else {},
         )
         self.store.commit(claims=claims, releases=releases, endpoint=new_endpoint.to_obj())

@@ -46,9 +46,14 @@ It implements, with the API server's semantics, what the backend relies on:
   object's metadata against ``ValidateObjectMeta``'s rules; a refusal is 422 ``Invalid`` with every
   field in ``details.causes``.  ``put()`` bypasses it, as a controller's own state would.
 
-Not emulated (not used by the backend): PATCH, server-side apply, admission webhooks,
-discovery, defaulting of built-in kinds (a new Pod gets no ``status.phase``), the garbage collector
-(ownerReferences cascade), namespace termination, and a Pod's default grace period (a DELETE without
+* the garbage collector (``tests/kube/emulator/gc.py``): after every write, dependents of deleted owners
+  go (background), ``propagationPolicy: Foreground`` keeps the owner with the ``foregroundDeletion``
+  finalizer until no ``blockOwnerDeletion`` dependent is left, ``Orphan`` strips the references;
+* the namespace controller: a deleted Namespace is ``Terminating``, refuses creates (403), has its
+  objects deleted and goes once it is empty.
+
+Not emulated (not used by the backend): server-side apply, admission webhooks,
+discovery, defaulting of built-in kinds (a new Pod gets no ``status.phase``), and a Pod's default grace period (a DELETE without
 ``gracePeriodSeconds`` is not graceful here; the API server would take
 ``spec.terminationGracePeriodSeconds``).
 
@@ -79,6 +84,14 @@ from kubernetes import client as k8s
 
 from ipam.kinds import KINDS, KindInfo
 from ipam.selectors import LabelSelector, Requirement
+from tests.kube.emulator.gc import (
+    FOREGROUND,
+    ORPHAN,
+    blocks_owner,
+    owner_uids,
+    propagation_policy,
+    without_owners,
+)
 from tests.kube.emulator.manifests import (
     agent_user,
     base_objects,
@@ -387,6 +400,14 @@ class KubeEmulator:
         self._compacted = 0  # watches from below this revision get 410
         self._rv = 0
         self._by_path: dict[tuple[str, str], KindInfo] = {(i.api_version, i.plural): i for i in KINDS}
+        self._by_prefix: dict[str, KindInfo] = {_prefix(i): i for i in KINDS}
+        # the garbage collector's view: objects by uid, dependents by owner uid, and what to look at
+        self._uid_index: dict[str, tuple[str, str, str]] = {}
+        self._dependents: dict[str, set[tuple[str, str, str]]] = {}
+        self._gc_owners: set[str] = set()
+        self._gc_dependents: set[tuple[str, str, str]] = set()
+        self._ns_due: set[str] = set()
+        self._collecting = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -524,7 +545,9 @@ class KubeEmulator:
                 self._fill_new(new, info, ns)
             else:
                 new["metadata"] = {**old["metadata"], **new["metadata"]}
-            return self._commit(info, new, old)
+            out = self._commit(info, new, old)
+            self._collect_garbage()
+            return out
 
     def stored(self, kind: str, name: str, namespace: str = "") -> Obj | None:
         info = self._info_of({"kind": kind})
@@ -578,6 +601,7 @@ class KubeEmulator:
             assert old is not None
             meta = old["metadata"]
             del self._objects[_key(info, meta.get("namespace", ""), meta["name"])]
+            self._index(info, None, old)
             gone = copy.deepcopy(last if last is not None else old)
             gone["metadata"]["resourceVersion"] = str(self._rv)
             self._record(_Event(self._rv, "DELETED", info, gone, old))
@@ -585,8 +609,140 @@ class KubeEmulator:
         new["metadata"]["resourceVersion"] = str(self._rv)
         meta = new["metadata"]
         self._objects[_key(info, meta.get("namespace", ""), meta["name"])] = new
+        self._index(info, new, old)
         self._record(_Event(self._rv, "ADDED" if old is None else "MODIFIED", info, new, old))
         return copy.deepcopy(new)
+
+    # -- the garbage collector and the namespace controller (under self._lock) ----------------------
+
+    def _index(self, info: KindInfo, new: Obj | None, old: Obj | None) -> None:
+        """Keep the GC's indexes right after a change, and note what the collector must look at."""
+        cur = new if new is not None else old
+        assert cur is not None
+        meta = cur["metadata"]
+        key = _key(info, meta.get("namespace", ""), meta["name"])
+        uid = str(meta.get("uid") or "")
+        before = set(owner_uids(old)) if old is not None else set()
+        after = set(owner_uids(new)) if new is not None else set()
+        for owner in before - after:
+            self._dependents.get(owner, set()).discard(key)
+        for owner in after - before:
+            self._dependents.setdefault(owner, set()).add(key)
+        if new is None:
+            self._uid_index.pop(uid, None)
+            self._gc_owners.add(uid)  # its dependents may have to go
+            self._gc_owners.update(before)  # a foreground owner may be free to go
+        else:
+            self._uid_index[uid] = key
+            if after:
+                self._gc_dependents.add(key)
+            if meta.get("deletionTimestamp"):
+                self._gc_owners.add(uid)
+                self._gc_owners.update(after)
+                if info.kind == "Namespace":
+                    self._ns_due.add(meta["name"])
+        if info.namespaced and meta.get("namespace"):
+            ns = self._objects.get(_key(self._info_of(_NS), "", meta["namespace"]))
+            if ns is not None and ns["metadata"].get("deletionTimestamp"):
+                self._ns_due.add(meta["namespace"])
+
+    def _collect_garbage(self) -> None:
+        """Run the garbage collector and the namespace controller until they have nothing left to do
+        (each of their writes is a write of its own, with its own revision and watch event)."""
+        with self._lock:
+            if self._collecting:
+                return  # a write of the collector itself: the running loop picks its work up
+            self._collecting = True
+            try:
+                while True:
+                    if self._gc_dependents:
+                        self._gc_dependent(self._gc_dependents.pop())
+                    elif self._gc_owners:
+                        self._gc_owner(self._gc_owners.pop())
+                    elif self._ns_due:
+                        self._gc_namespace(self._ns_due.pop())
+                    else:
+                        return
+            finally:
+                self._collecting = False
+
+    def _gc_dependent(self, key: tuple[str, str, str]) -> None:
+        obj = self._objects.get(key)
+        if obj is None:
+            return
+        uids = set(owner_uids(obj))
+        absent = {u for u in uids if u not in self._uid_index}
+        if not absent:
+            return
+        info = self._by_prefix[key[0]]
+        if absent == uids:
+            self._gc_delete(info, obj, "Background")  # every owner is gone
+        else:
+            self._commit(info, without_owners(obj, absent), obj)  # a live owner keeps it
+
+    def _gc_owner(self, uid: str) -> None:
+        deps = sorted(self._dependents.get(uid, set()))
+        key = self._uid_index.get(uid)
+        if key is None:
+            self._gc_dependents.update(deps)
+            return
+        owner = self._objects[key]
+        meta = owner["metadata"]
+        finalizers = meta.get("finalizers") or []
+        if not meta.get("deletionTimestamp"):
+            return
+        info = self._by_prefix[key[0]]
+        if ORPHAN in finalizers:
+            for dk in deps:
+                if (dep := self._objects.get(dk)) is not None:
+                    self._commit(self._by_prefix[dk[0]], without_owners(dep, {uid}), dep)
+            self._drop_finalizer(info, owner, ORPHAN)
+        elif FOREGROUND in finalizers:
+            for dk in deps:
+                dep = self._objects.get(dk)
+                if dep is not None and not dep["metadata"].get("deletionTimestamp"):
+                    grand = self._dependents.get(str(dep["metadata"].get("uid")))
+                    self._gc_delete(self._by_prefix[dk[0]], dep, "Foreground" if grand else "Background")
+            left = [self._objects[dk] for dk in deps if dk in self._objects]
+            if not any(blocks_owner(d, uid) for d in left):
+                self._drop_finalizer(info, self._objects[key], FOREGROUND)
+
+    def _gc_namespace(self, name: str) -> None:
+        ns = self._objects.get(_key(self._info_of(_NS), "", name))
+        if ns is None or not ns["metadata"].get("deletionTimestamp"):
+            return
+        inside = [
+            (k, o)
+            for k, o in sorted(self._objects.items())
+            if k[1] == name and self._by_prefix[k[0]].namespaced
+        ]
+        for k, obj in inside:
+            if not obj["metadata"].get("deletionTimestamp"):
+                self._gc_delete(self._by_prefix[k[0]], obj, "Background")
+        if not any(k in self._objects for k, _ in inside):
+            last = copy.deepcopy(ns)
+            last.setdefault("spec", {})["finalizers"] = []
+            self._commit(self._info_of(_NS), None, ns, last)  # empty: the namespace goes
+
+    def _gc_delete(self, info: KindInfo, obj: Obj, policy: str) -> None:
+        meta = obj["metadata"]
+        target = _Target(info, meta.get("namespace", "") if info.namespaced else "", meta["name"], "")
+        self._delete(target, {"propagationPolicy": policy}, {})
+
+    def _drop_finalizer(self, info: KindInfo, obj: Obj, finalizer: str) -> None:
+        new = copy.deepcopy(obj)
+        meta = new["metadata"]
+        meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f != finalizer]
+        if not meta["finalizers"]:
+            del meta["finalizers"]
+        if (
+            meta.get("deletionTimestamp")
+            and not meta.get("finalizers")
+            and not meta.get("deletionGracePeriodSeconds")
+        ):
+            self._commit(info, None, obj, new)
+        else:
+            self._commit(info, new, obj)
 
     def _record(self, event: _Event) -> None:
         self._history.append(event)
@@ -657,11 +813,17 @@ class KubeEmulator:
                     return await self._watch(request, target)
                 return web.json_response(self._list(target, request.query))
             if request.method == "POST" and not target.name:
-                return web.json_response(self._create(target, body), status=201)
+                created = self._create(target, body)
+                self._collect_garbage()
+                return web.json_response(created, status=201)
             if request.method == "PUT" and target.name:
-                return web.json_response(self._update(target, body))
+                updated = self._update(target, body)
+                self._collect_garbage()
+                return web.json_response(updated)
             if request.method == "DELETE" and target.name and not target.subresource:
-                return web.json_response(self._delete(target, body, request.query))
+                deleted = self._delete(target, body, request.query)
+                self._collect_garbage()
+                return web.json_response(deleted)
             raise _ApiError(
                 405, "MethodNotAllowed", f"the server does not allow this method ({request.method})"
             )
@@ -829,6 +991,23 @@ class KubeEmulator:
                     f'namespaces "{t.namespace}" not found',
                     {"name": t.namespace, "kind": "namespaces"},
                 )
+            ns_obj = (
+                self._objects.get(_key(self._info_of(_NS), "", t.namespace)) if t.info.namespaced else None
+            )
+            if ns_obj is not None and ns_obj["metadata"].get("deletionTimestamp"):
+                why = f"namespace {t.namespace} is being terminated"
+                raise _ApiError(
+                    403,
+                    "Forbidden",
+                    f'{_resource_name(t.info)} "{name}" is forbidden: unable to create new content in '
+                    f"namespace {t.namespace} because it is being terminated",
+                    {
+                        **_details(t.info, name),
+                        "causes": [
+                            {"reason": "NamespaceTerminating", "message": why, "field": "metadata.namespace"}
+                        ],
+                    },
+                )
             if _key(t.info, t.namespace, name) in self._objects:
                 raise _ApiError(
                     409,
@@ -931,6 +1110,10 @@ class KubeEmulator:
                         ],
                     },
                 )
+        try:
+            policy = propagation_policy(body, query)
+        except ValueError as err:
+            raise _ApiError(422, "Invalid", f'DeleteOptions.meta.k8s.io "" is invalid: {err}') from None
         if t.info.kind != "Pod":
             grace = None  # only pods have graceful deletion
         with self._lock:
@@ -962,6 +1145,17 @@ class KubeEmulator:
                 if grace == 0 and not held:
                     return self._commit(t.info, None, old, new)
                 return self._commit(t.info, new, old)
+            if t.info.kind == "Namespace":  # the namespace controller empties it, then it goes
+                new["metadata"]["deletionTimestamp"] = _now()
+                new["metadata"]["deletionGracePeriodSeconds"] = 0
+                new["status"] = {**(new.get("status") or {}), "phase": "Terminating"}
+                return self._commit(t.info, new, old)
+            gc_finalizer = {"Foreground": FOREGROUND, "Orphan": ORPHAN}.get(policy)
+            if gc_finalizer is not None:
+                finalizers = list(new["metadata"].get("finalizers") or [])
+                if gc_finalizer not in finalizers:
+                    new["metadata"]["finalizers"] = [*finalizers, gc_finalizer]
+                held = True
             if grace is not None and grace > 0:
                 new["metadata"]["deletionTimestamp"] = _now(grace)
                 new["metadata"]["deletionGracePeriodSeconds"] = grace

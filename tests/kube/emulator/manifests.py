@@ -4,6 +4,7 @@ the other actors of a cluster that the tests play (``cluster_actors.yaml``)."""
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def _base(base: Path) -> tuple[Obj, ...]:
 
 def base_objects(base: Path = BASE) -> list[Obj]:
     """Every object the kustomization applies (fresh copies: callers may change them)."""
-    return [yaml.safe_load(yaml.safe_dump(o)) for o in _base(base)]
+    return copy.deepcopy(list(_base(base)))
 
 
 def agent_user(base: Path = BASE) -> User:
