@@ -5,7 +5,9 @@ being served nor flood the log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import resource
 import socket
@@ -162,6 +164,47 @@ def test_repeated_warnings_are_one_line_per_interval() -> None:
         "cannot accept a connection: Too many open files",
         "cannot accept a connection: Too many open files (999 more in the last 10s)",
     ]
+
+
+def test_out_of_descriptors_is_one_warning_line_and_serving_resumes(
+    make_agent: Callable[[SocketLimits], Agent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The process runs out of descriptors while clients wait in the backlog: the accept loop pauses and
+    retries, logging one line (not asyncio's traceback per attempt), and serves them once
+    descriptors are free again."""
+    agent = make_agent(SocketLimits())
+    caplog.set_level(logging.DEBUG, logger="spiderbgp.cni_endpoint")
+    clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1, hard)
+        )
+        with contextlib.suppress(OSError):  # take every descriptor number left below the limit
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+        for c in clients:
+            c.connect(str(agent.socket_path))  # queued in the backlog: accepting them needs descriptors
+        eventually(lambda: agent.served._accept_log.left_out >= 3, 10, "accept retried and failed")
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with ExitStack() as stack:
+        for c in clients:
+            stack.enter_context(c)
+            c.settimeout(10)
+        clients[0].sendall(post(wire.PATH_ADD, add_body(agent), "Connection: close"))
+        [(status, _, _)] = responses(read_to_close(clients[0]))
+        assert status == 200
+    warnings = [
+        r for r in caplog.records if r.name == "spiderbgp.cni_endpoint" and r.levelno >= logging.WARNING
+    ]
+    assert [r.getMessage().split(" (")[0] for r in warnings] == [
+        "CNI socket: cannot accept a connection: Too many open files"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
 
 
 # -- the issue's case: a real agent process with 256 descriptors and 300 idle clients -------------------
