@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -166,6 +167,7 @@ class AgentProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     exit_code: int | None = None
+    nofile: int | None = None  # the process's descriptor limit (set in the child before exec)
 
     @property
     def node(self) -> str:
@@ -193,8 +195,13 @@ class AgentProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                preexec_fn=None if self.nofile is None else self._limit_descriptors,
             )
         self.exit_code = None
+
+    def _limit_descriptors(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -11,7 +11,6 @@ import logging
 import os
 import resource
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -22,7 +21,7 @@ import pytest
 from cni import wire
 from ipam.sqlite_store import SqliteStore
 from spiderbgp.cni_endpoint import SocketLimits, _RateLimitedLog
-from tests.agent.conftest import SPIDERBGP, AgentProcess, agent_config, eventually, seed
+from tests.agent.conftest import AgentProcess, agent_config, eventually, seed
 from tests.cni.conftest import Agent, Plugin, cni_env, netconf
 from tests.cni.test_socket_hostile import add_body, post, responses
 
@@ -210,33 +209,13 @@ def test_out_of_descriptors_is_one_warning_line_and_serving_resumes(
 # -- the issue's case: a real agent process with 256 descriptors and 300 idle clients -------------------
 
 
-class LimitedAgent(AgentProcess):
-    """The agent process with a descriptor limit of ``nofile`` (set in the child before exec)."""
-
-    nofile = 256
-
-    def start(self) -> None:
-        import yaml
-
-        self.config_path.write_text(yaml.safe_dump(self.config))
-        limit = self.nofile
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [SPIDERBGP, "agent", "--config", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
-            )
-
-
 def test_idle_clients_beyond_the_descriptor_limit_do_not_stop_the_plugin(
     tmp_path: Path, plugin: Plugin
 ) -> None:
     db = tmp_path / "state" / "state.db"
     uids = seed(db, [("web-0", "node1")])
-    agent = LimitedAgent(agent_config(tmp_path, "node1", db), tmp_path / "agent.yaml", tmp_path / "agent.log")
+    config = agent_config(tmp_path, "node1", db)
+    agent = AgentProcess(config, tmp_path / "agent.yaml", tmp_path / "agent.log", nofile=256)
     try:
         agent.start()
         agent.wait_ready()
