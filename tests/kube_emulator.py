@@ -52,6 +52,9 @@ It implements, with the API server's semantics, what the backend relies on:
 * the namespace controller: a deleted Namespace is ``Terminating``, refuses creates (403), has its
   objects deleted and goes once it is empty.
 
+* PATCH (``tests/kube/emulator/patch.py``): merge patch, JSON patch, and strategic merge patch for
+  built-in kinds (415 for custom resources, as the API server answers);
+
 Not emulated (not used by the backend): server-side apply, admission webhooks,
 discovery, defaulting of built-in kinds (a new Pod gets no ``status.phase``), and a Pod's default grace period (a DELETE without
 ``gracePeriodSeconds`` is not graceful here; the API server would take
@@ -100,6 +103,13 @@ from tests.kube.emulator.manifests import (
 )
 from tests.kube.emulator.metadata import meta_causes
 from tests.kube.emulator.paging import EXPIRED_MESSAGE, Continue, decode_continue, encode_continue
+from tests.kube.emulator.patch import (
+    JSON_PATCH,
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    PatchError,
+    apply_patch,
+)
 from tests.kube.emulator.rbac import ANONYMOUS, Attributes, Authorizer, User, forbidden_message, verb_of
 from tests.kube.emulator.schema import Cause, CrdSchema
 
@@ -534,13 +544,15 @@ class KubeEmulator:
             return self._compacted
 
     def put(self, obj: Obj) -> Obj:
-        """Create or replace an object as-is (status included), as a controller would leave it."""
+        """Create or replace an object as-is (status included, not validated), as a controller would
+        leave it; a custom resource is pruned and defaulted, as the API server reads it from etcd."""
         info = self._info_of(obj)
         meta = obj.get("metadata", {})
         ns = meta.get("namespace", "") if info.namespaced else ""
         with self._lock:
             old = self._objects.get(_key(info, ns, meta["name"]))
-            new = copy.deepcopy(obj)
+            schema = self._schemas.get(info.kind)
+            new = schema.admit(obj) if schema is not None else copy.deepcopy(obj)
             if old is None:
                 self._fill_new(new, info, ns)
             else:
@@ -799,12 +811,12 @@ class KubeEmulator:
             target = self._parse_path(request.path)
             self._authorize(request, target)
             body: Obj | None = None
-            if request.method in ("POST", "PUT", "DELETE") and request.can_read_body:
+            if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.can_read_body:
                 try:
                     body = json.loads(await request.read() or b"null")
                 except ValueError as err:
                     raise _ApiError(400, "BadRequest", f"invalid JSON body: {err}") from err
-            if request.method in ("POST", "PUT", "DELETE") and faults._take_write_conflict():
+            if request.method in ("POST", "PUT", "PATCH", "DELETE") and faults._take_write_conflict():
                 raise _conflict(target.info, target.name or "(collection)", _MODIFIED)
             if request.method == "GET":
                 if target.name:
@@ -820,6 +832,10 @@ class KubeEmulator:
                 updated = self._update(target, body)
                 self._collect_garbage()
                 return web.json_response(updated)
+            if request.method == "PATCH" and target.name:
+                patched = self._patch(target, body, request.content_type)
+                self._collect_garbage()
+                return web.json_response(patched)
             if request.method == "DELETE" and target.name and not target.subresource:
                 deleted = self._delete(target, body, request.query)
                 self._collect_garbage()
@@ -1085,6 +1101,34 @@ class KubeEmulator:
             ):
                 return self._commit(t.info, None, old, new)  # its last finalizer went: gone
             return self._commit(t.info, new, old)
+
+    def _patch(self, t: _Target, patch: Any, content_type: str) -> Obj:
+        """PATCH: the patch applied to the stored object, then written as an update (unconditional
+        unless the patch names a resourceVersion, as the API server does)."""
+        with self._lock:
+            old = self._objects.get(_key(t.info, t.namespace, t.name))
+            if old is None:
+                raise _not_found(t.info, t.name)
+            try:
+                new = apply_patch(old, content_type, patch, builtin=t.info.group in _BUILTIN_GROUPS)
+            except LookupError:
+                raise _ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - accepted media types include: "
+                    f"{JSON_PATCH}, {MERGE_PATCH}, application/apply-patch+yaml"
+                    + (f", {STRATEGIC_MERGE_PATCH}" if t.info.group in _BUILTIN_GROUPS else ""),
+                ) from None
+            except PatchError as err:
+                raise _ApiError(422, "Invalid", f'{t.info.kind} "{t.name}" is invalid: {err}') from None
+            if not isinstance(new, dict) or not isinstance(new.get("metadata"), dict):
+                raise _ApiError(
+                    422, "Invalid", f'{t.info.kind} "{t.name}" is invalid: the patch removed metadata'
+                )
+            asked = isinstance(patch, dict) and "resourceVersion" in (patch.get("metadata") or {})
+            if not asked:
+                new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            return self._update(t, new)
 
     def _delete(self, t: _Target, body: Obj | None, query: Mapping[str, str]) -> Obj:
         pre = (body or {}).get("preconditions") or {}
