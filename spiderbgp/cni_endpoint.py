@@ -325,7 +325,7 @@ def _malformed(data: bytes | bytearray, err: httptools.HttpParserError) -> Refus
     ):
         method = first[0].decode("latin-1")
         return Refusal(501, f"malformed HTTP request: method {method[:40]!r} is not implemented")
-    if reason in ("Pause on PRI/Upgrade", "Invalid HTTP version") or first[-1:] == [b"HTTP/2.0"]:
+    if reason in ("Pause on PRI/Upgrade", "Invalid HTTP version"):
         return Refusal(505, f"malformed HTTP request: {reason} (the agent speaks HTTP/1.1)")
     return Refusal(400, f"malformed HTTP request: {reason}")
 
@@ -406,9 +406,9 @@ class _Request:
 
 def parse_call(data: bytes | bytearray) -> _Call | Refusal | str | None:
     """The CNI call at the start of ``data``; ``_INCOMPLETE`` (``_INCOMPLETE_BODY`` once its head is
-    complete) when more bytes may make it one; a
-    Refusal for malformed HTTP or a head over 16 KiB; None for a well-formed request the short path
-    does not answer (aiohttp then serves the connection).
+    complete) when more bytes may make it one; a Refusal for malformed HTTP or a head over 16 KiB;
+    None for a well-formed request the short path does not answer (aiohttp then serves the
+    connection).
 
     The bytes are parsed by llhttp (``httptools``, the parser uvicorn uses).  Accepted: ``POST <CNI
     path> HTTP/1.1`` with a Content-Length body (at most MAX_BODY_BYTES) and no Transfer-Encoding,
