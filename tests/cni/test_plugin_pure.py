@@ -61,6 +61,8 @@ def test_bad_command(command: str) -> None:
         ("a/b", False),
         ("a b", False),
         ("é", False),
+        ("c" * 256, True),
+        ("c" * 257, False),
     ],
 )
 def test_container_id_rule(cid: str, ok: bool) -> None:
