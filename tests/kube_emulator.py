@@ -74,6 +74,8 @@ import json
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -500,6 +502,29 @@ class KubeEmulator:
         cfg.api_key["authorization"] = token or self.harness_token
         cfg.api_key_prefix["authorization"] = "Bearer"
         return cfg
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        """One raw request over HTTP (for tests of the API itself): the status and the decoded body.
+        As the cluster admin unless ``token`` says who (``""``: no token, anonymous)."""
+        headers = {"Content-Type": content_type}
+        token = self.admin_token if token is None else token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
 
     def _user(self, request: web.Request) -> User:
         header = request.headers.get("Authorization", "")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -38,14 +36,7 @@ def pool(name: str = "p1", **spec: Any) -> Obj:
 
 
 def http(emulator: KubeEmulator, method: str, path: str, body: Obj | None = None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {emulator.admin_token}"}
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(emulator.url + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return emulator.call(method, path, body)
 
 
 def test_unknown_fields_are_pruned_and_defaults_set(kube_emulator: KubeEmulator) -> None:

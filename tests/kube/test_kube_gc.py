@@ -4,9 +4,6 @@ what it means for the agent's objects (an endpoint goes with its pod only once i
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -25,14 +22,7 @@ HOLD = "example.com/hold"
 
 
 def http(emulator: KubeEmulator, method: str, path: str, body: Obj | None = None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {emulator.admin_token}"}
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(emulator.url + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return emulator.call(method, path, body)
 
 
 def ref(owner: Obj, *, block: bool = False) -> Obj:

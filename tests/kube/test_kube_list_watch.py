@@ -4,11 +4,8 @@ informer and the store's watch recover."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,14 +44,7 @@ def pool(name: str) -> Obj:
 
 
 def get(emulator: KubeEmulator, path: str) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        emulator.url + path, headers={"Authorization": f"Bearer {emulator.admin_token}"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return emulator.call("GET", path)
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -114,13 +104,8 @@ def test_later_pages_come_from_the_first_pages_snapshot(kube_emulator: KubeEmula
 
 
 def _delete_direct(emulator: KubeEmulator, name: str) -> None:
-    req = urllib.request.Request(
-        emulator.url + resource_path(POD, "default", name),
-        method="DELETE",
-        headers={"Authorization": f"Bearer {emulator.admin_token}"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
+    code, _ = emulator.call("DELETE", resource_path(POD, "default", name))
+    assert code == 200
 
 
 def test_a_compacted_continue_token_is_410_expired(kube_emulator: KubeEmulator) -> None:

@@ -3,9 +3,6 @@ only), with the update's preconditions, schema validation and authorization."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 from ipam.kinds import kind_info
@@ -21,18 +18,8 @@ POD = resource_path(kind_info("Pod"), "default", "web")
 def patch(
     emulator: KubeEmulator, path: str, kind: str, body: Any, token: str | None = None
 ) -> tuple[int, Any]:
-    headers = {
-        "Content-Type": f"application/{kind}-patch+json" if kind != "json" else "application/json-patch+json",
-        "Authorization": f"Bearer {token or emulator.admin_token}",
-    }
-    req = urllib.request.Request(
-        emulator.url + path, data=json.dumps(body).encode(), method="PATCH", headers=headers
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    media = "application/json-patch+json" if kind == "json" else f"application/{kind}-patch+json"
+    return emulator.call("PATCH", path, body, token=token, content_type=media)
 
 
 def setup(emulator: KubeEmulator) -> None:

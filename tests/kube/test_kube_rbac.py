@@ -3,9 +3,6 @@ configs/kubernetes/rbac.yaml, so a write the agent does without a grant fails he
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -37,16 +34,7 @@ def subnet(name: str) -> Obj:
 def http(
     emulator: KubeEmulator, method: str, path: str, token: str | None, body: Obj | None = None
 ) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(emulator.url + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return emulator.call(method, path, body, token=token or "")
 
 
 def test_the_leader_finishes_a_terminating_subnet_as_the_agent(

@@ -45,14 +45,7 @@ def http(
     emulator: KubeEmulator, method: str, path: str, body: Obj | None = None, *, token: str | None = None
 ) -> tuple[int, Any]:
     """One raw request, as the cluster admin unless ``token`` says who."""
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token or emulator.admin_token}"}
-    req = urllib.request.Request(emulator.url + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return emulator.call(method, path, body, token=token)
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
