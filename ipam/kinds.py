@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "KindInfo", "kind_info", "resolve_kind"]
+__all__ = ["GENERIC_KINDS", "KINDS", "KindInfo", "kind_info", "resolve_kind"]
 
 SPIDER_API = "spiderpool.spidernet.io/v2beta1"
 
@@ -27,6 +27,50 @@ class KindInfo:
         return self.api_version.rpartition("/")[2]
 
 
+GENERIC_KINDS: tuple[KindInfo, ...] = (
+    KindInfo("Service", "v1", "services", True, True, ("svc",)),
+    KindInfo("Endpoints", "v1", "endpoints", True, False, ("ep",)),
+    KindInfo("ConfigMap", "v1", "configmaps", True, False, ("cm",)),
+    KindInfo("Secret", "v1", "secrets", True, False, ()),
+    KindInfo("ServiceAccount", "v1", "serviceaccounts", True, False, ("sa",)),
+    KindInfo("PersistentVolumeClaim", "v1", "persistentvolumeclaims", True, True, ("pvc",)),
+    KindInfo("PersistentVolume", "v1", "persistentvolumes", False, True, ("pv",)),
+    KindInfo("ReplicationController", "v1", "replicationcontrollers", True, True, ("rc",)),
+    KindInfo("LimitRange", "v1", "limitranges", True, False, ("limits",)),
+    KindInfo("ResourceQuota", "v1", "resourcequotas", True, True, ("quota",)),
+    KindInfo("Event", "v1", "events", True, False, ("ev",)),
+    KindInfo("ControllerRevision", "apps/v1", "controllerrevisions", True, False, ()),
+    KindInfo("EndpointSlice", "discovery.k8s.io/v1", "endpointslices", True, False, ()),
+    KindInfo("Ingress", "networking.k8s.io/v1", "ingresses", True, True, ("ing",)),
+    KindInfo("IngressClass", "networking.k8s.io/v1", "ingressclasses", False, False, ()),
+    KindInfo("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", True, False, ("netpol",)),
+    KindInfo("Role", "rbac.authorization.k8s.io/v1", "roles", True, False, ()),
+    KindInfo("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings", True, False, ()),
+    KindInfo("ClusterRole", "rbac.authorization.k8s.io/v1", "clusterroles", False, False, ()),
+    KindInfo("ClusterRoleBinding", "rbac.authorization.k8s.io/v1", "clusterrolebindings", False, False, ()),
+    KindInfo("PodDisruptionBudget", "policy/v1", "poddisruptionbudgets", True, True, ("pdb",)),
+    KindInfo("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers", True, True, ("hpa",)),
+    KindInfo("PriorityClass", "scheduling.k8s.io/v1", "priorityclasses", False, False, ("pc",)),
+    KindInfo("StorageClass", "storage.k8s.io/v1", "storageclasses", False, False, ("sc",)),
+    KindInfo(
+        "CustomResourceDefinition",
+        "apiextensions.k8s.io/v1",
+        "customresourcedefinitions",
+        False,
+        True,
+        ("crd", "crds"),
+    ),
+    # Multus' network attachments, which Spiderpool's multi-interface examples create
+    KindInfo(
+        "NetworkAttachmentDefinition",
+        "k8s.cni.cncf.io/v1",
+        "network-attachment-definitions",
+        True,
+        False,
+        ("net-attach-def",),
+    ),
+)
+
 KINDS: tuple[KindInfo, ...] = (
     KindInfo("SpiderIPPool", SPIDER_API, "spiderippools", False, True, ("sp",)),
     KindInfo("SpiderSubnet", SPIDER_API, "spidersubnets", False, True, ("ss",)),
@@ -43,6 +87,9 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Job", "batch/v1", "jobs", True, True, ()),
     KindInfo("CronJob", "batch/v1", "cronjobs", True, True, ("cj",)),
     KindInfo("Lease", "coordination.k8s.io/v1", "leases", True, False, ()),
+    # Kinds nothing here acts on, stored as the API server stores them, so manifests that carry them
+    # (Spiderpool's examples: a Service beside a StatefulSet, RBAC and Multus objects) apply unchanged.
+    *GENERIC_KINDS,
 )
 
 _BY_NAME: dict[str, KindInfo] = {}

@@ -13,6 +13,7 @@ crash; ``down`` also sweeps any namespace carrying the lab's token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import shutil
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from lab.frr import FRR_STATE_ROOT, FrrRouter, wait_until
-from lab.netns import Netns, ProcRef, Sandbox, addresses, ip_netns_exec, kill_procs, run, set_link, sweep
+from lab.netns import Netns, ProcRef, Sandbox, addresses, ip_netns_exec, kill_procs, set_link, sweep
 from lab.topology import Node, Topology, load_topology, translate_paths
 
 __all__ = ["REPO_ROOT", "ROLE_LABEL", "SEED_TOPOLOGY", "Lab", "LabError"]
@@ -36,6 +37,9 @@ SEED_TOPOLOGY = REPO_ROOT / "lab" / "seed.clab.yml"
 ROLE_LABEL = "spiderbgp.io/role"
 STATE_FILE = "state.json"
 RUN_ENV = "SBGP_RUN"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CONTROLLER_DIR = "controller"
+CONTROLLER_READY = "pods.json"  # the controller writes its pod state once the cluster objects exist
 
 
 class LabError(RuntimeError):
@@ -82,6 +86,9 @@ class Lab:
         self.topo: Topology = load_topology(topology_file, {RUN_ENV: str(run_dir)})
         self.extra: dict[str, Any] = extra if extra is not None else {}
         self.agents: dict[str, ProcRef] = {}
+        self.controller: ProcRef | None = None
+        self.mount_holders: dict[str, ProcRef] = {}
+        self.host_dirs: list[str] = []  # mount points made under the host's /run (removed at down)
         self._routers: dict[str, FrrRouter] = {}
 
     # ---- construction ------------------------------------------------------------------------
@@ -118,6 +125,10 @@ class Lab:
             extra=dict(state.get("extra", {})),
         )
         lab.agents = {k: ProcRef(int(v[0]), int(v[1])) for k, v in state.get("agents", {}).items()}
+        lab.mount_holders = {k: ProcRef(int(v[0]), int(v[1])) for k, v in state.get("mounts", {}).items()}
+        lab.host_dirs = [str(d) for d in state.get("host_dirs", [])]
+        ctl = state.get("controller")
+        lab.controller = ProcRef(int(ctl[0]), int(ctl[1])) if ctl else None
         for node in lab.topo.nodes:
             if node.is_frr:
                 lab.router_of(node.name).reattach()
@@ -128,6 +139,9 @@ class Lab:
             "topology": str(self.topology_file),
             "sandbox": self.sandbox.snapshot(),
             "agents": {k: [v.pid, v.start_time] for k, v in self.agents.items()},
+            "controller": [self.controller.pid, self.controller.start_time] if self.controller else None,
+            "mounts": {k: [v.pid, v.start_time] for k, v in self.mount_holders.items()},
+            "host_dirs": self.host_dirs,
             "extra": self.extra,
         }
         tmp = self.run_dir / f".{STATE_FILE}.tmp"
@@ -167,16 +181,28 @@ class Lab:
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment of every lab command: the caller's, with the lab's shim and the
-        interpreter's bin directory first on PATH."""
-        env = dict(self.base_env)
-        path = [
-            str(self.run_dir / "bin"),
-            str(Path(sys.executable).parent),
-            env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        ]
-        env["PATH"] = ":".join(path)
-        return env
+        """The environment of every lab process: the lab's own, never the caller's (a caller's
+        ``SPIDERBGP_STORE`` or ``SPIDERBGP_SOCKET`` must not reach the agents, plugins or node commands).
+        PATH has the lab's shim and the interpreter's bin directory first, then the system's."""
+        path = [str(self.run_dir / "bin"), str(Path(sys.executable).parent), SYSTEM_PATH]
+        return {"PATH": ":".join(path), "LANG": "C.UTF-8", "HOME": "/root"}
+
+    def node_env(self, node: str) -> dict[str, str]:
+        """A node's environment: the lab's plus the topology's ``env`` for that node."""
+        return {**self.env, **dict(self.topo.node(node).env)}
+
+    def node_argv(self, node: str, argv: Sequence[str]) -> list[str]:
+        """argv running ``argv`` inside ``node``: its network namespace and, for a node with binds, its
+        mount namespace, where the binds sit at their container paths (as in the container)."""
+        holder = self.mount_holders.get(node)
+        if holder is None:
+            return ip_netns_exec(self.ns(node), argv)
+        return ["nsenter", "--target", str(holder.pid), "--mount", "--net", "--", *argv]
+
+    def host_argv(self, node: str, argv: Sequence[str]) -> list[str]:
+        """argv running ``argv`` in ``node``'s network namespace but the host's mount namespace
+        (the kubelet's view: CNI plugins open pod namespaces under /var/run/netns)."""
+        return ip_netns_exec(self.ns(node), argv)
 
     def nodes_with_role(self, role: str) -> list[str]:
         return [n.name for n in self.topo.nodes if n.label(ROLE_LABEL) == role]
@@ -237,8 +263,9 @@ class Lab:
 
     # ---- bring up / tear down ----------------------------------------------------------------
 
-    def up(self, *, timeout: float = 60.0, wait_bgp: bool = True) -> None:
-        """Build every namespace, link, file and process of the topology (saving state as it goes)."""
+    def up(self, *, timeout: float = 60.0, wait_bgp: bool = True, controller: bool = True) -> None:
+        """Build every namespace, link, file and process of the topology (saving state as it goes),
+        then start the lab's controller (``lab.controller``), which runs the cluster from then on."""
         _write_shim(self.run_dir / "bin")
         self.save()
         for node in self.topo.nodes:
@@ -248,6 +275,10 @@ class Lab:
             self.sandbox.veth(self.ns(link.a.node), link.a.iface, self.ns(link.b.node), link.b.iface)
         for node in self.topo.nodes:
             self._materialize_binds(node)
+        for node in self.topo.nodes:
+            if node.binds and not node.is_frr:
+                self._mount_namespace(node)
+                self.save()
         for node in self.topo.nodes:
             for line in node.exec:
                 self._exec_line(node, line)
@@ -259,8 +290,10 @@ class Lab:
             if node.cmd and not node.is_frr:
                 self.start_cmd(node.name)
                 self.save()
+        if controller and self.k8s_nodes:
+            self.start_controller(timeout=timeout)
         if wait_bgp and self.k8s_nodes:
-            peers = {addr for name in self.k8s_nodes for addr in [self._bgp_address(name)] if addr}
+            peers = {addr for name in self.k8s_nodes for addr in [self.bgp_address(name)] if addr}
             try:
                 self.router.wait_established(peers, timeout=timeout)
             except TimeoutError as exc:
@@ -292,7 +325,7 @@ class Lab:
                 parts.append(_tail(exa_log, lines))
         return "\n".join(parts)
 
-    def _bgp_address(self, node: str) -> str | None:
+    def bgp_address(self, node: str) -> str | None:
         bgp = self.agent_config(node).get("bgp") or {}
         value = bgp.get("nextHop") if isinstance(bgp, dict) else None
         return str(value) if value else None
@@ -308,9 +341,77 @@ class Lab:
             else:
                 src.mkdir(parents=True, exist_ok=True)
 
+    def _mount_namespace(self, node: Node) -> None:
+        """A mount namespace for ``node`` with every bind at its container path, held by a ``sleep``
+        inside the node's namespaces (it goes with them).  A missing mount point is made on an overlay
+        of its nearest existing ancestor (upper layer in the run directory), so the host's /etc, /var
+        or /opt never change; under the host's /run (a tmpfs whose /run/netns must stay visible) the
+        empty mount point is made on the host and removed at ``down``."""
+        script = ["set -e"]
+        overlaid: list[Path] = []
+        scratch = self.node_dir(node.name) / "mnt"
+        for i, (container, host) in enumerate(self.mounts(node.name)):
+            target = Path(container)
+            is_file = Path(host).is_file()
+            if not target.exists() and not any(o in target.parents for o in overlaid):
+                ancestor = next(p for p in target.parents if p.exists())
+                if ancestor == Path("/run") or Path("/run") in ancestor.parents:
+                    missing = target.parent if is_file else target
+                    for d in [*reversed(missing.parents), missing]:
+                        if not d.exists():
+                            d.mkdir()
+                            self.host_dirs.append(str(d))
+                    if is_file:
+                        raise LabError(
+                            f"node {node.name}: bind {container}: a file under /run is not supported"
+                        )
+                else:
+                    upper, work = scratch / f"upper{i}", scratch / f"work{i}"
+                    upper.mkdir(parents=True, exist_ok=True)
+                    work.mkdir(parents=True, exist_ok=True)
+                    script.append(
+                        f"mount -t overlay overlay -o lowerdir={shlex.quote(str(ancestor))},"
+                        f"upperdir={shlex.quote(str(upper))},workdir={shlex.quote(str(work))} "
+                        f"{shlex.quote(str(ancestor))}"
+                    )
+                    overlaid.append(ancestor)
+            q = shlex.quote(container)
+            if is_file:
+                script.append(f"mkdir -p {shlex.quote(str(target.parent))}; [ -e {q} ] || : > {q}")
+            else:
+                script.append(f"mkdir -p {q}")
+            script.append(f"mount --bind {shlex.quote(host)} {q}")
+            bind = node.bind_for(container)
+            if bind is not None and bind.read_only:
+                script.append(f"mount -o remount,bind,ro {q}")
+        script.append("echo ready")
+        script.append("exec sleep infinity")
+        proc = self.sandbox.popen(
+            self.ns(node.name),
+            ["unshare", "--mount", "--propagation", "slave", "sh", "-c", "\n".join(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline().decode().strip()
+        proc.stdout.close()
+        if line != "ready":
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise LabError(f"node {node.name}: mount namespace: {err[-1] if err else 'no output'}")
+        proc.stderr.close()
+        self.mount_holders[node.name] = ProcRef.of(proc.pid)
+
     def _exec_line(self, node: Node, line: str) -> None:
         cmd = translate_paths(line, self.mounts(node.name))
-        res = run(self.ns(node.name), ["sh", "-c", cmd], check=False, env=self.env, timeout=60)
+        res = subprocess.run(
+            self.node_argv(node.name, ["sh", "-c", cmd]),
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self.node_env(node.name),
+            timeout=60,
+        )
         if res.returncode != 0:
             raise LabError(
                 f"node {node.name}: exec {line!r} failed (exit {res.returncode}): {res.stderr.strip()}"
@@ -343,7 +444,13 @@ class Lab:
         log = self.agent_log(node)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
-            proc = self.sandbox.popen(self.ns(node), argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+            proc = self.sandbox.popen(
+                None,
+                self.node_argv(node, argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.node_env(node),
+            )
         ref = ProcRef.of(proc.pid)
         self.agents[node] = ref
         self.save()
@@ -361,15 +468,66 @@ class Lab:
             self.sandbox.stop_proc(ref)
         self.save()
 
+    # ---- the controller (control plane and kubelets, lab.controller) ---------------------------
+
+    @property
+    def controller_dir(self) -> Path:
+        return self.run_dir / CONTROLLER_DIR
+
+    def start_controller(self, *, timeout: float = 30.0) -> ProcRef:
+        """Start ``python -m lab.controller`` for this lab (a host process: it only reads the store and
+        runs commands inside the lab's namespaces) and wait until it has written the cluster objects."""
+        self.controller_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.controller_dir / CONTROLLER_READY
+        with (self.controller_dir / "controller.log").open("ab") as out:
+            proc = self.sandbox.popen(
+                None,
+                [sys.executable, "-m", "lab.controller", "--run-dir", str(self.run_dir)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, "PYTHONPATH": str(REPO_ROOT)},
+                cwd=REPO_ROOT,
+            )
+        ref = ProcRef.of(proc.pid)
+        self.controller = ref
+        self.save()
+        try:
+            wait_until(
+                lambda: ready.exists() or not ref.alive(),
+                timeout=timeout,
+                interval=0.05,
+                what="the controller",
+            )
+        except TimeoutError as exc:
+            raise LabError(f"{exc}\n{_tail(self.controller_dir / 'controller.log', 12)}") from None
+        if not ref.alive():
+            raise LabError(
+                "the controller exited at start:\n" + _tail(self.controller_dir / "controller.log", 12)
+            )
+        return ref
+
+    def stop_controller(self) -> None:
+        ref, self.controller = self.controller, None
+        if ref is not None:
+            self.sandbox.stop_proc(ref)
+            self.save()
+
     def set_link(self, node: str, iface: str, *, up: bool) -> None:
         set_link(self.ns(node), iface, up=up)
 
     def exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
-        """argv running ``argv`` inside a node's or a pod's namespace (``lab exec``)."""
+        """argv running ``argv`` inside a node (its namespaces) or a pod's network namespace
+        (``lab exec``): ``node1``, ``NAMESPACE/POD`` or ``POD`` (namespace default)."""
         names = {n.name for n in self.topo.nodes}
-        ns = Netns(self.sandbox.name(host))
-        if host not in names and not Path(ns.path).exists():
-            raise LabError(f"no host or pod named {host!r} in this lab (nodes: {', '.join(sorted(names))})")
+        if host in names:
+            return self.node_argv(host, argv)
+        namespace, _, pod = host.rpartition("/")
+        ns = Netns(self.sandbox.name(f"{namespace or 'default'}.{pod}"))
+        if not Path(ns.path).exists():
+            raise LabError(
+                f"no node or running pod named {host!r} in this lab (nodes: {', '.join(sorted(names))}; "
+                "pods as NAME or NAMESPACE/NAME)"
+            )
         return ip_netns_exec(ns, argv)
 
     def down(self) -> list[str]:
@@ -381,6 +539,9 @@ class Lab:
         except RuntimeError as exc:
             errors.append(str(exc))
         swept = sweep(self.sandbox.prefix)
+        for d in reversed(self.host_dirs):
+            with contextlib.suppress(OSError):
+                Path(d).rmdir()  # only if still empty: another lab may use it
         for state_dir in FRR_STATE_ROOT.glob(f"{self.sandbox.prefix}*"):
             shutil.rmtree(state_dir, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -1,86 +1,53 @@
-"""``python -m lab``: drive the namespace lab built from ``lab/seed.clab.yml``.
+"""``python -m lab``: drive the namespace lab built from ``lab/seed.clab.yml``, kubectl-style.
 
-    up | demo | apply -f FILE | scale NAME REPLICAS | delete-pod NAME | down | status
-    vtysh -c CMD | exec HOST -- CMD | get pods
+    up | demo | down | status | check
+    apply -f FILE | delete -f FILE | delete KIND NAME [-n NS]
+    get pods [-A | -n NS] [-o wide|yaml|json] | get KIND [NAME] [-n NS] [-o yaml|json]
+    scale KIND/NAME N | scale NAME N | delete-pod NAME [-n NS] | wait [-n NS] [--timeout S]
+    label node NODE key=value ... | restart agent NODE
+    vtysh -c CMD | exec HOST -- CMD
 
-One lab per run directory ($SBGP_LAB_DIR, default /tmp/sbgp-lab).  Every user error is one line on
-stderr and exit code 1; no traceback reaches the user.
+``up`` starts the lab's long-running controller (``lab.controller``); the other verbs only write the
+store, as kubectl writes the API server, and the controller acts.  One lab per run directory
+($SBGP_LAB_DIR, default /tmp/sbgp-lab).  Every user error is one line on stderr and exit code 1; no
+traceback reaches the user.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+import yaml
 
 from ipam.errors import IpamError
+from ipam.kinds import resolve_kind
 from ipam.sqlite_store import SqliteStore
 from lab.build import SEED_TOPOLOGY, Lab, LabError, default_run_dir
 from lab.frr import FrrError
-from lab.kubelet import CniError, Kubelet
+from lab.kubelet import CniError
 from lab.topology import TopologyError
+from lab.verbs import (
+    VerbError,
+    apply_file,
+    delete_file,
+    delete_named,
+    delete_pod,
+    format_pods,
+    label_node,
+    objects,
+    scale,
+    wait_settled,
+)
 
-__all__ = ["format_pods", "main", "run_spiderbgp"]
-
-
-def _age(created: str, now: float) -> str:
-    try:
-        stamp = time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-    except ValueError:
-        return "<unknown>"
-    secs = max(0, int(now - stamp))
-    if secs < 120:
-        return f"{secs}s"
-    if secs < 7200:
-        return f"{secs // 60}m"
-    return f"{secs // 3600}h"
-
-
-def format_pods(pods: Sequence[Mapping[str, object]], *, now: float) -> str:
-    """``kubectl get po -o wide`` columns: NAME READY STATUS RESTARTS AGE IP NODE."""
-    rows = [("NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE")]
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        spec = pod.get("spec") or {}
-        status = pod.get("status") or {}
-        assert isinstance(meta, dict) and isinstance(spec, dict) and isinstance(status, dict)
-        containers = status.get("containerStatuses") or []
-        ready = sum(1 for c in containers if c.get("ready"))
-        total = len(spec.get("containers") or []) or len(containers) or 1
-        rows.append(
-            (
-                str(meta.get("name", "")),
-                f"{ready}/{total}",
-                str(status.get("phase", "Pending")),
-                str(sum(int(c.get("restartCount", 0)) for c in containers)),
-                _age(str(meta.get("creationTimestamp", "")), now),
-                str(status.get("podIP") or "<none>"),
-                str(spec.get("nodeName") or "<none>"),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def run_spiderbgp(lab: Lab, args: Sequence[str], out: TextIO) -> int:
-    """The real ``spiderbgp`` CLI against the lab's store (what a user would type)."""
-    res = subprocess.run(
-        ["spiderbgp", "--store", str(lab.store_path), *args],
-        capture_output=True,
-        text=True,
-        env=lab.env,
-        timeout=120,
-        check=False,
-    )
-    out.write(res.stdout)
-    if res.returncode != 0:
-        out.write(res.stderr)
-    return res.returncode
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,32 +62,48 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--topology", type=Path, default=SEED_TOPOLOGY, help="containerlab topology file")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("up", help="build the topology and start FRR and the agents")
+    sub.add_parser("up", help="build the topology, start FRR, the agents and the lab's controller")
     sub.add_parser("demo", help="run the seed's steps and check the invariants (builds the lab if needed)")
-    q = sub.add_parser("apply", help="apply YAML to the store and let the kubelet stand-in act on it")
+    q = sub.add_parser("apply", help="create or update objects from YAML (like kubectl apply -f)")
     q.add_argument("-f", "--filename", required=True, type=Path)
-    q = sub.add_parser("scale", help="set the replicas of a Deployment or StatefulSet")
-    q.add_argument("name")
+    q = sub.add_parser("delete", help="delete -f FILE, or delete KIND NAME [-n NS]")
+    q.add_argument("-f", "--filename", type=Path, default=None)
+    q.add_argument("kind", nargs="?")
+    q.add_argument("name", nargs="?")
+    q.add_argument("-n", "--namespace", default=None)
+    q = sub.add_parser("scale", help="scale KIND/NAME N (or NAME N: a Deployment or StatefulSet)")
+    q.add_argument("target")
     q.add_argument("replicas", type=int)
-    q = sub.add_parser("delete-pod", help="delete a pod (its controller replaces it)")
+    q.add_argument("-n", "--namespace", default="default")
+    q = sub.add_parser("delete-pod", help="delete a pod gracefully (its controller replaces it)")
     q.add_argument("name")
+    q.add_argument("-n", "--namespace", default="default")
+    q = sub.add_parser("wait", help="wait until every pod runs or says why it cannot (like rollout status)")
+    q.add_argument("-n", "--namespace", default=None, help="one namespace (default: all)")
+    q.add_argument("--timeout", type=float, default=300.0)
+    q = sub.add_parser("label", help="label node NODE key=value ... (key- removes a label)")
+    q.add_argument("what", choices=["node", "nodes", "no"])
+    q.add_argument("node")
+    q.add_argument("labels", nargs="+")
+    q.add_argument("--overwrite", action="store_true")
+    q = sub.add_parser("restart", help="restart agent NODE: stop and start one node's agent")
+    q.add_argument("what", choices=["agent"])
+    q.add_argument("node")
     sub.add_parser("down", help="remove every namespace, process and file of the lab")
     sub.add_parser("status", help="namespaces, processes and BGP sessions")
     sub.add_parser("check", help="check the invariants now")
     q = sub.add_parser("vtysh", help="vtysh against the lab router")
     q.add_argument("-c", dest="commands", action="append", required=True)
-    q = sub.add_parser("exec", help="run a command inside router, node1, node2, client or a pod")
+    q = sub.add_parser("exec", help="run a command inside a node (router, node1, ...) or a pod")
     q.add_argument("host")
     q.add_argument("argv", nargs=argparse.REMAINDER)
-    q = sub.add_parser("get", help="get pods (like kubectl get po -o wide)")
-    q.add_argument("what", choices=["pods", "po", "pod"])
+    q = sub.add_parser("get", help="get pods [-A|-n NS] [-o wide|yaml|json], get KIND [NAME]")
+    q.add_argument("kind")
+    q.add_argument("name", nargs="?")
+    q.add_argument("-n", "--namespace", default=None)
+    q.add_argument("-A", "--all-namespaces", action="store_true")
+    q.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"], default=None)
     return p
-
-
-def open_kubelet(lab: Lab, out: TextIO) -> tuple[Kubelet, SqliteStore]:
-    store = SqliteStore(lab.store_path)
-    kubelet = Kubelet(lab, store, log=lambda line: print(line, file=out))
-    return kubelet, store
 
 
 def _status(lab: Lab, out: TextIO) -> int:
@@ -136,14 +119,69 @@ def _status(lab: Lab, out: TextIO) -> int:
             pids = lab.router_of(node.name).pids()
             what = "frr " + ", ".join(f"{d} {'running' if r.alive() else 'DEAD'}" for d, r in pids.items())
         print(f"  {node.name:8} {ns.name:24} {'up' if exists else 'MISSING':8} {what}", file=out)
+    ctl = lab.controller
+    state = "not started" if ctl is None else f"pid {ctl.pid} {'running' if ctl.alive() else 'DEAD'}"
+    print(f"  controller {state}", file=out)
     try:
         for addr, peer in sorted(lab.router.bgp_peers().items()):
             print(f"  bgp peer {addr:15} {peer.get('state')} pfxRcd={peer.get('pfxRcd', 0)}", file=out)
     except (FrrError, OSError) as exc:
         print(f"  bgp: {exc}", file=out)
-    pods = lab.extra.get("pods", {})
-    print(f"  pods: {len(pods)}", file=out)
     return 0
+
+
+def _dump(objs: Sequence[Mapping[str, Any]], single: bool, fmt: str) -> str:
+    doc: Any = objs[0] if single else {"apiVersion": "v1", "kind": "List", "items": list(objs)}
+    if fmt == "json":
+        return json.dumps(doc, indent=4, sort_keys=True)
+    return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False).rstrip()
+
+
+def _get(lab: Lab, store: SqliteStore, args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        info = resolve_kind(args.kind)
+    except KeyError as exc:
+        raise VerbError(str(exc.args[0])) from None
+    namespace = None if args.all_namespaces else (args.namespace or "default")
+    objs = list(objects(store, info.kind, args.name, namespace))
+    if args.output in ("yaml", "json"):
+        if objs:
+            print(_dump(objs, args.name is not None, args.output), file=out)
+        return 0
+    if not objs:
+        where = f" in {namespace} namespace" if namespace and info.namespaced else ""
+        print(f"No resources found{where}.", file=sys.stderr)
+        return 0
+    if args.output == "name":
+        for obj in objs:
+            print(f"{info.kind.lower()}/{obj['metadata']['name']}", file=out)
+        return 0
+    if info.kind == "Pod":
+        text = format_pods(
+            objs,
+            now=time.time(),
+            wide=args.output == "wide",
+            namespaces=namespace is None and info.namespaced,
+        )
+        print(text, file=out)
+        return 0
+    return run_spiderbgp_get(lab.store_path, args, out)
+
+
+def run_spiderbgp_get(store_path: Path, args: argparse.Namespace, out: TextIO) -> int:
+    """Table output of other kinds: the project's own ``spiderbgp get`` renders them."""
+    from spiderbgp.cli import main as spiderbgp_main
+
+    argv = ["--store", str(store_path), "get", args.kind]
+    if args.name:
+        argv.append(args.name)
+    if args.all_namespaces:
+        argv.append("-A")
+    elif args.namespace:
+        argv += ["-n", args.namespace]
+    if args.output:
+        argv += ["-o", args.output]
+    return spiderbgp_main(argv, out=out)
 
 
 def main(
@@ -157,75 +195,7 @@ def main(
         print("error: the lab needs root (network namespaces)", file=sys.stderr)
         return 1
     try:
-        if args.command == "up":
-            lab = Lab.create(run_dir=run_dir, env=env, topology_file=args.topology)
-            try:
-                lab.up()
-            except BaseException:
-                lab.down()
-                raise
-            kubelet, store = open_kubelet(lab, out)
-            kubelet.ensure_cluster_objects()
-            store.close()
-            print(f"lab up: token {lab.token}, run dir {run_dir}", file=out)
-            return 0
-        if args.command == "demo":
-            from lab.demo import run_demo
-
-            return run_demo(run_dir=run_dir, env=env, topology_file=args.topology, out=out)
-        if args.command == "down":
-            try:
-                lab = Lab.load(run_dir, env)
-            except LabError:
-                print(f"no lab in {run_dir}", file=out)
-                return 0
-            try:
-                kubelet, store = open_kubelet(lab, out)
-                kubelet.down()
-                store.close()
-            except (IpamError, CniError, OSError) as exc:
-                print(f"warning: pods: {exc}", file=out)
-            swept = lab.down()
-            print(f"lab down: removed {len(swept)} leftover namespaces", file=out)
-            return 0
-        lab = Lab.load(run_dir, env)
-        if args.command == "status":
-            return _status(lab, out)
-        if args.command == "vtysh":
-            out.write(lab.router.vtysh(*args.commands))
-            return 0
-        if args.command == "exec":
-            argv_ = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else list(args.argv)
-            if not argv_:
-                print("error: exec HOST -- CMD needs a command", file=sys.stderr)
-                return 1
-            return subprocess.run(lab.exec_argv(args.host, argv_), env=lab.env, check=False).returncode
-        kubelet, store = open_kubelet(lab, out)
-        try:
-            if args.command == "get":
-                print(format_pods(store.list("Pod", namespace=kubelet.namespace), now=time.time()), file=out)
-                return 0
-            if args.command == "apply":
-                rc = run_spiderbgp(lab, ["apply", "-f", str(args.filename.resolve())], out)
-                if rc == 0:
-                    kubelet.reconcile()
-                return rc
-            if args.command == "scale":
-                print(kubelet.scale(args.name, args.replicas), file=out)
-                return 0
-            if args.command == "delete-pod":
-                kubelet.delete_pod(args.name)
-                return 0
-            if args.command == "check":
-                from lab.invariants import check_invariants
-
-                problems = check_invariants(lab, kubelet, store)
-                for line in problems:
-                    print(f"FAIL {line}", file=out)
-                print("invariants hold" if not problems else f"{len(problems)} invariant(s) broken", file=out)
-                return 0 if not problems else 1
-        finally:
-            store.close()
+        return _run(args, run_dir, env, out)
     except (LabError, TopologyError, FrrError, CniError, IpamError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -236,4 +206,103 @@ def main(
             raise
         print(f"error: internal error ({type(exc).__name__}): {exc}", file=sys.stderr)
         return 1
-    return 1
+
+
+def _run(args: argparse.Namespace, run_dir: Path, env: Mapping[str, str], out: TextIO) -> int:
+    if args.command == "up":
+        lab = Lab.create(run_dir=run_dir, env=env, topology_file=args.topology)
+        try:
+            lab.up()
+        except BaseException:
+            lab.down()
+            raise
+        print(f"lab up: token {lab.token}, run dir {run_dir}", file=out)
+        return 0
+    if args.command == "demo":
+        from lab.demo import run_demo
+
+        return run_demo(run_dir=run_dir, env=env, topology_file=args.topology, out=out)
+    if args.command == "down":
+        try:
+            lab = Lab.load(run_dir, env)
+        except LabError:
+            print(f"no lab in {run_dir}", file=out)
+            return 0
+        lab.stop_controller()
+        swept = lab.down()
+        print(f"lab down: removed {len(swept)} leftover namespaces", file=out)
+        return 0
+    lab = Lab.load(run_dir, env)
+    if args.command == "status":
+        return _status(lab, out)
+    if args.command == "vtysh":
+        out.write(lab.router.vtysh(*args.commands))
+        return 0
+    if args.command == "exec":
+        argv_ = list(args.argv[1:]) if args.argv[:1] == ["--"] else list(args.argv)
+        if not argv_:
+            raise VerbError("exec HOST -- CMD needs a command")
+        host_env = lab.node_env(args.host) if args.host in {n.name for n in lab.topo.nodes} else lab.env
+        out.flush()
+        return subprocess.run(lab.exec_argv(args.host, argv_), env=host_env, check=False).returncode
+    if args.command == "restart":
+        lab.stop_cmd(args.node)
+        lab.start_cmd(args.node)
+        peer = lab.bgp_address(args.node)
+        if peer:
+            lab.router.wait_established({peer}, timeout=60)
+        print(f"agent on {args.node} restarted", file=out)
+        return 0
+    store = SqliteStore(lab.store_path)
+    try:
+        return _store_verb(lab, store, args, out)
+    finally:
+        store.close()
+
+
+def _store_verb(lab: Lab, store: SqliteStore, args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "get":
+        return _get(lab, store, args, out)
+    if args.command == "apply":
+        for line in apply_file(store, args.filename):
+            print(line, file=out)
+        return 0
+    if args.command == "delete":
+        if args.filename is not None:
+            if args.kind is not None:
+                raise VerbError("delete: give either -f FILE or KIND NAME, not both")
+            lines = delete_file(store, args.filename)
+        elif args.kind is None or args.name is None:
+            raise VerbError("delete: needs -f FILE or KIND NAME")
+        else:
+            lines = [delete_named(store, args.kind, args.name, args.namespace)]
+        for line in lines:
+            print(line, file=out)
+        return 0
+    if args.command == "scale":
+        print(scale(store, args.target, args.replicas, args.namespace), file=out)
+        return 0
+    if args.command == "delete-pod":
+        print(delete_pod(store, args.name, args.namespace), file=out)
+        return 0
+    if args.command == "label":
+        print(label_node(store, args.node, args.labels, overwrite=args.overwrite), file=out)
+        return 0
+    if args.command == "wait":
+        failing = wait_settled(store, namespace=args.namespace, timeout=args.timeout)
+        for line in failing:
+            print(line, file=out)
+        if failing:
+            print(f"{len(failing)} pod(s) cannot run", file=out)
+            return 1
+        print("every pod is running", file=out)
+        return 0
+    if args.command == "check":
+        from lab.invariants import check_invariants
+
+        problems = check_invariants(lab, store)
+        for line in problems:
+            print(f"FAIL {line}", file=out)
+        print("invariants hold" if not problems else f"{len(problems)} invariant(s) broken", file=out)
+        return 0 if not problems else 1
+    raise VerbError(f"unknown command {args.command}")

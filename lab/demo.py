@@ -1,11 +1,14 @@
 """The seed, step by step, on the namespace lab; ends with the invariants (exit 1 if any fails).
 
-Each step prints what the seed shows (``kubectl get sp``, ``kubectl get po -o wide``, the router's
-``show bgp summary`` / ``show bgp ipv4 unicast``, the client's page fetches) and checks it.
+Each step prints the command a user would type and what the seed shows (``kubectl get sp``,
+``kubectl get po -o wide``, the router's ``show bgp summary`` / ``show bgp ipv4 unicast``, the
+client's page fetches) and checks it.  The steps only write the store, as the verbs of
+``python -m lab`` do, and wait for the lab's controller to act (``lab.verbs.wait_settled``).
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,12 +16,12 @@ from typing import TextIO
 
 import netaddr
 
-from ipam.errors import NotFound
+from ipam.errors import IpamError, NotFound
+from ipam.sqlite_store import SqliteStore
 from ipam.store import Obj, Store
 from lab.build import REPO_ROOT, STATE_FILE, Lab
-from lab.cli import format_pods, open_kubelet, run_spiderbgp
 from lab.invariants import check_invariants, fetch_pages, pod_views, route_problems
-from lab.kubelet import Kubelet
+from lab.verbs import apply_file, delete_pod, format_pods, scale, wait_settled
 
 __all__ = ["Demo", "run_demo"]
 
@@ -28,8 +31,8 @@ SEED_RANGE = netaddr.IPRange("10.244.100.0", "10.244.200.1")
 
 
 class Demo:
-    def __init__(self, lab: Lab, kubelet: Kubelet, store: Store, out: TextIO) -> None:
-        self.lab, self.kubelet, self.store, self.out = lab, kubelet, store, out
+    def __init__(self, lab: Lab, store: Store, out: TextIO) -> None:
+        self.lab, self.store, self.out = lab, store, out
         self.failures: list[str] = []
 
     # ---- output and checks -------------------------------------------------------------------
@@ -46,13 +49,60 @@ class Demo:
         print(f"$ {line}", file=self.out, flush=True)
 
     def get_sp(self) -> None:
-        self.shell("spiderbgp get sp")
-        run_spiderbgp(self.lab, ["get", "sp"], self.out)
+        """``spiderbgp get sp`` on a node, as a user types it (the node's binds give it the store)."""
+        node = self.lab.k8s_nodes[0]
+        self.shell(f"python -m lab exec {node} -- spiderbgp get sp")
+        res = subprocess.run(
+            self.lab.exec_argv(node, ["spiderbgp", "get", "sp"]),
+            env=self.lab.node_env(node),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.out.write(res.stdout or res.stderr)
 
     def get_pods(self) -> None:
-        self.shell("python -m lab get pods")
-        pods = self.store.list("Pod", namespace=self.kubelet.namespace)
+        self.shell("python -m lab get pods -o wide")
+        pods = self.store.list("Pod", namespace="default")
         print(format_pods(pods, now=time.time()), file=self.out)
+
+    def apply(self, name: str) -> None:
+        path = CONFIGS / name
+        self.shell(f"python -m lab apply -f {path}")
+        for line in apply_file(self.store, path):
+            print(line, file=self.out)
+        self.settle()
+
+    def scale(self, name: str, replicas: int) -> None:
+        self.shell(f"python -m lab scale {name} {replicas}")
+        print(scale(self.store, name, replicas), file=self.out)
+        self.settle()
+
+    def delete_pod(self, name: str) -> None:
+        self.shell(f"python -m lab delete-pod {name}")
+        print(delete_pod(self.store, name), file=self.out)
+        self.wait(lambda: name not in self.pods_of(name) or self._replaced(name), timeout=60)
+        self.settle()
+
+    def _replaced(self, name: str) -> bool:
+        try:
+            return not self.store.get("Pod", name, "default")["metadata"].get("deletionTimestamp")
+        except NotFound:
+            return False
+
+    def settle(self) -> None:
+        """``python -m lab wait``: until every pod runs (or says why it cannot)."""
+        self.shell("python -m lab wait")
+        try:
+            failing = wait_settled(self.store, timeout=120)
+        except TimeoutError as exc:
+            self.expect(False, str(exc))
+            return
+        for line in failing:
+            print(line, file=self.out)
+        print("every pod is running" if not failing else f"{len(failing)} pod(s) cannot run", file=self.out)
+        self.expect(not failing, "every pod is running")
 
     def pool(self, name: str) -> Obj:
         return self.store.get("SpiderIPPool", name)
@@ -61,11 +111,13 @@ class Demo:
         return int((self.pool(name).get("status") or {}).get("allocatedIPCount") or 0)
 
     def pods_of(self, prefix: str) -> dict[str, str]:
-        """name -> IP of the running pods whose name starts with ``prefix``."""
+        """name -> IP of the running pods of namespace default whose name starts with ``prefix``."""
         return {
-            key.split("/", 1)[1]: rt.ip
-            for key, rt in sorted(self.kubelet.pods.items())
-            if key.split("/", 1)[1].startswith(prefix)
+            pod["metadata"]["name"]: str((pod.get("status") or {}).get("podIP") or "")
+            for pod in self.store.list("Pod", namespace="default")
+            if pod["metadata"]["name"].startswith(prefix)
+            and (pod.get("status") or {}).get("phase") == "Running"
+            and not pod["metadata"].get("deletionTimestamp")
         }
 
     def wait(self, probe: Callable[[], bool], timeout: float = 20.0) -> bool:
@@ -77,7 +129,7 @@ class Demo:
         return True
 
     def routes_converged(self, timeout: float = 20.0) -> list[str]:
-        views = pod_views(self.lab, self.kubelet)
+        views = pod_views(self.lab, self.store)
         problems: list[str] = []
 
         def probe() -> bool:
@@ -109,8 +161,7 @@ class Demo:
     def run(self) -> None:
         lab = self.lab
         self.say("Create the SpiderIPPool used by the pods (the seed's nginx-ippool-v4)")
-        self.shell(f"spiderbgp apply -f {CONFIGS / 'nginx-ippool-v4.yaml'}")
-        run_spiderbgp(lab, ["apply", "-f", str(CONFIGS / "nginx-ippool-v4.yaml")], self.out)
+        self.apply("nginx-ippool-v4.yaml")
         self.get_sp()
         pool = self.pool(SEED_POOL)
         status = pool.get("status") or {}
@@ -120,17 +171,13 @@ class Demo:
         )
 
         self.say("The router's BGP sessions with both nodes (calicoctl node status in the seed)")
-        lab.router.wait_established(
-            {a for n in lab.k8s_nodes for a in [lab._bgp_address(n)] if a}, timeout=60
-        )
+        lab.router.wait_established({a for n in lab.k8s_nodes for a in [lab.bgp_address(n)] if a}, timeout=60)
         self.shell("python -m lab vtysh -c 'show bgp summary'")
         print(lab.router.vtysh("show bgp summary"), file=self.out)
         self.expect(len(lab.router.established()) == len(lab.k8s_nodes), "both sessions Established")
 
         self.say("Create the seed's nginx Deployment (2 replicas, ippool annotation)")
-        self.shell(f"python -m lab apply -f {CONFIGS / 'nginx-deployment.yaml'}")
-        run_spiderbgp(lab, ["apply", "-f", str(CONFIGS / "nginx-deployment.yaml")], self.out)
-        self.kubelet.reconcile()
+        self.apply("nginx-deployment.yaml")
         self.get_pods()
         nginx = self.pods_of("nginx-")
         self.expect(len(nginx) == 2, "2 nginx pods running")
@@ -144,8 +191,7 @@ class Demo:
         self.fetch_all(nginx)
 
         self.say("Scale to 3 replicas")
-        self.shell("python -m lab scale nginx 3")
-        print(self.kubelet.scale("nginx", 3), file=self.out)
+        self.scale("nginx", 3)
         self.get_pods()
         nginx = self.pods_of("nginx-")
         self.expect(
@@ -159,8 +205,7 @@ class Demo:
 
         self.say("Delete a pod: its replacement is served, the old route is gone")
         victim = sorted(nginx)[0]
-        self.shell(f"python -m lab delete-pod {victim}")
-        self.kubelet.delete_pod(victim)
+        self.delete_pod(victim)
         self.get_pods()
         after = self.pods_of("nginx-")
         self.expect(victim not in after and len(after) == 3, f"{victim} replaced, 3 pods again")
@@ -168,14 +213,11 @@ class Demo:
         self.fetch_all(after)
 
         self.say("A StatefulSet pod deleted and recreated keeps its IP")
-        self.shell(f"python -m lab apply -f {CONFIGS / 'web-statefulset.yaml'}")
-        run_spiderbgp(lab, ["apply", "-f", str(CONFIGS / "web-statefulset.yaml")], self.out)
-        self.kubelet.reconcile()
+        self.apply("web-statefulset.yaml")
         web = self.pods_of("web-")
         self.get_pods()
         before = web.get("web-1")
-        self.shell("python -m lab delete-pod web-1")
-        self.kubelet.delete_pod("web-1")
+        self.delete_pod("web-1")
         web = self.pods_of("web-")
         self.get_pods()
         self.expect(
@@ -187,13 +229,10 @@ class Demo:
         self.say(
             "A Deployment annotated with ipam.spidernet.io/subnet gets an auto-pool that follows its replicas"
         )
-        self.shell(f"python -m lab apply -f {CONFIGS / 'demo-subnet-v4.yaml'}")
-        run_spiderbgp(lab, ["apply", "-f", str(CONFIGS / "demo-subnet-v4.yaml")], self.out)
-        self.kubelet.reconcile()
+        self.apply("demo-subnet-v4.yaml")
         self.get_sp()
         for replicas in (4, 1):
-            self.shell(f"python -m lab scale auto {replicas}")
-            print(self.kubelet.scale("auto", replicas), file=self.out)
+            self.scale("auto", replicas)
             grown = self.wait(lambda r=replicas: self._auto_pool_size() == r + 1, timeout=30)  # type: ignore[misc]
             self.get_sp()
             self.expect(
@@ -202,7 +241,7 @@ class Demo:
         self.fetch_all(self.pods_of("auto-"))
 
         self.say("Invariants")
-        problems = check_invariants(lab, self.kubelet, self.store)
+        problems = check_invariants(lab, self.store)
         for line in problems:
             self.expect(False, line)
         self.expect(
@@ -230,14 +269,12 @@ def run_demo(*, run_dir: Path, env: Mapping[str, str], topology_file: Path, out:
         except BaseException:
             lab.down()
             raise
-    kubelet, store = open_kubelet(lab, out)
+    store = SqliteStore(lab.store_path)
+    demo = Demo(lab, store, out)
     try:
-        kubelet.ensure_cluster_objects()
-        demo = Demo(lab, kubelet, store, out)
-        try:
-            demo.run()
-        except NotFound as exc:
-            demo.expect(False, str(exc))
+        demo.run()
+    except (NotFound, IpamError) as exc:
+        demo.expect(False, str(exc))
     finally:
         store.close()
     print(file=out)

@@ -1,10 +1,14 @@
-"""The invariants checked after every lab scenario.
+"""The invariants checked after every lab scenario, over every namespace.
 
 1. No IP is allocated twice (across every pool).
-2. Every allocation belongs to a live pod (same UID) that has that IP on its interface.
+2. Every allocation belongs to a running pod (same UID) that has that IP on its interface.
 3. Every pool's ``status.allocatedIPCount`` equals its records.
-4. The router's BGP table holds exactly the pods' /32s, each with the next hop of the pod's node.
-5. Every pod answers the client with its name.
+4. The router's BGP table holds exactly the running pods' /32s (/128s), each with the next hop of the
+   pod's node.
+5. Every running pod answers the client with its name (``namespace/name`` outside ``default``).
+
+The running pods are the store's Pods in phase Running (what the controller wrote), each looked at
+in its own network namespace.
 
 The comparisons are pure functions over plain values; ``check_invariants`` gathers the values from the
 store, the namespaces, the router and the client (waiting a bounded time for BGP to converge).
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from ipam.store import IPRecord, Store
 from lab.build import REPO_ROOT, Lab
 from lab.frr import BgpPath
-from lab.kubelet import POD_IFNAME, Kubelet
+from lab.kubelet import POD_IFNAME, pod_netns, served_name
 from lab.netns import Netns, addresses, run
 
 __all__ = [
@@ -42,7 +46,7 @@ class PodView:
 
     key: str  # namespace/name
     uid: str
-    ip: str
+    ips: tuple[str, ...]
     node_addresses: frozenset[str]
     iface_addresses: frozenset[str]  # bare IPs on the pod's interface
 
@@ -82,7 +86,7 @@ def count_problems(counts: Mapping[str, int | None], records: Sequence[IPRecord]
 def route_problems(routes: Mapping[str, BgpPath], pods: Mapping[str, PodView]) -> list[str]:
     """Invariant 4: the router's best paths are exactly the pods' /32s via their nodes."""
     problems: list[str] = []
-    wanted = {f"{p.ip}/32": p for p in pods.values() if p.ip}
+    wanted = {f"{ip}/{128 if ':' in ip else 32}": p for p in pods.values() for ip in p.ips}
     for prefix, pod in sorted(wanted.items()):
         path = routes.get(prefix)
         if path is None:
@@ -100,11 +104,16 @@ def answer_problems(answers: Mapping[str, str | None], pods: Mapping[str, PodVie
     """Invariant 5: each pod's page, fetched by the client, names the pod."""
     problems: list[str] = []
     for pod in sorted(pods.values(), key=lambda p: p.key):
-        name = pod.key.split("/", 1)[1]
-        got = answers.get(pod.ip)
-        if got != name:
-            problems.append(f"client: http://{pod.ip}/ (pod {pod.key}) answered {got!r}, wanted {name!r}")
+        name = served_name(pod.key)
+        for ip in pod.ips:
+            got = answers.get(ip)
+            if got != name:
+                problems.append(f"client: {_url(ip)} (pod {pod.key}) answered {got!r}, wanted {name!r}")
     return problems
+
+
+def _url(ip: str) -> str:
+    return f"http://[{ip}]/" if ":" in ip else f"http://{ip}/"
 
 
 def fetch_pages(lab: Lab, ips: Sequence[str], *, timeout: float = 2.0) -> dict[str, str | None]:
@@ -122,16 +131,40 @@ def fetch_pages(lab: Lab, ips: Sequence[str], *, timeout: float = 2.0) -> dict[s
     return {str(k): (None if v is None else str(v)) for k, v in data.items()}
 
 
-def pod_views(lab: Lab, kubelet: Kubelet) -> dict[str, PodView]:
+def pod_views(lab: Lab, store: Store) -> dict[str, PodView]:
+    """Every Running pod of every namespace, with the addresses on its interface."""
     views: dict[str, PodView] = {}
-    node_addrs = {n: frozenset(lab.node_addresses(n)) for n in lab.k8s_nodes}
-    for key, rt in kubelet.pods.items():
+    node_addrs = {n: frozenset(lab.node_addresses(n)) | _v6(lab, n) for n in lab.k8s_nodes}
+    for pod in store.list("Pod"):
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if status.get("phase") != "Running" or meta.get("deletionTimestamp"):
+            continue
+        namespace, name = str(meta.get("namespace") or "default"), str(meta["name"])
+        ips = tuple(str(p.get("ip")) for p in status.get("podIPs") or [] if p.get("ip"))
         try:
-            on_iface = frozenset(a.split("/")[0] for a in addresses(Netns(rt.netns), POD_IFNAME))
+            on_iface = frozenset(
+                a.split("/")[0] for a in addresses(pod_netns(lab, namespace, name), POD_IFNAME)
+            )
         except (LookupError, OSError):
             on_iface = frozenset()
-        views[key] = PodView(key, rt.uid, rt.ip, node_addrs.get(rt.node, frozenset()), on_iface)
+        node = str((pod.get("spec") or {}).get("nodeName") or "")
+        views[f"{namespace}/{name}"] = PodView(
+            f"{namespace}/{name}",
+            str(meta.get("uid") or ""),
+            ips,
+            node_addrs.get(node, frozenset()),
+            on_iface,
+        )
     return views
+
+
+def _v6(lab: Lab, node: str) -> frozenset[str]:
+    """The node's global IPv6 addresses (next hops of IPv6 pod routes)."""
+    try:
+        found = addresses(Netns(lab.sandbox.name(node)))
+    except (LookupError, OSError):
+        return frozenset()
+    return frozenset(a.split("/")[0] for a in found if ":" in a and not a.lower().startswith("fe80"))
 
 
 def _wait_for_empty(probe: Callable[[], list[str]], timeout: float, interval: float = 0.5) -> list[str]:
@@ -143,15 +176,15 @@ def _wait_for_empty(probe: Callable[[], list[str]], timeout: float, interval: fl
         time.sleep(interval)
 
 
-def check_invariants(lab: Lab, kubelet: Kubelet, store: Store, *, timeout: float = 20.0) -> list[str]:
+def check_invariants(lab: Lab, store: Store, *, timeout: float = 20.0) -> list[str]:
     """Every invariant; returns the problems (empty = all hold).  BGP and the client check are
     retried for up to ``timeout`` seconds, since announcements converge asynchronously."""
-    pods = pod_views(lab, kubelet)
+    pods = pod_views(lab, store)
     pools = store.list("SpiderIPPool")
     records = [r for pool in pools for r in store.records(pool["metadata"]["name"])]
     counts = {p["metadata"]["name"]: (p.get("status") or {}).get("allocatedIPCount") for p in pools}
     problems = allocation_problems(records, pods) + count_problems(counts, records)
     problems += _wait_for_empty(lambda: route_problems(lab.router.bgp_routes(), pods), timeout)
-    ips = sorted(p.ip for p in pods.values() if p.ip)
+    ips = sorted(ip for p in pods.values() for ip in p.ips)
     problems += _wait_for_empty(lambda: answer_problems(fetch_pages(lab, ips), pods), timeout / 2)
     return problems

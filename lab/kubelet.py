@@ -1,47 +1,53 @@
-"""A kubelet (plus the Deployment/StatefulSet controllers) stand-in for the lab.
+"""The lab's kubelet part: pod sandboxes on the lab's nodes.
 
-It reads Deployments and StatefulSets from the store, keeps ReplicaSets and Pods in line with them
-(annotations and labels from the pod template, ownerReferences, ``spec.nodeName`` spread over the lab's
-nodes), and for every pod: makes a namespace ``sbgp-<token>-<pod>``, runs the node's CNI chain inside the
-node's namespace the way libcni does (each plugin of the conflist in order, with ``prevResult``; DEL in
-reverse order with the cached result), starts ``lab.podserver`` in the pod and writes the Pod status
-(phase Running, podIP/podIPs, hostIP, Ready).  Deleting a pod goes as in Kubernetes: the API delete
-with the pod's grace period (``spec.terminationGracePeriodSeconds``, 30 by default) leaves it
-terminating, so the IPAM's CNI DEL releases its IP (the pod is no longer alive); then the pod's
-namespace goes and the final delete (grace 0) removes the object.  The next ``reconcile`` replaces it
-(StatefulSet pods keep their names) and finishes any pod left terminating.
+For one pod, ``Kubelet.start`` makes the pod's network namespace ``sbgp-<token>-<namespace>.<name>``,
+runs the node's CNI configuration inside the node the way libcni does (each plugin of the first
+``*.conflist`` of ``/etc/cni/net.d`` in order, with ``prevResult``; ``CNI_PATH`` = the node's
+``/opt/cni/bin`` plus the reference plugins), and starts the pod's workload (``PodWorkload``).  A
+failed ADD is undone (DEL in reverse order, namespace removed) and raised as ``CniError`` carrying the
+plugin's message, so the caller can keep the pod Pending and retry.  ``Kubelet.stop`` undoes a running
+sandbox: workload stopped, CNI DEL with the cached result, namespace removed.
 
-Kubelet-local state (pod namespace, container ID, cached CNI result, server PID) lives in the lab's
-state file, so each ``python -m lab`` command can pick up where the last one stopped.
+The pods' workload is ``SharedPodServer``: each node's one ``lab.podserver`` process serves every pod
+of the node (GET / answers the pod's name, GET /healthz its readiness), so a thousand pods do not
+need a thousand interpreters.
+
+The kubelet decides nothing about which pods should run: the long-running controller
+(``lab.controller``) calls it from its worker pool, and it is safe to call from several threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import random
+import os
+import socket
 import subprocess
-import sys
-import time
+import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ipam.errors import NotFound
-from ipam.store import Obj, Store
-from lab.build import REPO_ROOT, Lab
-from lab.netns import Netns, ProcRef, ip_netns_exec, kill_procs, run
+from ipam.store import Obj
+from lab.build import Lab
+from lab.netns import Netns, ProcRef, create_netns, delete_netns, kill_procs, pids_in
+from lab.podserver import NodePodServer, PodServerClient, PodServerError
 
 __all__ = [
     "CNI_BIN_DIR",
     "CNI_CONF_DIR",
+    "POD_IFNAME",
+    "POD_PORT",
     "CniError",
     "Kubelet",
     "PodRuntime",
-    "pod_template_hash",
+    "PodWorkload",
+    "SharedPodServer",
+    "http_status",
+    "pod_netns",
+    "served_name",
 ]
 
 # kubelet's defaults: where it finds the CNI config and plugins (the topology binds them per node)
@@ -50,20 +56,15 @@ CNI_BIN_DIR = "/opt/cni/bin"
 REFERENCE_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins, also in the node image
 POD_IFNAME = "eth0"
 POD_PORT = 80
-DEFAULT_GRACE_SECONDS = 30  # a Pod's default spec.terminationGracePeriodSeconds
-_HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the consonants-and-digits set Kubernetes uses in names
+CNI_TIMEOUT = 60.0
 
 
 class CniError(RuntimeError):
-    """A CNI plugin failed: ``pod default/x: CNI ADD ptp: <its message>``; ``code`` is its CNI code."""
+    """A CNI plugin failed: ``CNI ADD spiderpool: code 11: <its message>``; ``code`` is its CNI code."""
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
-
-
-CNI_TRY_AGAIN = 11
-ADD_RETRY_SECONDS = 30.0  # like the kubelet, keep retrying a sandbox whose ADD said "try again later"
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,9 @@ class PodRuntime:
     node: str
     netns: str
     container_id: str
-    ip: str
-    server: tuple[int, int] | None
-    cni_result: Mapping[str, Any]
+    ips: tuple[str, ...] = ()
+    server: tuple[int, int] | None = None
+    cni_result: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,7 +86,7 @@ class PodRuntime:
             "node": self.node,
             "netns": self.netns,
             "container_id": self.container_id,
-            "ip": self.ip,
+            "ips": list(self.ips),
             "server": list(self.server) if self.server else None,
             "cni_result": dict(self.cni_result),
         }
@@ -99,396 +100,189 @@ class PodRuntime:
             node=str(data["node"]),
             netns=str(data["netns"]),
             container_id=str(data["container_id"]),
-            ip=str(data.get("ip", "")),
+            ips=tuple(str(ip) for ip in data.get("ips") or []),
             server=(int(server[0]), int(server[1])) if server else None,
             cni_result=dict(data.get("cni_result") or {}),
         )
 
 
-def _encode(digest: bytes, length: int) -> str:
-    return "".join(_HASH_ALPHABET[b % len(_HASH_ALPHABET)] for b in digest[:length])
+def pod_netns(lab: Lab, namespace: str, name: str) -> Netns:
+    """The pod's network namespace (names are DNS labels, so ``<namespace>.<name>`` is unambiguous)."""
+    return Netns(lab.sandbox.name(f"{namespace}.{name}"))
 
 
-def pod_template_hash(template: Mapping[str, Any]) -> str:
-    """A stable 10-character name-safe hash of a pod template (the ReplicaSet name suffix)."""
-    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
-    return _encode(digest, 10)
+def served_name(key: str) -> str:
+    """What a pod's HTTP server answers on ``GET /``: its name, or ``namespace/name`` outside
+    namespace ``default`` (one node may run pods of the same name in two namespaces)."""
+    namespace, _, name = key.partition("/")
+    return name if namespace == "default" else key
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+class PodWorkload(Protocol):
+    """What runs in a pod once its network is up: answers HTTP GET / with the pod's name."""
+
+    def start(self, runtime: PodRuntime) -> tuple[int, int] | None:
+        """Start serving; returns the (pid, start time) to remember, if a process of its own runs."""
+
+    def stop(self, runtime: PodRuntime) -> None: ...
 
 
-def _owner_ref(obj: Obj) -> dict[str, Any]:
-    meta = obj["metadata"]
-    return {
-        "apiVersion": obj["apiVersion"],
-        "kind": obj["kind"],
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+class SharedPodServer:
+    """Every pod of a node served by that node's one ``lab.podserver`` process (started on first use,
+    or found running from an earlier controller: pods keep being served across controller restarts)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self._clients: dict[str, PodServerClient] = {}
+        self._lock = threading.Lock()
+
+    def control_path(self, node: str) -> Path:
+        return self.lab.node_dir(node) / "pods.sock"
+
+    def ensure(self, node: str) -> None:
+        """Connect to the node's server, starting it if none answers."""
+        self._client(node)
+
+    def _client(self, node: str) -> PodServerClient:
+        with self._lock:
+            client = self._clients.get(node)
+            if client is not None:
+                return client
+            path = self.control_path(node)
+            try:
+                client = NodePodServer.connect(path)
+                client.pods()
+            except (PodServerError, OSError):
+                with (self.lab.node_dir(node) / "podserver.log").open("ab") as log:
+                    NodePodServer.start(self.lab.ns(node), path, env=self.lab.env, log=log)
+                client = NodePodServer.connect(path)
+            self._clients[node] = client
+            return client
+
+    def _call(self, node: str, fn: str, *args: Any) -> Any:
+        for attempt in (1, 2):
+            client = self._client(node)
+            try:
+                return getattr(client, fn)(*args)
+            except PodServerError:
+                if attempt == 2 or _server_answers(client):
+                    raise
+                with self._lock:  # the server went away: start (or reach) a new one once
+                    self._clients.pop(node, None)
+                client.close()
+        return None
+
+    def start(self, runtime: PodRuntime) -> tuple[int, int] | None:
+        try:
+            self._call(runtime.node, "add", served_name(runtime.key), Netns(runtime.netns).path, POD_PORT)
+        except PodServerError as exc:
+            raise CniError(f"pod {runtime.key}: workload: {exc}") from None
+        return None
+
+    def stop(self, runtime: PodRuntime) -> None:
+        with contextlib.suppress(PodServerError):
+            self._call(runtime.node, "remove", served_name(runtime.key))
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
 
 
-def _owned_by(pod: Obj, owner: Obj) -> bool:
-    uid = owner["metadata"]["uid"]
-    return any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or [])
+def _server_answers(client: PodServerClient) -> bool:
+    try:
+        client.pods()
+    except (PodServerError, OSError):
+        return False
+    return True
 
 
-def _replicas(obj: Obj) -> int:
-    value = (obj.get("spec") or {}).get("replicas", 1)
-    return int(value) if isinstance(value, int) and value >= 0 else 1
+def http_status(
+    netns_path: str, ip: str, path: str, *, port: int = POD_PORT, timeout: float = 1.0
+) -> int | None:
+    """``GET path`` of ``ip`` from inside the network namespace at ``netns_path`` (as the node's
+    kubelet probes its pods); the HTTP status, or None when nothing answered.
+
+    Only the socket is made inside the namespace (``setns`` moves just the calling thread, which goes
+    back at once); the socket stays there."""
+    from pyroute2 import netns as pyroute2_netns
+
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            pyroute2_netns.setns(target, flags=0)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            finally:
+                pyroute2_netns.setns(home, flags=0)
+        finally:
+            os.close(target)
+    except OSError:
+        return None
+    finally:
+        os.close(home)
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((ip, port))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n".encode())
+            head = sock.recv(64).decode("latin-1")
+        except OSError:
+            return None
+    parts = head.split(" ", 2)
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
 
 
 class Kubelet:
-    """The stand-in.  ``log`` receives one human-readable line per action (the CLI prints them)."""
+    """Pod sandboxes on the lab's nodes (thread-safe: no shared mutable state)."""
 
-    def __init__(
-        self,
-        lab: Lab,
-        store: Store,
-        *,
-        namespace: str = "default",
-        rng: random.Random | None = None,
-        log: Callable[[str], None] = lambda line: None,
-    ) -> None:
+    def __init__(self, lab: Lab, workload: PodWorkload) -> None:
         self.lab = lab
-        self.store = store
-        self.namespace = namespace
-        self.rng = rng or random.Random()
-        self.log = log
-        self.pods: dict[str, PodRuntime] = {
-            key: PodRuntime.from_json(key, data) for key, data in lab.extra.get("pods", {}).items()
-        }
+        self.workload = workload
 
-    # ---- bookkeeping ---------------------------------------------------------------------------
-
-    def _save(self) -> None:
-        self.lab.extra["pods"] = {key: rt.to_json() for key, rt in sorted(self.pods.items())}
-        self.lab.save()
-
-    def ensure_cluster_objects(self) -> None:
-        """The Namespace and the Node objects (Ready, with the node's address) the IPAM reads."""
-        self._create_if_absent(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
+    def start(self, pod: Obj, node: str) -> PodRuntime:
+        """Network namespace, CNI ADD, workload.  Raises CniError after undoing a failed attempt."""
+        meta = pod["metadata"]
+        namespace, name = str(meta.get("namespace") or "default"), str(meta["name"])
+        ns = pod_netns(self.lab, namespace, name)
+        if Path(ns.path).exists():  # left by a crash: it is ours (the name carries the lab's token)
+            _remove_netns(ns)
+        create_netns(ns.name)
+        runtime = PodRuntime(
+            key=f"{namespace}/{name}",
+            uid=str(meta.get("uid") or ""),
+            node=node,
+            netns=ns.name,
+            container_id=uuid.uuid4().hex + uuid.uuid4().hex,
         )
-        for node in self.lab.k8s_nodes:
-            addrs = self.lab.node_addresses(node)
-            obj: Obj = {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
-                "status": {
-                    "addresses": [{"type": "InternalIP", "address": a} for a in addrs]
-                    + [{"type": "Hostname", "address": node}],
-                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": _now()}],
-                },
-            }
-            created = self._create_if_absent(obj)
-            if created is not None:
-                created["status"] = obj["status"]
-                self.store.update_status(created)
-
-    def _create_if_absent(self, obj: Obj) -> Obj | None:
-        meta = obj["metadata"]
         try:
-            self.store.get(obj["kind"], meta["name"], meta.get("namespace", ""))
-            return None
-        except NotFound:
-            return self.store.create(obj)
-
-    # ---- controllers ---------------------------------------------------------------------------
-
-    def reconcile(self) -> None:
-        """Bring ReplicaSets and Pods in line with every Deployment and StatefulSet, and drop pods
-        whose owner is gone or whose runtime was lost."""
-        ns = self.namespace
-        for pod in self.store.list("Pod", namespace=ns):
-            if pod["metadata"].get("deletionTimestamp"):  # a delete that stopped half-way: finish it
-                self.delete_pod(pod["metadata"]["name"], replace=False)
-        deployments = self.store.list("Deployment", namespace=ns)
-        statefulsets = self.store.list("StatefulSet", namespace=ns)
-        for deploy in deployments:
-            self._sync_deployment(deploy)
-        for sts in statefulsets:
-            self._sync_statefulset(sts)
-        owners = {o["metadata"]["uid"] for o in self.store.list("ReplicaSet", namespace=ns) + statefulsets}
-        for pod in self.store.list("Pod", namespace=ns):
-            refs = pod["metadata"].get("ownerReferences") or []
-            if refs and not any(r.get("uid") in owners for r in refs):
-                self.delete_pod(pod["metadata"]["name"], replace=False)
-        for rs in self.store.list("ReplicaSet", namespace=ns):
-            refs = rs["metadata"].get("ownerReferences") or []
-            live = {d["metadata"]["uid"] for d in deployments}
-            if refs and not any(r.get("uid") in live for r in refs):
-                self.store.delete("ReplicaSet", rs["metadata"]["name"], ns)
-
-    def _sync_deployment(self, deploy: Obj) -> None:
-        ns, name = self.namespace, deploy["metadata"]["name"]
-        template = (deploy.get("spec") or {}).get("template") or {}
-        tmpl_hash = pod_template_hash(template)
-        rs_name = f"{name}-{tmpl_hash}"
-        replicas = _replicas(deploy)
-        current: Obj | None = None
-        for rs in self.store.list("ReplicaSet", namespace=ns):
-            if not _owned_by(rs, deploy):
-                continue
-            if rs["metadata"]["name"] == rs_name:
-                current = rs
-            else:  # an old template: scale it away
-                for pod in self._pods_of(rs):
-                    self.delete_pod(pod["metadata"]["name"], replace=False)
-                self.store.delete("ReplicaSet", rs["metadata"]["name"], ns)
-        labels = {**((template.get("metadata") or {}).get("labels") or {}), "pod-template-hash": tmpl_hash}
-        if current is None:
-            current = self.store.create(
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "ReplicaSet",
-                    "metadata": {
-                        "name": rs_name,
-                        "namespace": ns,
-                        "labels": labels,
-                        "ownerReferences": [_owner_ref(deploy)],
-                    },
-                    "spec": {
-                        "replicas": replicas,
-                        "selector": {"matchLabels": labels},
-                        "template": {
-                            **template,
-                            "metadata": {**(template.get("metadata") or {}), "labels": labels},
-                        },
-                    },
-                }
+            result = self.cni("ADD", runtime)
+            ips = tuple(str(ip["address"]).split("/")[0] for ip in result.get("ips") or [])
+            runtime = PodRuntime(
+                runtime.key, runtime.uid, node, ns.name, runtime.container_id, ips, None, result
             )
-            self.log(f"replicaset.apps/{rs_name} created")
-        elif _replicas(current) != replicas:
-            current["spec"]["replicas"] = replicas
-            current = self.store.update(current)
-        pods = sorted(self._pods_of(current), key=lambda p: str(p["metadata"].get("creationTimestamp", "")))
-        for pod in pods[replicas:][::-1]:
-            self.delete_pod(pod["metadata"]["name"], replace=False)
-        for _ in range(replicas - min(len(pods), replicas)):
-            self._start_pod(self._unique_pod_name(rs_name), current, template, labels)
-        self._write_status(current, replicas)
-        self._write_status(deploy, replicas)
-
-    def _sync_statefulset(self, sts: Obj) -> None:
-        name = sts["metadata"]["name"]
-        template = (sts.get("spec") or {}).get("template") or {}
-        labels = dict((template.get("metadata") or {}).get("labels") or {})
-        replicas = _replicas(sts)
-        existing = {p["metadata"]["name"]: p for p in self._pods_of(sts)}
-        for ordinal in sorted(
-            (int(n.rsplit("-", 1)[1]) for n in existing if n.rsplit("-", 1)[1].isdigit()), reverse=True
-        ):
-            if ordinal >= replicas:
-                self.delete_pod(f"{name}-{ordinal}", replace=False)
-        for ordinal in range(replicas):
-            pod_name = f"{name}-{ordinal}"
-            if pod_name not in existing:
-                pod_labels = {**labels, "statefulset.kubernetes.io/pod-name": pod_name}
-                self._start_pod(pod_name, sts, template, pod_labels)
-        self._write_status(sts, replicas)
-
-    def _write_status(self, obj: Obj, replicas: int) -> None:
-        fresh = self.store.get(obj["kind"], obj["metadata"]["name"], self.namespace)
-        status = {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}
-        if fresh.get("status") != status:
-            fresh["status"] = status
-            self.store.update_status(fresh)
-
-    def _pods_of(self, owner: Obj) -> list[Obj]:
-        """The owner's pods that are not terminating (as a ReplicaSet counts its active pods)."""
-        return [
-            p
-            for p in self.store.list("Pod", namespace=self.namespace)
-            if _owned_by(p, owner) and not p["metadata"].get("deletionTimestamp")
-        ]
-
-    def _unique_pod_name(self, prefix: str) -> str:
-        taken = {p["metadata"]["name"] for p in self.store.list("Pod", namespace=self.namespace)}
-        while True:
-            name = f"{prefix}-{''.join(self.rng.choice(_HASH_ALPHABET) for _ in range(5))}"
-            if name not in taken:
-                return name
-
-    def _pick_node(self) -> str:
-        load = {n: 0 for n in self.lab.k8s_nodes}
-        for rt in self.pods.values():
-            if rt.node in load:
-                load[rt.node] += 1
-        return min(load, key=lambda n: (load[n], self.lab.k8s_nodes.index(n)))
-
-    # ---- pods ----------------------------------------------------------------------------------
-
-    def _add_with_retries(self, runtime: PodRuntime, pod: Obj) -> dict[str, Any]:
-        """CNI ADD; on "try again later" (code 11, e.g. a SpiderSubnet auto pool not created yet) tear
-        the attempt down with DEL and retry with backoff, as the kubelet re-creates a failed sandbox."""
-        deadline = time.monotonic() + ADD_RETRY_SECONDS
-        delay = 0.1
-        while True:
-            try:
-                return self._cni("ADD", runtime, pod)
-            except CniError as exc:
-                if exc.code != CNI_TRY_AGAIN or time.monotonic() + delay > deadline:
-                    raise
-                with contextlib.suppress(CniError):
-                    self._cni("DEL", runtime, pod)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _start_pod(
-        self, name: str, owner: Obj, template: Mapping[str, Any], labels: Mapping[str, str]
-    ) -> Obj:
-        ns = self.namespace
-        node = self._pick_node()
-        tmeta = template.get("metadata") or {}
-        pod = self.store.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": name,
-                    "namespace": ns,
-                    "labels": dict(labels),
-                    "annotations": dict(tmeta.get("annotations") or {}),
-                    "ownerReferences": [_owner_ref(owner)],
-                },
-                "spec": {**(template.get("spec") or {}), "nodeName": node},
-                "status": {"phase": "Pending"},
-            }
-        )
-        key = f"{ns}/{name}"
-        uid = pod["metadata"]["uid"]
-        container_id = uuid.uuid4().hex + uuid.uuid4().hex
-        pod_ns = self.lab.sandbox.netns(name)
-        runtime = PodRuntime(key, uid, node, pod_ns.name, container_id, "", None, {})
-        self.pods[key] = runtime
-        self._save()
-        try:
-            result = self._add_with_retries(runtime, pod)
-        except CniError:
-            with contextlib.suppress(NotFound):
-                self.store.delete("Pod", name, ns)
-            self._teardown(runtime, None, run_del=True)
+            server = self.workload.start(runtime)
+        except BaseException:
+            with contextlib.suppress(CniError, OSError, subprocess.SubprocessError):
+                self.cni("DEL", runtime)
+            _remove_netns(ns)
             raise
-        ips = [str(ip["address"]).split("/")[0] for ip in result.get("ips", [])]
-        server = self._start_server(pod_ns, name)
-        runtime = PodRuntime(key, uid, node, pod_ns.name, container_id, ips[0] if ips else "", server, result)
-        self.pods[key] = runtime
-        self._save()
-        pod = self.store.get("Pod", name, ns)
-        host_ips = self.lab.node_addresses(node)
-        pod["status"] = {
-            "phase": "Running",
-            "hostIP": host_ips[0] if host_ips else "",
-            "podIP": ips[0] if ips else "",
-            "podIPs": [{"ip": ip} for ip in ips],
-            "startTime": _now(),
-            "conditions": [
-                {"type": "Ready", "status": "True"},
-                {"type": "ContainersReady", "status": "True"},
-            ],
-            "containerStatuses": [
-                {
-                    "name": c.get("name", "app"),
-                    "ready": True,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": _now()}},
-                }
-                for c in (pod.get("spec") or {}).get("containers") or [{"name": "app"}]
-            ],
-        }
-        pod = self.store.update_status(pod)
-        self.log(f"pod/{name} created on {node} with IP {', '.join(ips) or '-'}")
-        return pod
+        return PodRuntime(runtime.key, runtime.uid, node, ns.name, runtime.container_id, ips, server, result)
 
-    def _start_server(self, pod_ns: Netns, name: str) -> tuple[int, int]:
-        proc = self.lab.sandbox.popen(
-            pod_ns,
-            [sys.executable, "-m", "lab.podserver", "--name", name, "--port", str(POD_PORT)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=REPO_ROOT,
-            env={**self.lab.env, "PYTHONPATH": str(REPO_ROOT)},
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode().strip()
-        proc.stdout.close()
-        if line != "ready":
-            raise CniError(f"pod {self.namespace}/{name}: HTTP server did not start (exit {proc.poll()})")
-        ref = ProcRef.of(proc.pid)
-        return ref.pid, ref.start_time
-
-    def delete_pod(self, name: str, *, replace: bool = True) -> None:
-        """Delete the Pod with its grace period (it becomes terminating), CNI DEL, stop the server,
-        remove the namespace, then the final delete (grace 0); with ``replace`` the controllers run right
-        after, as they would in Kubernetes."""
-        ns = self.namespace
-        key = f"{ns}/{name}"
+    def stop(self, runtime: PodRuntime) -> str | None:
+        """Workload, CNI DEL, namespace.  Returns the DEL error (the sandbox goes anyway), if any."""
+        error: str | None = None
+        with contextlib.suppress(OSError):
+            self.workload.stop(runtime)
         try:
-            pod: Obj | None = self.store.get("Pod", name, ns)
-        except NotFound:
-            pod = None
-        runtime = self.pods.get(key)
-        if pod is None and runtime is None:
-            raise NotFound("Pod", name, ns)
-        # The IPAM keeps the IP of a pod that is still alive (a sandbox re-created); a terminating pod
-        # is not, so CNI DEL after the graceful delete releases its IP.
-        if pod is not None:
-            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
-            with contextlib.suppress(NotFound):
-                self.store.delete("Pod", name, ns, grace_period_seconds=int(grace))
-        if runtime is not None:
-            self._teardown(runtime, pod, run_del=True)
-        if pod is not None:
-            with contextlib.suppress(NotFound):
-                self.store.delete("Pod", name, ns, grace_period_seconds=0)
-        self.log(f'pod "{name}" deleted')
-        if replace:
-            self.reconcile()
-
-    def _teardown(self, runtime: PodRuntime, pod: Obj | None, *, run_del: bool) -> None:
-        if run_del:
-            try:
-                self._cni("DEL", runtime, pod)
-            except CniError as exc:
-                self.log(f"warning: {exc}")
-        if runtime.server is not None:
-            kill_procs([ProcRef(*runtime.server)], grace=1.0)
-        self.lab.sandbox.remove_netns(Netns(runtime.netns), grace=1.0)
-        if runtime.ip:
-            # the bridge plugin shares cni0 between pods, so a node keeps this pod's MAC in its neighbour
-            # table (REACHABLE for up to ~45 s); the lowest-free allocator hands the IP out again at once,
-            # and traffic to the next pod would go to the dead MAC.  Forget it, as a new veth would.
-            for node in self.lab.k8s_nodes:
-                run(
-                    Netns(self.lab.sandbox.name(node)),
-                    ["ip", "neigh", "flush", "to", runtime.ip],
-                    check=False,
-                )
-        self.pods.pop(runtime.key, None)
-        self._save()
-
-    def scale(self, name: str, replicas: int) -> str:
-        """Set spec.replicas of the Deployment or StatefulSet ``name`` and reconcile."""
-        for kind in ("Deployment", "StatefulSet"):
-            try:
-                obj = self.store.get(kind, name, self.namespace)
-            except NotFound:
-                continue
-            obj["spec"]["replicas"] = replicas
-            self.store.update(obj)
-            self.reconcile()
-            return f"{kind.lower()}.apps/{name} scaled"
-        raise NotFound("Deployment", name, self.namespace)
-
-    def down(self) -> None:
-        """CNI DEL every pod (so the IPAM releases their IPs) and remove their namespaces."""
-        for runtime in list(self.pods.values()):
-            self._teardown(runtime, None, run_del=True)
+            self.cni("DEL", runtime)
+        except (CniError, OSError, subprocess.SubprocessError) as exc:
+            error = str(exc)
+        _remove_netns(Netns(runtime.netns))
+        return error
 
     # ---- CNI, the libcni way -------------------------------------------------------------------
 
@@ -503,24 +297,28 @@ class Kubelet:
             candidates += sorted(conf_dir.glob("*.conflist"))
         if not candidates:
             raise CniError(f"node {node}: no *.conflist in {CNI_CONF_DIR}")
-        data = json.loads(sorted(candidates, key=lambda p: p.name)[0].read_text())
+        path = sorted(candidates, key=lambda p: p.name)[0]
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CniError(f"node {node}: {CNI_CONF_DIR}/{path.name}: {exc}") from None
         if not isinstance(data, dict) or not isinstance(data.get("plugins"), list):
-            raise CniError(f"node {node}: {CNI_CONF_DIR}: conflist has no plugins list")
+            raise CniError(f"node {node}: {CNI_CONF_DIR}/{path.name}: conflist has no plugins list")
         return data
 
     def cni_path(self, node: str) -> list[str]:
         return [str(self.lab.host_path(node, CNI_BIN_DIR)), REFERENCE_PLUGINS]
 
-    def _cni(self, command: str, runtime: PodRuntime, pod: Obj | None) -> dict[str, Any]:
+    def cni(self, command: str, runtime: PodRuntime) -> dict[str, Any]:
         conflist = self.conflist(runtime.node)
         plugins: Sequence[Mapping[str, Any]] = conflist["plugins"]
         cni_path = self.cni_path(runtime.node)
         namespace, name = runtime.key.split("/", 1)
         env = {
-            "PATH": self.lab.env["PATH"],
+            **self.lab.node_env(runtime.node),
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": runtime.container_id,
-            "CNI_NETNS": str(Path("/var/run/netns") / runtime.netns),
+            "CNI_NETNS": Netns(runtime.netns).path,
             "CNI_IFNAME": POD_IFNAME,
             "CNI_PATH": ":".join(cni_path),
             "CNI_ARGS": (
@@ -536,9 +334,7 @@ class Kubelet:
             ptype = str(plugin.get("type", ""))
             binary = next((Path(d) / ptype for d in cni_path if (Path(d) / ptype).is_file()), None)
             if binary is None:
-                raise CniError(
-                    f"pod {runtime.key}: CNI {command}: plugin {ptype!r} not found in {':'.join(cni_path)}"
-                )
+                raise CniError(f"CNI {command}: plugin {ptype!r} not found in {':'.join(cni_path)}")
             conf: dict[str, Any] = {
                 "cniVersion": conflist.get("cniVersion"),
                 "name": conflist.get("name"),
@@ -547,22 +343,30 @@ class Kubelet:
             if prev is not None:
                 conf["prevResult"] = prev
             res = subprocess.run(
-                ip_netns_exec(self.lab.ns(runtime.node), [str(binary)]),
+                self.lab.host_argv(runtime.node, [str(binary)]),
                 input=json.dumps(conf),
                 capture_output=True,
                 text=True,
                 env=env,
-                timeout=60,
+                timeout=CNI_TIMEOUT,
                 check=False,
             )
             if res.returncode != 0:
                 raise CniError(
-                    f"pod {runtime.key}: CNI {command} {ptype}: {_cni_message(res.stdout, res.stderr)}",
-                    _cni_code(res.stdout),
+                    f"CNI {command} {ptype}: {_cni_message(res.stdout, res.stderr)}", _cni_code(res.stdout)
                 )
             if command == "ADD":
                 prev = json.loads(res.stdout)
         return prev or {}
+
+
+def _remove_netns(ns: Netns) -> None:
+    procs: list[ProcRef] = []
+    for pid in pids_in(ns):
+        with contextlib.suppress(ProcessLookupError):
+            procs.append(ProcRef.of(pid))
+    kill_procs(procs, grace=1.0)
+    delete_netns(ns)
 
 
 def _cni_code(stdout: str) -> int | None:

@@ -1,0 +1,453 @@
+"""The lab's workload controllers (kube-controller-manager's part), as pure functions.
+
+``plan(cluster, suffix)`` looks at one consistent snapshot of the store and returns what the
+controllers would write next, as actions the long-running controller (``lab.controller``) applies:
+
+* Deployment -> one ReplicaSet per pod template (``<name>-<pod-template-hash>``); a changed template
+  gets a new ReplicaSet and the old ones go (their pods with them);
+* ReplicaSet -> its ``replicas`` pods ``<rs>-<5 chars>``; extra pods go, not-yet-running ones first;
+* StatefulSet -> pods ``<name>-<ordinal>`` for ordinals ``0..replicas-1``; a pod is re-created under the
+  same name only once the old one is gone, so its identity (and its fixed IP) is kept;
+* DaemonSet -> one pod per Ready node its pod template fits (nodeSelector, required node affinity);
+* Job -> pods until ``completions`` of them Succeeded, ``parallelism`` at a time;
+* garbage collection: a pod (or ReplicaSet) whose controller owner is gone is deleted, as
+  Kubernetes' garbage collector does.
+
+Status of each workload (replicas, readyReplicas, ...) is written the way ``kubectl rollout status``
+reads it.  Nothing here does I/O; ``suffix`` makes the random part of pod names (injected so tests
+get stable names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipam.store import Obj
+from lab.scheduler import node_fits
+
+__all__ = [
+    "NAME_ALPHABET",
+    "WORKLOAD_KINDS",
+    "Action",
+    "Cluster",
+    "Create",
+    "Delete",
+    "Update",
+    "UpdateStatus",
+    "is_pod_ready",
+    "is_terminal",
+    "plan",
+    "pod_template_hash",
+]
+
+WORKLOAD_KINDS = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job")
+NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the consonants-and-digits set Kubernetes uses in names
+DEFAULT_GRACE_SECONDS = 30  # a Pod's default spec.terminationGracePeriodSeconds
+
+
+@dataclass(frozen=True)
+class Create:
+    obj: Obj
+
+
+@dataclass(frozen=True)
+class Update:
+    """Write metadata and spec (``obj`` carries the resourceVersion read)."""
+
+    obj: Obj
+
+
+@dataclass(frozen=True)
+class UpdateStatus:
+    obj: Obj
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str
+    namespace: str
+    name: str
+    grace: int | None = None  # Pods: the grace period (they become terminating first)
+
+
+Action = Create | Update | UpdateStatus | Delete
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The objects the controllers read, per kind (a consistent snapshot)."""
+
+    objects: Mapping[str, Sequence[Obj]] = field(default_factory=dict)
+
+    def of(self, kind: str) -> Sequence[Obj]:
+        return self.objects.get(kind, ())
+
+
+def pod_template_hash(template: Mapping[str, Any]) -> str:
+    """A stable 10-character name-safe hash of a pod template (the ReplicaSet name suffix)."""
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
+    return "".join(NAME_ALPHABET[b % len(NAME_ALPHABET)] for b in digest[:10])
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _ns(obj: Mapping[str, Any]) -> str:
+    return str(_meta(obj).get("namespace") or "")
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str(_meta(obj).get("name") or "")
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str(_meta(obj).get("uid") or "")
+
+
+def _terminating(obj: Mapping[str, Any]) -> bool:
+    return bool(_meta(obj).get("deletionTimestamp"))
+
+
+def is_terminal(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def is_pod_ready(pod: Mapping[str, Any]) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+def _is_active(pod: Mapping[str, Any]) -> bool:
+    return not _terminating(pod) and not is_terminal(pod)
+
+
+def _replicas(obj: Mapping[str, Any]) -> int:
+    value = (obj.get("spec") or {}).get("replicas", 1)
+    return value if isinstance(value, int) and value >= 0 else 1
+
+
+def _owner_ref(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": _name(obj),
+        "uid": _uid(obj),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in _meta(obj).get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller"):
+            return str(ref.get("uid") or "")
+    return None
+
+
+def _owned(objs: Iterable[Obj], owner: Mapping[str, Any]) -> list[Obj]:
+    uid = _uid(owner)
+    return [o for o in objs if _controller_uid(o) == uid]
+
+
+def _template(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    template = (obj.get("spec") or {}).get("template") or {}
+    return template if isinstance(template, Mapping) else {}
+
+
+def _new_pod(
+    name: str,
+    owner: Mapping[str, Any],
+    template: Mapping[str, Any],
+    labels: Mapping[str, str],
+    *,
+    node: str | None = None,
+) -> Obj:
+    tmeta = template.get("metadata") or {}
+    spec = dict(template.get("spec") or {})
+    if node is not None:
+        spec["nodeName"] = node
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": _ns(owner),
+            "labels": dict(labels),
+            "annotations": dict(tmeta.get("annotations") or {}),
+            "ownerReferences": [_owner_ref(owner)],
+        },
+        "spec": spec,
+        "status": {"phase": "Pending"},
+    }
+
+
+def _pod_delete(pod: Mapping[str, Any]) -> Delete:
+    grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+    return Delete(
+        "Pod", _ns(pod), _name(pod), int(grace) if isinstance(grace, int) else DEFAULT_GRACE_SECONDS
+    )
+
+
+def _status_action(obj: Obj, status: Mapping[str, Any]) -> list[Action]:
+    old = obj.get("status") or {}
+    merged = {**old, **status}
+    if merged == old:
+        return []
+    return [UpdateStatus({**obj, "status": merged})]
+
+
+def _replica_status(obj: Obj, pods: Sequence[Obj]) -> list[Action]:
+    active = [p for p in pods if _is_active(p)]
+    ready = sum(1 for p in active if is_pod_ready(p))
+    return _status_action(
+        obj,
+        {
+            "observedGeneration": _meta(obj).get("generation", 1),
+            "replicas": len(active),
+            "updatedReplicas": len(active),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+        },
+    )
+
+
+def _unique_name(prefix: str, taken: set[str], suffix: Callable[[], str]) -> str:
+    while True:
+        name = f"{prefix}-{suffix()}"
+        if name not in taken:
+            taken.add(name)
+            return name
+
+
+# ---- the controllers --------------------------------------------------------------------------
+
+
+def _sync_deployment(deploy: Obj, rss: Sequence[Obj], pods: Sequence[Obj]) -> list[Action]:
+    template = _template(deploy)
+    tmpl_hash = pod_template_hash(template)
+    rs_name = f"{_name(deploy)}-{tmpl_hash}"
+    replicas = _replicas(deploy)
+    actions: list[Action] = []
+    current: Obj | None = None
+    for rs in _owned(rss, deploy):
+        if _name(rs) == rs_name:
+            current = rs
+        elif not _terminating(rs):
+            actions.append(Delete("ReplicaSet", _ns(rs), _name(rs)))
+    labels = {**((template.get("metadata") or {}).get("labels") or {}), "pod-template-hash": tmpl_hash}
+    if current is None:
+        actions.append(
+            Create(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "metadata": {
+                        "name": rs_name,
+                        "namespace": _ns(deploy),
+                        "labels": labels,
+                        "annotations": {"deployment.kubernetes.io/desired-replicas": str(replicas)},
+                        "ownerReferences": [_owner_ref(deploy)],
+                    },
+                    "spec": {
+                        "replicas": replicas,
+                        "selector": {"matchLabels": labels},
+                        "template": {
+                            **template,
+                            "metadata": {**(template.get("metadata") or {}), "labels": labels},
+                        },
+                    },
+                }
+            )
+        )
+        return actions
+    if _replicas(current) != replicas:
+        actions.append(Update({**current, "spec": {**current["spec"], "replicas": replicas}}))
+    return actions + _replica_status(deploy, _owned(pods, current))
+
+
+def _sync_replicaset(
+    rs: Obj, pods: Sequence[Obj], taken: set[str], suffix: Callable[[], str]
+) -> list[Action]:
+    mine = [p for p in _owned(pods, rs) if _is_active(p)]
+    replicas = _replicas(rs)
+    actions: list[Action] = []
+    if len(mine) > replicas:
+        # as the ReplicaSet controller ranks them: unscheduled, then not ready, then the youngest go first
+        ranked = sorted(
+            mine,
+            key=lambda p: (
+                bool((p.get("spec") or {}).get("nodeName")),
+                is_pod_ready(p),
+                _inverse(str(_meta(p).get("creationTimestamp") or "")),
+            ),
+        )
+        actions += [_pod_delete(p) for p in ranked[: len(mine) - replicas]]
+    template = _template(rs)
+    labels = dict((template.get("metadata") or {}).get("labels") or {})
+    for _ in range(replicas - len(mine)):
+        actions.append(Create(_new_pod(_unique_name(_name(rs), taken, suffix), rs, template, labels)))
+    return actions + _replica_status(rs, mine)
+
+
+def _inverse(text: str) -> tuple[int, ...]:
+    """A sort key that orders strings descending."""
+    return tuple(-ord(c) for c in text)
+
+
+def _ordinal(name: str, sts_name: str) -> int | None:
+    prefix, _, tail = name.rpartition("-")
+    return int(tail) if prefix == sts_name and tail.isdigit() else None
+
+
+def _sync_statefulset(sts: Obj, pods: Sequence[Obj]) -> list[Action]:
+    name = _name(sts)
+    replicas = _replicas(sts)
+    template = _template(sts)
+    labels = dict((template.get("metadata") or {}).get("labels") or {})
+    mine = _owned(pods, sts)
+    by_name = {_name(p): p for p in mine}
+    actions: list[Action] = []
+    for pod in mine:
+        ordinal = _ordinal(_name(pod), name)
+        if (ordinal is None or ordinal >= replicas) and not _terminating(pod):
+            actions.append(_pod_delete(pod))
+    for ordinal in range(replicas):
+        pod_name = f"{name}-{ordinal}"
+        if pod_name not in by_name:  # a terminating one must be gone first: the name is the identity
+            pod_labels = {
+                **labels,
+                "statefulset.kubernetes.io/pod-name": pod_name,
+                "apps.kubernetes.io/pod-index": str(ordinal),
+            }
+            actions.append(Create(_new_pod(pod_name, sts, template, pod_labels)))
+    return actions + _replica_status(sts, mine)
+
+
+def _sync_daemonset(
+    ds: Obj, pods: Sequence[Obj], nodes: Sequence[Obj], taken: set[str], suffix: Callable[[], str]
+) -> list[Action]:
+    template = _template(ds)
+    spec = template.get("spec") or {}
+    wanted = [
+        _name(n)
+        for n in nodes
+        if node_fits(spec, n)
+        and any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (n.get("status") or {}).get("conditions") or []
+        )
+    ]
+    mine = [p for p in _owned(pods, ds) if _is_active(p)]
+    on_node: dict[str, list[Obj]] = {}
+    for pod in mine:
+        on_node.setdefault(str((pod.get("spec") or {}).get("nodeName") or ""), []).append(pod)
+    actions: list[Action] = []
+    for node, node_pods in on_node.items():
+        extra = node_pods if node not in wanted else node_pods[1:]
+        actions += [_pod_delete(p) for p in extra]
+    labels = dict((template.get("metadata") or {}).get("labels") or {})
+    for node in wanted:
+        if node not in on_node:
+            actions.append(
+                Create(_new_pod(_unique_name(_name(ds), taken, suffix), ds, template, labels, node=node))
+            )
+    ready = sum(1 for p in mine if is_pod_ready(p))
+    return actions + _status_action(
+        ds,
+        {
+            "observedGeneration": _meta(ds).get("generation", 1),
+            "desiredNumberScheduled": len(wanted),
+            "currentNumberScheduled": len([n for n in on_node if n in wanted]),
+            "updatedNumberScheduled": len([n for n in on_node if n in wanted]),
+            "numberReady": ready,
+            "numberAvailable": ready,
+            "numberMisscheduled": len([n for n in on_node if n not in wanted]),
+        },
+    )
+
+
+def _sync_job(job: Obj, pods: Sequence[Obj], taken: set[str], suffix: Callable[[], str]) -> list[Action]:
+    spec = job.get("spec") or {}
+    completions = spec.get("completions", 1) if isinstance(spec.get("completions", 1), int) else 1
+    parallelism = spec.get("parallelism", 1) if isinstance(spec.get("parallelism", 1), int) else 1
+    mine = _owned(pods, job)
+    succeeded = sum(1 for p in mine if (p.get("status") or {}).get("phase") == "Succeeded")
+    failed = sum(1 for p in mine if (p.get("status") or {}).get("phase") == "Failed")
+    active = [p for p in mine if _is_active(p)]
+    actions: list[Action] = []
+    status: dict[str, Any] = {"active": len(active), "succeeded": succeeded, "failed": failed}
+    old = job.get("status") or {}
+    status["startTime"] = old.get("startTime") or _now()
+    if succeeded >= completions:
+        status["completionTime"] = old.get("completionTime") or _now()
+        status["conditions"] = old.get("conditions") or [
+            {"type": "Complete", "status": "True", "lastTransitionTime": _now()}
+        ]
+    else:
+        template = _template(job)
+        labels = {
+            **((template.get("metadata") or {}).get("labels") or {}),
+            "job-name": _name(job),
+            "batch.kubernetes.io/job-name": _name(job),
+            "controller-uid": _uid(job),
+        }
+        for _ in range(max(0, min(parallelism, completions - succeeded) - len(active))):
+            actions.append(Create(_new_pod(_unique_name(_name(job), taken, suffix), job, template, labels)))
+    return actions + _status_action(job, status)
+
+
+def _garbage(cluster: Cluster) -> list[Action]:
+    """Pods and ReplicaSets whose controller owner no longer exists (or is being deleted)."""
+    live = {_uid(o) for kind in WORKLOAD_KINDS for o in cluster.of(kind) if not _terminating(o)}
+    actions: list[Action] = []
+    for rs in cluster.of("ReplicaSet"):
+        owner = _controller_uid(rs)
+        if owner is not None and owner not in live and not _terminating(rs):
+            actions.append(Delete("ReplicaSet", _ns(rs), _name(rs)))
+    for pod in cluster.of("Pod"):
+        owner = _controller_uid(pod)
+        if owner is not None and owner not in live and not _terminating(pod):
+            actions.append(_pod_delete(pod))
+    return actions
+
+
+def plan(cluster: Cluster, suffix: Callable[[], str]) -> list[Action]:
+    """Everything the workload controllers would write now, given ``cluster``."""
+    pods = list(cluster.of("Pod"))
+    rss = list(cluster.of("ReplicaSet"))
+    nodes = list(cluster.of("Node"))
+    taken = {f"{_ns(p)}/{_name(p)}" for p in pods}
+    names: dict[str, set[str]] = {}
+    for key in taken:
+        ns, _, name = key.partition("/")
+        names.setdefault(ns, set()).add(name)
+    actions: list[Action] = []
+    for deploy in cluster.of("Deployment"):
+        if not _terminating(deploy):
+            actions += _sync_deployment(deploy, rss, pods)
+    for rs in rss:
+        if not _terminating(rs):
+            actions += _sync_replicaset(rs, pods, names.setdefault(_ns(rs), set()), suffix)
+    for sts in cluster.of("StatefulSet"):
+        if not _terminating(sts):
+            actions += _sync_statefulset(sts, pods)
+    for ds in cluster.of("DaemonSet"):
+        if not _terminating(ds):
+            actions += _sync_daemonset(ds, pods, nodes, names.setdefault(_ns(ds), set()), suffix)
+    for job in cluster.of("Job"):
+        if not _terminating(job):
+            actions += _sync_job(job, pods, names.setdefault(_ns(job), set()), suffix)
+    return actions + _garbage(cluster)

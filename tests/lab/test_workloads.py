@@ -1,0 +1,160 @@
+"""The lab's scheduler and workload controllers as pure functions (no root, no lab)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from lab.scheduler import schedule
+from lab.verbs import format_pods, pod_state
+from lab.workloads import Cluster, Create, Delete, Update, plan
+
+
+def node(name: str, **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def pod(
+    name: str, spec: dict[str, Any] | None = None, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "labels": labels or {}},
+        "spec": spec or {},
+        "status": {"phase": "Running"},
+    }
+
+
+NODES = [node("node1"), node("node2", disk="ssd")]
+
+
+def test_node_selector_affinity_and_spread() -> None:
+    assert schedule(pod("a", {"nodeSelector": {"disk": "ssd"}}), NODES, []).node == "node2"
+    assert schedule(pod("b"), NODES, [pod("x", {"nodeName": "node1"})]).node == "node2"
+    affinity = {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "node-role.kubernetes.io/master", "operator": "Exists"}
+                            ]
+                        },
+                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node1"]}]},
+                    ]
+                }
+            }
+        }
+    }
+    assert schedule(pod("c", affinity), NODES, []).node == "node1"
+    none = schedule(pod("d", {"nodeSelector": {"disk": "hdd"}}), NODES, [])
+    assert none.node == ""
+    assert none.message == "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+
+
+def test_pod_anti_affinity_on_hostname() -> None:
+    anti = {
+        "affinity": {
+            "podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": "kubernetes.io/hostname"}
+                ]
+            }
+        }
+    }
+    first = pod("x1", {**anti, "nodeName": "node2"}, {"app": "x"})
+    assert schedule(pod("x2", anti, {"app": "x"}), NODES, [first]).node == "node1"
+    second = pod("x2", {**anti, "nodeName": "node1"}, {"app": "x"})
+    third = schedule(pod("x3", anti, {"app": "x"}), NODES, [first, second])
+    assert third.node == "" and "2 node(s) didn't match pod anti-affinity rules" in third.message
+
+
+def _names() -> Any:
+    counter = itertools.count()
+    return lambda: f"n{next(counter):04d}"
+
+
+def test_deployment_makes_a_replicaset_then_pods() -> None:
+    deploy: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default", "uid": "d1", "generation": 1},
+        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {}}},
+    }
+    actions = plan(Cluster({"Deployment": [deploy]}), _names())
+    [rs_create] = [a for a in actions if isinstance(a, Create)]
+    rs = {**rs_create.obj, "metadata": {**rs_create.obj["metadata"], "uid": "r1"}}
+    assert rs["spec"]["replicas"] == 2 and rs["metadata"]["ownerReferences"][0]["uid"] == "d1"
+    actions = plan(Cluster({"Deployment": [deploy], "ReplicaSet": [rs]}), _names())
+    pods = [a.obj for a in actions if isinstance(a, Create)]
+    assert [p["metadata"]["name"] for p in pods] == [
+        f"{rs['metadata']['name']}-n0000",
+        f"{rs['metadata']['name']}-n0001",
+    ]
+    assert all(p["metadata"]["labels"]["app"] == "web" for p in pods)
+    scaled = {**deploy, "spec": {**deploy["spec"], "replicas": 1}}
+    actions = plan(Cluster({"Deployment": [scaled], "ReplicaSet": [rs]}), _names())
+    assert any(isinstance(a, Update) and a.obj["spec"]["replicas"] == 1 for a in actions)
+
+
+def test_statefulset_waits_for_the_old_pod_before_reusing_its_name() -> None:
+    sts = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "default", "uid": "s1"},
+        "spec": {"replicas": 2, "template": {"spec": {}}},
+    }
+    owner = [{"uid": "s1", "controller": True, "kind": "StatefulSet"}]
+    old = pod("db-1")
+    old["metadata"].update(ownerReferences=owner, deletionTimestamp="2026-01-01T00:00:00Z")
+    actions = plan(Cluster({"StatefulSet": [sts], "Pod": [old]}), _names())
+    assert [a.obj["metadata"]["name"] for a in actions if isinstance(a, Create)] == ["db-0"]
+    extra = pod("db-5")
+    extra["metadata"]["ownerReferences"] = owner
+    actions = plan(Cluster({"StatefulSet": [sts], "Pod": [extra]}), _names())
+    assert Delete("Pod", "default", "db-5", 30) in actions
+
+
+def test_orphans_are_collected_and_jobs_complete() -> None:
+    orphan = pod("lost")
+    orphan["metadata"]["ownerReferences"] = [{"uid": "gone", "controller": True, "kind": "ReplicaSet"}]
+    assert Delete("Pod", "default", "lost", 30) in plan(Cluster({"Pod": [orphan]}), _names())
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "once", "namespace": "default", "uid": "j1"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never"}}},
+    }
+    [create] = [a for a in plan(Cluster({"Job": [job]}), _names()) if isinstance(a, Create)]
+    done = {
+        **create.obj,
+        "metadata": {**create.obj["metadata"], "uid": "p1"},
+        "status": {"phase": "Succeeded"},
+    }
+    actions = plan(Cluster({"Job": [job], "Pod": [done]}), _names())
+    assert not [a for a in actions if isinstance(a, Create)]
+    assert pod_state(done).status == "Completed"
+
+
+def test_pod_states_as_kubectl_shows_them() -> None:
+    failing = pod("f")
+    failing["status"] = {
+        "phase": "Pending",
+        "containerStatuses": [
+            {
+                "ready": False,
+                "state": {"waiting": {"reason": "ContainerCreating", "message": "CNI ADD x: boom"}},
+            }
+        ],
+    }
+    assert pod_state(failing).status == "ContainerCreating" and pod_state(failing).reason == "CNI ADD x: boom"
+    table = format_pods([failing], now=0.0, wide=True, namespaces=True).splitlines()
+    assert table[0].split() == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    assert table[1].split()[:4] == ["default", "f", "0/1", "ContainerCreating"]
