@@ -71,7 +71,6 @@ import asyncio
 import contextlib
 import copy
 import json
-import re
 import threading
 import time
 import urllib.error
@@ -79,7 +78,7 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,7 +87,8 @@ from aiohttp import web
 from kubernetes import client as k8s
 
 from ipam.kinds import KINDS, KindInfo
-from ipam.selectors import LabelSelector, Requirement
+from ipam.selectors import LabelSelector
+from tests.kube.emulator.faults import Faults
 from tests.kube.emulator.gc import (
     FOREGROUND,
     ORPHAN,
@@ -113,200 +113,23 @@ from tests.kube.emulator.patch import (
     apply_patch,
 )
 from tests.kube.emulator.rbac import ANONYMOUS, Attributes, Authorizer, User, forbidden_message, verb_of
-from tests.kube.emulator.schema import Cause, CrdSchema
+from tests.kube.emulator.schema import CrdSchema
+from tests.kube.emulator.selectors import field_value, parse_field_selector, parse_label_selector
+from tests.kube.emulator.status import (
+    MODIFIED,
+    ApiError,
+    conflict,
+    details,
+    invalid,
+    not_found,
+    resource_name,
+)
 
 __all__ = ["Faults", "KubeEmulator", "kube_emulator", "parse_label_selector"]
 
 Obj = dict[str, Any]
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-
-
-# ---------------------------------------------------------------------------------------------------
-# label selectors
-
-
-_REQ_SET = re.compile(r"^\s*([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
-_REQ_EQ = re.compile(r"^\s*([\w./-]+)\s*(==|=|!=)\s*([\w.-]*)\s*$")
-_REQ_EXISTS = re.compile(r"^\s*(!?)\s*([\w./-]+)\s*$")
-
-
-def parse_label_selector(text: str) -> LabelSelector:
-    """A ``labelSelector`` query string (Kubernetes' text syntax: ``a=b``, ``a!=b``, ``a in (x,y)``,
-    ``a notin (x)``, ``a``, ``!a``) as the project's LabelSelector, which does the matching."""
-    parts: list[str] = []
-    depth, start = 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    reqs: list[Requirement] = []
-    for part in parts:
-        if not part.strip():
-            continue
-        if m := _REQ_SET.match(part):
-            values = tuple(v.strip() for v in m.group(3).split(",") if v.strip())
-            reqs.append(Requirement(m.group(1), "In" if m.group(2) == "in" else "NotIn", values))
-        elif m := _REQ_EQ.match(part):
-            reqs.append(Requirement(m.group(1), "NotIn" if m.group(2) == "!=" else "In", (m.group(3),)))
-        elif m := _REQ_EXISTS.match(part):
-            reqs.append(Requirement(m.group(2), "DoesNotExist" if m.group(1) else "Exists"))
-        else:
-            raise ValueError(f"unable to parse requirement: {part!r}")
-    return LabelSelector((), tuple(reqs))
-
-
-def _field_value(obj: Obj, path: str) -> str:
-    cur: Any = obj
-    for part in path.split("."):
-        cur = cur.get(part) if isinstance(cur, dict) else None
-    return "" if cur is None else str(cur)
-
-
-def _parse_field_selector(text: str) -> list[tuple[str, bool, str]]:
-    out: list[tuple[str, bool, str]] = []
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        m = re.match(r"^\s*([\w.]+)\s*(==|=|!=)\s*(.*?)\s*$", part)
-        if m is None:
-            raise ValueError(f"invalid field selector: {part!r}")
-        out.append((m.group(1), m.group(2) != "!=", m.group(3)))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# faults
-
-
-@dataclass
-class Faults:
-    """What goes wrong, and when.  Change it at any time from any thread (under ``lock``)."""
-
-    latency: float = 0.0  # seconds added before every request is handled (watch streams included)
-    conflict_every: int = 0  # every Nth write (POST/PUT/DELETE) fails with 409 Conflict; 0: never
-    conflict_writes: set[int] = field(default_factory=set)  # absolute write ordinals that fail with 409
-    error_budget: int = 0  # the next N requests fail with ``error_status``
-    error_status: int = 500
-    error_methods: frozenset[str] = frozenset({"GET", "POST", "PUT", "DELETE"})
-    drop_watch_budget: int = 0  # the next N watch streams that have an event to send are cut
-    drop_watch_after: int = 0  # ... after sending this many more events
-    writes: int = 0  # writes seen so far (counts faulted ones too)
-    conflicts_injected: int = 0
-    errors_injected: int = 0
-    watches_dropped: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def conflict_on_writes(self, *nth: int) -> None:
-        """Make the Nth write from now (1 = the next one) fail with 409 Conflict."""
-        with self.lock:
-            self.conflict_writes.update(self.writes + n for n in nth)
-
-    def fail_requests(self, count: int, status: int = 500, methods: frozenset[str] | None = None) -> None:
-        with self.lock:
-            self.error_budget = count
-            self.error_status = status
-            if methods is not None:
-                self.error_methods = methods
-
-    def drop_watches(self, count: int, after_events: int = 0) -> None:
-        with self.lock:
-            self.drop_watch_budget = count
-            self.drop_watch_after = after_events
-
-    def _take_error(self, method: str) -> int:
-        with self.lock:
-            if self.error_budget > 0 and method in self.error_methods:
-                self.error_budget -= 1
-                self.errors_injected += 1
-                return self.error_status
-            return 0
-
-    def _take_write_conflict(self) -> bool:
-        with self.lock:
-            self.writes += 1
-            hit = self.writes in self.conflict_writes or (
-                self.conflict_every > 0 and self.writes % self.conflict_every == 0
-            )
-            self.conflict_writes.discard(self.writes)
-            if hit:
-                self.conflicts_injected += 1
-            return hit
-
-    def _take_watch_drop(self) -> int | None:
-        """For a stream about to send an event: how many more events it may send before it is cut
-        (None: it is not to be cut).  The budget goes to the first streams that send after it is set."""
-        with self.lock:
-            if self.drop_watch_budget > 0:
-                self.drop_watch_budget -= 1
-                self.watches_dropped += 1
-                return self.drop_watch_after
-            return None
-
-
-# ---------------------------------------------------------------------------------------------------
-# errors as the API server sends them
-
-
-class _ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
-
-    def status(self) -> Obj:
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "details": self.details,
-            "code": self.code,
-        }
-
-
-def _resource_name(info: KindInfo) -> str:
-    return f"{info.plural}.{info.group}" if info.group else info.plural
-
-
-def _details(info: KindInfo, name: str) -> Obj:
-    d: Obj = {"name": name, "kind": info.plural}
-    if info.group:
-        d["group"] = info.group
-    return d
-
-
-def _not_found(info: KindInfo, name: str) -> _ApiError:
-    return _ApiError(404, "NotFound", f'{_resource_name(info)} "{name}" not found', _details(info, name))
-
-
-def _conflict(info: KindInfo, name: str, why: str) -> _ApiError:
-    return _ApiError(
-        409,
-        "Conflict",
-        f'Operation cannot be fulfilled on {_resource_name(info)} "{name}": {why}',
-        _details(info, name),
-    )
-
-
-def _invalid(info: KindInfo, name: str, causes: list[Cause]) -> _ApiError:
-    """422 Invalid as the API server words it: every field error in the message, each in the causes."""
-    qualified = f"{info.kind}.{info.group}" if info.group and info.group not in _BUILTIN_GROUPS else info.kind
-    listed = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(str(c) for c in causes) + "]"
-    details: Obj = {"name": name, "kind": info.kind}
-    if info.group:
-        details["group"] = info.group
-    details["causes"] = [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes]
-    return _ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {listed}', details)
-
-
-_MODIFIED = "the object has been modified; please apply your changes to the latest version and try again"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -533,7 +356,7 @@ class KubeEmulator:
         scheme, _, token = header.partition(" ")
         user = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         if user is None:
-            raise _ApiError(401, "Unauthorized", "Unauthorized")
+            raise ApiError(401, "Unauthorized", "Unauthorized")
         return user
 
     def _authorize(self, request: web.Request, t: _Target) -> None:
@@ -553,7 +376,7 @@ class KubeEmulator:
                 details["name"] = t.name
             if t.info.group:
                 details["group"] = t.info.group
-            raise _ApiError(403, "Forbidden", forbidden_message(attrs), details)
+            raise ApiError(403, "Forbidden", forbidden_message(attrs), details)
 
     # -- direct access for tests (bypasses HTTP and faults) ---------------------------------------
 
@@ -803,21 +626,21 @@ class KubeEmulator:
         elif len(parts) >= 3 and parts[0] == "apis":
             api_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
         else:
-            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
         namespace = ""
         if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] == "status"):
             namespace, rest = rest[1], rest[2:]
         if not rest or len(rest) > 3 or (len(rest) == 3 and rest[2] != "status"):
-            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
         info = self._by_path.get((api_version, rest[0]))
         if info is None:
-            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
         if namespace and not info.namespaced:
-            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
         if sub == "status" and not info.has_status:
-            raise _ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
         return _Target(info, namespace, name, sub)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -830,9 +653,9 @@ class KubeEmulator:
         try:
             if request.path == "/version":
                 return web.json_response({"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulator"})
-            status = faults._take_error(request.method)
+            status = faults.take_error(request.method)
             if status:
-                raise _ApiError(status, "InternalError", f"injected error {status}")
+                raise ApiError(status, "InternalError", f"injected error {status}")
             target = self._parse_path(request.path)
             self._authorize(request, target)
             body: Obj | None = None
@@ -840,9 +663,9 @@ class KubeEmulator:
                 try:
                     body = json.loads(await request.read() or b"null")
                 except ValueError as err:
-                    raise _ApiError(400, "BadRequest", f"invalid JSON body: {err}") from err
-            if request.method in ("POST", "PUT", "PATCH", "DELETE") and faults._take_write_conflict():
-                raise _conflict(target.info, target.name or "(collection)", _MODIFIED)
+                    raise ApiError(400, "BadRequest", f"invalid JSON body: {err}") from err
+            if request.method in ("POST", "PUT", "PATCH", "DELETE") and faults.take_write_conflict():
+                raise conflict(target.info, target.name or "(collection)", MODIFIED)
             if request.method == "GET":
                 if target.name:
                     return web.json_response(self._get(target))
@@ -865,17 +688,17 @@ class KubeEmulator:
                 deleted = self._delete(target, body, request.query)
                 self._collect_garbage()
                 return web.json_response(deleted)
-            raise _ApiError(
+            raise ApiError(
                 405, "MethodNotAllowed", f"the server does not allow this method ({request.method})"
             )
-        except _ApiError as err:
+        except ApiError as err:
             return web.json_response(err.status(), status=err.code)
 
     def _get(self, t: _Target) -> Obj:
         with self._lock:
             obj = self._objects.get(_key(t.info, t.namespace, t.name))
             if obj is None:
-                raise _not_found(t.info, t.name)
+                raise not_found(t.info, t.name)
             return copy.deepcopy(obj)
 
     def _selectors(
@@ -883,9 +706,9 @@ class KubeEmulator:
     ) -> tuple[LabelSelector | None, list[tuple[str, bool, str]]]:
         try:
             labels = parse_label_selector(query["labelSelector"]) if query.get("labelSelector") else None
-            fields = _parse_field_selector(query.get("fieldSelector", ""))
+            fields = parse_field_selector(query.get("fieldSelector", ""))
         except ValueError as err:
-            raise _ApiError(400, "BadRequest", str(err)) from err
+            raise ApiError(400, "BadRequest", str(err)) from err
         return labels, fields
 
     @staticmethod
@@ -897,7 +720,7 @@ class KubeEmulator:
             return False
         if labels is not None and not labels.matches(meta.get("labels") or {}):
             return False
-        return all((_field_value(obj, path) == value) == eq for path, eq, value in fields)
+        return all((field_value(obj, path) == value) == eq for path, eq, value in fields)
 
     def _snapshot(self, info: KindInfo, rv: int) -> dict[tuple[str, str], Obj]:
         """The objects of a kind as they were at revision ``rv`` (under the lock; ``rv`` not compacted):
@@ -923,7 +746,7 @@ class KubeEmulator:
             limit = int(query.get("limit") or 0)
             token = decode_continue(query["continue"]) if query.get("continue") else None
         except ValueError as err:
-            raise _ApiError(400, "BadRequest", str(err)) from None
+            raise ApiError(400, "BadRequest", str(err)) from None
         with self._lock:
             if token is None:
                 rv = self._rv
@@ -931,7 +754,7 @@ class KubeEmulator:
             else:
                 rv = token.rv
                 if rv < self._compacted or rv > self._rv:
-                    raise _ApiError(410, "Expired", EXPIRED_MESSAGE)
+                    raise ApiError(410, "Expired", EXPIRED_MESSAGE)
                 state = self._snapshot(t.info, rv)
             keys = sorted(k for k, o in state.items() if self._selected(o, t, labels, fields))
             if token is not None:
@@ -957,9 +780,9 @@ class KubeEmulator:
 
     def _check_body(self, t: _Target, body: Obj | None, name: str | None) -> Obj:
         if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
-            raise _ApiError(400, "BadRequest", "the request body is not an object with metadata")
+            raise ApiError(400, "BadRequest", "the request body is not an object with metadata")
         if body.get("kind") != t.info.kind or body.get("apiVersion") != t.info.api_version:
-            raise _ApiError(
+            raise ApiError(
                 400,
                 "BadRequest",
                 f"the body is {body.get('apiVersion')}/{body.get('kind')}, "
@@ -968,16 +791,16 @@ class KubeEmulator:
         meta = body["metadata"]
         ns = meta.get("namespace")
         if t.info.namespaced and ns and ns != t.namespace:
-            raise _ApiError(
+            raise ApiError(
                 400, "BadRequest", "the namespace of the provided object does not match the namespace sent"
             )
         if name is not None and meta.get("name") != name:
-            raise _ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
+            raise ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
         finalizers = meta.get("finalizers")
         if finalizers is not None and not (
             isinstance(finalizers, list) and all(isinstance(f, str) for f in finalizers)
         ):
-            raise _ApiError(
+            raise ApiError(
                 400,
                 "BadRequest",
                 "json: cannot unmarshal into Go struct field ObjectMeta.metadata.finalizers of type []string",
@@ -994,21 +817,21 @@ class KubeEmulator:
             if not causes:
                 causes = schema.validate(obj, old)
         if causes:
-            raise _invalid(info, str(obj["metadata"].get("name") or ""), causes)
+            raise invalid(info, str(obj["metadata"].get("name") or ""), causes)
         return obj
 
     def _create(self, t: _Target, body: Obj | None) -> Obj:
         if t.info.namespaced and not t.namespace:
-            raise _ApiError(405, "MethodNotAllowed", "create needs a namespace")
+            raise ApiError(405, "MethodNotAllowed", "create needs a namespace")
         obj = self._check_body(t, body, None)
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         name = meta.get("name") or ""
         if not name:
-            raise _ApiError(422, "Invalid", f"{t.info.kind}: metadata.name: Required value: name is required")
+            raise ApiError(422, "Invalid", f"{t.info.kind}: metadata.name: Required value: name is required")
         if meta.get("resourceVersion"):
-            raise _ApiError(
+            raise ApiError(
                 422,
                 "Invalid",
                 f'{t.info.kind} "{name}" is invalid: metadata.resourceVersion: must be unset to create',
@@ -1026,7 +849,7 @@ class KubeEmulator:
                 and t.info.namespaced
                 and _key(self._info_of(_NS), "", t.namespace) not in self._objects
             ):
-                raise _ApiError(
+                raise ApiError(
                     404,
                     "NotFound",
                     f'namespaces "{t.namespace}" not found',
@@ -1037,24 +860,24 @@ class KubeEmulator:
             )
             if ns_obj is not None and ns_obj["metadata"].get("deletionTimestamp"):
                 why = f"namespace {t.namespace} is being terminated"
-                raise _ApiError(
+                raise ApiError(
                     403,
                     "Forbidden",
-                    f'{_resource_name(t.info)} "{name}" is forbidden: unable to create new content in '
+                    f'{resource_name(t.info)} "{name}" is forbidden: unable to create new content in '
                     f"namespace {t.namespace} because it is being terminated",
                     {
-                        **_details(t.info, name),
+                        **details(t.info, name),
                         "causes": [
                             {"reason": "NamespaceTerminating", "message": why, "field": "metadata.namespace"}
                         ],
                     },
                 )
             if _key(t.info, t.namespace, name) in self._objects:
-                raise _ApiError(
+                raise ApiError(
                     409,
                     "AlreadyExists",
-                    f'{_resource_name(t.info)} "{name}" already exists',
-                    _details(t.info, name),
+                    f'{resource_name(t.info)} "{name}" already exists',
+                    details(t.info, name),
                 )
             self._fill_new(obj, t.info, t.namespace)
             return self._commit(t.info, obj, None)
@@ -1064,13 +887,13 @@ class KubeEmulator:
         with self._lock:
             old = self._objects.get(_key(t.info, t.namespace, t.name))
             if old is None:
-                raise _not_found(t.info, t.name)
+                raise not_found(t.info, t.name)
             rv = obj["metadata"].get("resourceVersion")
             if rv:
                 if rv != old["metadata"]["resourceVersion"]:
-                    raise _conflict(t.info, t.name, _MODIFIED)
+                    raise conflict(t.info, t.name, MODIFIED)
             elif t.info.group not in _BUILTIN_GROUPS:
-                raise _ApiError(
+                raise ApiError(
                     422,
                     "Invalid",
                     f'{t.info.kind}.{t.info.group} "{t.name}" is invalid: metadata.resourceVersion: '
@@ -1081,12 +904,12 @@ class KubeEmulator:
                 added = [f for f in obj["metadata"].get("finalizers") or [] if f not in had]
                 if added:
                     why = f"Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added}"
-                    raise _ApiError(
+                    raise ApiError(
                         422,
                         "Invalid",
                         f'{t.info.kind} "{t.name}" is invalid: metadata.finalizers: {why}',
                         {
-                            **_details(t.info, t.name),
+                            **details(t.info, t.name),
                             "causes": [
                                 {
                                     "reason": "FieldValueForbidden",
@@ -1133,11 +956,11 @@ class KubeEmulator:
         with self._lock:
             old = self._objects.get(_key(t.info, t.namespace, t.name))
             if old is None:
-                raise _not_found(t.info, t.name)
+                raise not_found(t.info, t.name)
             try:
                 new = apply_patch(old, content_type, patch, builtin=t.info.group in _BUILTIN_GROUPS)
             except LookupError:
-                raise _ApiError(
+                raise ApiError(
                     415,
                     "UnsupportedMediaType",
                     f"the body of the request was in an unknown format - accepted media types include: "
@@ -1145,9 +968,9 @@ class KubeEmulator:
                     + (f", {STRATEGIC_MERGE_PATCH}" if t.info.group in _BUILTIN_GROUPS else ""),
                 ) from None
             except PatchError as err:
-                raise _ApiError(422, "Invalid", f'{t.info.kind} "{t.name}" is invalid: {err}') from None
+                raise ApiError(422, "Invalid", f'{t.info.kind} "{t.name}" is invalid: {err}') from None
             if not isinstance(new, dict) or not isinstance(new.get("metadata"), dict):
-                raise _ApiError(
+                raise ApiError(
                     422, "Invalid", f'{t.info.kind} "{t.name}" is invalid: the patch removed metadata'
                 )
             asked = isinstance(patch, dict) and "resourceVersion" in (patch.get("metadata") or {})
@@ -1163,17 +986,17 @@ class KubeEmulator:
             try:
                 grace = int(grace_text)
             except (TypeError, ValueError):
-                raise _ApiError(
+                raise ApiError(
                     400, "BadRequest", f"gracePeriodSeconds: {grace_text!r} is not an integer"
                 ) from None
             if grace < 0:
                 why = f"Invalid value: {grace}: must be >= 0"
-                raise _ApiError(
+                raise ApiError(
                     422,
                     "Invalid",
                     f"gracePeriodSeconds: {why}",
                     {
-                        **_details(t.info, t.name),
+                        **details(t.info, t.name),
                         "causes": [
                             {"reason": "FieldValueInvalid", "message": why, "field": "gracePeriodSeconds"}
                         ],
@@ -1182,22 +1005,22 @@ class KubeEmulator:
         try:
             policy = propagation_policy(body, query)
         except ValueError as err:
-            raise _ApiError(422, "Invalid", f'DeleteOptions.meta.k8s.io "" is invalid: {err}') from None
+            raise ApiError(422, "Invalid", f'DeleteOptions.meta.k8s.io "" is invalid: {err}') from None
         if t.info.kind != "Pod":
             grace = None  # only pods have graceful deletion
         with self._lock:
             old = self._objects.get(_key(t.info, t.namespace, t.name))
             if old is None:
-                raise _not_found(t.info, t.name)
+                raise not_found(t.info, t.name)
             meta = old["metadata"]
             if pre.get("uid") and pre["uid"] != meta["uid"]:
-                raise _conflict(
+                raise conflict(
                     t.info,
                     t.name,
                     f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}",
                 )
             if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
-                raise _conflict(
+                raise conflict(
                     t.info,
                     t.name,
                     f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
@@ -1277,7 +1100,7 @@ class KubeEmulator:
 
         async def send(ev_type: str, obj: Obj) -> bool:
             nonlocal sent, drop_after
-            if drop_after is None and (more := self.faults._take_watch_drop()) is not None:
+            if drop_after is None and (more := self.faults.take_watch_drop()) is not None:
                 drop_after = sent + more
             if drop_after is not None and sent >= drop_after:
                 if request.transport is not None:
@@ -1318,7 +1141,7 @@ class KubeEmulator:
                 assert changed is not None
                 found = self._events_after(since, t, labels, fields)
                 if found is None:
-                    expired = _ApiError(
+                    expired = ApiError(
                         410, "Expired", f"too old resource version: {since} ({self._compacted})"
                     )
                     await send("ERROR", expired.status())
