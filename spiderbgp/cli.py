@@ -262,13 +262,15 @@ def _cmd_ipam(args: argparse.Namespace, out: TextIO) -> int:
         store.close()
 
 
-def _cmd_bgp(args: argparse.Namespace, out: TextIO) -> int:
+def _cmd_bgp(args: argparse.Namespace, out: TextIO, env: Mapping[str, str]) -> int:
     from spiderbgp.agent_client import AgentClient, render_bgp_routes, render_bgp_status
     from spiderbgp.config import DEFAULT_SOCKET, load_agent_config
 
     socket_path = args.socket
-    if socket_path is None:
-        socket_path = load_agent_config(args.config).socket_path if args.config else DEFAULT_SOCKET
+    if socket_path is None and args.config:
+        config = load_agent_config(args.config, default_node_name=env.get("SPIDERBGP_NODE_NAME"))
+        socket_path = config.socket_path
+    socket_path = socket_path or DEFAULT_SOCKET
     client = AgentClient(socket_path)
     if args.bgp_command == "status":
         data = client.get_json("/v1/bgp/status")
@@ -346,7 +348,7 @@ def main(
         if args.command == "ipam":
             return _cmd_ipam(args, out)
         if args.command == "bgp":
-            return _cmd_bgp(args, out)
+            return _cmd_bgp(args, out, env)
         if args.command == "install-cni":
             return _cmd_install_cni(args, out)
         if args.command == "agent":

@@ -210,3 +210,17 @@ def test_the_store_itself_refuses_a_50mb_label(db: Path, base: object) -> None:
         with pytest.raises(Invalid, match="must be a DNS-1123 label"):
             store.create(namespace("nul\0x"))
     assert snapshot(db) == base
+
+
+def test_bgp_status_takes_the_node_name_from_the_environment_as_the_agent_does(
+    run: Run, tmp_path: Path
+) -> None:
+    """A config without nodeName is valid when $SPIDERBGP_NODE_NAME names the node (the DaemonSet
+    sets it); ``bgp status --config`` reads only its socketPath."""
+    sock = tmp_path / "agent.sock"
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"socketPath: {sock}\n")
+    got = run("bgp", "status", "--config", str(config), env={"SPIDERBGP_NODE_NAME": "node1"})
+    assert got.code == 1 and str(sock) in one_error(got.err)  # no agent there, and the line says where
+    got = run("bgp", "status", "--config", str(config), env={})
+    assert got.code == 1 and "nodeName: is required" in one_error(got.err)
