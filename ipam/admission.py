@@ -77,6 +77,8 @@ _MAX_LABEL_PART = 63
 # letter) in Kubernetes; every other kind takes a DNS-1123 subdomain
 _LABEL_NAMED_KINDS = frozenset({"Namespace"})
 _DNS1035_NAMED_KINDS = frozenset({"Service"})
+# RBAC objects take any path segment (``system:controller:...``): no '/' or '%', not '.' or '..'
+_PATH_SEGMENT_NAMED_KINDS = frozenset({"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"})
 _T = TypeVar("_T")
 _MAX_SHOWN = 3  # ranges quoted in an overlap message
 
@@ -154,7 +156,8 @@ def _check_qualified_key(kind: str, name: str, field: str, key: object) -> str:
 def validate_metadata(kind: str, namespaced: bool, obj: Mapping[str, Any]) -> None:
     """What the API server checks on every object of every kind (apimachinery's ValidateObjectMeta
     and the request size limit), so one hostile object cannot slow every read of it: the name
-    (DNS-1123 subdomain; a Namespace's a DNS-1123 label), the namespace (a DNS-1123 label), labels
+    (DNS-1123 subdomain; a Namespace's a DNS-1123 label, a Service's a DNS-1035 label, an RBAC object's
+    a path segment), the namespace (a DNS-1123 label), labels
     (qualified-name keys, values of at most 63 characters) and annotations (qualified-name keys, at
     most 256 KiB together); :func:`validate_size` checks the whole object.  Raises Invalid."""
     meta = obj.get("metadata")
@@ -164,14 +167,23 @@ def validate_metadata(kind: str, namespaced: bool, obj: Mapping[str, Any]) -> No
     if not isinstance(name, str) or not name:
         raise Invalid(kind, "", "metadata.name", "is required")
     shown = name if len(name) <= 253 and name.isprintable() else _clip(name)
-    _check_name_format(
-        kind,
-        shown,
-        "metadata.name",
-        name,
-        label=kind in _LABEL_NAMED_KINDS,
-        dns1035=kind in _DNS1035_NAMED_KINDS,
-    )
+    if kind in _PATH_SEGMENT_NAMED_KINDS:
+        if name in (".", "..") or "/" in name or "%" in name or not name.isprintable() or len(name) > 253:
+            raise Invalid(
+                kind,
+                shown,
+                "metadata.name",
+                f"{_clip(name)} must be a path segment: printable, no '/' or '%', not '.' or '..'",
+            )
+    else:
+        _check_name_format(
+            kind,
+            shown,
+            "metadata.name",
+            name,
+            label=kind in _LABEL_NAMED_KINDS,
+            dns1035=kind in _DNS1035_NAMED_KINDS,
+        )
     namespace = meta.get("namespace")
     if namespaced and namespace not in (None, ""):
         if not isinstance(namespace, str):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from ipam.admission import admit, pool_status
+from ipam.admission import admit, pool_status, validate_metadata
 from ipam.errors import Invalid
 from ipam.model import LABEL_IPPOOL_CIDR, LABEL_OWNER_SUBNET, LABEL_SUBNET_CIDR, IPPool
 from ipam.store import Obj
@@ -410,3 +410,30 @@ def test_an_ipv6_pool_beside_those_ranges_is_fine() -> None:
     # excluding the IPv4-compatible part makes the pool acceptable
     ok = admit(sp(subnet="::/64", ips=["::ff", "::1:0:0"], excludeIPs=["::ff"]), old=None, existing=[])
     assert ok["spec"]["excludeIPs"] == ["::ff"]
+
+
+# ------------------------------------------------------------------------ metadata, as the API server
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "ok"),
+    [
+        ("Pod", "web-0.a", True),
+        ("Pod", "Web", False),
+        ("Namespace", "team-a", True),
+        ("Namespace", "team.a", False),
+        ("Service", "web", True),
+        ("Service", "0web", False),
+        ("ClusterRole", "system:controller:x", True),
+        ("ClusterRole", "a/b", False),
+        ("RoleBinding", "..", False),
+    ],
+)
+def test_names_follow_each_kinds_rule(kind: str, name: str, ok: bool) -> None:
+    obj = {"metadata": {"name": name}}
+    if ok:
+        validate_metadata(kind, False, obj)
+    else:
+        with pytest.raises(Invalid) as err:
+            validate_metadata(kind, False, obj)
+        assert err.value.field == "metadata.name"
