@@ -116,6 +116,7 @@ from tests.kube.emulator.rbac import ANONYMOUS, Attributes, Authorizer, User, fo
 from tests.kube.emulator.schema import CrdSchema
 from tests.kube.emulator.selectors import field_value, parse_field_selector, parse_label_selector
 from tests.kube.emulator.status import (
+    BUILTIN_GROUPS,
     MODIFIED,
     ApiError,
     conflict,
@@ -154,7 +155,7 @@ class _Target:
 
 
 _STATUS_ON_CREATE: dict[str, Obj] = {"Namespace": {"phase": "Active"}}
-_BUILTIN_GROUPS = {"", "apps", "batch", "coordination.k8s.io"}
+_BUILTIN_GROUPS = BUILTIN_GROUPS
 
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

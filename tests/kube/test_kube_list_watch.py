@@ -278,3 +278,39 @@ def test_a_store_watch_from_a_compacted_revision_is_gone(
     with pytest.raises(Gone):
         for _ in store.watch(["SpiderEndpoint", "SpiderIPPool"], since, timeout=1.0):
             pass
+
+
+def test_a_store_watch_resumed_into_a_compaction_raises_gone(
+    kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
+) -> None:
+    """The agent's endpoint watch (``store.watch``) mid-way: its stream breaks, and by the time it is
+    opened again the history is compacted; the iterator raises Gone, which the agent answers with a
+    full re-read."""
+    store = store_factory()
+    since = store.revision()
+    seen: list[str] = []
+    raised: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            for ev in store.watch(["SpiderEndpoint", "SpiderIPPool"], since, timeout=10.0):
+                seen.append(ev.object["metadata"]["name"])
+        except BaseException as err:
+            raised.append(err)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        kube_emulator.put(pool("p1"))
+        wait_until(lambda: seen == ["p1"])
+        kube_emulator.faults.latency = 0.5  # the watch opened again waits in the server...
+        kube_emulator.faults.drop_watches(1)
+        before = kube_emulator.requests
+        kube_emulator.put(pool("p2"))  # ... after this event cut its stream
+        wait_until(lambda: kube_emulator.requests > before)
+        kube_emulator.compact()  # ... while the history is compacted
+    finally:
+        thread.join(timeout=15)
+        kube_emulator.faults.latency = 0.0
+    assert len(raised) == 1 and isinstance(raised[0], Gone), raised
+    assert seen == ["p1"]
