@@ -24,7 +24,7 @@ from lab.build import REPO_ROOT, Lab
 from lab.frr import wait_until
 from lab.invariants import check_invariants, fetch_pages
 from lab.netns import list_netns
-from lab.verbs import apply_file, delete_named, delete_pod, label_node, scale, wait_settled
+from lab.verbs import apply_file, delete_file, delete_named, delete_pod, label_node, scale, wait_settled
 
 pytestmark = [
     pytest.mark.lab,
@@ -312,3 +312,68 @@ def test_node_tools_see_the_node_and_an_agent_restarts(cluster: Cluster) -> None
     scale(c.store, "keeper", 0)
     scale(c.store, "crowded", 0)
     assert wait_settled(c.store, timeout=120) == []
+
+
+def _remove(c: Cluster, *files: str) -> None:
+    """``delete -f`` the example's files (last first), then wait until its pools are gone."""
+    pools = [
+        d["metadata"]["name"]
+        for f in files
+        for d in yaml.safe_load_all((MANIFESTS / f).read_text())
+        if d and d["kind"] == "SpiderIPPool"
+    ]
+    for f in reversed(files):
+        delete_file(c.store, MANIFESTS / f)
+    assert wait_settled(c.store, timeout=120) == []
+    wait_until(
+        lambda: not any(p["metadata"]["name"] in pools for p in c.store.list("SpiderIPPool")),
+        timeout=60,
+        what=f"the pools {pools} to be released and removed",
+    )
+
+
+def test_spiderpool_examples_in_our_words(cluster: Cluster) -> None:
+    """Spiderpool's docs/example, one directory at a time: every pod gets the IP its example intends."""
+    c = cluster
+    # statefulset: a Service beside it, the cluster default pool, the IP kept across a re-creation
+    apply_file(c.store, MANIFESTS / "example-statefulset.yaml")
+    assert wait_settled(c.store, namespace="default", timeout=120) == []
+    first = ip_of(pods(c, "default")["ledger-0"])
+    assert first == "172.18.40.40"
+    delete_pod(c.store, "ledger-0")
+    wait_until(
+        lambda: (
+            ip_of(pods(c, "default").get("ledger-0") or {}) == first
+            and pods(c, "default")["ledger-0"]["status"].get("phase") == "Running"
+            and not pods(c, "default")["ledger-0"]["metadata"].get("deletionTimestamp")
+        ),
+        timeout=60,
+        what="ledger-0 back with its IP",
+    )
+    assert_invariants(c)
+    _remove(c, "example-statefulset.yaml")
+
+    # ippool-multi: the bare pod is scheduled and served; the Deployment spills into the backup pool
+    apply_file(c.store, MANIFESTS / "example-multi-pools.yaml")
+    assert wait_settled(c.store, namespace="default", timeout=120) == []
+    assert ip_of(pods(c, "default")["placeholder"]) == "172.18.41.40"
+    apply_file(c.store, MANIFESTS / "example-multi-pools-deploy.yaml")
+    assert wait_settled(c.store, namespace="default", timeout=120) == []
+    got = sorted(ip_of(p) for n, p in pods(c, "default").items() if n.startswith("two-pools-"))
+    assert got == ["172.18.41.41", "172.18.42.40"]
+    assert_invariants(c)
+    _remove(c, "example-multi-pools.yaml", "example-multi-pools-deploy.yaml")
+
+    # ippool-affinity-node: label a node as master; each replica takes the pool of its node
+    label_node(c.store, "node1", ["node-role.kubernetes.io/master="])
+    try:
+        apply_file(c.store, MANIFESTS / "example-node-affinity.yaml")
+        assert wait_settled(c.store, namespace="default", timeout=120) == []
+        by_node = {
+            p["spec"]["nodeName"]: ip_of(p) for n, p in pods(c, "default").items() if n.startswith("by-role-")
+        }
+        assert by_node == {"node1": "172.18.43.40", "node2": "172.18.44.40"}
+        assert_invariants(c)
+        _remove(c, "example-node-affinity.yaml")
+    finally:
+        label_node(c.store, "node1", ["node-role.kubernetes.io/master-"])
