@@ -40,6 +40,7 @@ import os
 import random
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -182,7 +183,8 @@ def _prepare_file(path: Path) -> None:
     database (no lock file appears next to it), and create a new database file with mode 0600 (SQLite
     gives its -wal and -shm files the database file's mode), since allocation records name every pod."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # O_NONBLOCK: a FIFO in the way must not hang the open
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
     except IsADirectoryError:
         raise StoreUnavailable(f"{path}: is a directory, not a store database") from None
     except OSError as err:
@@ -190,6 +192,8 @@ def _prepare_file(path: Path) -> None:
             return
         raise StoreUnavailable(f"{path}: cannot create the store database: {err.strerror}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreUnavailable(f"{path}: is not a regular file, so not a store database")
         header = os.pread(fd, len(_SQLITE_MAGIC), 0)
     finally:
         os.close(fd)

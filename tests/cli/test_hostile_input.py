@@ -4,6 +4,7 @@ limits hold, each as one line naming the object and the field."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -224,3 +225,12 @@ def test_bgp_status_takes_the_node_name_from_the_environment_as_the_agent_does(
     assert got.code == 1 and str(sock) in one_error(got.err)  # no agent there, and the line says where
     got = run("bgp", "status", "--config", str(config), env={})
     assert got.code == 1 and "nodeName: is required" in one_error(got.err)
+
+
+def test_a_fifo_as_store_is_refused_without_hanging(run: Run, tmp_path: Path) -> None:
+    fifo = tmp_path / "state.db"
+    os.mkfifo(fifo)
+    for command in (["get", "sp"], ["apply", "-f", "-"]):
+        got = run("--store", str(fifo), *command, env={}, stdin=yaml.safe_dump(namespace("a")))
+        assert got.code == 1 and "is not a regular file" in one_error(got.err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]  # no lock file beside it
