@@ -24,6 +24,7 @@ from lab.build import REPO_ROOT, Lab
 from lab.frr import wait_until
 from lab.invariants import check_invariants, fetch_pages
 from lab.netns import list_netns
+from lab.podserver import NodePodServer
 from lab.verbs import apply_file, delete_file, delete_named, delete_pod, label_node, scale, wait_settled
 
 pytestmark = [
@@ -377,3 +378,26 @@ def test_spiderpool_examples_in_our_words(cluster: Cluster) -> None:
         _remove(c, "example-node-affinity.yaml")
     finally:
         label_node(c.store, "node1", ["node-role.kubernetes.io/master-"])
+
+
+def test_readiness_follows_the_probe(cluster: Cluster) -> None:
+    c = cluster
+    apply_file(c.store, MANIFESTS / "probed.yaml")
+
+    def ready() -> bool:
+        pod = pods(c, "default").get("probed") or {}
+        return any(
+            cond.get("type") == "Ready" and cond.get("status") == "True"
+            for cond in (pod.get("status") or {}).get("conditions") or []
+        )
+
+    wait_until(ready, timeout=60, what="probed to pass its readiness probe")
+    node = pods(c, "default")["probed"]["spec"]["nodeName"]
+    with NodePodServer.connect(c.lab.node_dir(node) / "pods.sock") as server:
+        server.set_ready("probed", False)
+        wait_until(lambda: not ready(), timeout=30, what="Ready cleared once /healthz answers 503")
+        assert pods(c, "default")["probed"]["status"]["phase"] == "Running"
+        server.set_ready("probed", True)
+        wait_until(ready, timeout=30, what="Ready again once /healthz answers 200")
+    delete_pod(c.store, "probed")
+    assert wait_settled(c.store, timeout=120) == []
