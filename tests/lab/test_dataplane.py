@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,9 +21,14 @@ from typing import Any
 import pytest
 
 from bgp_speaker.kernel import NetlinkRouteSource, RouteChange, RoutesByLink, RouteTable
+from ipam.sqlite_store import SqliteStore
 from lab import cni_hostroute as hostroute
+from lab.build import Lab
+from lab.frr import wait_until
+from lab.invariants import check_invariants, fetch_pages
 from lab.netns import Netns, Sandbox, list_netns, run
 from lab.podserver import NodePodServer, PodServerClient, PodServerError, answer
+from lab.verbs import apply_file, delete_named, scale, wait_settled
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -356,3 +362,201 @@ def test_the_agents_route_watch_forgets_a_pods_host_route_when_its_veth_goes() -
                 await gen.aclose()
 
         asyncio.run(scenario())
+
+
+# ---- on the seed lab (marker lab): several subnets and both families per node, route gating, 100 pods
+
+
+@dataclass
+class SeedLab:
+    lab: Lab
+    store: SqliteStore
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+PINNED = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      annotations:
+        ipam.spidernet.io/ippool: '{pools}'
+      labels:
+        app: {name}
+    spec:
+      nodeSelector:
+        kubernetes.io/hostname: node1
+      containers:
+        - name: web
+          image: nginx
+"""
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedLab]:
+    """The seed lab with its controller, as ``python -m lab up`` builds it; removed even on failure."""
+    run_dir = tmp_path_factory.mktemp("dataplane") / "run"
+    lab = Lab.create(run_dir=run_dir, env={})
+    store: SqliteStore | None = None
+    prefix = lab.sandbox.prefix
+    try:
+        lab.up(timeout=90)
+        store = SqliteStore(lab.store_path)
+        apply_file(store, CONFIGS / "nginx-ippool-v4.yaml")
+        yield SeedLab(lab, store)
+    finally:
+        if store is not None:
+            store.close()
+        lab.down()
+    assert not list_netns(prefix), "the lab left namespaces behind"
+
+
+def _running(s: SeedLab, prefix: str) -> dict[str, dict[str, Any]]:
+    return {
+        p["metadata"]["name"]: p
+        for p in s.store.list("Pod", namespace="default")
+        if p["metadata"]["name"].startswith(prefix)
+        and (p.get("status") or {}).get("phase") == "Running"
+        and not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def _pod_ips(pod: dict[str, Any]) -> list[str]:
+    return [str(x["ip"]) for x in (pod.get("status") or {}).get("podIPs") or []]
+
+
+def _assert_invariants(s: SeedLab) -> None:
+    problems = check_invariants(s.lab, s.store, timeout=60)
+    assert problems == [], "\n".join(problems)
+
+
+def _apply_text(s: SeedLab, tmp_path: Path, text: str) -> None:
+    path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(text)
+    apply_file(s.store, path)
+
+
+@root_only
+@pytest.mark.lab
+@pytest.mark.slow
+def test_two_ipv4_subnets_and_ipv6_on_one_node_each_reached_from_the_client(
+    seed: SeedLab, tmp_path: Path
+) -> None:
+    s = seed
+    apply_file(s.store, CONFIGS / "dual-stack.yaml")
+    _apply_text(s, tmp_path, PINNED.format(name="one", replicas=2, pools='{"ipv4":["nginx-ippool-v4"]}'))
+    _apply_text(
+        s,
+        tmp_path,
+        PINNED.format(name="two", replicas=2, pools='{"ipv4":["dual-ippool-v4"],"ipv6":["dual-ippool-v6"]}'),
+    )
+    assert wait_settled(s.store, timeout=180) == []
+    on_node1 = {
+        name: _pod_ips(p)
+        for name, p in {**_running(s, "one-"), **_running(s, "two-")}.items()
+        if (p.get("spec") or {}).get("nodeName") == "node1"
+    }
+    assert len(on_node1) == 4
+    ips = [ip for v in on_node1.values() for ip in v]
+    assert {ip.split(".")[1] for ip in ips if ":" not in ip} == {"244", "245"}  # two IPv4 subnets
+    assert sum(":" in ip for ip in ips) == 2 and all(
+        ip.startswith("fd00:10:245::") for ip in ips if ":" in ip
+    )
+    # Calico-style: one host route per address towards the pod's own veth, no bridge
+    node1 = s.lab.ns("node1")
+    v4_routes = run(node1, ["ip", "-4", "route"]).stdout
+    v6_routes = run(node1, ["ip", "-6", "route"]).stdout
+    for ip in ips:
+        assert re.search(
+            rf"^{re.escape(ip)} dev cali[0-9a-f]{{11}} ", v6_routes if ":" in ip else v4_routes, re.M
+        ), ip
+    assert "cni0" not in run(node1, ["ip", "-br", "link"]).stdout
+    # the client reaches every address, IPv4 and IPv6, and gets the pod's name
+    answers = fetch_pages(s.lab, ips, timeout=3)
+    assert {ip: answers[ip] for ip in ips} == {ip: name for name, v in on_node1.items() for ip in v}
+    # the router holds each /32 and /128 with the node's next hop (fd00:13::11 for IPv6)
+    routes = s.lab.router.bgp_routes()
+    for ip in ips:
+        assert routes[f"{ip}/{128 if ':' in ip else 32}"].nexthop == (
+            "fd00:13::11" if ":" in ip else "172.16.13.11"
+        )
+    _assert_invariants(s)
+    for name in ("one", "two"):
+        delete_named(s.store, "Deployment", name)
+    assert wait_settled(s.store, timeout=120) == []
+
+
+@root_only
+@pytest.mark.lab
+@pytest.mark.slow
+def test_an_address_is_announced_only_while_its_pods_host_route_exists(seed: SeedLab, tmp_path: Path) -> None:
+    """requireHostRoute end to end: the router loses a running pod's /32 and /128 when the node's
+    host routes go, keeps them away while later pods of the same node are announced, and gets them
+    back only when the routes are back."""
+    s = seed
+    apply_file(s.store, CONFIGS / "dual-stack.yaml")  # the pools (unchanged if an earlier test made them)
+    pools = '{"ipv4":["dual-ippool-v4"],"ipv6":["dual-ippool-v6"]}'
+    _apply_text(s, tmp_path, PINNED.format(name="gate", replicas=1, pools=pools))
+    assert wait_settled(s.store, timeout=120) == []
+    (pod,) = _running(s, "gate-").values()
+    ips = _pod_ips(pod)
+    prefixes = {f"{ip}/{128 if ':' in ip else 32}" for ip in ips}
+    router, node1 = s.lab.router, s.lab.ns("node1")
+    wait_until(lambda: prefixes <= set(router.bgp_routes()), timeout=60, what="the pod's routes")
+    fam = {ip: "-6" if ":" in ip else "-4" for ip in ips}
+    routes = {
+        ip: run(node1, ["ip", fam[ip], "route", "show", ip]).stdout.split()[2] for ip in ips
+    }  # its veth
+    assert all(dev.startswith("cali") for dev in routes.values()), routes
+
+    for ip, dev in routes.items():
+        run(node1, ["ip", fam[ip], "route", "del", ip, "dev", dev])
+    wait_until(lambda: not prefixes & set(router.bgp_routes()), timeout=60, what="the withdrawal")
+    # still allocated to the running pod, only the host route is missing
+    held = {r.ip for name in ("dual-ippool-v4", "dual-ippool-v6") for r in s.store.records(name)}
+    assert set(ips) <= held
+    # a later pod of the same node is announced; the routeless one still is not
+    scale(s.store, "gate", 2)
+    assert wait_settled(s.store, timeout=120) == []
+    (other,) = (p for n, p in _running(s, "gate-").items() if n != pod["metadata"]["name"])
+    later = {f"{ip}/{128 if ':' in ip else 32}" for ip in _pod_ips(other)}
+    wait_until(lambda: later <= set(router.bgp_routes()), timeout=60, what="the later pod's routes")
+    assert not prefixes & set(router.bgp_routes())
+
+    for ip, dev in routes.items():
+        run(node1, ["ip", fam[ip], "route", "add", ip, "dev", dev, "scope", "link"])
+    wait_until(lambda: prefixes <= set(router.bgp_routes()), timeout=60, what="the routes back")
+    _assert_invariants(s)
+    delete_named(s.store, "Deployment", "gate")
+    assert wait_settled(s.store, timeout=120) == []
+
+
+@root_only
+@pytest.mark.lab
+@pytest.mark.slow
+def test_a_hundred_pods_come_up_routable_and_go_away_clean(seed: SeedLab, tmp_path: Path) -> None:
+    s = seed
+    apply_file(s.store, CONFIGS / "nginx-deployment.yaml")
+    scale(s.store, "nginx", 100)
+    assert wait_settled(s.store, timeout=400) == []
+    pods = _running(s, "nginx-")
+    assert len(pods) == 100
+    assert {(p.get("spec") or {}).get("nodeName") for p in pods.values()} == {"node1", "node2"}
+    _assert_invariants(s)  # 100 /32s on the router with their nodes' next hops, 100 answers
+    scale(s.store, "nginx", 2)
+    assert wait_settled(s.store, timeout=300) == []
+    kept = {f"{ip}/32" for p in _running(s, "nginx-").values() for ip in _pod_ips(p)}
+    wait_until(
+        lambda: {p for p in s.lab.router.bgp_routes() if p.startswith("10.244.")} == kept,
+        timeout=120,
+        what="98 withdrawals",
+    )
+    _assert_invariants(s)
