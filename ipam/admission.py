@@ -236,9 +236,9 @@ def validate_metadata(kind: str, namespaced: bool, obj: Mapping[str, Any]) -> No
 
 
 def validate_size(kind: str, name: str, obj: Mapping[str, Any]) -> None:
-    """The whole object, as compact JSON, may be at most 1.5 MiB (the API server's request limit)."""
+    """The object must be JSON (no NaN or infinity) of at most 1.5 MiB (the API server's request limit)."""
     try:
-        body = json.dumps(obj, separators=(",", ":"))
+        body = json.dumps(obj, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise Invalid(kind, name, "object", f"is not JSON-serializable: {err}") from None
     check_size(kind, name, len(body))

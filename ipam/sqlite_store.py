@@ -320,7 +320,9 @@ class _Tx:
 
 
 def _dumps(obj: Obj) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+    """Compact JSON; NaN and infinities are refused (ValueError), as JSON and the API server have none
+    (and SQLite's JSON functions could not read the body back)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
 def _check_version(info: KindInfo, namespace: str, name: str, wanted: object, stored: int) -> None:

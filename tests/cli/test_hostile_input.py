@@ -234,3 +234,20 @@ def test_a_fifo_as_store_is_refused_without_hanging(run: Run, tmp_path: Path) ->
         got = run("--store", str(fifo), *command, env={}, stdin=yaml.safe_dump(namespace("a")))
         assert got.code == 1 and "is not a regular file" in one_error(got.err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]  # no lock file beside it
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("spec: {x: .nan}", "object: is not JSON-serializable: Out of range float values"),
+        ("spec: {x: .inf}", "object: is not JSON-serializable: Out of range float values"),
+        ("spec: {x: 2020-01-01}", "object: is not JSON-serializable: Object of type date"),
+        ("spec: {x: !!binary aGVsbG8=}", "object: is not JSON-serializable: Object of type bytes"),
+    ],
+)
+def test_values_json_cannot_hold_are_refused(
+    run: Run, db: Path, base: object, text: str, message: str
+) -> None:
+    got = run("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Pod\nmetadata: {{name: a}}\n{text}\n")
+    assert got.code == 1 and f'Pod "a": {message}' in one_error(got.err)
+    assert snapshot(db) == base
