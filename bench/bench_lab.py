@@ -1,0 +1,301 @@
+"""Benchmark: the seed lab scaled to 1,000 pods on this machine, until every pod is routable.
+
+    .venv/bin/python -m bench.bench_lab [--pods 1000] [--back-to 2] [--timeout 900] [--json FILE]
+
+Builds the seed lab (``lab/seed.clab.yml``: FRR router, node1 and node2 with their agents, the
+client, the lab's controller) in namespaces ``sbgp-<token>-*``, applies the seed's pool and nginx
+Deployment (2 replicas), then ``scale nginx N`` as ``python -m lab scale`` does and measures, from
+that write:
+
+* until every pod is Running (the controller wrote its status),
+* until every pod's /32 is in the router's kernel FIB (``proto bgp``),
+* until the client got the pod's name from every pod over HTTP (``lab.probe``),
+
+with pods/s for the last (the figure of merit: pods per second until routable); then each agent's
+and each ExaBGP's resident set, the pod servers', and the router's prefix count; then ``scale nginx
+2`` until only 2 pods run and every other route is withdrawn from the router.
+
+Context, not a like-for-like reference: Spiderpool publishes 1,000 pods in 207 s on a 10-node
+cluster (its whole pod start-up: scheduling, image, containers, IPAM), 4.8 pods/s.  Everything is
+removed at the end, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipam.sqlite_store import SqliteStore
+from lab.build import REPO_ROOT, Lab
+from lab.invariants import fetch_pages
+from lab.netns import NETNS_DIR, list_netns
+from lab.verbs import apply_file, scale, wait_settled
+
+CONFIGS = REPO_ROOT / "configs"
+SPIDERPOOL_PODS, SPIDERPOOL_SECONDS = 1000, 207.0  # Spiderpool's published figure, 10-node cluster
+DEPLOYMENT = "nginx"
+POLL = 1.0
+
+
+@dataclass
+class Progress:
+    """When each milestone was first seen, per pod (seconds since the scale write)."""
+
+    running: dict[str, float] = field(default_factory=dict)  # pod name -> t
+    in_fib: dict[str, float] = field(default_factory=dict)  # pod IP -> t
+    answered: dict[str, float] = field(default_factory=dict)  # pod IP -> t
+
+
+@dataclass
+class Result:
+    pods: int
+    running_s: float
+    fib_s: float
+    routable_s: float
+    pods_per_s: float
+    scale_back_s: float
+    router_prefixes: int
+    rss_mib: dict[str, float]
+    pods_per_node: dict[str, int]
+    spiderpool_pods_per_s: float = SPIDERPOOL_PODS / SPIDERPOOL_SECONDS
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _lab_netns_inodes(lab: Lab) -> set[int]:
+    inodes: set[int] = set()
+    for name in list_netns(lab.sandbox.prefix):
+        try:
+            inodes.add((NETNS_DIR / name).stat().st_ino)
+        except OSError:
+            continue
+    return inodes
+
+
+def _netns_inode(pid: int) -> int | None:
+    try:
+        return Path(f"/proc/{pid}/ns/net").stat().st_ino
+    except OSError:
+        return None
+
+
+def memory(lab: Lab) -> dict[str, float]:
+    """Resident sets in MiB: each agent, its ExaBGP (with the relay), and the pod servers (the
+    ``lab.podserver`` processes inside the lab's namespaces)."""
+    out: dict[str, float] = {}
+    for node, ref in sorted(lab.agents.items()):
+        out[f"{node} agent"] = _rss_kib(ref.pid) / 1024
+        kids = _children(ref.pid)
+        out[f"{node} exabgp + relay"] = (
+            sum(_rss_kib(p) for p in {*kids, *(g for k in kids for g in _children(k))}) / 1024
+        )
+    inodes = _lab_netns_inodes(lab)
+    servers = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit()
+        and "lab.podserver" in _cmdline(int(p.name))
+        and _netns_inode(int(p.name)) in inodes
+    ]
+    out["pod servers"] = sum(_rss_kib(p) for p in servers) / 1024
+    out["pod server processes"] = float(len(servers))
+    return out
+
+
+def _running_pods(store: SqliteStore) -> dict[str, str]:
+    """name -> IPv4 of the Deployment's Running, non-terminating pods."""
+    out: dict[str, str] = {}
+    for pod in store.list("Pod", namespace="default"):
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if (
+            meta["name"].startswith(f"{DEPLOYMENT}-")
+            and status.get("phase") == "Running"
+            and not meta.get("deletionTimestamp")
+            and status.get("podIP")
+        ):
+            out[meta["name"]] = str(status["podIP"])
+    return out
+
+
+def wait_routable(
+    lab: Lab, store: SqliteStore, n: int, *, timeout: float, clock: Callable[[], float] = time.monotonic
+) -> Progress:
+    """Poll until ``n`` pods run, are in the router's FIB and answered the client."""
+    start = clock()
+    prog = Progress()
+    while True:
+        now = clock() - start
+        pods = _running_pods(store)
+        for name in pods:
+            prog.running.setdefault(name, now)
+        fib = lab.router.kernel_routes(families=(4,))
+        for ip in pods.values():
+            if f"{ip}/32" in fib:
+                prog.in_fib.setdefault(ip, now)
+        ask = [ip for ip in pods.values() if ip in prog.in_fib and ip not in prog.answered]
+        if ask:
+            answers = fetch_pages(lab, ask, timeout=2.0)
+            names = {ip: name for name, ip in pods.items()}
+            now = clock() - start
+            for ip, got in answers.items():
+                if got == names.get(ip):
+                    prog.answered.setdefault(ip, now)
+        done = len(pods) >= n and all(ip in prog.answered for ip in pods.values())
+        print(
+            f"   t={now:6.1f}s running {len(pods):5d}  in FIB {len(prog.in_fib):5d}  answered {len(prog.answered):5d}",
+            flush=True,
+        )
+        if done:
+            return prog
+        if now > timeout:
+            raise TimeoutError(
+                f"after {timeout:.0f}s: {len(pods)} running, {len(prog.answered)} answered of {n}"
+            )
+        time.sleep(POLL)
+
+
+def wait_scaled_back(lab: Lab, store: SqliteStore, n: int, *, timeout: float) -> float:
+    start = time.monotonic()
+    while True:
+        pods = _running_pods(store)
+        ours = {p for p in lab.router.bgp_routes(families=("ipv4",)) if p.startswith("10.244.")}
+        if len(pods) == n and ours == {f"{ip}/32" for ip in pods.values()} and not _terminating(store):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"scale back: {len(pods)} pods, {len(ours)} routes after {timeout:.0f}s")
+        time.sleep(POLL)
+
+
+def _terminating(store: SqliteStore) -> int:
+    return sum(1 for p in store.list("Pod", namespace="default") if p["metadata"].get("deletionTimestamp"))
+
+
+def _last(values: Mapping[str, float]) -> float:
+    return max(values.values()) if values else 0.0
+
+
+def run_bench(*, pods: int, back_to: int, timeout: float, run_dir: Path) -> Result:
+    lab = Lab.create(run_dir=run_dir, env={})
+    prefix = lab.sandbox.prefix
+    store: SqliteStore | None = None
+    try:
+        t = time.monotonic()
+        lab.up(timeout=120)
+        print(f"   lab up in {time.monotonic() - t:.1f}s", flush=True)
+        store = SqliteStore(lab.store_path)
+        apply_file(store, CONFIGS / "nginx-ippool-v4.yaml")
+        apply_file(store, CONFIGS / "nginx-deployment.yaml")
+        wait_settled(store, timeout=120)
+        before = len(_running_pods(store))
+        print(f"==> scale {DEPLOYMENT} {before} -> {pods}", flush=True)
+        scale(store, DEPLOYMENT, pods)
+        prog = wait_routable(lab, store, pods, timeout=timeout)
+        routable = _last(prog.answered)
+        rss = memory(lab)
+        prefixes = len(lab.router.bgp_routes())
+        per_node: dict[str, int] = {}
+        for pod in store.list("Pod", namespace="default"):
+            node = str((pod.get("spec") or {}).get("nodeName") or "-")
+            per_node[node] = per_node.get(node, 0) + 1
+        print(f"==> scale {DEPLOYMENT} {back_to}", flush=True)
+        scale(store, DEPLOYMENT, back_to)
+        back = wait_scaled_back(lab, store, back_to, timeout=timeout)
+        return Result(
+            pods=pods,
+            running_s=_last(prog.running),
+            fib_s=_last(prog.in_fib),
+            routable_s=routable,
+            pods_per_s=(pods - before) / routable if routable else 0.0,  # the new pods
+            scale_back_s=back,
+            router_prefixes=prefixes,
+            rss_mib=rss,
+            pods_per_node=dict(sorted(per_node.items())),
+        )
+    finally:
+        if store is not None:
+            store.close()
+        lab.down()
+        left = list_netns(prefix)
+        if left:
+            print(f"warning: namespaces left behind: {left[:3]}", file=sys.stderr)
+
+
+def report(r: Result) -> str:
+    sp = r.spiderpool_pods_per_s
+    lines = [
+        f"pods scaled to:                          {r.pods}",
+        f"  all Running:                           {r.running_s:7.1f} s",
+        f"  all /32s in the router's FIB:          {r.fib_s:7.1f} s",
+        f"  all answered the client (routable):    {r.routable_s:7.1f} s   -> {r.pods_per_s:.1f} pods/s",
+        f"  Spiderpool, published (context):       {SPIDERPOOL_SECONDS:7.1f} s   -> {sp:.1f} pods/s "
+        f"({SPIDERPOOL_PODS} pods, 10-node cluster, whole pod start-up; not like-for-like)",
+        f"  ours / Spiderpool's pods/s:            {r.pods_per_s / sp:7.2f}",
+        f"pods per node:                           {', '.join(f'{k} {v}' for k, v in r.pods_per_node.items())}",
+        f"router prefixes at {r.pods} pods:         {r.router_prefixes}",
+        f"scale back to 2, all routes withdrawn:   {r.scale_back_s:7.1f} s",
+        "resident memory at full scale (MiB):",
+        *(f"  {k:<36} {v:8.1f}" for k, v in r.rss_mib.items()),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_lab", description=__doc__.split("\n")[0])
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--back-to", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds for each phase")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if args.pods < 1 or args.back_to < 0:
+        parser.error("--pods must be at least 1 and --back-to at least 0")
+    with tempfile.TemporaryDirectory(prefix="bench-lab-") as tmp:
+        try:
+            result = run_bench(
+                pods=args.pods, back_to=args.back_to, timeout=args.timeout, run_dir=Path(tmp) / "run"
+            )
+        except (TimeoutError, OSError, RuntimeError) as exc:
+            print(f"bench_lab: {exc}", file=sys.stderr)
+            return 1
+    print(report(result))
+    if args.json is not None:
+        data: dict[str, Any] = asdict(result)
+        args.json.write_text(json.dumps(data, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
