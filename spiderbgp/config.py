@@ -166,9 +166,11 @@ def _parse_ipam(f: Fields, source: str) -> IpamConfig:
         enable_ipv6=f.boolean("enableIPv6", True),
         enable_statefulset=f.boolean("enableStatefulSet", True),
         enable_spider_subnet=f.boolean("enableSpiderSubnet", True),
-        auto_pool_default_flexible_ip_number=f.integer("clusterSubnetDefaultFlexibleIPNumber", 1, minimum=0),
+        auto_pool_default_flexible_ip_number=f.integer(
+            "clusterSubnetDefaultFlexibleIPNumber", 1, minimum=0, maximum=65536
+        ),
         conflict_retries=f.integer("conflictRetries", 5, minimum=1, maximum=100),
-        max_allocated_ips_per_pool=f.integer("maxAllocatedIPsPerPool", 5000, minimum=1),
+        max_allocated_ips_per_pool=f.integer("maxAllocatedIPsPerPool", 5000, minimum=1, maximum=1_000_000),
         gc=gc_config,
         leader=leader,
     )

@@ -211,6 +211,10 @@ def config_error(text: str, *, env_node: str | None = None) -> str:
             "ipam.gc.intervalSeconds: must be at most 604800",
         ),
         (
+            HEAD + "ipam: {maxAllocatedIPsPerPool: 10000000000}\n",
+            "ipam.maxAllocatedIPsPerPool: must be at most",
+        ),
+        (
             HEAD + "ipam: {leaderElection: {leaseName: 'a b'}}\n",
             "ipam.leaderElection.leaseName: 'a b' must be",
         ),
