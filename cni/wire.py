@@ -113,11 +113,11 @@ def id_problem(value: str) -> str:
 
 def interface_name_problem(name: str) -> str:
     """Why ``name`` is not a usable interface name ("" when it is), as skel's ValidateInterfaceName:
-    not empty, at most 15 characters (IFNAMSIZ - 1), not ``.`` or ``..``, no ``/``, ``:`` or whitespace."""
+    not empty, at most 15 bytes (IFNAMSIZ - 1), not ``.`` or ``..``, no ``/``, ``:`` or whitespace."""
     if not name:
         return "is empty"
-    if len(name) > 15:
-        return f"{_shown(name)} is longer than 15 characters"
+    if len(name.encode("utf-8", "surrogatepass")) > 15:  # bytes, as the kernel (and skel's Go len) count
+        return f"{_shown(name)} is longer than 15 bytes"
     if name in (".", ".."):
         return f"{name!r} is not allowed"
     for c in name:

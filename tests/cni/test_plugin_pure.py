@@ -71,7 +71,7 @@ def test_container_id_rule(cid: str, ok: bool) -> None:
         assert code_of(sp.parse_env, {**BASE_ENV, "CNI_CONTAINERID": cid})[1].startswith("CNI_CONTAINERID:")
 
 
-@pytest.mark.parametrize("name", ["a" * 16, ".", "..", "a/b", "a:b", "a b", "a\tb"])
+@pytest.mark.parametrize("name", ["a" * 16, "é" * 8, ".", "..", "a/b", "a:b", "a b", "a\tb", "a\x00b"])
 def test_bad_interface_names(name: str) -> None:
     code, details = code_of(sp.parse_env, {**BASE_ENV, "CNI_IFNAME": name})
     assert code == 4 and details.startswith("CNI_IFNAME:")
