@@ -240,6 +240,8 @@ class Demo:
             )
         self.fetch_all(self.pods_of("auto-"))
 
+        self.dual_stack()
+
         self.say("Invariants")
         problems = check_invariants(lab, self.store)
         for line in problems:
@@ -248,6 +250,45 @@ class Demo:
             not problems,
             "no IP twice; every allocation on a live pod; counts match; routes exact; every pod answers",
         )
+
+    def dual_stack(self) -> None:
+        """The last step: a dual-stack pool pair and Deployment (Spiderpool's basic example), each pod
+        reached by the client over IPv4 and IPv6; the invariants that follow cover both families."""
+        self.say("A dual-stack Deployment: each pod gets an IPv4 and an IPv6 address and answers on both")
+        self.apply("dual-stack.yaml")
+        self.get_pods()
+        pods = {
+            p["metadata"]["name"]: [str(x.get("ip")) for x in (p.get("status") or {}).get("podIPs") or []]
+            for p in self.store.list("Pod", namespace="default")
+            if p["metadata"]["name"].startswith("dual-")
+            and (p.get("status") or {}).get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+        }
+        v4, v6 = netaddr.IPNetwork("10.245.0.0/16"), netaddr.IPNetwork("fd00:10:245::/64")
+        self.expect(
+            len(pods) == 2
+            and all(
+                sorted(netaddr.IPAddress(ip).version for ip in ips) == [4, 6]
+                and all(netaddr.IPAddress(ip) in (v6 if ":" in ip else v4) for ip in ips)
+                for ips in pods.values()
+            ),
+            f"2 dual pods, each with one address from {v4} and one from {v6}: {sorted(pods.values())}",
+        )
+        problems = self.routes_converged()
+        self.shell("python -m lab vtysh -c 'show bgp ipv6 unicast'")
+        print(self.lab.router.vtysh("show bgp ipv6 unicast"), file=self.out)
+        self.expect(
+            not problems,
+            "the router has each pod's /32 and /128, IPv6 over the IPv4 sessions with next hop fd00:13::N"
+            + (f" ({problems[0]})" if problems else ""),
+        )
+        answers = fetch_pages(self.lab, [ip for ips in pods.values() for ip in ips])
+        for name, ips in sorted(pods.items()):
+            for ip in ips:
+                url = f"http://[{ip}]/" if ":" in ip else f"http://{ip}/"
+                self.shell(f"python -m lab exec client -- curl -s {'-g ' if ':' in ip else ''}{url}")
+                print(answers.get(ip) or "(no answer)", file=self.out)
+                self.expect(answers.get(ip) == name, f"the client reaches {name} at {url}")
 
     def _auto_pool_size(self) -> int:
         """Usable IPs of the "auto" Deployment's auto pool (found by its application labels)."""
