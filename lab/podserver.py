@@ -315,37 +315,15 @@ async def serve(control_path: Path, *, ready: Callable[[], None] = lambda: None)
         os.close(home_fd)
 
 
-async def serve_one(name: str, port: int, *, ready: Callable[[], None] = lambda: None) -> None:
-    """Serve one pod in this process's own namespace (the form ``python -m lab.podserver --name``
-    kept for callers that still start a process per pod)."""
-    pod = _Pod(name, "", port)
-    loop = asyncio.get_running_loop()
-    for family in (socket.AF_INET, socket.AF_INET6):
-        pod.servers.append(await loop.create_server(lambda: _PodHttp(pod), sock=_listener(family, port)))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    ready()
-    await stop.wait()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.podserver")
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument(
-        "--control", type=Path, help="serve the node's pods; Unix socket the controller talks to"
-    )
-    mode.add_argument("--name", help="serve one pod, this namespace, under this name")
-    parser.add_argument("--port", type=int, default=POD_PORT, help="with --name: the port")
+    parser.add_argument("--control", required=True, type=Path, help="Unix socket the controller talks to")
     args = parser.parse_args(argv)
 
     def ready() -> None:
         print("ready", flush=True)
 
-    if args.control is not None:
-        asyncio.run(serve(args.control, ready=ready))
-    else:
-        asyncio.run(serve_one(args.name, args.port, ready=ready))
+    asyncio.run(serve(args.control, ready=ready))
     return 0
 
 
