@@ -11,9 +11,10 @@ that write:
 * until every pod's /32 is in the router's kernel FIB (``proto bgp``),
 * until the client got the pod's name from every pod over HTTP (``lab.probe``),
 
-with pods/s for the last (the figure of merit: pods per second until routable); then each agent's
-and each ExaBGP's resident set, the pod servers', and the router's prefix count; then ``scale nginx
-2`` until only 2 pods run and every other route is withdrawn from the router.
+with pods/s for the last (the figure of merit: new pods per second until routable), the CPU seconds
+each part of the lab spent meanwhile (the controller's include the CNI plugins it ran); then each
+agent's and each ExaBGP's resident set, the pod servers', and the router's prefix count; then
+``scale nginx 2`` until only 2 pods run and every other route is withdrawn from the router.
 
 Context, not a like-for-like reference: Spiderpool publishes 1,000 pods in 207 s on a 10-node
 cluster (its whole pod start-up: scheduling, image, containers, IPAM), 4.8 pods/s.  Everything is
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -64,6 +67,7 @@ class Result:
     router_prefixes: int
     rss_mib: dict[str, float]
     pods_per_node: dict[str, int]
+    cpu_s: dict[str, float]  # CPU seconds per part of the lab during the scale up
     spiderpool_pods_per_s: float = SPIDERPOOL_PODS / SPIDERPOOL_SECONDS
 
 
@@ -113,6 +117,17 @@ def _netns_inode(pid: int) -> int | None:
         return None
 
 
+def _pod_servers(lab: Lab) -> list[int]:
+    inodes = _lab_netns_inodes(lab)
+    return [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit()
+        and "lab.podserver" in _cmdline(int(p.name))
+        and _netns_inode(int(p.name)) in inodes
+    ]
+
+
 def memory(lab: Lab) -> dict[str, float]:
     """Resident sets in MiB: each agent, its ExaBGP (with the relay), and the pod servers (the
     ``lab.podserver`` processes inside the lab's namespaces)."""
@@ -133,6 +148,40 @@ def memory(lab: Lab) -> dict[str, float]:
     ]
     out["pod servers"] = sum(_rss_kib(p) for p in servers) / 1024
     out["pod server processes"] = float(len(servers))
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int, *, children: bool) -> float:
+    """utime + stime (+ the waited-for children's, with ``children``) of ``pid`` in seconds."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    f = raw[raw.rindex(")") + 2 :].split()  # f[11..14]: utime stime cutime cstime
+    ticks = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children else 0)
+    return ticks / _TICK
+
+
+def cpu(lab: Lab) -> dict[str, float]:
+    """CPU seconds so far per part of the lab.  The controller's includes the programs it waited
+    for: the CNI plugins (hostroute, spiderpool, tuning), ``ip`` and the namespace commands."""
+    out: dict[str, float] = {}
+    if lab.controller is not None:
+        out["controller + CNI plugins"] = _cpu_s(lab.controller.pid, children=True)
+    for node, ref in sorted(lab.agents.items()):
+        out[f"{node} agent"] = _cpu_s(ref.pid, children=False)
+        kids = _children(ref.pid)
+        out[f"{node} exabgp + relay"] = sum(
+            _cpu_s(p, children=True) for p in {*kids, *(g for k in kids for g in _children(k))}
+        )
+    out["router FRR"] = sum(_cpu_s(ref.pid, children=False) for ref in lab.router.pids().values())
+    out["pod servers"] = sum(_cpu_s(p, children=False) for p in _pod_servers(lab))
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    probes = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["bench (polls, client probes)"] = me.ru_utime + me.ru_stime + probes.ru_utime + probes.ru_stime
     return out
 
 
@@ -222,8 +271,10 @@ def run_bench(*, pods: int, back_to: int, timeout: float, run_dir: Path) -> Resu
         wait_settled(store, timeout=120)
         before = len(_running_pods(store))
         print(f"==> scale {DEPLOYMENT} {before} -> {pods}", flush=True)
+        cpu_before = cpu(lab)
         scale(store, DEPLOYMENT, pods)
         prog = wait_routable(lab, store, pods, timeout=timeout)
+        cpu_after = cpu(lab)
         routable = _last(prog.answered)
         rss = memory(lab)
         prefixes = len(lab.router.bgp_routes())
@@ -244,6 +295,7 @@ def run_bench(*, pods: int, back_to: int, timeout: float, run_dir: Path) -> Resu
             router_prefixes=prefixes,
             rss_mib=rss,
             pods_per_node=dict(sorted(per_node.items())),
+            cpu_s={k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after},
         )
     finally:
         if store is not None:
@@ -256,6 +308,7 @@ def run_bench(*, pods: int, back_to: int, timeout: float, run_dir: Path) -> Resu
 
 def report(r: Result) -> str:
     sp = r.spiderpool_pods_per_s
+    new = max(1, round(r.pods_per_s * r.routable_s))
     lines = [
         f"pods scaled to:                          {r.pods}",
         f"  all Running:                           {r.running_s:7.1f} s",
@@ -269,6 +322,8 @@ def report(r: Result) -> str:
         f"scale back to 2, all routes withdrawn:   {r.scale_back_s:7.1f} s",
         "resident memory at full scale (MiB):",
         *(f"  {k:<36} {v:8.1f}" for k, v in r.rss_mib.items()),
+        f"CPU during the scale up (s; per new pod in ms), {sum(r.cpu_s.values()):.1f} s in all:",
+        *(f"  {k:<36} {v:8.1f}  {v / new * 1000:7.1f}" for k, v in r.cpu_s.items()),
     ]
     return "\n".join(lines)
 
