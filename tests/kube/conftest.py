@@ -6,17 +6,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client as k8s
 
 from ipam.kube_store import KubeStore
 from tests.kube_emulator import KubeEmulator, kube_emulator
 
 __all__ = ["kube_emulator", "kube_store", "store_factory"]
-
-
-def configuration(emulator: KubeEmulator) -> k8s.Configuration:
-    """As the agent's ServiceAccount that also plays the cluster's other actors (creates pods, ...)."""
-    return emulator.configuration()
 
 
 @pytest.fixture
