@@ -283,14 +283,31 @@ _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method No
             409: b"Conflict", 413: b"Payload Too Large", 422: b"Unprocessable Entity", 431: b"Request Header Fields Too Large",
             500: b"Internal Server Error", 501: b"Not Implemented", 503: b"Service Unavailable",
             505: b"HTTP Version Not Supported"}  # fmt: skip
-_INCOMPLETE = "incomplete"  # the head is not all there yet
-_INCOMPLETE_BODY = "incomplete body"
 _LINGER = 2.0  # seconds a refused connection is read on (and dropped) before it is closed
 _BACKLOG = 128
 _ACCEPT_PAUSE = 0.1  # seconds the socket is not accepted from after running out of descriptors
 _LOG_INTERVAL = 10.0  # at most one accept-error line this often
 # a connection's phases: what its deadline bounds
 _IDLE, _HEAD, _BODY, _BUSY, _REFUSED, _CLOSED = range(6)
+
+
+class _Partial:
+    """A request not all there yet: ``needed`` is the size it will have once complete (0 while its
+    head is incomplete)."""
+
+    __slots__ = ("needed",)
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Partial) and other.needed == self.needed
+
+    def __repr__(self) -> str:
+        return f"_Partial({self.needed})"
+
+
+_HEAD_INCOMPLETE = _Partial(0)
 
 
 class Refusal:
@@ -404,11 +421,10 @@ class _Request:
         raise _Stop
 
 
-def parse_call(data: bytes | bytearray) -> _Call | Refusal | str | None:
-    """The CNI call at the start of ``data``; ``_INCOMPLETE`` (``_INCOMPLETE_BODY`` once its head is
-    complete) when more bytes may make it one; a Refusal for malformed HTTP or a head over 16 KiB;
-    None for a well-formed request the short path does not answer (aiohttp then serves the
-    connection).
+def parse_call(data: bytes | bytearray) -> _Call | _Partial | Refusal | None:
+    """The CNI call at the start of ``data``; a ``_Partial`` when more bytes may make it one; a
+    Refusal for malformed HTTP or a head over 16 KiB; None for a well-formed request the short path
+    does not answer (aiohttp then serves the connection).
 
     The bytes are parsed by llhttp (``httptools``, the parser uvicorn uses).  Accepted: ``POST <CNI
     path> HTTP/1.1`` with a Content-Length body (at most MAX_BODY_BYTES) and no Transfer-Encoding,
@@ -427,13 +443,13 @@ def parse_call(data: bytes | bytearray) -> _Call | Refusal | str | None:
         return None
     if not request.headers_done:
         if len(data) <= _MAX_HEAD:
-            return _INCOMPLETE
+            return _HEAD_INCOMPLETE
         return Refusal(431, f"malformed HTTP request: the head is longer than {_MAX_HEAD} bytes")
-    if not request.complete:
-        return _INCOMPLETE_BODY
-    body = b"".join(request.body)
     # llhttp accepted the request with CRLF line ends and a Content-Length: it ends that many bytes
     # after the blank line that ends its head, where the next request on the connection starts
+    if not request.complete:
+        return _Partial(data.find(b"\r\n\r\n") + 4 + request.content_length)
+    body = b"".join(request.body)
     size = data.find(b"\r\n\r\n") + 4 + len(body)
     return _Call(request.operation, request.query, body, not request.parser.should_keep_alive(), size)
 
@@ -466,6 +482,8 @@ class _FastConnection(asyncio.Protocol):
         self._phase = _IDLE
         self._deadline = 0.0  # loop time by which the phase must end
         self.since = 0.0  # loop time the phase began
+        self._needed = 0  # phase body: the size the request will have
+        self._scanned = 0  # phase head: bytes searched for the blank line that ends the head
 
     @property
     def busy(self) -> bool:
@@ -572,6 +590,8 @@ class _FastConnection(asyncio.Protocol):
         if self._server.closing:
             transport.close()
             return
+        if not self._eof and self._cannot_be_complete():
+            return
         call = parse_call(self._buffer)
         if call is None:
             self._hand_over(transport)
@@ -591,11 +611,27 @@ class _FastConnection(asyncio.Protocol):
                     f"incomplete HTTP request: the client shut down its side after {len(self._buffer)} bytes",
                 )
             )
-        elif call == _INCOMPLETE:
+        elif call.needed == 0:
             if self._phase != _HEAD:
                 self._enter(_HEAD)
+            self._scanned = len(self._buffer)
         elif self._phase != _BODY:
             self._enter(_BODY)
+            self._needed = call.needed
+
+    def _cannot_be_complete(self) -> bool:
+        """Whether the request being read is still short of the blank line that ends its head, or of
+        the size its Content-Length gives: then it is not parsed again (parsing the whole buffer on
+        every chunk costs quadratic time in a request trickled in a byte at a time)."""
+        size = len(self._buffer)
+        if self._phase == _BODY:
+            return size < self._needed
+        if self._phase != _HEAD or size > _MAX_HEAD:
+            return False
+        if self._buffer.find(b"\r\n\r\n", max(self._scanned - 3, 0)) >= 0:
+            return False
+        self._scanned = size
+        return True
 
     def refuse(self, refusal: Refusal) -> None:
         """Answer ``refusal`` and close.  Unless the client has shut down its side, the answer ends

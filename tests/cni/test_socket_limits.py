@@ -11,6 +11,7 @@ import os
 import resource
 import select
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -245,3 +246,20 @@ def test_idle_clients_beyond_the_descriptor_limit_do_not_stop_the_plugin(
         assert "Traceback" not in log and "Too many open files" not in log, log[-3000:]
     finally:
         agent.kill()
+
+
+def test_a_request_trickled_in_byte_by_byte_within_its_deadlines_is_answered(
+    make_agent: Callable[[SocketLimits], Agent],
+) -> None:
+    """Bytes arriving one by one are parsed once the head's blank line (then the body's last byte) is
+    there, not on every byte, and the call is answered like any other."""
+    agent = make_agent(SocketLimits())
+    data = post(wire.PATH_ADD, add_body(agent), "Connection: close")
+    with ExitStack() as stack:
+        s = connect(agent.socket_path, stack)
+        for i in range(len(data)):
+            s.sendall(data[i : i + 1])
+            if i % 64 == 0:
+                time.sleep(0.001)  # let the agent read what came so far: many small chunks
+        [(status, _, body)] = responses(read_to_close(s))
+    assert status == 200 and body["ips"][0]["address"] == "10.244.100.10/24"
