@@ -483,6 +483,7 @@ class _FastConnection(asyncio.Protocol):
         self._deadline = 0.0  # loop time by which the phase must end
         self.since = 0.0  # loop time the phase began
         self._needed = 0  # phase body: the size the request will have
+        self._write_paused = False  # the client does not read our answers: take no further request
         self._scanned = 0  # phase head: bytes searched for the blank line that ends the head
 
     @property
@@ -522,6 +523,14 @@ class _FastConnection(asyncio.Protocol):
             self._next()
         elif len(self._buffer) > _MAX_PENDING and self._transport is not None:
             self._transport.pause_reading()  # a client that sends on without reading our answers
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy and self._phase < _REFUSED:
+            self._next()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -578,6 +587,14 @@ class _FastConnection(asyncio.Protocol):
     def _next(self) -> None:
         transport = self._transport
         if transport is None:
+            return
+        if self._write_paused:
+            # answers pile up unread (pipelined requests, never a read): read and answer no more
+            # until the client takes them; meanwhile the connection counts as idle (its deadline)
+            if transport.is_reading():
+                transport.pause_reading()
+            if self._phase != _IDLE:
+                self._enter(_IDLE)
             return
         if not transport.is_reading():
             transport.resume_reading()

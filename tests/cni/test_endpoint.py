@@ -382,3 +382,23 @@ async def test_bytes_sent_while_a_call_is_answered_wait_and_are_read_after(serve
         assert rest == b"" or rest.split(b" ", 2)[1] == b"400"
     finally:
         writer.close()
+
+
+async def test_a_client_that_does_not_read_its_answers_gets_no_more_answered(served: Any) -> None:
+    """Pipelined calls from a client that reads nothing: once the answers fill the socket and the
+    transport's buffer, the agent stops reading and answering (memory stays bounded) until the
+    client reads, then answers the rest."""
+    _, _, observed, path, _ = served
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    count = 8_000  # their answers (~110 bytes each, 880 KB) are more than the buffers hold
+    try:
+        writer.write(b"GET /v1/cni/status?network=n HTTP/1.1\r\nHost: a\r\n\r\n" * count)
+        seen, still = -1, 0
+        while still < 10 and len(observed) < count:  # until answering has stopped for 0.5 s
+            await asyncio.sleep(0.05)
+            seen, still = len(observed), still + 1 if len(observed) == seen else 0
+        assert len(observed) < count
+        answers = await _responses(reader, count)
+        assert len(observed) == count and {status for status, _, _ in answers} == {200}
+    finally:
+        writer.close()
