@@ -13,7 +13,6 @@ crash; ``down`` also sweeps any namespace carrying the lab's token.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 import shutil
@@ -38,6 +37,7 @@ ROLE_LABEL = "spiderbgp.io/role"
 STATE_FILE = "state.json"
 RUN_ENV = "SBGP_RUN"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RUN = Path("/run")
 CONTROLLER_DIR = "controller"
 CONTROLLER_READY = "pods.json"  # the controller writes its pod state once the cluster objects exist
 
@@ -88,7 +88,6 @@ class Lab:
         self.agents: dict[str, ProcRef] = {}
         self.controller: ProcRef | None = None
         self.mount_holders: dict[str, ProcRef] = {}
-        self.host_dirs: list[str] = []  # mount points made under the host's /run (removed at down)
         self._routers: dict[str, FrrRouter] = {}
 
     # ---- construction ------------------------------------------------------------------------
@@ -126,7 +125,6 @@ class Lab:
         )
         lab.agents = {k: ProcRef(int(v[0]), int(v[1])) for k, v in state.get("agents", {}).items()}
         lab.mount_holders = {k: ProcRef(int(v[0]), int(v[1])) for k, v in state.get("mounts", {}).items()}
-        lab.host_dirs = [str(d) for d in state.get("host_dirs", [])]
         ctl = state.get("controller")
         lab.controller = ProcRef(int(ctl[0]), int(ctl[1])) if ctl else None
         for node in lab.topo.nodes:
@@ -141,7 +139,6 @@ class Lab:
             "agents": {k: [v.pid, v.start_time] for k, v in self.agents.items()},
             "controller": [self.controller.pid, self.controller.start_time] if self.controller else None,
             "mounts": {k: [v.pid, v.start_time] for k, v in self.mount_holders.items()},
-            "host_dirs": self.host_dirs,
             "extra": self.extra,
         }
         tmp = self.run_dir / f".{STATE_FILE}.tmp"
@@ -345,26 +342,30 @@ class Lab:
         """A mount namespace for ``node`` with every bind at its container path, held by a ``sleep``
         inside the node's namespaces (it goes with them).  A missing mount point is made on an overlay
         of its nearest existing ancestor (upper layer in the run directory), so the host's /etc, /var
-        or /opt never change; under the host's /run (a tmpfs whose /run/netns must stay visible) the
-        empty mount point is made on the host and removed at ``down``."""
+        or /opt never change.  For binds under /run the node gets a /run of its own (a tmpfs, as a
+        container has; the host's /run is volatile and shared with other labs), with the host's
+        /run/netns moved into it."""
         script = ["set -e"]
-        overlaid: list[Path] = []
+        overlaid: list[Path] = []  # made writable in the node's view: an overlay, or the node's own /run
         scratch = self.node_dir(node.name) / "mnt"
         for i, (container, host) in enumerate(self.mounts(node.name)):
             target = Path(container)
             is_file = Path(host).is_file()
-            if not target.exists() and not any(o in target.parents for o in overlaid):
+            under_run = RUN in target.parents
+            if (under_run or not target.exists()) and not any(o in target.parents for o in overlaid):
                 ancestor = next(p for p in target.parents if p.exists())
-                if ancestor == Path("/run") or Path("/run") in ancestor.parents:
-                    missing = target.parent if is_file else target
-                    for d in [*reversed(missing.parents), missing]:
-                        if not d.exists():
-                            d.mkdir()
-                            self.host_dirs.append(str(d))
-                    if is_file:
-                        raise LabError(
-                            f"node {node.name}: bind {container}: a file under /run is not supported"
-                        )
+                if under_run:
+                    # a node's /run of its own (a tmpfs, as in a container), with the host's /run/netns
+                    # moved in so pod namespaces stay reachable; nothing is made on the host
+                    keep = scratch / "netns"
+                    keep.mkdir(parents=True, exist_ok=True)
+                    script += [
+                        f"mount --rbind /run/netns {shlex.quote(str(keep))}",
+                        "mount -t tmpfs -o mode=0755 tmpfs /run",
+                        "mkdir -p /run/netns",
+                        f"mount --move {shlex.quote(str(keep))} /run/netns",
+                    ]
+                    overlaid.append(RUN)
                 else:
                     upper, work = scratch / f"upper{i}", scratch / f"work{i}"
                     upper.mkdir(parents=True, exist_ok=True)
@@ -539,9 +540,6 @@ class Lab:
         except RuntimeError as exc:
             errors.append(str(exc))
         swept = sweep(self.sandbox.prefix)
-        for d in reversed(self.host_dirs):
-            with contextlib.suppress(OSError):
-                Path(d).rmdir()  # only if still empty: another lab may use it
         for state_dir in FRR_STATE_ROOT.glob(f"{self.sandbox.prefix}*"):
             shutil.rmtree(state_dir, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)

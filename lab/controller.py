@@ -43,6 +43,7 @@ from ipam.kinds import KINDS
 from ipam.sqlite_store import SqliteStore
 from ipam.store import Obj, Store
 from lab.build import CONTROLLER_READY, Lab, LabError
+from lab.events import auto_pool_reason
 from lab.kubelet import CniError, Kubelet, PodRuntime, SharedPodServer, http_status
 from lab.scheduler import HOSTNAME_LABEL, schedule
 from lab.workloads import (
@@ -67,6 +68,7 @@ TRY_AGAIN_START = 0.25
 TRY_AGAIN_MAX = 2.0
 TRY_AGAIN_QUIET = 10.0
 CNI_TRY_AGAIN = 11
+AUTO_POOL_MISSING = "does not exist yet"  # the IPAM's answer while an application's auto pool is missing
 RESYNC_SECONDS = 5.0
 READ_KINDS = ("Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "Node", "Namespace")
 # what deleting a namespace removes (SpiderEndpoints are the IPAM's: its GC follows the pods)
@@ -283,6 +285,10 @@ class Controller:
                 except (Conflict, NotFound):
                     spec.pop("nodeName", None)
                     self.wake.set()
+                    continue
+                if _scheduled_message(pod.get("status") or {}) is not None:  # no longer unschedulable
+                    cond = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
+                    self._write_status(placed[i], {"phase": "Pending", "conditions": [cond]})
                 continue
             status = pod.get("status") or {}
             if _scheduled_message(status) != where.message:
@@ -411,6 +417,11 @@ class Controller:
             else:
                 delay = min(BACKOFF_START * 2 ** (attempts - 1), BACKOFF_MAX)
             self.failures[key] = _Failure(uid, attempts, now + delay, message, since)
+        if code == CNI_TRY_AGAIN and AUTO_POOL_MISSING in message:
+            # "try again later" for an auto pool: say so at once when the pool cannot be made at all
+            reason = auto_pool_reason(self.store, pod)
+            if reason is not None:
+                message, code = f"{reason} ({message})", None
         if old is None or old.message != message:
             self.log(f"pod/{key}: {message} (retrying with backoff)")
         if code == CNI_TRY_AGAIN and now - since < TRY_AGAIN_QUIET:

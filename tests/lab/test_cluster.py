@@ -401,3 +401,32 @@ def test_readiness_follows_the_probe(cluster: Cluster) -> None:
         wait_until(ready, timeout=30, what="Ready again once /healthz answers 200")
     delete_pod(c.store, "probed")
     assert wait_settled(c.store, timeout=120) == []
+
+
+def test_a_pending_pod_states_the_real_cause(cluster: Cluster) -> None:
+    """An auto pool that the SpiderSubnet cannot hold: the pods say so, not "does not exist yet"."""
+    c = cluster
+    apply_file(c.store, MANIFESTS / "small-subnet.yaml")
+    failing = wait_settled(c.store, namespace="default", timeout=120)
+    greedy = [line for line in failing if "/greedy-" in line]
+    assert len(greedy) == 3, failing
+    assert all("insufficient free IPs in the subnet: 4 needed, 3 free" in line for line in greedy), greedy
+    assert all('SpiderSubnet "small-subnet-v4"' in line for line in greedy), greedy
+    scale(c.store, "greedy", 2)  # now 3 addresses are enough: the pool is made and the pods run
+    wait_until(
+        lambda: (
+            sorted(ip_of(p) for n, p in pods(c, "default").items() if n.startswith("greedy-"))
+            and all(
+                (p.get("status") or {}).get("phase") == "Running"
+                for n, p in pods(c, "default").items()
+                if n.startswith("greedy-") and not p["metadata"].get("deletionTimestamp")
+            )
+        ),
+        timeout=90,
+        what="greedy's pods to run from the subnet's auto pool",
+    )
+    assert wait_settled(c.store, namespace="default", timeout=120) == []
+    running = [p for n, p in pods(c, "default").items() if n.startswith("greedy-")]
+    assert len(running) == 2 and all(ip_of(p).startswith("10.250.0.") for p in running)
+    scale(c.store, "greedy", 0)
+    assert wait_settled(c.store, timeout=120) == []
