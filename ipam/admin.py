@@ -159,6 +159,7 @@ def _admit(store: Store, obj: Obj, old: Obj | None, listing: Listing | None = No
     """``listing``: the stored objects to check against (default: the store's, read now)."""
     kind = obj["kind"]
     admission.validate_metadata(kind, kind_info(kind).namespaced, obj)
+    admission.validate_owner_references(kind, obj)
     admission.validate_size(kind, obj["metadata"]["name"], obj)
     if kind not in ADMITTED_KINDS:
         return obj

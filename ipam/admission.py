@@ -60,6 +60,7 @@ __all__ = [
     "subnet_ref",
     "validate_metadata",
     "validate_name",
+    "validate_owner_references",
     "validate_size",
 ]
 
@@ -233,6 +234,36 @@ def validate_metadata(kind: str, namespaced: bool, obj: Mapping[str, Any]) -> No
                 "metadata.annotations",
                 f"may not be more than {MAX_ANNOTATIONS_BYTES // 1024} KiB in total (keys and values), not {total} bytes",
             )
+
+
+def validate_owner_references(kind: str, obj: Mapping[str, Any]) -> None:
+    """``metadata.ownerReferences`` as the API server takes them: a list of references, each with
+    apiVersion, kind, name and uid, ``controller``/``blockOwnerDeletion`` booleans, at most one
+    controller.  (Checked on what users write; the GC reads stored ones tolerantly.)"""
+    meta = obj.get("metadata")
+    refs = meta.get("ownerReferences") if isinstance(meta, Mapping) else None
+    if refs is None:
+        return
+    name = str(meta.get("name") or "") if isinstance(meta, Mapping) else ""
+    if not isinstance(refs, list):
+        raise Invalid(kind, name, "metadata.ownerReferences", f"must be a list, not {type(refs).__name__}")
+    controllers = 0
+    for i, ref in enumerate(refs):
+        where = f"metadata.ownerReferences[{i}]"
+        if not isinstance(ref, Mapping):
+            raise Invalid(kind, name, where, f"must be a mapping, not {type(ref).__name__}")
+        for key in ("apiVersion", "kind", "name", "uid"):
+            value = ref.get(key)
+            if not isinstance(value, str) or not value:
+                raise Invalid(kind, name, f"{where}.{key}", "is required (a non-empty string)")
+        for key in ("controller", "blockOwnerDeletion"):
+            if ref.get(key) is not None and not isinstance(ref.get(key), bool):
+                raise Invalid(kind, name, f"{where}.{key}", f"must be true or false, not {ref.get(key)!r}")
+        controllers += ref.get("controller") is True
+    if controllers > 1:
+        raise Invalid(
+            kind, name, "metadata.ownerReferences", "only one reference can have controller set to true"
+        )
 
 
 def validate_size(kind: str, name: str, obj: Mapping[str, Any]) -> None:

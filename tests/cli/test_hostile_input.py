@@ -169,6 +169,20 @@ def test_small_aliases_still_work(run: Run) -> None:
         (namespace("a.b"), "metadata.name: 'a.b' must be a DNS-1123 label"),
         (namespace("n" * 64), "must be a DNS-1123 label"),
         (pod("Upper"), "metadata.name: 'Upper' must be a DNS-1123 subdomain"),
+        (pod("p", ownerReferences="x"), 'Pod "p": metadata.ownerReferences: must be a list, not str'),
+        (
+            pod("p", ownerReferences=[{"kind": "ReplicaSet"}]),
+            "metadata.ownerReferences[0].apiVersion: is required",
+        ),
+        (
+            pod(
+                "p",
+                ownerReferences=[
+                    {"apiVersion": "v1", "kind": "K", "name": n, "uid": n, "controller": True} for n in "ab"
+                ],
+            ),
+            "metadata.ownerReferences: only one reference can have controller set to true",
+        ),
         (
             pool("x" * 300, "10.50.0.0/24", ["10.50.0.10"]),
             "... (300 characters) must be a DNS-1123 subdomain",
@@ -185,6 +199,9 @@ def test_small_aliases_still_work(run: Run) -> None:
         "namespace-dot",
         "namespace-64",
         "pod-upper",
+        "owners-not-a-list",
+        "owner-without-apiversion",
+        "two-controllers",
         "name-300",
     ],
 )
