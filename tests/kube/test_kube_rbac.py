@@ -14,6 +14,7 @@ from ipam.kube_api import resource_path
 from ipam.kube_store import KubeStore
 from ipam.model import FINALIZER
 from ipam.pool_controller import finish_terminating
+from spiderbgp.node_condition import with_network_condition
 from tests.kube.emulator.manifests import agent_user, base_objects
 from tests.kube.emulator.rbac import ANONYMOUS, Attributes, Authorizer, User, forbidden_message
 from tests.kube_emulator import KubeEmulator
@@ -136,3 +137,22 @@ def test_forbidden_message_names_subresource_and_scope() -> None:
         '"system:serviceaccount:kube-system:spiderbgp" cannot update resource "spiderippools/status" '
         'in API group "spiderpool.spidernet.io" at the cluster scope'
     )
+
+
+def test_the_agent_writes_its_nodes_network_condition(
+    kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
+) -> None:
+    """bgp.nodeCondition (on by default): the agent writes NetworkUnavailable into its Node's status,
+    a PUT on nodes/status, which rbac.yaml did not grant either."""
+    kube_emulator.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"}, "status": {}})
+    agent = store_factory(token=kube_emulator.agent_token)
+    new = with_network_condition(
+        agent.get("Node", "node1"), unavailable=False, message="BGP converged", now="2026-01-01T00:00:00Z"
+    )
+    assert new is not None
+    agent.update_status(new)
+    stored = kube_emulator.stored("Node", "node1")
+    assert stored is not None
+    assert [c["type"] for c in stored["status"]["conditions"]] == ["NetworkUnavailable"]
+    with pytest.raises(StoreError, match="forbidden"):
+        agent.update(new)  # the Node itself stays read-only
