@@ -246,6 +246,11 @@ def _run(args: argparse.Namespace, run_dir: Path, env: Mapping[str, str], out: T
         out.flush()
         return subprocess.run(lab.exec_argv(args.host, argv_), env=host_env, check=False).returncode
     if args.command == "restart":
+        agents = [n.name for n in lab.topo.nodes if n.cmd and not n.is_frr]
+        if args.node not in agents:
+            raise VerbError(
+                f"restart agent {args.node}: no such node with an agent (nodes: {', '.join(agents)})"
+            )
         lab.stop_cmd(args.node)
         lab.start_cmd(args.node)
         peer = lab.bgp_address(args.node)

@@ -606,6 +606,9 @@ class Controller:
                     self.turn()
             except IpamError as exc:  # the store was busy or a write was refused: next pass decides again
                 self.log(f"store: {exc}")
+            except Exception as exc:  # one bad object or a netlink hiccup must not end the cluster
+                self.log(f"reconcile: {type(exc).__name__}: {exc}")
+                stop.wait(1.0)
             self.wake.wait(poll)
 
     def close(self) -> None:
