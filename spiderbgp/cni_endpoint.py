@@ -505,7 +505,8 @@ class _FastConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        if self._phase == _CLOSED:  # closed for a newer connection before it started
+        if self._phase == _CLOSED or self._server.closing:  # closed (for a newer one) before it started
+            self._server.connections.discard(self)
             transport.close()
             return
         self._transport = transport
