@@ -351,8 +351,14 @@ DEFAULT_GRACE_SECONDS = 30  # a Pod's default spec.terminationGracePeriodSeconds
 
 
 def pod_grace_seconds(pod: Obj) -> int:
-    """The grace period a delete gives a pod: its ``spec.terminationGracePeriodSeconds`` (default 30)."""
-    grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+    """The grace period a delete gives a pod, as the API server's pod strategy does: 0 for a pod no
+    kubelet runs (not scheduled, or Succeeded/Failed), else its ``spec.terminationGracePeriodSeconds``
+    (default 30)."""
+    spec = pod.get("spec") or {}
+    phase = (pod.get("status") or {}).get("phase")
+    if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
+        return 0
+    grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
     return (
         grace
         if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0

@@ -76,19 +76,24 @@ def test_deleting_a_namespace_deletes_its_objects_and_pods_gracefully(run: Run, 
         "metadata": {"name": "web", "namespace": "team"},
         "spec": {"replicas": 2},
     }
+    unscheduled = pod("pending", "team")
+    del unscheduled["spec"]["nodeName"]
+    finished = {**pod("done", "team"), "status": {"phase": "Succeeded"}}
     docs = [
         ns("team"),
         ns("other"),
         deployment,
         pod("p1", "team"),
         pod("p2", "team", grace=5),
+        unscheduled,  # no kubelet runs these two: they go at once, as the API server deletes them
+        finished,
         pod("q", "other"),
     ]
     assert run("apply", "-f", "-", stdin=yaml.safe_dump_all(docs)).code == 0
     got = run("delete", "ns", "team")
     assert got.code == 0, got.err
     assert got.lines == [
-        "namespace/team deleted (with its objects: 1 Deployment, 2 Pod; 2 pods terminating until their "
+        "namespace/team deleted (with its objects: 1 Deployment, 4 Pod; 2 pods terminating until their "
         "sandboxes are torn down)"
     ]
     with open_db(db) as store:
