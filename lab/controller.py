@@ -604,6 +604,9 @@ class Controller:
                     self.wake.clear()
                     last_rev, last_turn = rev, now
                     self.turn()
+                    # a pass reads every object: with many pods changing, passes stay at most a third
+                    # of the time so the workers (and the rest of the machine) keep the CPU
+                    stop.wait(min(1.0, 2 * (self.clock() - now)))
             except IpamError as exc:  # the store was busy or a write was refused: next pass decides again
                 self.log(f"store: {exc}")
             except Exception as exc:  # one bad object or a netlink hiccup must not end the cluster
