@@ -170,6 +170,7 @@ def test_node_router_link_flap(running: Running) -> None:
         for p in running_pods(r, "nginx-").values()
         if p["spec"]["nodeName"] == "node2"
     ]
+    assert on_node2, "no nginx pod runs on node2: the link flap would cut off nothing"
     r.lab.set_link("router", "eth2", up=False)
     try:
         answers = fetch_pages(r.lab, on_node2, timeout=1.0)
