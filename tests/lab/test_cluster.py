@@ -316,18 +316,19 @@ def test_node_tools_see_the_node_and_an_agent_restarts(cluster: Cluster) -> None
 
 
 def _remove(c: Cluster, *files: str) -> None:
-    """``delete -f`` the example's files (last first), then wait until its pools are gone."""
+    """``delete -f`` the example's files (last first), then wait until its pools and subnets are gone."""
     pools = [
-        d["metadata"]["name"]
+        (d["kind"], d["metadata"]["name"])
         for f in files
         for d in yaml.safe_load_all((MANIFESTS / f).read_text())
-        if d and d["kind"] == "SpiderIPPool"
+        if d and d["kind"] in ("SpiderIPPool", "SpiderSubnet")
     ]
+    kinds = ("SpiderIPPool", "SpiderSubnet")
     for f in reversed(files):
         delete_file(c.store, MANIFESTS / f)
     assert wait_settled(c.store, timeout=120) == []
     wait_until(
-        lambda: not any(p["metadata"]["name"] in pools for p in c.store.list("SpiderIPPool")),
+        lambda: not any((kind, p["metadata"]["name"]) in pools for kind in kinds for p in c.store.list(kind)),
         timeout=60,
         what=f"the pools {pools} to be released and removed",
     )
@@ -378,6 +379,36 @@ def test_spiderpool_examples_in_our_words(cluster: Cluster) -> None:
         _remove(c, "example-node-affinity.yaml")
     finally:
         label_node(c.store, "node1", ["node-role.kubernetes.io/master-"])
+
+    # reserved-ip: nine of ten addresses are reserved; one replica runs on the tenth, two wait
+    apply_file(c.store, MANIFESTS / "example-reserved-ip.yaml")
+    failing = wait_settled(c.store, namespace="default", timeout=120)
+    assert len(failing) == 2 and all("example-reserving-v4" in line for line in failing), failing
+    running = [
+        ip_of(p) for n, p in pods(c, "default").items() if n.startswith("mostly-reserved-") and ip_of(p)
+    ]
+    assert running == ["172.18.45.50"]
+    _remove(c, "example-reserved-ip.yaml")
+
+    # spider-subnet: auto pools from a SpiderSubnet per family; the pod gets the lowest of both
+    apply_file(c.store, MANIFESTS / "example-subnet-dual.yaml")
+    wait_until(
+        lambda: (
+            [
+                [ip["ip"] for ip in (p.get("status") or {}).get("podIPs") or []]
+                for n, p in pods(c, "default").items()
+                if n.startswith("from-subnets-")
+            ]
+            == [["172.19.41.1", "fc00:f853:ccd:e790:d::1"]]
+        ),
+        timeout=90,
+        what="from-subnets to run with an address of each subnet",
+    )
+    assert wait_settled(c.store, namespace="default", timeout=120) == []
+    auto = [p for p in c.store.list("SpiderIPPool") if p["metadata"]["name"].startswith("auto")]
+    assert sorted(int(p["status"]["totalIPCount"]) for p in auto) == [3, 3]  # 1 replica + 2 each
+    assert_invariants(c)
+    _remove(c, "example-subnet-dual.yaml")
 
 
 def test_readiness_follows_the_probe(cluster: Cluster) -> None:
