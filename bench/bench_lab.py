@@ -12,7 +12,7 @@ that write:
 * until the client got the pod's name from every pod over HTTP (``lab.probe``),
 
 with pods/s for the last (the figure of merit: new pods per second until routable), the CPU seconds
-each part of the lab spent meanwhile (the controller's include the CNI plugins it ran); then each
+each part of the lab spent meanwhile (the controller apart from the CNI plugins it ran); then each
 agent's and each ExaBGP's resident set, the pod servers', and the router's prefix count; then
 ``scale nginx 2`` until only 2 pods run and every other route is withdrawn from the router.
 
@@ -166,11 +166,13 @@ def _cpu_s(pid: int, *, children: bool) -> float:
 
 
 def cpu(lab: Lab) -> dict[str, float]:
-    """CPU seconds so far per part of the lab.  The controller's includes the programs it waited
-    for: the CNI plugins (hostroute, spiderpool, tuning), ``ip`` and the namespace commands."""
+    """CPU seconds so far per part of the lab; the programs the controller ran and waited for (the
+    CNI plugins hostroute, spiderpool and tuning, ``ip``, the namespace commands) apart from its own."""
     out: dict[str, float] = {}
     if lab.controller is not None:
-        out["controller + CNI plugins"] = _cpu_s(lab.controller.pid, children=True)
+        own = _cpu_s(lab.controller.pid, children=False)
+        out["controller (Python)"] = own
+        out["CNI plugins, ip, netns commands"] = _cpu_s(lab.controller.pid, children=True) - own
     for node, ref in sorted(lab.agents.items()):
         out[f"{node} agent"] = _cpu_s(ref.pid, children=False)
         kids = _children(ref.pid)
