@@ -479,15 +479,21 @@ def test_two_ipv4_subnets_and_ipv6_on_one_node_each_reached_from_the_client(
             rf"^{re.escape(ip)} dev cali[0-9a-f]{{11}} ", v6_routes if ":" in ip else v4_routes, re.M
         ), ip
     assert "cni0" not in run(node1, ["ip", "-br", "link"]).stdout
-    # the client reaches every address, IPv4 and IPv6, and gets the pod's name
-    answers = fetch_pages(s.lab, ips, timeout=3)
-    assert {ip: answers[ip] for ip in ips} == {ip: name for name, v in on_node1.items() for ip in v}
-    # the router holds each /32 and /128 with the node's next hop (fd00:13::11 for IPv6)
-    routes = s.lab.router.bgp_routes()
-    for ip in ips:
-        assert routes[f"{ip}/{128 if ':' in ip else 32}"].nexthop == (
-            "fd00:13::11" if ":" in ip else "172.16.13.11"
-        )
+    # the router learns each /32 and /128 with the node's next hop (fd00:13::11 for IPv6) ...
+    want = {f"{ip}/{128 if ':' in ip else 32}": "fd00:13::11" if ":" in ip else "172.16.13.11" for ip in ips}
+    wait_until(
+        lambda: {p: r.nexthop for p, r in s.lab.router.bgp_routes().items() if p in want} == want,
+        timeout=60,
+        what="the pods' routes on the router",
+    )
+    # ... and the client reaches every address, IPv4 and IPv6, and gets the pod's name
+    names = {ip: name for name, v in on_node1.items() for ip in v}
+    answered: dict[str, str | None] = {}
+    wait_until(
+        lambda: answered.update(fetch_pages(s.lab, ips, timeout=3)) or answered == names,
+        timeout=30,
+        what="every pod's answer to the client",
+    )
     _assert_invariants(s)
     for name in ("one", "two"):
         delete_named(s.store, "Deployment", name)
