@@ -7,8 +7,11 @@ backends raise the same things (NotFound 404, AlreadyExists 409, Conflict 409, G
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 __all__ = [
     "AllocationError",
+    "AllocationReason",
     "AlreadyExists",
     "Conflict",
     "Gone",
@@ -65,17 +68,43 @@ class Invalid(IpamError):
         super().__init__(f'{kind} "{name}": {field}: {reason}')
 
 
+class AllocationReason(StrEnum):
+    """Why no IP could be allocated: what the agent maps to a CNI error code (by a table in
+    spiderbgp/ipam_backend.py), never the message text.  The values are stable words."""
+
+    EXHAUSTED = "exhausted"  # every candidate pool is full
+    AWAITING_POOL = "awaiting-pool"  # an auto pool the SpiderSubnet controller has yet to make or grow
+    NO_POOL = "no-pool"  # no eligible candidate pool
+    POD_NOT_FOUND = "pod-not-found"  # the store does not show the pod (yet)
+    POD_DEAD = "pod-dead"  # the pod is terminating or finished
+    UID_MISMATCH = "uid-mismatch"  # the runtime asked for another incarnation of the pod
+    CONFLICT = "conflict"  # the store kept changing under every attempt
+    MISMATCH = "mismatch"  # CHECK: the reservation is not what the runtime expects
+    OTHER = "other"
+
+
+# a retry can succeed once the store or the leader's controllers catch up
+_RETRYABLE = frozenset(
+    {
+        AllocationReason.AWAITING_POOL,
+        AllocationReason.POD_NOT_FOUND,
+        AllocationReason.UID_MISMATCH,
+        AllocationReason.CONFLICT,
+    }
+)
+
+
 class AllocationError(IpamError):
-    """No IP could be allocated; the message names the pools tried and why each was skipped.
+    """No IP could be allocated; the message names the pools tried and why each was skipped, and
+    ``reason`` says what kind of failure it is (``retryable`` follows from it)."""
 
-    ``reason`` is a stable word the agent maps to a CNI error code: ``exhausted`` (every candidate pool
-    is full), ``no-pool`` (no eligible candidate), ``pod-not-found``, ``pod-dead``, ``uid-mismatch``,
-    ``conflict`` (the store kept changing), ``mismatch`` (CHECK), or ``other``."""
-
-    def __init__(self, message: str, *, retryable: bool = False, reason: str = "other") -> None:
-        self.retryable = retryable
+    def __init__(self, message: str, *, reason: AllocationReason = AllocationReason.OTHER) -> None:
         self.reason = reason
         super().__init__(message)
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason in _RETRYABLE
 
 
 class PoolFull(AllocationError):
@@ -84,4 +113,4 @@ class PoolFull(AllocationError):
 
     def __init__(self, pool: str, message: str) -> None:
         self.pool = pool
-        super().__init__(message, reason="exhausted")
+        super().__init__(message, reason=AllocationReason.EXHAUSTED)

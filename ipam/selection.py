@@ -22,7 +22,7 @@ import netaddr
 
 from ipam import annotations as an
 from ipam.autopool import AppRequest, find_auto_pool, is_auto_pool, matches_app
-from ipam.errors import AllocationError
+from ipam.errors import AllocationError, AllocationReason
 from ipam.model import IPPool
 from ipam.ranges import Family
 from ipam.workload import PodInfo, TopController
@@ -227,8 +227,10 @@ class _Ask:
     names: dict[int, tuple[str, ...]]
 
 
-def _fail(pod: PodInfo, message: str, *, retryable: bool = False) -> AllocationError:
-    return AllocationError(f'Pod "{pod.key}": {message}', retryable=retryable, reason="no-pool")
+def _fail(
+    pod: PodInfo, message: str, *, reason: AllocationReason = AllocationReason.NO_POOL
+) -> AllocationError:
+    return AllocationError(f'Pod "{pod.key}": {message}', reason=reason)
 
 
 def _expand(
@@ -317,7 +319,7 @@ def _subnet_asks(
                 pod,
                 f'auto pool {request.pool_name} of SpiderSubnet "{subnet}" for {top.kind} '
                 f"{top.namespace}/{top.name} does not exist yet",
-                retryable=True,
+                reason=AllocationReason.AWAITING_POOL,
             )
         names[family] = (pool.name,)
     if not names:

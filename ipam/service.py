@@ -27,7 +27,7 @@ from ipam import annotations as an
 from ipam import selection
 from ipam.allocator import free_intervals, lowest_free
 from ipam.autopool import is_auto_pool
-from ipam.errors import AllocationError, Conflict, NotFound, PoolFull
+from ipam.errors import AllocationError, AllocationReason, Conflict, NotFound, PoolFull
 from ipam.model import FINALIZER, Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
 from ipam.ranges import IntervalSet, int_to_ip
 from ipam.store import Claim, IPRecord, Obj, Store
@@ -53,7 +53,6 @@ __all__ = [
 
 NETWORK_ANNOTATION = "spiderbgp.io/network"
 LOG = logging.getLogger("spiderbgp.ipam")
-_EXHAUSTED = "all IP addresses used out"
 _SELECTIONS_KEPT = 512  # candidate selections remembered (all forgotten at once when full)
 
 
@@ -268,8 +267,7 @@ class IpamService:
                 delay *= 1.5
         raise AllocationError(
             f"{what}: the store kept changing under {self.settings.conflict_retries} attempts; try again",
-            retryable=True,
-            reason="conflict",
+            reason=AllocationReason.CONFLICT,
         )
 
     # -- ADD --------------------------------------------------------------------------------------
@@ -279,18 +277,18 @@ class IpamService:
         key = f"{req.pod_namespace}/{req.pod_name}"
         pod_obj = self._get("Pod", req.pod_name, req.pod_namespace)
         if pod_obj is None:
-            raise AllocationError(f"pod {key} not found in the store", retryable=True, reason="pod-not-found")
+            raise AllocationError(f"pod {key} not found in the store", reason=AllocationReason.POD_NOT_FOUND)
         pod = PodInfo.from_obj(pod_obj)
         if req.pod_uid and pod.uid != req.pod_uid:
             raise AllocationError(
                 f"pod {key} has UID {pod.uid}, the runtime asked for UID {req.pod_uid}: "
                 "the pod was deleted and re-created",
-                retryable=True,
-                reason="uid-mismatch",
+                reason=AllocationReason.UID_MISMATCH,
             )
         if not is_pod_alive(pod):
             raise AllocationError(
-                f"pod {key} is terminating or finished: no IP is allocated to a dead pod", reason="pod-dead"
+                f"pod {key} is terminating or finished: no IP is allocated to a dead pod",
+                reason=AllocationReason.POD_DEAD,
             )
         top = resolve_top_controller(pod, self._get_owner)
         result: Allocation = self._retrying(
@@ -333,7 +331,7 @@ class IpamService:
         nic = sel.nic(req.nic)
         if nic is None:
             raise AllocationError(
-                f"pod {pod.key}: no pool selection for interface {req.nic}", reason="no-pool"
+                f"pod {pod.key}: no pool selection for interface {req.nic}", reason=AllocationReason.NO_POOL
             )
         nics = [nic]
         if sel.source == "ippools":
@@ -497,16 +495,16 @@ class IpamService:
         assert known is not None
         pool = known[0]
         if pool.terminating:
-            raise AllocationError("terminating")
+            raise AllocationError("terminating", reason=AllocationReason.NO_POOL)
         if pool.disable:
-            raise AllocationError("disabled")
+            raise AllocationError("disabled", reason=AllocationReason.NO_POOL)
         # Spiderpool #4295: a pod UID never holds two IPs of one pool
         for record in held:
             if record.pool == pool_name and record.pod_uid == pod.uid:
                 return pool, record.ip, usage.resource_version, True
         value = lowest_free(self._free(pool, reserved), usage.allocated)
         if value is None:
-            raise AllocationError(_EXHAUSTED)
+            raise AllocationError("all IP addresses used out", reason=AllocationReason.EXHAUSTED)
         return pool, int_to_ip(value, family), usage.resource_version, False
 
     def _allocate_new(
@@ -579,6 +577,7 @@ class IpamService:
         """The first of the family's candidate pools that yields an address (see ``_pick``); an
         AllocationError naming the NIC and every pool's reason when none does."""
         errors: dict[str, str] = {}
+        exhausted = False
         reserved = self._reserved(fam.family)
         for pool_name in fam.pools:
             if pool_name in full:
@@ -590,19 +589,20 @@ class IpamService:
                 )
             except AllocationError as exc:
                 errors[pool_name] = str(exc)
+                exhausted = exhausted or exc.reason is AllocationReason.EXHAUSTED
             except NotFound:
                 errors[pool_name] = "not found"
-        exhausted = any(why == _EXHAUSTED for why in errors.values())
         message = selection.describe_failure(fam.family, nic.nic, sel, errors)
         if exhausted and sel.source == "subnet":
             # an auto pool is sized by the leader's SpiderSubnet controller after the workload
             # scales; like Spiderpool's agent, wait for it (the runtime retries code 11)
             raise AllocationError(
                 f"{message} (waiting for the SpiderSubnet controller to grow it)",
-                retryable=True,
-                reason="exhausted",
+                reason=AllocationReason.AWAITING_POOL,
             )
-        raise AllocationError(message, reason="exhausted" if exhausted else "no-pool")
+        raise AllocationError(
+            message, reason=AllocationReason.EXHAUSTED if exhausted else AllocationReason.NO_POOL
+        )
 
     def _name_nic(
         self, req: AllocateRequest, pod: PodInfo, endpoint: Endpoint, entry: NicAllocation
@@ -733,7 +733,9 @@ class IpamService:
         endpoint = self._endpoint(req.pod_namespace, req.pod_name)
         held = endpoint.nic(req.nic) if endpoint is not None else None
         if endpoint is None or held is None:
-            raise AllocationError(f"pod {key} {req.nic}: no allocation recorded", reason="mismatch")
+            raise AllocationError(
+                f"pod {key} {req.nic}: no allocation recorded", reason=AllocationReason.MISMATCH
+            )
         if endpoint.container_id and req.container_id and endpoint.container_id != req.container_id:
             raise AllocationError(
                 f"pod {key} {req.nic}: allocation belongs to container {endpoint.container_id}"
@@ -747,7 +749,8 @@ class IpamService:
         missing = [ip for ip in have if (ip, endpoint.uid) not in records]
         if missing:
             raise AllocationError(
-                f"pod {key} {req.nic}: no pool record for {', '.join(missing)}", reason="mismatch"
+                f"pod {key} {req.nic}: no pool record for {', '.join(missing)}",
+                reason=AllocationReason.MISMATCH,
             )
 
     # -- GC (CNI 1.1.0) ---------------------------------------------------------------------------

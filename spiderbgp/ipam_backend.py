@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cni import wire
-from ipam.errors import AllocationError, Invalid, IpamError, StoreUnavailable
+from ipam.errors import AllocationError, AllocationReason, Invalid, IpamError, StoreUnavailable
 from ipam.service import AllocateRequest, Allocation, IpamService, ReleaseRequest
 from spiderbgp.cni_endpoint import BackendError
 
@@ -31,15 +31,22 @@ T = TypeVar("T")
 _GROUP_RETRY_DELAY = 0.0005
 _GROUP_RETRIES = 40
 
-_REASON_CODES = {
-    "exhausted": wire.CODE_NO_IP_AVAILABLE,
-    "no-pool": wire.CODE_NO_POOL,
-    "pod-not-found": wire.CODE_POD_NOT_FOUND,
-    "pod-dead": wire.CODE_NO_POOL,
-    "uid-mismatch": wire.CODE_TRY_AGAIN,
-    "conflict": wire.CODE_TRY_AGAIN,
-    "mismatch": wire.CODE_RESERVATION_MISMATCH,
+# what each allocation failure answers: (CNI code, HTTP status).  The status says whether a retry can
+# help (503) or the request itself cannot be served (409 for CHECK's mismatch, 422 otherwise); a pod
+# missing from the store is code 101 with a 503: the runtime sees "pod not found", and a retry can
+# succeed once the store shows the pod
+_REASON_ERRORS: Mapping[AllocationReason, tuple[int, int]] = {
+    AllocationReason.EXHAUSTED: (wire.CODE_NO_IP_AVAILABLE, 422),
+    AllocationReason.AWAITING_POOL: (wire.CODE_TRY_AGAIN, 503),
+    AllocationReason.NO_POOL: (wire.CODE_NO_POOL, 422),
+    AllocationReason.POD_NOT_FOUND: (wire.CODE_POD_NOT_FOUND, 503),
+    AllocationReason.POD_DEAD: (wire.CODE_NO_POOL, 422),
+    AllocationReason.UID_MISMATCH: (wire.CODE_TRY_AGAIN, 503),
+    AllocationReason.CONFLICT: (wire.CODE_TRY_AGAIN, 503),
+    AllocationReason.MISMATCH: (wire.CODE_RESERVATION_MISMATCH, 409),
+    AllocationReason.OTHER: (wire.CODE_NO_IP_AVAILABLE, 422),
 }
+_CHECK_FAILED = (wire.CODE_RESERVATION_MISMATCH, 409)
 
 
 @dataclass(frozen=True)
@@ -51,26 +58,13 @@ class NodeIpEvents:
 
 
 def _backend_error(exc: Exception, *, check: bool = False) -> BackendError:
-    """The CNI code and HTTP status of a service failure.  The HTTP status says whether a retry can
-    help (503); the code says what happened.  A pod missing from the store is code 101 with a 503: the
-    runtime sees "pod not found", and a retry can succeed once the store shows the pod.  Every definite
-    failure of CHECK is a reservation mismatch (103), whatever the service's reason word."""
+    """The CNI code and HTTP status of a service failure (``_REASON_ERRORS`` for allocation failures).
+    Every definite failure of CHECK (one a retry cannot mend) is a reservation mismatch (103),
+    whatever its reason."""
     if isinstance(exc, AllocationError):
-        if exc.reason == "pod-not-found":
-            code = wire.CODE_POD_NOT_FOUND
-        elif exc.retryable:
-            code = wire.CODE_TRY_AGAIN
-        elif check:
-            code = wire.CODE_RESERVATION_MISMATCH
-        else:
-            code = _REASON_CODES.get(exc.reason, wire.CODE_NO_IP_AVAILABLE)
-        status = (
-            503
-            if exc.retryable or code == wire.CODE_TRY_AGAIN
-            else 409
-            if code == wire.CODE_RESERVATION_MISMATCH
-            else 422
-        )
+        code, status = _REASON_ERRORS[exc.reason]
+        if check and status != 503:
+            code, status = _CHECK_FAILED
         return BackendError(code, wire.ERROR_MESSAGES.get(code, "allocation failed"), str(exc), status)
     if isinstance(exc, StoreUnavailable):
         return BackendError(wire.CODE_TRY_AGAIN, "object store unavailable", str(exc), 503)
