@@ -96,7 +96,7 @@ def answer(pod: str, ready: bool, method: str, path: str) -> bytes:
 @dataclass
 class _Pod:
     name: str
-    netns: str
+    netns: tuple[int, int]  # (st_dev, st_ino) of the namespace: a path can name a re-created one
     port: int
     ready: bool = True
     servers: list[asyncio.Server] = field(default_factory=list)
@@ -165,12 +165,18 @@ class NodePods:
         self.home_fd = home_fd
         self.pods: dict[str, _Pod] = {}
 
-    def _bind_in(self, pod: str, netns_path: str, port: int) -> list[socket.socket]:
+    def _bind_in(self, pod: str, netns_path: str, port: int) -> tuple[tuple[int, int], list[socket.socket]]:
+        """(the namespace's identity, its listeners): both families on ``port`` inside it."""
         try:
             ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise PodServerError(f"pod {pod}: netns {netns_path}: {exc.strerror}") from None
         try:
+            st = os.fstat(ns_fd)
+            identity = (st.st_dev, st.st_ino)
+            old = self.pods.get(pod)
+            if old is not None and old.netns == identity and old.port == port:
+                return identity, []  # served already
             try:
                 pyroute2_netns.setns(ns_fd, flags=0)
             except OSError as exc:
@@ -189,16 +195,15 @@ class NodePods:
                 pyroute2_netns.setns(self.home_fd, flags=0)  # must not fail: the loop lives here
         finally:
             os.close(ns_fd)
-        return socks
+        return identity, socks
 
     async def add(self, pod: str, netns_path: str, port: int) -> None:
-        old = self.pods.get(pod)
-        if old is not None and old.netns == netns_path and old.port == port:
+        identity, socks = self._bind_in(pod, netns_path, port)
+        if not socks:
             return
-        socks = self._bind_in(pod, netns_path, port)
-        if old is not None:  # the sandbox was re-created: serve the new namespace only
+        if pod in self.pods:  # the sandbox was re-created (maybe under the same path): the new one only
             self.remove(pod)
-        entry = _Pod(pod, netns_path, port)
+        entry = _Pod(pod, identity, port)
         loop = asyncio.get_running_loop()
         try:
             for sock in socks:
@@ -361,7 +366,8 @@ class PodServerClient:
 
     def add(self, pod: str, netns_path: str, port: int = POD_PORT) -> None:
         """Serve ``pod`` inside the namespace at ``netns_path``; returns once it listens (IPv4 and
-        IPv6).  Adding a pod again with another namespace or port replaces its listeners."""
+        IPv6).  Adding a pod again is a no-op for the same namespace and port; another namespace
+        (also a re-created one under the same path) or port replaces its listeners."""
         self._call("add", pod=pod, netns=netns_path, port=port)
 
     def remove(self, pod: str) -> bool:

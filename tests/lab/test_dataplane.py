@@ -154,6 +154,30 @@ def test_readiness_remove_and_errors(podhost: PodHost) -> None:
     assert h.client.pods() == []
 
 
+@root_only
+@pytest.mark.netns
+def test_a_pod_recreated_under_the_same_path_is_served_in_its_new_namespace(tmp_path: Path) -> None:
+    """The lab names a pod's namespace after the pod, so a StatefulSet pod re-created comes back
+    under the same path: the server must listen in the new namespace, not keep the old one."""
+
+    def listeners(ns: Netns) -> list[str]:
+        return re.findall(r"pid=(\d+)", run(ns, ["ss", "-Htlnp", "sport = :80"]).stdout)
+
+    with Sandbox() as sb:
+        node, pod = sb.netns("node"), sb.netns("web-1")
+        server = NodePodServer.start(node, tmp_path / "pods.sock", sandbox=sb)
+        with NodePodServer.connect(tmp_path / "pods.sock") as client:
+            client.add("web-1", pod.path)
+            client.add("web-1", pod.path)  # the same namespace again: nothing changes
+            assert listeners(pod) == [str(server.proc.pid)] * 2
+            sb.remove_netns(pod)
+            again = sb.netns("web-1")
+            assert again.path == pod.path
+            client.add("web-1", again.path)
+            assert listeners(again) == [str(server.proc.pid)] * 2
+            assert client.pods() == ["web-1"]
+
+
 def test_connect_to_a_missing_server_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(PodServerError, match=r"^pod server .*nothing\.sock: No such file or directory$"):
         NodePodServer.connect(tmp_path / "nothing.sock")
