@@ -7,8 +7,9 @@ to stderr.  Errors are the spec's error JSON on stdout and exit status 1, never 
 The container runtime starts this file once per call, so start-up time is the whole cost: it imports
 only modules the interpreter already has or C modules (``_json``, ``_socket``), and speaks the one
 HTTP/1.1 exchange it needs by itself instead of through ``http.client`` (whose import alone costs
-~20 ms: email parsing and ssl).  ``render_plugin_file`` produces the installed single file with the
-wire schema inlined and the module's bytecode embedded (scripts are never cached as ``.pyc``).
+~20 ms: email parsing and ssl).  ``spiderbgp.plugin_package`` builds the installed single file from
+``cni/wire.py`` and this module, whole, with the program's bytecode embedded (scripts are never
+cached as ``.pyc``).
 
 Decisions (see docs/agent-api.md):
 - DEL while the agent is unreachable fails with code 11 so the runtime retries it; the agent's IP GC
@@ -22,7 +23,6 @@ from __future__ import annotations
 import posix  # the C module behind os: importing os would cost a millisecond of start-up
 import sys
 
-# --- begin wire import (render_plugin_file replaces this block with the source of cni/wire.py) ---
 from cni.wire import (
     CNI_VERSIONS,
     CODE_DECODE,
@@ -56,12 +56,9 @@ from cni.wire import (
     interface_name_problem,
 )
 
-# --- end wire import ---
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from types import CodeType
     from typing import Any, BinaryIO, NoReturn, TextIO
 
 PLUGIN_NAME = "spiderpool"
@@ -1075,210 +1072,6 @@ def exit_now(status: int) -> NoReturn:
         except (OSError, ValueError):
             pass
     posix._exit(status)
-
-
-# --- packaging (not part of the installed program: render_source cuts from here to the main guard) ---
-
-_WIRE_BEGIN = "# --- begin wire import"
-_WIRE_END = "# --- end wire import ---"
-_PACKAGING = "# --- packaging"
-_AGENT_SIDE = ("# --- agent side", "# --- end agent side ---")
-_MAIN_GUARD = 'if __name__ == "__main__":'
-# The bytes a triple-quoted literal without escapes cannot hold (NUL, CR, quote, backslash).
-_UNSAFE = b'\x00\r"\\'
-
-
-def render_source() -> str:
-    """The installed program: this module up to its packaging section, with ``cni/wire.py`` (less its
-    agent-side blocks) inlined in place of its import (one self-contained module), and the main guard."""
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parent
-    plugin = (here / "spiderpool.py").read_text(encoding="utf-8")
-    wire = (here / "wire.py").read_text(encoding="utf-8")
-    begin, end = plugin.index(_WIRE_BEGIN), plugin.index(_WIRE_END)
-    end = plugin.index("\n", end) + 1
-    packaging, guard = plugin.index(_PACKAGING), plugin.rindex(_MAIN_GUARD)
-    wire_body = _without_agent_side(wire.replace("from __future__ import annotations\n", "", 1))
-    return (
-        f"{plugin[:begin]}# --- cni/wire.py, inlined ---\n{wire_body}\n# --- end of cni/wire.py ---\n"
-        f"{plugin[end:packaging]}{plugin[guard:]}"
-    )
-
-
-def _without_agent_side(source: str) -> str:
-    """``source`` without its blocks between ``# --- agent side`` and ``# --- end agent side ---``."""
-    out: list[str] = []
-    skipping = False
-    for line in source.splitlines(keepends=True):
-        text = line.strip()
-        if text.startswith(_AGENT_SIDE[0]):
-            skipping = True
-        elif text == _AGENT_SIDE[1]:
-            skipping = False
-        elif not skipping:
-            out.append(line)
-    if skipping:
-        raise ValueError(f"cni/wire.py: a {_AGENT_SIDE[0]!r} block has no end")
-    return "".join(out)
-
-
-def _svarint(out: bytearray, value: int) -> None:
-    """A signed varint of the code location table (6-bit chunks, bit 6 = more follow)."""
-    value = (-value << 1) | 1 if value < 0 else value << 1
-    while value >= 64:
-        out.append(64 | (value & 63))
-        value >>= 6
-    out.append(value)
-
-
-def _code_lines(code: CodeType) -> list[int | None]:
-    """The line of every code unit of ``code`` and of the code objects it holds, in order."""
-    from types import CodeType
-
-    out: list[int | None] = []
-    for start, end, line in code.co_lines():
-        out += [line] * ((end - start) // 2)
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            out += _code_lines(const)
-    return out
-
-
-def _lines_only(code: CodeType) -> CodeType:
-    """``code`` with a location table of line numbers only: CPython 3.11+'s "no column" entries (code
-    13) instead of line+column entries, a third of the table's size.  Tracebacks keep their lines."""
-    from types import CodeType
-
-    consts = tuple(_lines_only(c) if isinstance(c, CodeType) else c for c in code.co_consts)
-    table = bytearray()
-    line = code.co_firstlineno
-    for start, end, lineno in code.co_lines():
-        units = (end - start) // 2
-        while units > 0:
-            n = min(units, 8)
-            if lineno is None:
-                table.append(0x80 | 15 << 3 | (n - 1))  # no location
-            else:
-                table.append(0x80 | 13 << 3 | (n - 1))
-                _svarint(table, lineno - line)
-                line = lineno
-            units -= n
-    return code.replace(co_consts=consts, co_linetable=bytes(table))
-
-
-def _compact(code: CodeType) -> CodeType:
-    """``_lines_only(code)`` when this interpreter reads the table as we wrote it, else ``code``."""
-    try:
-        compact = _lines_only(code)
-    except (ValueError, TypeError):
-        return code
-    return compact if _code_lines(compact) == _code_lines(code) else code
-
-
-# Written into the plugin file and run there; render_plugin_file runs it on what it wrote as a check.
-_DECODE = """\
-def _decode(text, table, placeholders):
-    parts = text.encode('latin-1').split(b'\\xff')
-    rest = [placeholders[p[0] - 48 : p[0] - 47] + p[1:] for p in parts[1:]]
-    return b''.join([parts[0], *rest]).translate(table)
-"""
-
-
-def literal_text(data: bytes) -> tuple[str, bytes, bytes]:
-    """``data`` as the text of a triple-quoted literal that needs no escape processing, mostly ASCII.
-
-    Returns ``(text, table, placeholders)`` for ``_decode`` (in ``_DECODE``), which gives ``data``
-    back.  The 251 most frequent byte values become characters a literal can hold (ASCII first: one
-    byte each in the UTF-8 file), the 5 rarest become ``\\xff`` and a digit.  ``_decode`` splits at
-    ``\\xff`` (a memchr scan), puts in the digit's placeholder (one of the 5 byte values no character
-    of ``text`` stands for) and maps every byte value back with ``table``: each step at C speed, no
-    module to import.
-    """
-    safe = [b for b in range(1, 256) if b not in _UNSAFE]
-    escape = safe.pop()
-    placeholders = bytes([*_UNSAFE, escape])
-    order = sorted(range(256), key=lambda b: -data.count(bytes((b,))))
-    common, rare = order[: len(safe)], order[len(safe) :]
-    table = bytearray(256)
-    char_of: dict[int, bytes] = {}
-    for value, char in zip(common, safe, strict=True):
-        char_of[value] = bytes((char,))
-        table[char] = value
-    for digit, (value, placeholder) in enumerate(zip(rare, placeholders, strict=True)):
-        char_of[value] = bytes((escape, 0x30 + digit))
-        table[placeholder] = value
-    encoded = b"".join([char_of[b] for b in data])
-    if any(b in encoded for b in _UNSAFE):
-        raise AssertionError("literal_text: an unsafe byte in the text")  # pragma: no cover
-    return encoded.decode("latin-1"), bytes(table), placeholders
-
-
-def render_plugin_file(python: str) -> str:
-    """The installable plugin file: ``#!<python> -IS``, the program's bytecode, and its source.
-
-    A script is compiled on every start (only imported modules get a ``.pyc``), which would cost
-    more than everything else the plugin does; so the file carries the bytecode of the interpreter
-    that renders it and runs that when the running interpreter has the same magic number, else it
-    compiles the embedded source.  Render with the interpreter the shebang names to get the fast path.
-
-    Start-up is what the runtime pays on every call, and the interpreter tokenizes every byte of a
-    script before it runs a line (~7 us per KiB in a fresh process), so:
-    - CODE is the marshalled bytecode as it is, as a latin-1 text in a triple-quoted literal (the four
-      characters such a literal cannot hold stand in as code points U+0100..U+0103): no decoding
-      module to load (binascii and zlib are shared libraries in many builds, ~1.3 ms with the
-      decompression), one string literal without escapes (the parser's fast path);
-    - docstrings, asserts and column positions are left out of the bytecode (line numbers stay);
-    - SOURCE, needed only by another interpreter, is compressed (zlib, base64);
-    - ``from __future__ import annotations`` is a compiler flag instead of an import (0.2 ms).
-    """
-    import __future__
-
-    import binascii
-    import marshal
-    import zlib
-    from importlib.util import MAGIC_NUMBER
-
-    if not python.startswith("/") or any(c.isspace() for c in python):
-        raise ValueError(
-            f"python: {python!r} must be an absolute path without spaces (it goes on the #! line)"
-        )
-    flags = __future__.annotations.compiler_flag
-    program = render_source().replace("from __future__ import annotations\n", "", 1)
-    # optimize=2 drops docstrings and asserts from the bytecode (the source keeps them for readers).
-    code = _compact(compile(program, PLUGIN_NAME, "exec", flags=flags, dont_inherit=True, optimize=2))
-    data = marshal.dumps(code)
-    text, table, placeholders = literal_text(data)
-    decoder: dict[str, Any] = {}
-    exec(_DECODE, decoder)
-    if decoder["_decode"](text, table, placeholders) != data:
-        raise AssertionError("render_plugin_file: CODE does not decode to the bytecode")  # pragma: no cover
-    source = binascii.b2a_base64(zlib.compress(program.encode("utf-8"), 9), newline=False).decode("ascii")
-    return (
-        f"#!{python} -IS\n"
-        "# spiderpool: the CNI IPAM plugin of spiderbgp, written by `spiderbgp install-cni`. Do not edit.\n"
-        "# SOURCE is the program: cni/spiderpool.py with cni/wire.py inlined (zlib, base64); print it with\n"
-        '#   python3 -c "import ast,binascii,sys,zlib; print(zlib.decompress(binascii.a2b_base64(next(\n'
-        "#   ast.literal_eval(l[9:]) for l in open(sys.argv[1]) if l.startswith('SOURCE = ')))).decode())\" FILE\n"
-        "# CODE is its bytecode (marshal, as latin-1 text) for the interpreter whose bytecode magic is\n"
-        "# MAGIC, run instead of compiling SOURCE on every start.\n"
-        "import sys\n"
-        f"MAGIC = {MAGIC_NUMBER!r}\n"
-        f'CODE = """{text}"""\n'
-        f"SOURCE = {source!r}\n"
-        f"{_DECODE}"
-        "_ext = sys.modules.get('_frozen_importlib_external')\n"
-        "if getattr(_ext, 'MAGIC_NUMBER', None) == MAGIC:\n"
-        "    import marshal\n"
-        f"    _code = marshal.loads(_decode(CODE, {table!r}, {placeholders!r}))\n"
-        "else:\n"
-        "    import binascii, zlib\n"
-        "    _text = zlib.decompress(binascii.a2b_base64(SOURCE)).decode('utf-8')\n"
-        f"    _code = compile(_text, {PLUGIN_NAME!r}, 'exec', {flags:#x}, True)\n"
-        "    del _text\n"
-        "del _ext, _decode, CODE, SOURCE\n"
-        "exec(_code, {'__name__': '__main__', '__file__': __file__, '__builtins__': __builtins__})\n"
-    )
 
 
 if __name__ == "__main__":

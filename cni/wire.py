@@ -1,20 +1,23 @@
 """The versioned wire schema between the ``spiderpool`` CNI plugin and the node agent.
 
-HTTP/1.1 + JSON over the agent's unix socket.  Both sides import this module: the agent validates
-every request body with ``<Request>.from_json`` (a ValueError names the field), the plugin validates
-every response the same way.  ``docs/agent-api.md`` documents the endpoints with curl examples.
+HTTP/1.1 + JSON over the agent's unix socket.  This module holds what both sides need: the paths,
+the error codes, the identifier rules, the records, what the plugin writes (requests' ``to_json``,
+``StatusRequest.to_query``) and what it reads (responses' ``from_json``, each ValueError naming the
+field).  What only the agent needs (reading requests, writing responses, its stricter field rules)
+is ``cni/wire_agent.py``.  ``docs/agent-api.md`` documents the endpoints with curl examples.
 
 This module is stdlib-only *and import-free at run time*: the plugin is started once per CNI call,
 and ``dataclasses``/``typing`` alone would cost more than the whole budget for its start-up (about
 8 ms and 4 ms on the lab machine).  So the records are small immutable classes over ``__slots__``
 (``_Record``: value equality, hashing, repr, no attribute assignment) instead of frozen dataclasses,
-and typing names are only imported for the type checker.  ``to_json`` returns a JSON-shaped dict,
-``from_json`` takes one (the caller does the (de)serialization with its own JSON codec).
+and typing names are only imported for the type checker.  A request's fields are one table
+(``FIELDS``: attribute, JSON key, kind) from which its slots, its ``__init__``, its ``to_json`` and
+the agent's reader follow.  ``to_json`` returns a JSON-shaped dict, ``from_json`` takes one (the
+caller does the (de)serialization with its own JSON codec).
 
-``cni.spiderpool.render_plugin_file`` inlines this source into the installed plugin file, so it must
-stay self-contained: no project imports, no module-level names that clash with the plugin's.  What
-only the agent uses sits between ``# --- agent side`` and ``# --- end agent side ---`` comments, which
-the plugin file leaves out (less bytecode to load on every CNI call): nothing the plugin calls may.
+``spiderbgp.plugin_package`` builds the installed plugin program from this whole module and the
+plugin's modules, so it must stay self-contained: no project imports, no top-level names that clash
+with the plugin's (the packager refuses a clash).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from typing import Any, Literal
+    from typing import Any, ClassVar, Literal
 
 API_VERSION = "v1"
 
@@ -171,15 +174,6 @@ def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
     return value
 
 
-def _bool(obj: Mapping[str, Any], key: str, where: str) -> bool:
-    value = obj.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ValueError(f"{where}.{key}: expected true or false, got {_kind(value)}")
-    return value
-
-
 def _str_list(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     value = obj.get(key)
     if value is None:
@@ -234,86 +228,13 @@ def _code(obj: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
-# --- agent side (left out of the plugin file) ---
-MAX_TEXT_LENGTH = 4096  # any other string of a request (netns is a path: PATH_MAX)
-
-
-def _text_problem(value: str, limit: int = MAX_TEXT_LENGTH) -> str:
-    if len(value) > limit:
-        return f"{_shown(value)} is longer than {limit} characters"
-    if not value.isprintable():
-        bad = next(c for c in value if not c.isprintable())
-        return f"{_shown(value)} contains the character {bad!r}"
-    return ""
-
-
-def _dns_label_problem(value: str, limit: int = 63) -> str:
-    # RFC 1123 label as Kubernetes validates names: [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63
-    if len(value) > limit:
-        return f"{_shown(value)} is longer than {limit} characters"
-    if (
-        not value
-        or not _DNS_REST.issuperset(value)
-        or value[0] not in _DNS_ENDS
-        or value[-1] not in _DNS_ENDS
-    ):
-        return (
-            f"{_shown(value)} is not a lowercase RFC 1123 label (a-z, 0-9 and '-', alphanumeric at both ends)"
+def _api_version(obj: Mapping[str, Any], where: str) -> None:
+    # Absent means the current version; anything else is a skew between plugin and agent.
+    version = obj.get("apiVersion", API_VERSION)
+    if version != API_VERSION:
+        raise ValueError(
+            f"{where}.apiVersion: {version!r} is not supported (this side speaks {API_VERSION!r})"
         )
-    return ""
-
-
-def _dns_subdomain_problem(value: str) -> str:
-    # RFC 1123 subdomain (Pod and IPPool names): labels joined by '.', at most 253
-    if len(value) > 253:
-        return f"{_shown(value)} is longer than 253 characters"
-    if any(_dns_label_problem(label) for label in value.split(".")):
-        return f"{_shown(value)} is not a lowercase RFC 1123 subdomain (a-z, 0-9, '-' and '.')"
-    return ""
-
-
-_DNS_ENDS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
-_DNS_REST = _DNS_ENDS | frozenset("-")
-
-
-def _version_problem(value: str) -> str:
-    if value not in CNI_VERSIONS:
-        return f"{_shown(value)} is not one of {', '.join(CNI_VERSIONS)}"
-    return ""
-
-
-# (attribute, JSON key, rule): every field a request may carry; an empty optional field passes.
-_FIELD_RULES = (
-    ("container_id", "containerID", id_problem),
-    ("if_name", "ifName", interface_name_problem),
-    ("network", "network", id_problem),
-    ("cni_version", "cniVersion", _version_problem),
-    ("pod_namespace", "podNamespace", _dns_label_problem),
-    ("pod_name", "podName", _dns_subdomain_problem),
-    ("pod_uid", "podUID", lambda v: _text_problem(v, 128)),
-    ("netns", "netns", _text_problem),
-    ("default_ipv4_ippool", "defaultIPv4IPPool", _dns_subdomain_problem),
-    ("default_ipv6_ippool", "defaultIPv6IPPool", _dns_subdomain_problem),
-)
-
-
-def _check_fields(record: _Record, where: str) -> None:
-    """Each field of ``record`` by its rule (ValueError naming ``where.key``): what the agent stores
-    or looks up must be what the plugin itself would have sent."""
-    for attr, key, rule in _FIELD_RULES:
-        value = getattr(record, attr, "")
-        if isinstance(value, tuple):
-            for i, item in enumerate(value):
-                problem = rule(item)
-                if problem:
-                    raise ValueError(f"{where}.{key}[{i}]: {problem}")
-        elif value:
-            problem = rule(value)
-            if problem:
-                raise ValueError(f"{where}.{key}: {problem}")
-
-
-# --- end agent side ---
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -351,22 +272,78 @@ class _Record:
         return f"{type(self).__name__}({inner})"
 
 
-class AddRequest(_Record):
+# --- requests: one field table each --------------------------------------------------------------
+
+# Kinds of request fields: how to_json writes them and cni/wire_agent.py reads them.
+STR = "str"  # a string that must not be empty
+OPT = "opt"  # a string that may be empty or absent
+STRS = "strs"  # an array of non-empty strings (a tuple here)
+BOOL = "bool"
+CIDRS = "cidrs"  # an array of "ip/prefix" strings (a tuple here)
+ATTACHMENTS = "attachments"  # a required array of Attachment objects (a tuple here)
+_SCALAR_KINDS = (STR, OPT, BOOL)
+
+# (attribute, JSON key, kind): the fields requests share.
+_CONTAINER_ID = ("container_id", "containerID", STR)
+_IF_NAME = ("if_name", "ifName", STR)
+_POD_UID = ("pod_uid", "podUID", OPT)
+_CNI_VERSION = ("cni_version", "cniVersion", STR)
+_NETWORK = ("network", "network", STR)
+# DEL and CHECK carry what the runtime gave, possibly nothing; ADD needs the netns and the pod
+_OPTIONAL_POD = (
+    ("netns", "netns", OPT),
+    ("pod_namespace", "podNamespace", OPT),
+    ("pod_name", "podName", OPT),
+)
+
+
+def _attributes(fields: tuple[tuple[str, str, str], ...]) -> tuple[str, ...]:
+    return tuple(attr for attr, _key, _kind in fields)
+
+
+class _Request(_Record):
+    """A request the plugin sends: ``FIELDS`` lists its fields in JSON order, as (attribute, JSON
+    key, kind); ``__slots__``, ``__init__`` (``_fill``), ``to_json`` and the agent's reader follow it."""
+
+    __slots__ = ()
+    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+
+    def _fill(self, values: Mapping[str, Any]) -> None:
+        """Set every field from ``values`` (an ``__init__``'s ``locals()``), sequences as tuples."""
+        for attr, _key, kind in self.FIELDS:
+            value = values[attr]
+            object.__setattr__(self, attr, value if kind in _SCALAR_KINDS else tuple(value))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"apiVersion": API_VERSION}
+        for attr, key, kind in self.FIELDS:
+            value = getattr(self, attr)
+            if kind in _SCALAR_KINDS:
+                out[key] = value
+            elif kind == ATTACHMENTS:
+                out[key] = [a.to_json() for a in value]
+            else:
+                out[key] = list(value)
+        return out
+
+
+class AddRequest(_Request):
     """``POST /v1/cni/add``: allocate the IPs of one pod interface (idempotent per containerID+ifName)."""
 
-    __slots__ = (
-        "clean_gateway",
-        "cni_version",
-        "container_id",
-        "default_ipv4_ippool",
-        "default_ipv6_ippool",
-        "if_name",
-        "netns",
-        "network",
-        "pod_name",
-        "pod_namespace",
-        "pod_uid",
+    FIELDS = (
+        _CONTAINER_ID,
+        _IF_NAME,
+        ("netns", "netns", STR),
+        ("pod_namespace", "podNamespace", STR),
+        ("pod_name", "podName", STR),
+        _POD_UID,
+        ("default_ipv4_ippool", "defaultIPv4IPPool", STRS),
+        ("default_ipv6_ippool", "defaultIPv6IPPool", STRS),
+        ("clean_gateway", "cleanGateway", BOOL),
+        _CNI_VERSION,
+        _NETWORK,
     )
+    __slots__ = _attributes(FIELDS)
     container_id: str
     if_name: str
     netns: str
@@ -394,68 +371,187 @@ class AddRequest(_Record):
         cni_version: str = "1.1.0",
         network: str,
     ) -> None:
-        self._init(
-            container_id=container_id,
-            if_name=if_name,
-            netns=netns,
-            pod_namespace=pod_namespace,
-            pod_name=pod_name,
-            pod_uid=pod_uid,
-            default_ipv4_ippool=tuple(default_ipv4_ippool),
-            default_ipv6_ippool=tuple(default_ipv6_ippool),
-            clean_gateway=clean_gateway,
-            cni_version=cni_version,
-            network=network,
-        )
+        self._fill(locals())
+
+
+class DelRequest(_Request):
+    """``POST /v1/cni/del``: release what (containerID, ifName) holds; unknown ones succeed."""
+
+    FIELDS = (_CONTAINER_ID, _IF_NAME, *_OPTIONAL_POD, _POD_UID, _CNI_VERSION, _NETWORK)
+    __slots__ = _attributes(FIELDS)
+    container_id: str
+    if_name: str
+    netns: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str
+    cni_version: str
+    network: str
+
+    def __init__(
+        self,
+        *,
+        container_id: str,
+        if_name: str,
+        netns: str = "",
+        pod_namespace: str = "",
+        pod_name: str = "",
+        pod_uid: str = "",
+        cni_version: str = "1.1.0",
+        network: str,
+    ) -> None:
+        self._fill(locals())
+
+
+class CheckRequest(_Request):
+    """``POST /v1/cni/check``: the reservation of (containerID, ifName) must hold exactly ``ips``."""
+
+    FIELDS = (
+        _CONTAINER_ID,
+        _IF_NAME,
+        *_OPTIONAL_POD,
+        _POD_UID,
+        ("ips", "ips", CIDRS),
+        _CNI_VERSION,
+        _NETWORK,
+    )
+    __slots__ = _attributes(FIELDS)
+    container_id: str
+    if_name: str
+    netns: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str
+    ips: tuple[str, ...]  # "ip/prefix" of the prevResult entries for this interface
+    cni_version: str
+    network: str
+
+    def __init__(
+        self,
+        *,
+        container_id: str,
+        if_name: str,
+        ips: Sequence[str],
+        netns: str = "",
+        pod_namespace: str = "",
+        pod_name: str = "",
+        pod_uid: str = "",
+        cni_version: str = "1.1.0",
+        network: str,
+    ) -> None:
+        self._fill(locals())
+
+
+class Attachment(_Record):
+    """One still-valid attachment of a GC request (CNI's ``cni.dev/valid-attachments`` entry)."""
+
+    __slots__ = ("container_id", "if_name")
+    container_id: str
+    if_name: str
+
+    def __init__(self, *, container_id: str, if_name: str) -> None:
+        self._init(container_id=container_id, if_name=if_name)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "containerID": self.container_id,
-            "ifName": self.if_name,
-            "netns": self.netns,
-            "podNamespace": self.pod_namespace,
-            "podName": self.pod_name,
-            "podUID": self.pod_uid,
-            "defaultIPv4IPPool": list(self.default_ipv4_ippool),
-            "defaultIPv6IPPool": list(self.default_ipv6_ippool),
-            "cleanGateway": self.clean_gateway,
-            "cniVersion": self.cni_version,
-            "network": self.network,
-        }
+        return {"containerID": self.container_id, "ifname": self.if_name}
 
-    # --- agent side (left out of the plugin file) ---
     @classmethod
-    def from_json(cls, value: object) -> AddRequest:
-        where = "AddRequest"
+    def from_json(cls, value: object, where: str = "Attachment") -> Attachment:
         obj = _obj(value, where)
-        _api_version(obj, where)
-        request = cls(
-            container_id=_str(obj, "containerID", where),
-            if_name=_str(obj, "ifName", where),
-            netns=_str(obj, "netns", where),
-            pod_namespace=_str(obj, "podNamespace", where),
-            pod_name=_str(obj, "podName", where),
-            pod_uid=_str(obj, "podUID", where, required=False),
-            default_ipv4_ippool=_str_list(obj, "defaultIPv4IPPool", where),
-            default_ipv6_ippool=_str_list(obj, "defaultIPv6IPPool", where),
-            clean_gateway=_bool(obj, "cleanGateway", where),
-            cni_version=_str(obj, "cniVersion", where),
-            network=_str(obj, "network", where),
+        return cls(container_id=_str(obj, "containerID", where), if_name=_str(obj, "ifname", where))
+
+
+class GcRequest(_Request):
+    """``POST /v1/cni/gc``: release this node's records of ``network`` not in ``valid_attachments``."""
+
+    FIELDS = (_NETWORK, _CNI_VERSION, ("valid_attachments", "validAttachments", ATTACHMENTS))
+    __slots__ = _attributes(FIELDS)
+    network: str
+    cni_version: str
+    valid_attachments: tuple[Attachment, ...]
+
+    def __init__(
+        self, *, network: str, valid_attachments: Iterable[Attachment], cni_version: str = "1.1.0"
+    ) -> None:
+        self._fill(locals())
+
+
+class GcResult(_Record):
+    """What a GC released (``ip`` strings, bare addresses); the agent logs and counts them."""
+
+    __slots__ = ("released",)
+    released: tuple[str, ...]
+
+    def __init__(self, *, released: Sequence[str] = ()) -> None:
+        self._init(released=tuple(released))
+
+
+class StatusRequest(_Record):
+    """``GET /v1/cni/status?network=N&cniVersion=V&ipv4Pool=P&ipv6Pool=Q`` (pools repeatable).
+
+    Success means the agent can serve ADD for this network's default pools (or, without pools, at all).
+    """
+
+    __slots__ = ("cni_version", "default_ipv4_ippool", "default_ipv6_ippool", "network")
+    network: str
+    cni_version: str
+    default_ipv4_ippool: tuple[str, ...]
+    default_ipv6_ippool: tuple[str, ...]
+
+    def __init__(
+        self,
+        *,
+        network: str = "",
+        cni_version: str = "1.1.0",
+        default_ipv4_ippool: Sequence[str] = (),
+        default_ipv6_ippool: Sequence[str] = (),
+    ) -> None:
+        self._init(
+            network=network,
+            cni_version=cni_version,
+            default_ipv4_ippool=tuple(default_ipv4_ippool),
+            default_ipv6_ippool=tuple(default_ipv6_ippool),
         )
-        _check_fields(request, where)
-        return request
 
-    # --- end agent side ---
+    def to_query(self) -> str:
+        """The query string (without ``?``), percent-encoded."""
+        pairs = [("network", self.network), ("cniVersion", self.cni_version)]
+        pairs += [("ipv4Pool", p) for p in self.default_ipv4_ippool]
+        pairs += [("ipv6Pool", p) for p in self.default_ipv6_ippool]
+        return "&".join(f"{k}={_quote(v)}" for k, v in pairs if v)
 
 
-def _api_version(obj: Mapping[str, Any], where: str) -> None:
-    # Absent means the current version; anything else is a skew between plugin and agent.
-    version = obj.get("apiVersion", API_VERSION)
-    if version != API_VERSION:
-        raise ValueError(
-            f"{where}.apiVersion: {version!r} is not supported (this side speaks {API_VERSION!r})"
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _quote(value: str) -> str:
+    # RFC 3986 percent-encoding of everything but unreserved characters (urllib.parse would import re).
+    return "".join(c if c in _UNRESERVED else "".join(f"%{b:02X}" for b in c.encode()) for c in value)
+
+
+class ErrorResponse(_Record):
+    """Every non-2xx answer of the agent: a CNI error code, a short ``msg`` and optional ``details``."""
+
+    __slots__ = ("code", "details", "msg")
+    code: int
+    msg: str
+    details: str
+
+    def __init__(self, *, code: int, msg: str, details: str = "") -> None:
+        self._init(code=code, msg=msg, details=details)
+
+    @classmethod
+    def from_json(cls, value: object) -> ErrorResponse:
+        where = "ErrorResponse"
+        obj = _obj(value, where)
+        return cls(
+            code=_code(obj, "code", where),
+            msg=_str(obj, "msg", where),
+            details=_str(obj, "details", where, required=False),
         )
+
+
+# --- responses (the plugin reads them; cni/wire_agent.py writes them) ---------------------------
 
 
 class IPConfig(_Record):
@@ -471,16 +567,6 @@ class IPConfig(_Record):
     def __init__(self, *, address: str, nic: str, pool: str = "", gateway: str | None = None) -> None:
         version: Literal[4, 6] = 6 if _cidr(address, "IPConfig.address") == 6 else 4
         self._init(address=address, gateway=gateway or None, pool=pool, nic=nic, version=version)
-
-    # --- agent side (left out of the plugin file) ---
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"address": self.address, "pool": self.pool, "nic": self.nic}
-        if self.gateway:
-            out["gateway"] = self.gateway
-        out["version"] = self.version
-        return out
-
-    # --- end agent side ---
 
     @classmethod
     def from_json(cls, value: object, where: str = "IPConfig") -> IPConfig:
@@ -509,15 +595,6 @@ class Route(_Record):
 
     def __init__(self, *, if_name: str, dst: str, gw: str | None = None) -> None:
         self._init(if_name=if_name, dst=dst, gw=gw or None)
-
-    # --- agent side (left out of the plugin file) ---
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ifName": self.if_name, "dst": self.dst}
-        if self.gw:
-            out["gw"] = self.gw
-        return out
-
-    # --- end agent side ---
 
     @classmethod
     def from_json(cls, value: object, where: str = "Route") -> Route:
@@ -585,19 +662,6 @@ class AddResponse(_Record):
     ) -> None:
         self._init(ips=tuple(ips), routes=tuple(routes), dns=dns)
 
-    # --- agent side (left out of the plugin file) ---
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "apiVersion": API_VERSION,
-            "ips": [ip.to_json() for ip in self.ips],
-            "routes": [route.to_json() for route in self.routes],
-        }
-        if self.dns is not None:
-            out["dns"] = self.dns.to_json()
-        return out
-
-    # --- end agent side ---
-
     @classmethod
     def from_json(cls, value: object) -> AddResponse:
         where = "AddResponse"
@@ -614,408 +678,3 @@ class AddResponse(_Record):
         ]
         dns = None if obj.get("dns") is None else DNS.from_json(obj["dns"], f"{where}.dns")
         return cls(ips=ips, routes=routes, dns=dns)
-
-
-class DelRequest(_Record):
-    """``POST /v1/cni/del``: release what (containerID, ifName) holds; unknown ones succeed."""
-
-    __slots__ = (
-        "cni_version",
-        "container_id",
-        "if_name",
-        "netns",
-        "network",
-        "pod_name",
-        "pod_namespace",
-        "pod_uid",
-    )
-    container_id: str
-    if_name: str
-    netns: str
-    pod_namespace: str
-    pod_name: str
-    pod_uid: str
-    cni_version: str
-    network: str
-
-    def __init__(
-        self,
-        *,
-        container_id: str,
-        if_name: str,
-        netns: str = "",
-        pod_namespace: str = "",
-        pod_name: str = "",
-        pod_uid: str = "",
-        cni_version: str = "1.1.0",
-        network: str,
-    ) -> None:
-        self._init(
-            container_id=container_id,
-            if_name=if_name,
-            netns=netns,
-            pod_namespace=pod_namespace,
-            pod_name=pod_name,
-            pod_uid=pod_uid,
-            cni_version=cni_version,
-            network=network,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "containerID": self.container_id,
-            "ifName": self.if_name,
-            "netns": self.netns,
-            "podNamespace": self.pod_namespace,
-            "podName": self.pod_name,
-            "podUID": self.pod_uid,
-            "cniVersion": self.cni_version,
-            "network": self.network,
-        }
-
-    # --- agent side (left out of the plugin file) ---
-    @classmethod
-    def from_json(cls, value: object) -> DelRequest:
-        where = "DelRequest"
-        obj = _obj(value, where)
-        _api_version(obj, where)
-        request = cls(
-            container_id=_str(obj, "containerID", where),
-            if_name=_str(obj, "ifName", where),
-            netns=_str(obj, "netns", where, required=False),
-            pod_namespace=_str(obj, "podNamespace", where, required=False),
-            pod_name=_str(obj, "podName", where, required=False),
-            pod_uid=_str(obj, "podUID", where, required=False),
-            cni_version=_str(obj, "cniVersion", where),
-            network=_str(obj, "network", where),
-        )
-        _check_fields(request, where)
-        return request
-
-    # --- end agent side ---
-
-
-class CheckRequest(_Record):
-    """``POST /v1/cni/check``: the reservation of (containerID, ifName) must hold exactly ``ips``."""
-
-    __slots__ = (
-        "cni_version",
-        "container_id",
-        "if_name",
-        "ips",
-        "netns",
-        "network",
-        "pod_name",
-        "pod_namespace",
-        "pod_uid",
-    )
-    container_id: str
-    if_name: str
-    netns: str
-    pod_namespace: str
-    pod_name: str
-    pod_uid: str
-    ips: tuple[str, ...]  # "ip/prefix" of the prevResult entries for this interface
-    cni_version: str
-    network: str
-
-    def __init__(
-        self,
-        *,
-        container_id: str,
-        if_name: str,
-        ips: Sequence[str],
-        netns: str = "",
-        pod_namespace: str = "",
-        pod_name: str = "",
-        pod_uid: str = "",
-        cni_version: str = "1.1.0",
-        network: str,
-    ) -> None:
-        self._init(
-            container_id=container_id,
-            if_name=if_name,
-            netns=netns,
-            pod_namespace=pod_namespace,
-            pod_name=pod_name,
-            pod_uid=pod_uid,
-            ips=tuple(ips),
-            cni_version=cni_version,
-            network=network,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "containerID": self.container_id,
-            "ifName": self.if_name,
-            "netns": self.netns,
-            "podNamespace": self.pod_namespace,
-            "podName": self.pod_name,
-            "podUID": self.pod_uid,
-            "ips": list(self.ips),
-            "cniVersion": self.cni_version,
-            "network": self.network,
-        }
-
-    # --- agent side (left out of the plugin file) ---
-    @classmethod
-    def from_json(cls, value: object) -> CheckRequest:
-        where = "CheckRequest"
-        obj = _obj(value, where)
-        _api_version(obj, where)
-        ips = _str_list(obj, "ips", where)
-        for i, address in enumerate(ips):
-            _cidr(address, f"{where}.ips[{i}]")
-        request = cls(
-            container_id=_str(obj, "containerID", where),
-            if_name=_str(obj, "ifName", where),
-            netns=_str(obj, "netns", where, required=False),
-            pod_namespace=_str(obj, "podNamespace", where, required=False),
-            pod_name=_str(obj, "podName", where, required=False),
-            pod_uid=_str(obj, "podUID", where, required=False),
-            ips=ips,
-            cni_version=_str(obj, "cniVersion", where),
-            network=_str(obj, "network", where),
-        )
-        _check_fields(request, where)
-        return request
-
-    # --- end agent side ---
-
-
-class Attachment(_Record):
-    """One still-valid attachment of a GC request (CNI's ``cni.dev/valid-attachments`` entry)."""
-
-    __slots__ = ("container_id", "if_name")
-    container_id: str
-    if_name: str
-
-    def __init__(self, *, container_id: str, if_name: str) -> None:
-        self._init(container_id=container_id, if_name=if_name)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"containerID": self.container_id, "ifname": self.if_name}
-
-    @classmethod
-    def from_json(cls, value: object, where: str = "Attachment") -> Attachment:
-        obj = _obj(value, where)
-        return cls(container_id=_str(obj, "containerID", where), if_name=_str(obj, "ifname", where))
-
-
-class GcRequest(_Record):
-    """``POST /v1/cni/gc``: release this node's records of ``network`` not in ``valid_attachments``."""
-
-    __slots__ = ("cni_version", "network", "valid_attachments")
-    network: str
-    cni_version: str
-    valid_attachments: tuple[Attachment, ...]
-
-    def __init__(
-        self, *, network: str, valid_attachments: Iterable[Attachment], cni_version: str = "1.1.0"
-    ) -> None:
-        self._init(network=network, cni_version=cni_version, valid_attachments=tuple(valid_attachments))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "network": self.network,
-            "cniVersion": self.cni_version,
-            "validAttachments": [a.to_json() for a in self.valid_attachments],
-        }
-
-    # --- agent side (left out of the plugin file) ---
-    @classmethod
-    def from_json(cls, value: object) -> GcRequest:
-        where = "GcRequest"
-        obj = _obj(value, where)
-        _api_version(obj, where)
-        items = _list(obj, "validAttachments", where, required=True)
-        request = cls(
-            network=_str(obj, "network", where),
-            cni_version=_str(obj, "cniVersion", where),
-            valid_attachments=[
-                Attachment.from_json(v, f"{where}.validAttachments[{i}]") for i, v in enumerate(items)
-            ],
-        )
-        _check_fields(request, where)
-        for i, attachment in enumerate(request.valid_attachments):
-            for key, problem in (
-                ("containerID", id_problem(attachment.container_id)),
-                ("ifname", interface_name_problem(attachment.if_name)),
-            ):
-                if problem:
-                    raise ValueError(f"{where}.validAttachments[{i}].{key}: {problem}")
-        return request
-
-    # --- end agent side ---
-
-
-# --- agent side (left out of the plugin file) ---
-class GcResult(_Record):
-    """What a GC released (``ip`` strings, bare addresses); the agent logs and counts them."""
-
-    __slots__ = ("released",)
-    released: tuple[str, ...]
-
-    def __init__(self, *, released: Sequence[str] = ()) -> None:
-        self._init(released=tuple(released))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"apiVersion": API_VERSION, "released": list(self.released)}
-
-    @classmethod
-    def from_json(cls, value: object) -> GcResult:
-        where = "GcResult"
-        obj = _obj(value, where)
-        _api_version(obj, where)
-        return cls(released=_str_list(obj, "released", where))
-
-
-# --- end agent side ---
-
-
-class StatusRequest(_Record):
-    """``GET /v1/cni/status?network=N&cniVersion=V&ipv4Pool=P&ipv6Pool=Q`` (pools repeatable).
-
-    Success means the agent can serve ADD for this network's default pools (or, without pools, at all).
-    """
-
-    __slots__ = ("cni_version", "default_ipv4_ippool", "default_ipv6_ippool", "network")
-    network: str
-    cni_version: str
-    default_ipv4_ippool: tuple[str, ...]
-    default_ipv6_ippool: tuple[str, ...]
-
-    def __init__(
-        self,
-        *,
-        network: str = "",
-        cni_version: str = "1.1.0",
-        default_ipv4_ippool: Sequence[str] = (),
-        default_ipv6_ippool: Sequence[str] = (),
-    ) -> None:
-        self._init(
-            network=network,
-            cni_version=cni_version,
-            default_ipv4_ippool=tuple(default_ipv4_ippool),
-            default_ipv6_ippool=tuple(default_ipv6_ippool),
-        )
-
-    def to_query(self) -> str:
-        """The query string (without ``?``), percent-encoded."""
-        pairs = [("network", self.network), ("cniVersion", self.cni_version)]
-        pairs += [("ipv4Pool", p) for p in self.default_ipv4_ippool]
-        pairs += [("ipv6Pool", p) for p in self.default_ipv6_ippool]
-        return "&".join(f"{k}={_quote(v)}" for k, v in pairs if v)
-
-    # --- agent side (left out of the plugin file) ---
-    @classmethod
-    def from_query(cls, pairs: Iterable[tuple[str, str]]) -> StatusRequest:
-        network, version, v4, v6 = "", "1.1.0", [], []
-        for key, value in pairs:
-            if key == "network":
-                network = value
-            elif key == "cniVersion":
-                version = value
-            elif key == "ipv4Pool" and value:
-                v4.append(value)
-            elif key == "ipv6Pool" and value:
-                v6.append(value)
-            else:
-                raise ValueError(f"StatusRequest.{key}: unknown query parameter")
-        request = cls(network=network, cni_version=version, default_ipv4_ippool=v4, default_ipv6_ippool=v6)
-        _check_fields(request, "StatusRequest")
-        return request
-
-    # --- end agent side ---
-
-
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-
-
-def _quote(value: str) -> str:
-    # RFC 3986 percent-encoding of everything but unreserved characters (urllib.parse would import re).
-    return "".join(c if c in _UNRESERVED else "".join(f"%{b:02X}" for b in c.encode()) for c in value)
-
-
-class ErrorResponse(_Record):
-    """Every non-2xx answer of the agent: a CNI error code, a short ``msg`` and optional ``details``."""
-
-    __slots__ = ("code", "details", "msg")
-    code: int
-    msg: str
-    details: str
-
-    def __init__(self, *, code: int, msg: str, details: str = "") -> None:
-        self._init(code=code, msg=msg, details=details)
-
-    # --- agent side (left out of the plugin file) ---
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"apiVersion": API_VERSION, "code": self.code, "msg": self.msg}
-        if self.details:
-            out["details"] = self.details
-        return out
-
-    # --- end agent side ---
-
-    @classmethod
-    def from_json(cls, value: object) -> ErrorResponse:
-        where = "ErrorResponse"
-        obj = _obj(value, where)
-        return cls(
-            code=_code(obj, "code", where),
-            msg=_str(obj, "msg", where),
-            details=_str(obj, "details", where, required=False),
-        )
-
-
-# --- agent side (left out of the plugin file) ---
-__all__ = [
-    "API_VERSION",
-    "CNI_VERSIONS",
-    "CODE_AGENT_INTERNAL",
-    "CODE_BAD_REQUEST",
-    "CODE_DECODE",
-    "CODE_INCOMPATIBLE_VERSION",
-    "CODE_INVALID_CONFIG",
-    "CODE_INVALID_ENV",
-    "CODE_IO_FAILURE",
-    "CODE_NO_IP_AVAILABLE",
-    "CODE_NO_POOL",
-    "CODE_PLUGIN_INTERNAL",
-    "CODE_POD_NOT_FOUND",
-    "CODE_PROTOCOL",
-    "CODE_RESERVATION_MISMATCH",
-    "CODE_TRY_AGAIN",
-    "CODE_UNAVAILABLE",
-    "CODE_UNAVAILABLE_LIMITED",
-    "CODE_UNKNOWN_CONTAINER",
-    "CODE_UNSUPPORTED_FIELD",
-    "DNS",
-    "ERROR_MESSAGES",
-    "MAX_BODY_BYTES",
-    "MAX_ID_LENGTH",
-    "PATH_ADD",
-    "PATH_CHECK",
-    "PATH_DEL",
-    "PATH_GC",
-    "PATH_HEALTHZ",
-    "PATH_READYZ",
-    "PATH_STATUS",
-    "AddRequest",
-    "AddResponse",
-    "Attachment",
-    "CheckRequest",
-    "DelRequest",
-    "ErrorResponse",
-    "GcRequest",
-    "GcResult",
-    "IPConfig",
-    "Route",
-    "StatusRequest",
-    "id_problem",
-    "interface_name_problem",
-]
-# --- end agent side ---

@@ -283,7 +283,7 @@ def _cmd_bgp(args: argparse.Namespace, out: TextIO, env: Mapping[str, str]) -> i
 
 
 def _cmd_install_cni(args: argparse.Namespace, out: TextIO) -> int:
-    from cni.spiderpool import render_plugin_file
+    from spiderbgp.plugin_package import render_plugin_file
 
     target_dir = Path(args.dir)
     try:

@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl
 import httptools
 from aiohttp import web
 
-from cni import wire
+from cni import wire, wire_agent
 
 __all__ = [
     "BackendError",
@@ -130,7 +130,7 @@ def _dumps(value: object) -> bytes:
 
 def _error_body(code: int, details: str = "", msg: str = "") -> dict[str, Any]:
     body = wire.ErrorResponse(code=code, msg=msg or wire.ERROR_MESSAGES.get(code, "error"), details=details)
-    return body.to_json()
+    return wire_agent.error_response_json(body)
 
 
 def _error(http_status: int, code: int, details: str = "", msg: str = "") -> web.Response:
@@ -154,16 +154,20 @@ async def _call(backend: CniBackend, operation: str, payload: object) -> dict[st
     """One CNI call: ``payload`` is the decoded JSON body (the query pairs for STATUS)."""
     try:
         if operation == "add":
-            return (await backend.add(wire.AddRequest.from_json(payload))).to_json()
+            return wire_agent.add_response_json(
+                await backend.add(wire_agent.read_request(wire.AddRequest, payload))
+            )
         if operation == "del":
-            await backend.delete(wire.DelRequest.from_json(payload))
+            await backend.delete(wire_agent.read_request(wire.DelRequest, payload))
             return _OK
         if operation == "check":
-            await backend.check(wire.CheckRequest.from_json(payload))
+            await backend.check(wire_agent.read_request(wire.CheckRequest, payload))
             return _OK
         if operation == "gc":
-            return (await backend.gc(wire.GcRequest.from_json(payload))).to_json()
-        await backend.status(wire.StatusRequest.from_query(payload))  # type: ignore[arg-type]
+            return wire_agent.gc_result_json(
+                await backend.gc(wire_agent.read_request(wire.GcRequest, payload))
+            )
+        await backend.status(wire_agent.read_status_query(payload))  # type: ignore[arg-type]
         return _STATUS_OK
     except ValueError as err:  # the wire schema names the field; the backend raises BackendError
         raise _BadRequest(str(err)) from None

@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from cni.spiderpool import render_plugin_file
 from ipam import admin
 from ipam.errors import AlreadyExists, NotFound
 from ipam.service import IpamService, IpamSettings
@@ -33,6 +32,7 @@ from ipam.sqlite_store import SqliteStore
 from ipam.store import Obj
 from spiderbgp.cni_endpoint import CniSocket, SocketLimits, make_app, serve, shutdown
 from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
+from spiderbgp.plugin_package import render_plugin_file
 
 PYTHON = os.path.realpath(sys.executable)
 NODE = "node1"

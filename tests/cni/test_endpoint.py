@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cni import wire
+from cni import wire, wire_agent
 from spiderbgp.cni_endpoint import (
     BackendError,
     Refusal,
@@ -106,9 +106,11 @@ async def test_every_endpoint_round_trips(served: Any) -> None:
     backend, session, observed, _, _ = served
     assert await call(session, "POST", wire.PATH_ADD, json=ADD) == (
         200,
-        wire.AddResponse.from_json((await call(session, "POST", wire.PATH_ADD, json=ADD))[1]).to_json(),
+        wire_agent.add_response_json(
+            wire.AddResponse.from_json((await call(session, "POST", wire.PATH_ADD, json=ADD))[1])
+        ),
     )
-    assert backend.seen[0] == wire.AddRequest.from_json(ADD)
+    assert backend.seen[0] == wire_agent.read_request(wire.AddRequest, ADD)
     dreq = wire.DelRequest(container_id="c", if_name="eth0", network="net").to_json()
     assert (await call(session, "POST", wire.PATH_DEL, json=dreq))[0] == 200
     creq = wire.CheckRequest(container_id="c", if_name="eth0", ips=["10.0.0.9/24"], network="net").to_json()
@@ -117,7 +119,7 @@ async def test_every_endpoint_round_trips(served: Any) -> None:
         network="net", valid_attachments=[wire.Attachment(container_id="c", if_name="eth0")]
     ).to_json()
     status, body = await call(session, "POST", wire.PATH_GC, json=greq)
-    assert (status, wire.GcResult.from_json(body).released) == (200, ("10.0.0.7",))
+    assert (status, wire_agent.read_gc_result(body).released) == (200, ("10.0.0.7",))
     sreq = wire.StatusRequest(network="net_1.a-b", default_ipv4_ippool=["pool.a-1"])
     assert (await call(session, "GET", f"{wire.PATH_STATUS}?{sreq.to_query()}"))[0] == 200
     assert backend.seen[-1] == sreq
@@ -346,7 +348,7 @@ async def test_requests_the_short_path_leaves_are_served_by_aiohttp(
     finally:
         writer.close()
     assert status == 200 and body["ips"][0]["address"] == "10.0.0.9/24"
-    assert backend.seen == [wire.AddRequest.from_json(ADD)] and observed == [("add", 0)]
+    assert backend.seen == [wire_agent.read_request(wire.AddRequest, ADD)] and observed == [("add", 0)]
 
 
 async def test_connection_close_is_honoured(served: Any) -> None:

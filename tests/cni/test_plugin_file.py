@@ -15,13 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cni import spiderpool as sp
+from spiderbgp import plugin_package as pkg
 
 from .conftest import PYTHON
 
 
 def decoder() -> Any:
     namespace: dict[str, Any] = {}
-    exec(sp._DECODE, namespace)
+    exec(pkg._DECODE, namespace)
     return namespace["_decode"]
 
 
@@ -31,7 +32,7 @@ def decoder() -> Any:
     | st.lists(st.sampled_from([0, 13, 34, 92, 255, 10, 97]), max_size=500).map(bytes)
 )
 def test_literal_text_round_trips_and_needs_no_escape(data: bytes) -> None:
-    text, table, placeholders = sp.literal_text(data)
+    text, table, placeholders = pkg.literal_text(data)
     assert decoder()(text, table, placeholders) == data
     assert not any(c in text for c in '\x00\r"\\')
     # what the tokenizer reads back from the file is the same text
@@ -39,19 +40,19 @@ def test_literal_text_round_trips_and_needs_no_escape(data: bytes) -> None:
 
 
 def test_literal_text_is_mostly_one_byte_per_byte_of_bytecode() -> None:
-    data = sp.render_plugin_file(PYTHON)
+    data = pkg.render_plugin_file(PYTHON)
     code_line = next(line for line in data.splitlines() if line.startswith('CODE = """'))
     import marshal
 
-    size = len(marshal.dumps(compile(sp.render_source(), "x", "exec", optimize=2)))
+    size = len(marshal.dumps(compile(pkg.render_source(), "x", "exec", optimize=2)))
     assert len(code_line.encode("utf-8")) < 1.15 * size
 
 
 def test_compact_location_table_keeps_every_line_number() -> None:
     source = "def f(x):\n    y = [i for i in x]\n    return 1 / len(y)\n\n\nclass C:\n    def m(self):\n        return f([])\n"
     code = compile(source, "t", "exec")
-    compact = sp._compact(code)
-    assert sp._code_lines(compact) == sp._code_lines(code)
+    compact = pkg._compact(code)
+    assert pkg._code_lines(compact) == pkg._code_lines(code)
     assert sum(len(c.co_linetable) for c in _codes(compact)) < sum(len(c.co_linetable) for c in _codes(code))
     namespace: dict[str, Any] = {}
     exec(compact, namespace)
@@ -73,7 +74,7 @@ def run_file(path: Path, env: dict[str, str], stdin: bytes = b"") -> subprocess.
 
 
 def test_fallback_to_the_embedded_source_when_the_magic_differs(tmp_path: Path) -> None:
-    text = sp.render_plugin_file(PYTHON)
+    text = pkg.render_plugin_file(PYTHON)
     fast, slow = tmp_path / "fast", tmp_path / "slow"
     fast.write_text(text)
     slow.write_text(text.replace("MAGIC = b'", "MAGIC = b'\\x00", 1))
@@ -89,31 +90,64 @@ def test_fallback_to_the_embedded_source_when_the_magic_differs(tmp_path: Path) 
     assert json.loads(errors[0].stdout)["code"] == 4 and b"Traceback" not in errors[1].stderr
 
 
-def test_the_installed_program_has_no_packaging_code() -> None:
-    program = sp.render_source()
+def test_the_installed_program_is_whole_modules_without_packaging_or_agent_code() -> None:
+    program = pkg.render_source()
     assert "def render_plugin_file" not in program and "def literal_text" not in program
-    assert "from cni.wire import" not in program and "class AddRequest(_Record)" in program
-    # the agent-side blocks of cni/wire.py are left out; what the plugin calls stays
-    assert "class GcResult" not in program and "def from_query" not in program and "__all__" not in program
-    assert "def to_query" in program and "class ErrorResponse(_Record)" in program
+    assert "from cni.wire import" not in program and "from __future__" not in program
+    # every module of the program is in it whole, the agent's half of the schema is not
+    wire_text = (Path(sp.__file__).parent / "wire.py").read_text()
+    assert wire_text.split("from __future__ import annotations\n", 1)[1].strip() in program
+    assert "class AddRequest(_Request)" in program and "def to_query" in program
+    assert "def read_request" not in program and "def add_response_json" not in program
     assert program.rstrip().endswith(
         "exit_now(main(process_environ(), sys.stdin.buffer, sys.stdout, sys.stderr))"
     )
 
 
-def test_an_agent_side_block_without_its_end_is_refused() -> None:
-    with pytest.raises(ValueError, match="has no end"):
-        sp._without_agent_side("x = 1\n# --- agent side (left out of the plugin file) ---\ny = 2\n")
-    assert (
-        sp._without_agent_side("a\n    # --- agent side\n    b\n    # --- end agent side ---\nc\n")
-        == "a\nc\n"
+def write_modules(directory: Path, **modules: str) -> Path:
+    package = directory / "pkg"
+    package.mkdir()
+    for name, text in modules.items():
+        (package / f"{name}.py").write_text(text)
+    return package
+
+
+def test_modules_are_joined_without_their_imports_of_each_other(tmp_path: Path) -> None:
+    package = write_modules(
+        tmp_path,
+        a="from __future__ import annotations\n\nA = 1\n\n\ndef f() -> int:\n    return A\n",
+        b="from __future__ import annotations\n\nfrom pkg.a import A, f\n\nB = A + f()\n",
     )
+    program = pkg.render_source(package, ("a", "b"))
+    assert "import" not in program and "# --- pkg/a.py ---" in program
+    namespace: dict[str, Any] = {}
+    exec(program, namespace)
+    assert namespace["B"] == 2
+
+
+@pytest.mark.parametrize(
+    ("b", "message"),
+    [
+        ("A = 2\n", r"pkg/b.py: top-level name 'A' is also bound by pkg/a.py"),
+        ("def A() -> None: ...\n", r"pkg/b.py: top-level name 'A' is also bound by pkg/a.py"),
+        ("from pkg.c import C\n", r"pkg/b.py: imports pkg.c, which is not a module before it"),
+        ("from pkg.a import Z\n", r"pkg/b.py: 'Z' is not a top-level name of pkg/a.py"),
+        ("from pkg.a import A as Z\n", r"pkg/b.py: 'A' is not a top-level name of pkg/a.py"),
+        ("import pkg.a\n", r"pkg/b.py: 'import pkg...' cannot be inlined"),
+    ],
+)
+def test_a_program_whose_modules_would_clash_is_refused(tmp_path: Path, b: str, message: str) -> None:
+    package = write_modules(
+        tmp_path, a="TYPE_CHECKING = False\nA = 1\n", b="TYPE_CHECKING = False\n" + b, c="C = 1\n"
+    )
+    with pytest.raises(ValueError, match=message):
+        pkg.render_source(package, ("a", "b"))
 
 
 def test_output_is_complete_although_the_interpreter_is_not_finalized(tmp_path: Path) -> None:
     """exit_now skips finalization: a result larger than any stdio buffer still arrives whole."""
     path = tmp_path / "spiderpool"
-    path.write_text(sp.render_plugin_file(PYTHON))
+    path.write_text(pkg.render_plugin_file(PYTHON))
     path.chmod(0o755)
     big = {"cniVersion": "1.1.0", "name": "n", "pad": "x" * 200_000}
     result = run_file(path, {"CNI_COMMAND": "VERSION"}, json.dumps(big).encode())

@@ -1,4 +1,5 @@
-"""cni.wire: every record survives to_json/from_json, and bad input is one ValueError naming the field."""
+"""cni.wire and cni.wire_agent: every record survives a round trip between the side that writes it and
+the side that reads it, and bad input is one ValueError naming the field."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cni import wire
+from cni import wire, wire_agent
 
 names = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789-."), min_size=1, max_size=20)
 v4 = st.ip_addresses(v=4).map(str)
@@ -21,6 +22,15 @@ routes = st.one_of(
     st.builds(lambda dst, gw, nic: wire.Route(if_name=nic, dst=dst, gw=gw), st.sampled_from(["0.0.0.0/0", "10.0.0.0/8"]), st.none() | v4, names),
     st.builds(lambda dst, gw, nic: wire.Route(if_name=nic, dst=dst, gw=gw), st.sampled_from(["::/0", "fd00::/64"]), st.none() | v6, names),
 )  # fmt: skip
+
+
+def read(cls: Any, body: object) -> object:
+    """What the reading side makes of ``body``: the agent reads requests, the plugin responses."""
+    if issubclass(cls, wire._Request):
+        return wire_agent.read_request(cls, body)
+    return cls.from_json(body)
+
+
 ids = st.from_regex(r"\A[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,30}\Z")
 labels = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?\Z")
 ifnames = st.text(
@@ -42,7 +52,7 @@ def test_add_response_round_trip(
     ips: list[wire.IPConfig], rts: list[wire.Route], dns: wire.DNS | None
 ) -> None:
     response = wire.AddResponse(ips=ips, routes=rts, dns=dns)
-    again = wire.AddResponse.from_json(response.to_json())
+    again = wire.AddResponse.from_json(wire_agent.add_response_json(response))
     assert again == response and hash(again) == hash(response)
     for ip in again.ips:
         assert ip.version == (6 if ":" in ip.address else 4)
@@ -50,19 +60,35 @@ def test_add_response_round_trip(
 
 @given(requests)
 def test_requests_round_trip(request: wire.AddRequest) -> None:
-    assert wire.AddRequest.from_json(request.to_json()) == request
+    body = request.to_json()
+    assert list(body) == ["apiVersion", *(key for _attr, key, _kind in wire.AddRequest.FIELDS)]
+    assert wire_agent.read_request(wire.AddRequest, body) == request
     d = wire.DelRequest(
         container_id=request.container_id,
         if_name=request.if_name,
         network=request.network,
         pod_uid=request.pod_uid,
     )
-    assert wire.DelRequest.from_json(d.to_json()) == d
+    assert wire_agent.read_request(wire.DelRequest, d.to_json()) == d
+    c = wire.CheckRequest(
+        container_id=request.container_id,
+        if_name=request.if_name,
+        netns=request.netns,
+        ips=["10.0.0.9/24", "fd00::9/64"],
+        network=request.network,
+        cni_version=request.cni_version,
+    )
+    assert wire_agent.read_request(wire.CheckRequest, c.to_json()) == c
+    gc = wire.GcRequest(
+        network=request.network,
+        valid_attachments=[wire.Attachment(container_id=request.container_id, if_name=request.if_name)],
+    )
+    assert wire_agent.read_request(wire.GcRequest, gc.to_json()) == gc
     s = wire.StatusRequest(network=request.network, default_ipv4_ippool=request.default_ipv4_ippool)
     pairs = [tuple(kv.split("=", 1)) for kv in s.to_query().split("&")]
     from urllib.parse import unquote
 
-    assert wire.StatusRequest.from_query((k, unquote(v)) for k, v in pairs) == s
+    assert wire_agent.read_status_query((k, unquote(v)) for k, v in pairs) == s
 
 
 @pytest.mark.parametrize(
@@ -116,7 +142,7 @@ def test_requests_round_trip(request: wire.AddRequest) -> None:
 )
 def test_validation_names_the_field(cls: Any, body: object, message: str) -> None:
     with pytest.raises(ValueError) as info:
-        cls.from_json(body)
+        read(cls, body)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
@@ -169,17 +195,17 @@ GC = {
 )  # fmt: skip
 def test_request_fields_follow_the_plugins_rules(cls: Any, body: object, message: str) -> None:
     with pytest.raises(ValueError) as info:
-        cls.from_json(body)
+        read(cls, body)
     text = str(info.value)
     assert text.startswith(message) and "\n" not in text and len(text) < 300, text
 
 
 def test_status_query_fields_follow_the_same_rules() -> None:
     with pytest.raises(ValueError, match=r"^StatusRequest.cniVersion: 'x'"):
-        wire.StatusRequest.from_query([("cniVersion", "x")])
+        wire_agent.read_status_query([("cniVersion", "x")])
     with pytest.raises(ValueError, match=r"^StatusRequest.defaultIPv4IPPool\[0\]"):
-        wire.StatusRequest.from_query([("ipv4Pool", "a b")])
-    assert wire.StatusRequest.from_query([("network", "podnet")]).network == "podnet"
+        wire_agent.read_status_query([("ipv4Pool", "a b")])
+    assert wire_agent.read_status_query([("network", "podnet")]).network == "podnet"
 
 
 def test_the_longest_valid_identifiers_pass() -> None:
@@ -189,6 +215,19 @@ def test_the_longest_valid_identifiers_pass() -> None:
         "ifName": "e" * 15,
         "podName": ".".join(["a" * 63] * 3) + ".b",
     }
-    assert wire.AddRequest.from_json(body).container_id == "c" * wire.MAX_ID_LENGTH
+    assert wire_agent.read_request(wire.AddRequest, body).container_id == "c" * wire.MAX_ID_LENGTH
     with pytest.raises(ValueError, match="longer than 256"):
-        wire.AddRequest.from_json({**body, "containerID": "c" * (wire.MAX_ID_LENGTH + 1)})
+        wire_agent.read_request(wire.AddRequest, {**body, "containerID": "c" * (wire.MAX_ID_LENGTH + 1)})
+
+
+def test_the_agents_answers_read_back_on_the_plugins_side() -> None:
+    err = wire.ErrorResponse(code=100, msg="no IP available", details="pool p: exhausted")
+    assert wire.ErrorResponse.from_json(wire_agent.error_response_json(err)) == err
+    assert wire_agent.error_response_json(wire.ErrorResponse(code=7, msg="m")) == {
+        "apiVersion": "v1",
+        "code": 7,
+        "msg": "m",
+    }
+    gc = wire.GcResult(released=["10.0.0.7", "fd00::7"])
+    assert wire_agent.gc_result_json(gc) == {"apiVersion": "v1", "released": ["10.0.0.7", "fd00::7"]}
+    assert wire_agent.read_gc_result(wire_agent.gc_result_json(gc)) == gc
