@@ -176,8 +176,9 @@ class BgpSpeaker:
         self._flaps: dict[IPNetwork, FlapState] = {}
         self._suppressed: dict[IPNetwork, float] = {}
         self._next_sweep = 0.0
-        # convergence telemetry (clock times): allocated and waiting for the host route; host prefix
-        # desired since (route + Ready + not suppressed); left the desired set (when, why); first acked
+        # convergence telemetry (clock times): allocated (add_pod_ip, not the full sets of set_pod_ips)
+        # and waiting for the host route; host prefix desired since (route + Ready + not suppressed,
+        # while ExaBGP runs); left the desired set (when, why); first acked
         self._route_pending: dict[IPAddress, float] = {}
         self._entered_at: dict[IPNetwork, float] = {}
         self._left_at: dict[IPNetwork, tuple[float, str]] = {}
@@ -236,7 +237,8 @@ class BgpSpeaker:
             host = entry[0]
             if self._hosts.get(host) == entry[1] or self._held_by_damping(host):
                 return
-            if host not in self._hosts and self._track_hosts:
+            if host not in self._hosts and self._track_hosts and self._proc is not None:
+                # (not while seeding at start: the first announcements wait for ExaBGP, not for us)
                 self._entered_at[host] = self._clock()
                 self._left_at.pop(host, None)
             self._hosts[host] = entry[1]
@@ -329,7 +331,6 @@ class BgpSpeaker:
         for ip, subnet in new.items():
             if ip not in self._pods:
                 self._allocated_at[ip] = now
-                self._route_pending[ip] = now
             if self._pods.get(ip) != subnet:
                 self._set_pod(ip, subnet)
                 self._admit(ip, subnet)
