@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import verdict
 from ipam.sqlite_store import SqliteStore
 from lab.build import REPO_ROOT, Lab
 from lab.invariants import fetch_pages
@@ -348,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_lab: {exc}", file=sys.stderr)
             return 1
     print(report(result))
+    context = "Spiderpool's published (10-node cluster, whole pod start-up; not like-for-like)"
+    verdict.report(verdict.Comparison("new pods/s until routable", result.pods_per_s, context,
+                                      result.spiderpool_pods_per_s, "pods/s", None, 1))  # fmt: skip
     if args.json is not None:
         data: dict[str, Any] = asdict(result)
         args.json.write_text(json.dumps(data, indent=1))
