@@ -173,6 +173,7 @@ class Agent:
         self._ready_tracker = ReadyAddresses(config.node_name)
         self._gate_ready = announcer is not None and announcer.announce_when_ready
         self._started = False
+        self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- events from the CNI path and the store ---------------------------------------------------
@@ -272,7 +273,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         written: bool | None = None
         retry_at, backoff = 0.0, NODE_CONDITION_INTERVAL
-        while True:
+        while not self._closing:  # a stopping agent writes nothing (its successor says what is true)
             why = self.announcer.readiness() if self._started else "the agent is starting"
             unavailable = why is not None
             if unavailable != written and time.monotonic() >= retry_at:
@@ -494,6 +495,7 @@ class Agent:
             LOG.info("agent for node %s serving on %s", self.config.node_name, self.config.socket_path)
             await stop.wait()
         finally:
+            self._closing = True
             served = self._started
             if served:
                 LOG.info("stopping: finishing in-flight CNI requests")
