@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from bench import verdict
 from ipam.sqlite_store import SqliteStore
 from lab.build import Lab
 from lab.frr import wait_until
@@ -501,6 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "a NotReady pod withdrawn within 1 s; with allocated it is never withdrawn",
         flush=True,
     )
+    if "restarts" in result:
+        # the reference must lose requests for the figure to show anything: 0 against 0 is missed
+        gr, bare = result["restarts"]["graceful_restart"], result["restarts"]["no_graceful_restart"]
+        verdict.report(verdict.Comparison("failed requests through a rolling restart, graceful restart",
+                                          gr["failed"], "without graceful restart", bare["failed"],
+                                          "requests", verdict.at_most(0.0)))  # fmt: skip
     if args.json:
         args.json.write_text(text + "\n")
     return 0
