@@ -53,7 +53,7 @@ import yaml
 
 from bench.verdict import Comparison, at_least, report, within
 from cni import wire
-from cni.spiderpool import Transport, parse_http_response, response_length
+from cni.agent_client import Transport, parse_http_response, response_length
 from ipam import admin
 from ipam.sqlite_store import SqliteStore
 from spiderbgp.plugin_package import render_plugin_file

@@ -24,7 +24,7 @@ import cni
 
 PLUGIN_NAME = "spiderpool"
 # The modules of the installed program, in the order they are put in it; the last one runs main.
-PLUGIN_MODULES = ("wire", "spiderpool")
+PLUGIN_MODULES = ("wire", "fastjson", "netconf", "agent_client", "spiderpool")
 # The bytes a triple-quoted literal without escapes cannot hold (NUL, CR, quote, backslash).
 _UNSAFE = b'\x00\r"\\'
 
@@ -225,8 +225,8 @@ def render_plugin_file(python: str) -> str:
     return (
         f"#!{python} -IS\n"
         "# spiderpool: the CNI IPAM plugin of spiderbgp, written by `spiderbgp install-cni`. Do not edit.\n"
-        "# SOURCE is the program: cni/wire.py and cni/spiderpool.py, whole, one after the other (zlib,\n"
-        "# base64); print it with\n"
+        f"# SOURCE is the program: the modules {', '.join(PLUGIN_MODULES)} of cni/, whole, one after the\n"
+        "# other (zlib, base64); print it with\n"
         '#   python3 -c "import ast,binascii,sys,zlib; print(zlib.decompress(binascii.a2b_base64(next(\n'
         "#   ast.literal_eval(l[9:]) for l in open(sys.argv[1]) if l.startswith('SOURCE = ')))).decode())\" FILE\n"
         "# CODE is its bytecode (marshal, as latin-1 text) for the interpreter whose bytecode magic is\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cni import agent_client, fastjson
 from cni import spiderpool as sp
 from spiderbgp import plugin_package as pkg
 
@@ -95,8 +97,11 @@ def test_the_installed_program_is_whole_modules_without_packaging_or_agent_code(
     assert "def render_plugin_file" not in program and "def literal_text" not in program
     assert "from cni.wire import" not in program and "from __future__" not in program
     # every module of the program is in it whole, the agent's half of the schema is not
-    wire_text = (Path(sp.__file__).parent / "wire.py").read_text()
-    assert wire_text.split("from __future__ import annotations\n", 1)[1].strip() in program
+    for module in pkg.PLUGIN_MODULES:  # each one from its last import on, as it is
+        text = (Path(sp.__file__).parent / f"{module}.py").read_text()
+        imports = [n for n in ast.parse(text).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        rest = text.splitlines(keepends=True)[max(n.end_lineno or 0 for n in imports) :]
+        assert "".join(rest).strip() in program, module
     assert "class AddRequest(_Request)" in program and "def to_query" in program
     assert "def read_request" not in program and "def add_response_json" not in program
     assert program.rstrip().endswith(
@@ -158,20 +163,20 @@ def test_output_is_complete_although_the_interpreter_is_not_finalized(tmp_path: 
 
 @pytest.mark.parametrize("name", ["_json", "_socket", "posix"])
 def test_c_module_is_the_module_import_gives(name: str) -> None:
-    module = sp.c_module(name)
+    module = fastjson.c_module(name)
     assert module is __import__(name) and sys.modules[name] is module
 
 
 def test_c_module_of_a_missing_module_is_import_error() -> None:
     with pytest.raises(ImportError):
-        sp.c_module("_no_such_module_here")
+        fastjson.c_module("_no_such_module_here")
 
 
 def test_c_module_in_a_fresh_interpreter_loads_from_lib_dynload() -> None:
     script = (
         "import sys\n"
         f"sys.path.append({str(Path(sp.__file__).parent.parent)!r})\n"
-        "from cni.spiderpool import c_module\n"
+        "from cni.fastjson import c_module\n"
         "m = c_module('_json')\n"
         "import _json\n"
         "print(m is _json, getattr(m, '__file__', 'builtin'))\n"
@@ -193,4 +198,4 @@ def test_c_module_in_a_fresh_interpreter_loads_from_lib_dynload() -> None:
     ],
 )
 def test_response_length(data: bytes, length: int) -> None:
-    assert sp.response_length(data) == length
+    assert agent_client.response_length(data) == length

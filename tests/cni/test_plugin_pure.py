@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cni import agent_client, fastjson, netconf
 from cni import spiderpool as sp
 from cni.wire import AddResponse, IPConfig, Route, id_problem, interface_name_problem
 
@@ -18,7 +19,7 @@ BASE_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/run/n
 
 
 def code_of(fn: Any, *args: Any) -> tuple[int, str]:
-    with pytest.raises(sp.PluginError) as info:
+    with pytest.raises(netconf.PluginError) as info:
         fn(*args)
     return info.value.code, info.value.details
 
@@ -26,28 +27,28 @@ def code_of(fn: Any, *args: Any) -> tuple[int, str]:
 @pytest.mark.parametrize("missing", ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])
 def test_each_missing_env_variable_is_code_4_naming_it(missing: str) -> None:
     env = {k: v for k, v in BASE_ENV.items() if k != missing}
-    assert code_of(sp.parse_env, env) == (4, f"required env variables [{missing}] missing")
-    assert code_of(sp.parse_env, {**env, missing: ""})[0] == 4
+    assert code_of(netconf.parse_env, env) == (4, f"required env variables [{missing}] missing")
+    assert code_of(netconf.parse_env, {**env, missing: ""})[0] == 4
 
 
 def test_missing_variables_listed_together_and_cni_path_optional() -> None:
     assert (
-        code_of(sp.parse_env, {"CNI_COMMAND": "ADD"})[1]
+        code_of(netconf.parse_env, {"CNI_COMMAND": "ADD"})[1]
         == "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME] missing"
     )
-    assert sp.parse_env(BASE_ENV).path == ""
-    assert sp.parse_env({"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "a", "CNI_IFNAME": "eth0"}).netns == ""
-    assert code_of(sp.parse_env, {"CNI_COMMAND": "GC"})[1] == "required env variables [CNI_PATH] missing"
-    assert sp.parse_env({"CNI_COMMAND": "STATUS"}).command == "STATUS"
+    assert netconf.parse_env(BASE_ENV).path == ""
+    assert netconf.parse_env({"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "a", "CNI_IFNAME": "eth0"}).netns == ""
+    assert code_of(netconf.parse_env, {"CNI_COMMAND": "GC"})[1] == "required env variables [CNI_PATH] missing"
+    assert netconf.parse_env({"CNI_COMMAND": "STATUS"}).command == "STATUS"
     assert (
-        sp.parse_env({"CNI_COMMAND": "VERSION", "CNI_NETNS": "dummy", "CNI_ARGS": "bogus"}).command
+        netconf.parse_env({"CNI_COMMAND": "VERSION", "CNI_NETNS": "dummy", "CNI_ARGS": "bogus"}).command
         == "VERSION"
     )
 
 
 @pytest.mark.parametrize("command", ["add", "FOO", ""])
 def test_bad_command(command: str) -> None:
-    assert code_of(sp.parse_env, {**BASE_ENV, "CNI_COMMAND": command})[0] == 4
+    assert code_of(netconf.parse_env, {**BASE_ENV, "CNI_COMMAND": command})[0] == 4
 
 
 @pytest.mark.parametrize(
@@ -68,12 +69,14 @@ def test_bad_command(command: str) -> None:
 def test_container_id_rule(cid: str, ok: bool) -> None:
     assert (id_problem(cid) == "") is ok
     if not ok:
-        assert code_of(sp.parse_env, {**BASE_ENV, "CNI_CONTAINERID": cid})[1].startswith("CNI_CONTAINERID:")
+        assert code_of(netconf.parse_env, {**BASE_ENV, "CNI_CONTAINERID": cid})[1].startswith(
+            "CNI_CONTAINERID:"
+        )
 
 
 @pytest.mark.parametrize("name", ["a" * 16, "é" * 8, ".", "..", "a/b", "a:b", "a b", "a\tb", "a\x00b"])
 def test_bad_interface_names(name: str) -> None:
-    code, details = code_of(sp.parse_env, {**BASE_ENV, "CNI_IFNAME": name})
+    code, details = code_of(netconf.parse_env, {**BASE_ENV, "CNI_IFNAME": name})
     assert code == 4 and details.startswith("CNI_IFNAME:")
 
 
@@ -83,24 +86,24 @@ def test_interface_name_limits() -> None:
 
 
 def test_cni_args_parsing() -> None:
-    args = sp.parse_cni_args(
+    args = netconf.parse_cni_args(
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=u;FOO=bar"
     )
     assert (args.pod_namespace, args.pod_name, args.pod_uid, args.infra_container_id) == ("ns", "p", "u", "x")
-    assert sp.parse_cni_args("K8S_POD_NAME=p").pod_uid == ""  # UID optional
-    assert sp.parse_cni_args("IgnoreUnknown=TRUE;X=1").pod_name == ""
-    assert sp.parse_cni_args("").pod_name == ""
+    assert netconf.parse_cni_args("K8S_POD_NAME=p").pod_uid == ""  # UID optional
+    assert netconf.parse_cni_args("IgnoreUnknown=TRUE;X=1").pod_name == ""
+    assert netconf.parse_cni_args("").pod_name == ""
 
 
 @pytest.mark.parametrize(("text", "needle"), [("FOO=bar", "unknown key 'FOO'"), ("IgnoreUnknown=0;FOO=1", "unknown key"), ("a=b=c", "KEY=VALUE"),
                                               ("novalue", "KEY=VALUE"), ("IgnoreUnknown=maybe", "IgnoreUnknown"), ("IgnoreUnknown=1;IP=10.0.0.5", "static IP")])  # fmt: skip
 def test_cni_args_errors(text: str, needle: str) -> None:
-    code, details = code_of(sp.parse_cni_args, text)
+    code, details = code_of(netconf.parse_cni_args, text)
     assert code == 4 and details.startswith("CNI_ARGS:") and needle in details
 
 
 def test_add_needs_pod_identity() -> None:
-    code, details = code_of(sp.parse_env, {**BASE_ENV, "CNI_ARGS": "K8S_POD_NAME=p"})
+    code, details = code_of(netconf.parse_env, {**BASE_ENV, "CNI_ARGS": "K8S_POD_NAME=p"})
     assert code == 4 and "K8S_POD_NAMESPACE" in details and "K8S_POD_NAME " not in details
 
 
@@ -113,7 +116,7 @@ def conf(**over: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("raw", "code"), [(b"", 6), (b"{", 6), (b"[1]", 6), (b"\xff\xfe", 6), (b'{"a":1} x', 6), (b"[" * 100000, 6), (b"{" + b" " * (1 << 20) + b"}", 6),
                                            (b'{"a": NaN}', 6)])  # fmt: skip
 def test_stdin_decoding_errors(raw: bytes, code: int) -> None:
-    assert code_of(sp.decode_config, raw)[0] == code
+    assert code_of(netconf.decode_config, raw)[0] == code
 
 
 @pytest.mark.parametrize(
@@ -146,14 +149,14 @@ def test_stdin_decoding_errors(raw: bytes, code: int) -> None:
 def test_netconf_errors(over: dict[str, Any], code: int, needle: str) -> None:
     raw = conf(**over)
     raw = {k: v for k, v in raw.items() if v is not None}
-    got_code, details = code_of(sp.parse_config, "ADD", raw)
+    got_code, details = code_of(netconf.parse_config, "ADD", raw)
     assert got_code == code and needle in details, details
 
 
 def test_netconf_values_and_defaults() -> None:
-    c = sp.parse_config("ADD", conf(ipam={"type": "spiderpool", "default_ipv4_ippool": ["a", "b"], "default_ipv6_ippool": "c", "clean_gateway": True,
+    c = netconf.parse_config("ADD", conf(ipam={"type": "spiderpool", "default_ipv4_ippool": ["a", "b"], "default_ipv6_ippool": "c", "clean_gateway": True,
                                           "timeout": 2, "log_level": "WARN", "log_file_max_size": 100, "ipam_unix_socket_path": "/x.sock"}, other_top_level_key=1))  # fmt: skip
-    assert c.ipam == sp.IpamConf(
+    assert c.ipam == netconf.IpamConf(
         default_ipv4_ippool=("a", "b"),
         default_ipv6_ippool=("c",),
         clean_gateway=True,
@@ -161,15 +164,15 @@ def test_netconf_values_and_defaults() -> None:
         timeout=2.0,
         log_level="warn",
     )
-    d = sp.parse_config("DEL", conf()).ipam
+    d = netconf.parse_config("DEL", conf()).ipam
     assert (d.socket_path, d.timeout, d.log_level) == ("/run/spiderbgp/agent.sock", 30.0, "info")
 
 
 def test_gc_needs_valid_attachments() -> None:
-    assert code_of(sp.parse_config, "GC", conf(cniVersion="1.1.0"))[0] == 7
+    assert code_of(netconf.parse_config, "GC", conf(cniVersion="1.1.0"))[0] == 7
     bad = conf(cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "a"}]})
-    assert "valid-attachments[0].ifname" in code_of(sp.parse_config, "GC", bad)[1]
-    ok = sp.parse_config(
+    assert "valid-attachments[0].ifname" in code_of(netconf.parse_config, "GC", bad)[1]
+    ok = netconf.parse_config(
         "GC",
         conf(cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}),
     )
@@ -183,7 +186,7 @@ RESPONSE = AddResponse(
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("version", sp.SUPPORTED_VERSIONS)
+@pytest.mark.parametrize("version", netconf.SUPPORTED_VERSIONS)
 def test_render_result_per_version(version: str) -> None:
     out = sp.render_result(RESPONSE, "eth0", version)
     legacy = version < "1"
@@ -221,23 +224,32 @@ def test_version_result_tolerates_anything() -> None:
 
 
 def test_http_response_parsing() -> None:
-    assert sp.parse_http_response(b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"a": 1}', "s") == (
+    assert agent_client.parse_http_response(b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"a": 1}', "s") == (
         200,
         {"a": 1},
     )
-    assert sp.parse_http_response(
+    assert agent_client.parse_http_response(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n", "s"
     ) == (200, [1, 2])
-    assert sp.parse_http_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\n<html>", "s") == (503, None)
-    assert code_of(sp.parse_http_response, b"garbage", "s")[0] == 105
-    assert code_of(sp.parse_http_response, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}", "s")[0] == 105
+    assert agent_client.parse_http_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\n<html>", "s") == (
+        503,
+        None,
+    )
+    assert code_of(agent_client.parse_http_response, b"garbage", "s")[0] == 105
+    assert (
+        code_of(agent_client.parse_http_response, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}", "s")[0]
+        == 105
+    )
 
 
 def test_agent_error_mapping() -> None:
-    assert sp.agent_error(409, {"code": 100, "msg": "no IP available", "details": "pool p"}, "s").code == 100
-    assert sp.agent_error(503, None, "s").code == 11
-    assert sp.agent_error(500, {"unexpected": 1}, "s").code == 11
-    assert sp.agent_error(404, None, "s").code == 105
+    assert (
+        agent_client.agent_error(409, {"code": 100, "msg": "no IP available", "details": "pool p"}, "s").code
+        == 100
+    )
+    assert agent_client.agent_error(503, None, "s").code == 11
+    assert agent_client.agent_error(500, {"unexpected": 1}, "s").code == 11
+    assert agent_client.agent_error(404, None, "s").code == 105
 
 
 json_values = st.recursive(
@@ -249,10 +261,10 @@ json_values = st.recursive(
 
 @given(json_values)
 def test_json_codec_matches_stdlib(value: object) -> None:
-    text = sp.json_dumps(value)
+    text = fastjson.json_dumps(value)
     assert text == json.dumps(value, separators=(",", ":"))
-    assert sp.json_loads(text) == json.loads(text)
-    assert sp.json_loads(json.dumps(value, indent=2)) == json.loads(text)
+    assert fastjson.json_loads(text) == json.loads(text)
+    assert fastjson.json_loads(json.dumps(value, indent=2)) == json.loads(text)
 
 
 @given(st.text(max_size=40))
@@ -261,9 +273,9 @@ def test_json_loads_rejects_what_stdlib_rejects(text: str) -> None:
         expected: object = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     except (ValueError, RecursionError):
         with pytest.raises(ValueError):
-            sp.json_loads(text)
+            fastjson.json_loads(text)
     else:
-        assert sp.json_loads(text) == expected
+        assert fastjson.json_loads(text) == expected
 
 
 ENV_KEYS = ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"]
@@ -273,7 +285,7 @@ ENV_KEYS = ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_AR
 @given(
     env=st.dictionaries(st.sampled_from(ENV_KEYS), st.sampled_from(["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION", "", "eth0", "a=b", "x;y"]) | st.text(max_size=8)),
     stdin=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()) | st.builds(lambda v, i: json.dumps(conf(cniVersion=v, ipam=i)).encode(),
-                                                                                                   st.sampled_from([*sp.SUPPORTED_VERSIONS, "9"]), json_values),
+                                                                                                   st.sampled_from([*netconf.SUPPORTED_VERSIONS, "9"]), json_values),
 )  # fmt: skip
 def test_main_never_tracebacks(env: dict[str, str], stdin: bytes) -> None:
     env = {**env}
