@@ -4,7 +4,7 @@
     apply -f FILE | delete -f FILE | delete KIND NAME [-n NS]
     get pods [-A | -n NS] [-o wide|yaml|json] | get KIND [NAME] [-n NS] [-o yaml|json]
     scale KIND/NAME N | scale NAME N | delete-pod NAME [-n NS] | wait [-n NS] [--timeout S]
-    label node NODE key=value ... | restart agent NODE
+    label node NODE key=value ... | restart agent NODE | restart controller
     vtysh -c CMD | exec HOST -- CMD
 
 ``up`` starts the lab's long-running controller (``lab.controller``); the other verbs only write the
@@ -86,9 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("node")
     q.add_argument("labels", nargs="+")
     q.add_argument("--overwrite", action="store_true")
-    q = sub.add_parser("restart", help="restart agent NODE: stop and start one node's agent")
-    q.add_argument("what", choices=["agent"])
-    q.add_argument("node")
+    q = sub.add_parser("restart", help="restart agent NODE (one node's agent) | restart controller")
+    q.add_argument("what", choices=["agent", "controller"])
+    q.add_argument("node", nargs="?")
     sub.add_parser("down", help="remove every namespace, process and file of the lab")
     sub.add_parser("status", help="namespaces, processes and BGP sessions")
     sub.add_parser("check", help="check the invariants now")
@@ -245,6 +245,11 @@ def _run(args: argparse.Namespace, run_dir: Path, env: Mapping[str, str], out: T
         host_env = lab.node_env(args.host) if args.host in {n.name for n in lab.topo.nodes} else lab.env
         out.flush()
         return subprocess.run(lab.exec_argv(args.host, argv_), env=host_env, check=False).returncode
+    if args.command == "restart" and args.what == "controller":
+        lab.stop_controller()
+        ref = lab.start_controller()
+        print(f"controller restarted (pid {ref.pid})", file=out)
+        return 0
     if args.command == "restart":
         agents = [n.name for n in lab.topo.nodes if n.cmd and not n.is_frr]
         if args.node not in agents:

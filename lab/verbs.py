@@ -29,6 +29,7 @@ __all__ = [
     "delete_pod",
     "format_pods",
     "label_node",
+    "objects",
     "pod_state",
     "scale",
     "unsettled",
@@ -254,6 +255,14 @@ def _workload_unsettled(obj: Obj) -> str | None:
     return None
 
 
+def _orphaned(obj: Obj, live: set[Any]) -> bool:
+    """Its controller owner is gone: the garbage collector is about to delete it."""
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller") and ref.get("kind") in WORKLOAD_KINDS:
+            return ref.get("uid") not in live
+    return False
+
+
 def unsettled(store: Store, namespace: str | None = None) -> tuple[list[str], list[str]]:
     """(what is still moving, pods that cannot run and why).  Settled when the first list is empty."""
     moving: list[str] = []
@@ -264,10 +273,17 @@ def unsettled(store: Store, namespace: str | None = None) -> tuple[list[str], li
         ]
         jobs = store.list("Job", namespace=namespace)
         pods = store.list("Pod", namespace=namespace)
+    live = {
+        o["metadata"].get("uid") for o in [*workloads, *jobs] if not o["metadata"].get("deletionTimestamp")
+    }
     for obj in workloads:
         why = _workload_unsettled(obj)
         if why:
             moving.append(why)
+        elif _orphaned(obj, live):
+            moving.append(
+                f"{obj['kind'].lower()}/{obj['metadata'].get('namespace')}/{obj['metadata']['name']}: owner gone"
+            )
     for job in jobs:
         status = job.get("status") or {}
         if not status.get("completionTime") and not status.get("active"):
@@ -276,7 +292,9 @@ def unsettled(store: Store, namespace: str | None = None) -> tuple[list[str], li
         meta = pod["metadata"]
         ref = f"pod/{meta.get('namespace')}/{meta['name']}"
         state = pod_state(pod)
-        if state.reason:
+        if _orphaned(pod, live):
+            moving.append(f"{ref}: owner gone, to be deleted")
+        elif state.reason:
             failing.append(f"{ref} {state.status}: {state.reason}")
         elif state.status == "Terminating" or not (is_terminal(pod) or is_pod_ready(pod)):
             moving.append(f"{ref}: {state.status}")

@@ -151,8 +151,10 @@ def _owner_ref(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller, when that is one of the lab's workload kinds (the lab
+    collects nothing that a controller it does not run owns)."""
     for ref in _meta(obj).get("ownerReferences") or []:
-        if isinstance(ref, Mapping) and ref.get("controller"):
+        if isinstance(ref, Mapping) and ref.get("controller") and ref.get("kind") in WORKLOAD_KINDS:
             return str(ref.get("uid") or "")
     return None
 

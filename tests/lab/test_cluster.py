@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -460,4 +461,37 @@ def test_a_pending_pod_states_the_real_cause(cluster: Cluster) -> None:
     running = [p for n, p in pods(c, "default").items() if n.startswith("greedy-")]
     assert len(running) == 2 and all(ip_of(p).startswith("10.250.0.") for p in running)
     scale(c.store, "greedy", 0)
+    assert wait_settled(c.store, timeout=120) == []
+
+
+def test_a_restarted_controller_picks_up_where_the_last_one_stopped(cluster: Cluster) -> None:
+    c = cluster
+    apply_file(c.store, MANIFESTS / "tiny-pool.yaml")
+    scale(c.store, "crowded", 2)
+    scale(c.store, "keeper", 2)
+    assert wait_settled(c.store, namespace="default", timeout=120) == []
+    before = {n: ip_of(p) for n, p in pods(c, "default").items()}
+    old = c.lab.controller
+    assert old is not None
+    old.signal(signal.SIGKILL)
+    wait_until(lambda: not old.alive(), timeout=10, what="the controller to die")
+    # pods keep running and being served without a controller
+    assert_invariants(c)
+    delete_pod(c.store, "keeper-0")  # nobody acts on it until a controller runs again
+    assert "controller restarted" in c.cli("restart", "controller").stdout
+    wait_until(
+        lambda: (
+            not (pods(c, "default").get("keeper-0") or {"metadata": {"deletionTimestamp": "x"}})[
+                "metadata"
+            ].get("deletionTimestamp")
+            and ip_of(pods(c, "default")["keeper-0"]) == before["keeper-0"]
+        ),
+        timeout=60,
+        what="keeper-0 torn down and re-created by the new controller",
+    )
+    assert wait_settled(c.store, namespace="default", timeout=120) == []
+    assert {n: ip_of(p) for n, p in pods(c, "default").items()} == before
+    assert_invariants(c)
+    scale(c.store, "crowded", 0)
+    scale(c.store, "keeper", 0)
     assert wait_settled(c.store, timeout=120) == []
