@@ -21,6 +21,7 @@ __all__ = [
     "PoolFull",
     "StoreError",
     "StoreUnavailable",
+    "WouldBlock",
 ]
 
 
@@ -54,6 +55,13 @@ class Conflict(StoreError):
 
 class Gone(StoreError):
     """A watch asked for a revision the store no longer keeps (HTTP 410): re-list, then watch again."""
+
+
+class WouldBlock(Exception):
+    """A call in group-commit mode (``IpamService.grouped``) would have waited: for another writer
+    of the store, or for the back-off before a retry.  It raised this before writing anything, so the
+    caller can make the same call again where waiting is fine.  Not an IpamError: it never reaches a
+    user."""
 
 
 class StoreUnavailable(StoreError):

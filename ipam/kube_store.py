@@ -65,7 +65,7 @@ from ipam.kube_api import DEFAULT_RETRY, Backoff, KubeApi, WatchStream
 from ipam.kube_informer import Informer
 from ipam.model import PoolIPAllocation, decode_allocated_ips
 from ipam.ranges import canonical_ip
-from ipam.store import Claim, IPRecord, Obj, PoolUsage, WatchEvent
+from ipam.store import Claim, GroupCommit, IPRecord, Obj, PoolUsage, WatchEvent
 
 __all__ = [
     "DEFAULT_MAX_POOL_RECORDS",
@@ -179,6 +179,10 @@ class KubeStore:
         """A store on the API server a ``Configuration`` (or an ``ApiClient``) points at."""
         client = configuration if isinstance(configuration, k8s.ApiClient) else k8s.ApiClient(configuration)
         return cls(KubeApi(client), **kwargs)
+
+    def group_commit(self) -> GroupCommit | None:
+        """None: the API server has no transactions (writes go pool by pool, then the endpoint)."""
+        return None
 
     def close(self) -> None:
         for inf in self._informers.values():

@@ -6,7 +6,9 @@ and re-reading before every attempt (Spiderpool's ``RetryOnConflict`` over an un
 one process a lock per pool serialises allocations from the same pool (Spiderpool's ticket limiter),
 so conflicts only come from other processes or nodes.
 
-The store is synchronous; the agent calls this service from a thread pool.
+The store and this service are synchronous.  With a store that has group commit the agent makes ADD,
+DEL and CHECK on its event loop first, several at a time in ``grouped`` mode (one transaction, no pool
+locks, WouldBlock instead of any wait), and from its thread pool the calls that would wait.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ipam import annotations as an
 from ipam import selection
 from ipam.allocator import free_intervals, lowest_free
 from ipam.autopool import is_auto_pool
-from ipam.errors import AllocationError, AllocationReason, Conflict, NotFound, PoolFull
+from ipam.errors import AllocationError, AllocationReason, Conflict, NotFound, PoolFull, WouldBlock
 from ipam.model import FINALIZER, Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
 from ipam.ranges import IntervalSet, int_to_ip
 from ipam.store import Claim, IPRecord, Obj, Store
@@ -48,7 +50,6 @@ __all__ = [
     "ReleaseRequest",
     "Released",
     "RouteSpec",
-    "WouldBlock",
 ]
 
 NETWORK_ANNOTATION = "spiderbgp.io/network"
@@ -127,12 +128,6 @@ class Released:
     node: str = ""
 
 
-class WouldBlock(Exception):
-    """A call made inside ``IpamService.nonblocking()`` would have waited: for a pool lock another
-    thread holds, or for the back-off before a retry.  It raised this before committing anything, so
-    the caller can make the same call again where waiting is fine."""
-
-
 @dataclass
 class _Locks:
     """One lock per pool name; a request takes the locks of all pools it may touch, in sorted order."""
@@ -140,18 +135,16 @@ class _Locks:
     guard: threading.Lock = field(default_factory=threading.Lock)
     by_pool: dict[str, threading.Lock] = field(default_factory=dict)
 
-    def _acquire(self, name: str, wait: float | None) -> threading.Lock:
+    def _acquire(self, name: str) -> threading.Lock:
         with self.guard:
             lock = self.by_pool.setdefault(name, threading.Lock())
-        if not lock.acquire(timeout=-1 if wait is None else wait):
-            raise WouldBlock(f"pool {name} is being allocated from by another thread")
+        lock.acquire()
         return lock
 
     @contextmanager
-    def hold(self, pools: Sequence[str], *, wait: float | None = None) -> Iterator[None]:
-        """``wait`` None: as long as it takes; otherwise WouldBlock after that many seconds."""
+    def hold(self, pools: Sequence[str]) -> Iterator[None]:
         if len(pools) == 1:  # the usual case, without an ExitStack
-            lock = self._acquire(pools[0], wait)
+            lock = self._acquire(pools[0])
             try:
                 yield
             finally:
@@ -159,7 +152,7 @@ class _Locks:
             return
         with ExitStack() as stack:
             for name in sorted(set(pools)):
-                stack.callback(self._acquire(name, wait).release)
+                stack.callback(self._acquire(name).release)
             yield
 
 
@@ -201,41 +194,40 @@ class IpamService:
         self._rand = rand
         self._on_conflict = on_conflict
         self._locks = _Locks()
-        self._thread = threading.local()  # .nonblocking: inside nonblocking() on this thread
+        self._group = store.group_commit()
+        self._thread = threading.local()  # .grouped: inside grouped() on this thread
         self._parsed: dict[str, tuple[tuple[dict[str, Any], Any], IPPool]] = {}
         self._free_cache: dict[str, tuple[IPPool, IntervalSet, IntervalSet]] = {}
         self._selections: dict[tuple[Any, ...], tuple[tuple[IPPool, ...], selection.Selection]] = {}
 
-    @contextmanager
-    def nonblocking(self, wait: float = 0.0) -> Iterator[None]:
-        """Calls of this thread inside this block raise WouldBlock instead of waiting more than
-        ``wait`` seconds for a pool lock, or of sleeping before a retry (the store's own writer lock is
-        the store's business)."""
-        before = getattr(self._thread, "nonblocking", None)
-        self._thread.nonblocking = max(0.0, wait)
-        try:
-            yield
-        finally:
-            self._thread.nonblocking = before
+    @property
+    def can_group(self) -> bool:
+        """Whether the store has group commit (``ipam.store.GroupCommit``), so ``grouped`` can be used."""
+        return self._group is not None
 
     @contextmanager
-    def serialized_by_store(self) -> Iterator[None]:
-        """Calls of this thread inside this block take no pool locks: the caller holds the store's
-        writer lock across them (``SqliteStore.batch``), so nothing else commits in between, and a
-        thread of this process that read a pool before is refused by the pool's version when it
-        commits (and retries).  Waiting for a pool lock there could deadlock: its holder may be waiting
-        for the writer lock."""
-        before = getattr(self._thread, "unlocked", False)
-        self._thread.unlocked = True
-        try:
-            yield
-        finally:
-            self._thread.unlocked = before
+    def grouped(self, wait: float = 0.0) -> Iterator[None]:
+        """Group-commit mode: the calls this thread makes inside the block share one store transaction
+        (``GroupCommit.batch``) and never wait.  Taking the store's writer lock may wait ``wait``
+        seconds; a call that would wait otherwise (for the back-off before a retry) raises WouldBlock
+        having written nothing, and can be made again outside the block.  The calls take no pool locks:
+        the writer lock, held throughout, keeps every other writer out, and a thread of this process
+        that read a pool before is refused by the pool's version when it commits (and retries).
+        Waiting for a pool lock here could deadlock: its holder may be waiting for the writer lock."""
+        if self._group is None:
+            raise TypeError(f"{type(self.store).__name__} has no group commit")
+        with self._group.batch(wait=wait):
+            before = getattr(self._thread, "grouped", False)
+            self._thread.grouped = True
+            try:
+                yield
+            finally:
+                self._thread.grouped = before
 
     def _hold(self, pools: Sequence[str]) -> AbstractContextManager[None]:
-        if getattr(self._thread, "unlocked", False):
+        if getattr(self._thread, "grouped", False):
             return nullcontext()
-        return self._locks.hold(pools, wait=getattr(self._thread, "nonblocking", None))
+        return self._locks.hold(pools)
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -261,7 +253,7 @@ class IpamService:
                 self._on_conflict()
                 if tries + 1 == self.settings.conflict_retries:
                     break
-                if getattr(self._thread, "nonblocking", None) is not None:
+                if getattr(self._thread, "grouped", False):
                     raise WouldBlock(f"{what}: the store changed; retrying after a back-off") from None
                 self._sleep(delay * (1.0 + 0.1 * self._rand()))
                 delay *= 1.5

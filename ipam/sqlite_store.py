@@ -51,11 +51,11 @@ from typing import Any, Literal
 
 from ipam.admission import check_size, validate_metadata
 from ipam.allocator import SortedPrefix
-from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound, StoreUnavailable
+from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound, StoreUnavailable, WouldBlock
 from ipam.kinds import KindInfo, kind_info
 from ipam.model import FINALIZER
 from ipam.sqlite_schema import connect, ensure_schema
-from ipam.store import Claim, IPRecord, Obj, PoolUsage, WatchEvent
+from ipam.store import Claim, GroupCommit, IPRecord, Obj, PoolUsage, WatchEvent
 
 __all__ = ["SqliteStore", "WriterBusy", "format_timestamp"]
 
@@ -119,9 +119,9 @@ _RENDER_RECORDS = (
 )
 
 
-class WriterBusy(Exception):
-    """A write inside ``SqliteStore.nonblocking_writes()`` found another writer (a thread of this
-    process, or another process) holding the write lock.  Nothing was written."""
+class WriterBusy(WouldBlock):
+    """A write with a bounded ``wait`` (``SqliteStore.batch(wait=...)``) found another writer (a
+    thread of this process, or another process) holding the write lock.  Nothing was written."""
 
 
 def random_uid() -> str:
@@ -560,32 +560,22 @@ class SqliteStore:
         except sqlite3.Error as err:
             raise self._unavailable(err) from err
 
-    @contextmanager
-    def nonblocking_writes(self, wait: float = 0.0) -> Iterator[None]:
-        """Within this block, a write of the calling thread that would wait more than ``wait`` seconds
-        for another writer's lock raises WriterBusy instead (the agent answers short calls on its event
-        loop this way, and hands a call that would wait longer to a thread)."""
-        before = getattr(self._local, "nonblocking", None)
-        self._local.nonblocking = max(0.0, wait)
-        try:
-            yield
-        finally:
-            self._local.nonblocking = before
+    def group_commit(self) -> GroupCommit:
+        return self
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Group commit: the writes this thread makes inside the block share one write transaction,
-        each in a savepoint of its own (a write that fails leaves nothing, the others stand), and become
-        durable together when the block ends.  The writer locks are taken at the start (``WriterBusy``
-        there under ``nonblocking_writes``) and held to the end, so keep the block short: no other
-        writer, of this process or another, commits in between.  An exception out of the block rolls
-        every write back.  Nested blocks join the outer one."""
+    def batch(self, *, wait: float | None = None) -> Iterator[None]:
+        """Group commit (``ipam.store.GroupCommit``): the writes this thread makes inside the block
+        share one write transaction, each in a savepoint of its own, and become durable together when
+        the block ends.  The writer locks are taken at the start (past ``wait`` seconds, when given:
+        ``WriterBusy``, the agent then hands its calls to a thread) and held to the end, so keep the
+        block short: no other writer, of this process or another, commits in between."""
         if getattr(self._local, "batch", None) is not None:
             yield
             return
         pools: set[str] = set()
         try:
-            with self._write() as tx:
+            with self._write(wait) as tx:
                 tx.pools = pools
                 self._local.batch = tx
                 try:
@@ -599,15 +589,17 @@ class SqliteStore:
             raise
 
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
+    def _write(self, wait: float | None = None) -> Iterator[_Tx]:
         """BEGIN IMMEDIATE ... COMMIT; rolls back on any exception so a failed call changes nothing.
-        Inside ``batch()``: a savepoint of the batch's transaction instead."""
+        Inside ``batch()``: a savepoint of the batch's transaction instead.  ``wait``: how long to wait
+        for the writer locks before WriterBusy (None: as long as it takes)."""
         batch: _Tx | None = getattr(self._local, "batch", None)
         if batch is not None:
             yield from self._savepoint(batch)
             return
         conn = self._connection()
-        wait: float | None = getattr(self._local, "nonblocking", None)  # None: wait as long as it takes
+        if wait is not None:
+            wait = max(0.0, wait)
         if not self._write_lock.acquire(timeout=-1 if wait is None else wait):
             raise WriterBusy(f"{self._path}: another thread of this process is writing")
         try:

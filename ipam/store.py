@@ -55,6 +55,7 @@ from typing import Any, Literal, Protocol
 __all__ = [
     "AllocationStore",
     "Claim",
+    "GroupCommit",
     "IPRecord",
     "Obj",
     "ObjectStore",
@@ -199,7 +200,23 @@ class AllocationStore(Protocol):
         part-way leaves records that the IP GC reclaims."""
 
 
+class GroupCommit(Protocol):
+    """An optional capability of a store (``Store.group_commit``): several writes, one commit."""
+
+    def batch(self, *, wait: float | None = None) -> AbstractContextManager[None]:
+        """The writes the calling thread makes inside the block share one transaction, each in a
+        savepoint of its own (a write that fails leaves nothing, the others stand), and become durable
+        together when the block ends; an exception out of the block rolls every write back.  The
+        store's writer lock is held from start to end, so nothing else commits in between.  ``wait``
+        (not None) bounds the wait for that lock: past it, ``ipam.errors.WouldBlock`` and nothing
+        written.  Nested blocks join the outer one."""
+
+
 class Store(ObjectStore, AllocationStore, Protocol):
     """What the IPAM service and the CLI are given: both halves, from one backend."""
+
+    def group_commit(self) -> GroupCommit | None:
+        """This store's group commit, or None when it has none (the Kubernetes API has no
+        transactions)."""
 
     def close(self) -> None: ...

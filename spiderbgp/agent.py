@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,8 +29,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ipam.errors import Conflict, Gone, IpamError, NotFound
-from ipam.service import IpamService, IpamSettings, WouldBlock
-from ipam.sqlite_store import SqliteStore, WriterBusy
+from ipam.service import IpamService, IpamSettings
 from ipam.store import Store
 from spiderbgp.cni_endpoint import CniSocket, SocketInUse, make_app, serve, shutdown
 from spiderbgp.config import AgentConfig
@@ -378,27 +377,6 @@ class Agent:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _inline_calls(self) -> dict[str, Any]:
-        """With the SQLite store, short CNI calls are answered on the event loop (IpamBackend): the
-        service and the store raise instead of waiting, and such a call goes to the thread pool."""
-        store = self.store
-        if not isinstance(store, SqliteStore):
-            return {}
-
-        @contextlib.contextmanager
-        def inline() -> Iterator[None]:
-            # the calls of one loop turn share one write transaction (group commit), which holds the
-            # writer lock throughout: the service takes no pool locks inside it
-            with (
-                store.nonblocking_writes(INLINE_WAIT),
-                store.batch(),
-                self.service.nonblocking(0.0),
-                self.service.serialized_by_store(),
-            ):
-                yield
-
-        return {"inline": inline, "would_block": (WouldBlock, WriterBusy)}
-
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def _serve_cni(self, app: web.Application) -> CniSocket:
@@ -456,7 +434,7 @@ class Agent:
             executor=self.executor,
             events=NodeIpEvents(added=self._ips_added, removed=self._ips_removed),
             ready=self._ready,
-            **self._inline_calls(),
+            inline_wait=INLINE_WAIT,
         )
         runner: CniSocket | None = None
         health_runner: web.AppRunner | None = None

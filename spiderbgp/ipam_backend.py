@@ -1,11 +1,12 @@
 """The CNI endpoint's backend: socket requests (cni.wire) turned into IpamService calls, and back.
 
 The service is synchronous (it talks to SQLite or the API server).  Calls that may take long run in the
-agent's thread pool.  With an ``inline`` context (the agent gives one for the SQLite store) ADD, DEL and
-CHECK are first tried on the event loop itself, where a call that would wait (a lock another thread
-or process holds, a back-off before a retry) raises one of ``would_block`` before writing anything and
-is then made again in the pool: a thread hand-off per request cost more than the call (GIL ping-pong
-around every SQLite statement).  Errors become CNI codes here, in one table.
+agent's thread pool.  When the service's store has group commit (``IpamService.can_group``) and the
+agent gives an ``inline_wait``, ADD, DEL and CHECK are first tried on the event loop itself in the
+service's ``grouped`` mode, where a call that would wait (a writer lock another thread or process
+holds, a back-off before a retry) raises WouldBlock before writing anything and is then made again in
+the pool: a thread hand-off per request cost more than the call (GIL ping-pong around every SQLite
+statement).  Errors become CNI codes here, in one table.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 from cni import wire
-from ipam.errors import AllocationError, AllocationReason, Invalid, IpamError, StoreUnavailable
+from ipam.errors import AllocationError, AllocationReason, Invalid, IpamError, StoreUnavailable, WouldBlock
 from ipam.service import AllocateRequest, Allocation, IpamService, ReleaseRequest
 from spiderbgp.cni_endpoint import BackendError
 
@@ -88,15 +89,17 @@ class IpamBackend:
         executor: Executor,
         events: NodeIpEvents,
         ready: Callable[[], bool] = lambda: True,
-        inline: Callable[[], AbstractContextManager[object]] | None = None,
-        would_block: tuple[type[Exception], ...] = (),
+        inline_wait: float | None = None,
     ) -> None:
+        """``inline_wait`` (not None): try short calls on the event loop in group-commit mode, waiting
+        at most this long for the store's writer lock, when the store can (see the module docstring)."""
         self.service = service
         self._executor = executor
         self._events = events
         self._ready = ready
-        self._inline = inline
-        self._would_block = would_block
+        self._inline = (
+            partial(service.grouped, inline_wait) if inline_wait is not None and service.can_group else None
+        )
         self._queued: list[tuple[Callable[[], object], asyncio.Future[tuple[bool, object]]]] = []
         self._scheduled = False  # a _run_queued is due on the loop
 
@@ -104,8 +107,8 @@ class IpamBackend:
         """``fn`` in the thread pool; with ``inline`` (a call that commits at most once, at its end)
         first on the event loop, as long as it does not have to wait.
 
-        Inline calls are queued and made together on the loop's next turn, inside one ``inline``
-        context (for SQLite: one write transaction, each call in a savepoint of its own), and answered
+        Inline calls are queued and made together on the loop's next turn, inside one ``grouped``
+        block of the service (one write transaction, each call in a savepoint of its own), and answered
         once that context has ended, that is once every write of the group is durable: concurrent ADDs
         and DELs share one commit instead of paying for one each."""
         if inline and self._inline is not None:
@@ -131,7 +134,7 @@ class IpamBackend:
             raise _backend_error(exc, check=check) from None
 
     def _run_queued(self, attempt: int) -> None:
-        """Make every queued inline call inside one ``inline`` context, then settle their futures (a
+        """Make every queued inline call inside one ``grouped`` block, then settle their futures (a
         call that would wait gets no outcome and is made in the thread pool).  When the context cannot
         start (another process is writing), the group is tried again a little later on the loop, for a
         while, before its calls go to the thread pool."""
@@ -144,11 +147,11 @@ class IpamBackend:
                 for fn, _ in queued:
                     try:
                         outcomes.append((True, fn()))
-                    except self._would_block:
+                    except WouldBlock:
                         outcomes.append((False, None))
                     except Exception as exc:  # handed to its caller, which maps it to a CNI code
                         outcomes.append((False, exc))
-        except self._would_block:
+        except WouldBlock:
             if attempt < _GROUP_RETRIES:
                 self._queued[:0] = queued
                 if not self._scheduled:

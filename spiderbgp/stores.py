@@ -50,8 +50,7 @@ def open_store(
 
 
 def transaction(store: Store) -> Callable[[], AbstractContextManager[None]] | None:
-    """What makes several writes one commit on ``store``: the SQLite store's ``batch``; None for the
-    Kubernetes API, which has no transactions."""
-    from ipam.sqlite_store import SqliteStore
-
-    return store.batch if isinstance(store, SqliteStore) else None
+    """What makes several writes one commit on ``store``: its group commit's ``batch``; None for a
+    store without one (the Kubernetes API has no transactions)."""
+    group = store.group_commit()
+    return group.batch if group is not None else None
