@@ -4,7 +4,8 @@
 
 Runs inside the lab's client namespace (it only ever sends to the pod addresses it is given, which
 live in the lab's namespaces).  TARGETS.json holds ``{"ip": "pod name", ...}`` and is read again
-whenever it changes, so pods can come and go while it runs.  Every request is one JSON line
+whenever it changes, so pods can come and go while it runs; a new target is also asked every 0.1 s
+until its first answer (for up to 10 s), so the time to a new pod's first answer is measured to that.  Every request is one JSON line
 ``{"t": start (unix time), "ip": ..., "pod": expected name, "ok": bool, "got": answer or error,
 "ms": latency}``; a request fails when it gets no answer within ``--timeout`` or the wrong pod
 answers.  Prints ``ready`` once it sends; stops on SIGTERM/SIGINT or after ``--duration`` seconds,
@@ -29,7 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["Record", "Summary", "main", "read_records", "summarize"]
+__all__ = ["Record", "Summary", "main", "read_records", "run", "summarize"]
+
+FRESH_EVERY = 0.1  # seconds between two requests to a target that has not answered yet
+FRESH_FOR = 10.0  # ... for at most this long after it appeared in the list
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,11 @@ def run(
     lock = threading.Lock()
     table = _Targets(targets)
     sent = 0
+    # a target new in the list is asked every FRESH_EVERY s (besides its turn in the round robin)
+    # until it first answers, so its first answer is timed to that, not to the round robin's period
+    known: set[str] = set()
+    fresh: dict[str, float] = {}  # ip -> when it appeared
+    answered: set[str] = set()
 
     def one(ip: str, pod: str) -> None:
         started = time.time()
@@ -161,6 +170,8 @@ def run(
         with lock:
             out.write(line + "\n")
             out.flush()
+            if ok:
+                answered.add(ip)
 
     interval = 1.0 / rate
     deadline = time.monotonic() + duration
@@ -168,9 +179,27 @@ def run(
     with ThreadPoolExecutor(max_workers=max(8, int(rate * timeout * 2) + 4)) as pool:
         print("ready", flush=True)
         next_at = time.monotonic()
+        next_fresh = 0.0
         i = 0
         while not stop.is_set() and time.monotonic() < deadline:
             table.refresh()
+            now = time.monotonic()
+            for ip, _pod in table.items:
+                if ip not in known:
+                    known.add(ip)
+                    fresh[ip] = now
+            with lock:
+                done = {ip for ip in fresh if ip in answered or now - fresh[ip] > FRESH_FOR}
+                answered.clear()
+            for ip in done:
+                fresh.pop(ip, None)
+            if fresh and now >= next_fresh:
+                names = dict(table.items)
+                for ip in fresh:
+                    if ip in names:
+                        pool.submit(one, ip, names[ip])
+                        sent += 1
+                next_fresh = now + FRESH_EVERY
             if table.items:
                 ip, pod = table.items[i % len(table.items)]
                 i += 1
