@@ -1,11 +1,10 @@
-"""The agent's CNI endpoint: HTTP/1.1 + JSON over a unix socket, schema in ``cni.wire``.
+"""The agent's CNI endpoint: HTTP/1.1 + JSON over a unix socket (schema ``cni.wire``).  This module
+holds the connections, the listening socket and its limits; ``spiderbgp.cni_app`` the calls and the
+aiohttp application, ``spiderbgp.cni_http`` the short path's HTTP parsing.
 
-``make_app(backend)`` builds the aiohttp application; ``serve(app, socket_path)`` binds it (parent
-directory created 0700, a stale socket removed, the socket chmod 0600) and returns a ``CniSocket``;
-``shutdown(socket)`` stops accepting, lets in-flight requests finish and removes the socket file.
-Every answer is JSON: the ``cni.wire`` response of the call, or an ``ErrorResponse`` carrying a CNI
-error code (the plugin prints that code to the runtime).  A bad body is a 400 naming the field; a
-backend failure never leaks a traceback into the response.
+``serve(make_app(backend), socket_path)`` binds the socket (``spiderbgp.unix_socket`` prepares its
+path; the socket is chmod 0600) and returns a ``CniSocket``; ``shutdown(socket)`` stops accepting,
+lets in-flight requests finish and removes the socket file.
 
 The CNI calls themselves take a short path: a connection starts on ``_FastConnection``, which answers
 a well-formed ``POST`` of a CNI call with a Content-Length body (and ``GET`` of STATUS) by itself, with
@@ -27,23 +26,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import resource
 import socket
 import stat
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
-import httptools
 from aiohttp import web
 
-from cni import wire, wire_agent
+from cni import wire
+from spiderbgp.cni_app import (
+    _BACKEND,
+    _BODY_TIMEOUT,
+    _OBSERVER,
+    BackendError,
+    CniBackend,
+    RequestObserver,
+    SocketLimits,
+    _answer,
+    _dumps,
+    _error_body,
+    make_app,
+)
+from spiderbgp.cni_http import _MAX_HEAD, Refusal, _Call, _response, parse_call
+from spiderbgp.unix_socket import SocketInUse, prepare_socket_path
 
 __all__ = [
     "BackendError",
@@ -59,413 +68,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# (operation, CNI code or 0 for success, seconds): the agent wires this to its Prometheus metrics.
-RequestObserver = Callable[[str, int, float], None]
-
-
-@dataclass(frozen=True)
-class SocketLimits:
-    """Bounds on the socket's clients.  At ``max_connections`` (lowered to half the process's
-    descriptor limit) a new connection closes the connection idle longest, or is turned away with a
-    503 when none is idle.  A connection with no request in progress closes after ``idle_timeout``; a
-    request's head must arrive within ``header_timeout`` of its first byte and its body within
-    ``body_timeout`` of its head (else 408), however slowly the bytes trickle in."""
-
-    max_connections: int = 512
-    idle_timeout: float = 60.0
-    header_timeout: float = 10.0
-    body_timeout: float = 10.0
-
-
-class BackendError(Exception):
-    """A failure the backend reports to the plugin: a CNI ``code``, a short ``msg``, the ``details``
-    line, and the HTTP status of the answer (5xx only for conditions the plugin should retry)."""
-
-    def __init__(self, code: int, msg: str = "", details: str = "", http_status: int = 500) -> None:
-        self.code = code
-        self.msg = msg or wire.ERROR_MESSAGES.get(code, "error")
-        self.details = details
-        self.http_status = http_status
-        super().__init__(details or self.msg)
-
-
-class CniBackend(Protocol):
-    """What the endpoint calls; the agent's IPAM service implements it.  Each method answers only
-    once its effect is durable.  DEL/GC of anything unknown succeed."""
-
-    async def add(self, request: wire.AddRequest) -> wire.AddResponse: ...
-
-    async def delete(self, request: wire.DelRequest) -> None: ...
-
-    async def check(self, request: wire.CheckRequest) -> None: ...
-
-    async def gc(self, request: wire.GcRequest) -> wire.GcResult: ...
-
-    async def status(self, request: wire.StatusRequest) -> None: ...
-
-    async def healthy(self) -> bool: ...
-
-    async def ready(self) -> bool: ...
-
-
-_BACKEND = web.AppKey("backend", CniBackend)
-_OBSERVER = web.AppKey("observer", object)  # RequestObserver | None (AppKey needs a runtime type)
-_BODY_TIMEOUT = web.AppKey("body_timeout", float)  # SocketLimits.body_timeout, set by serve()
-
-# operation -> (method, path)
-_CALLS = {
-    "add": ("POST", wire.PATH_ADD),
-    "del": ("POST", wire.PATH_DEL),
-    "check": ("POST", wire.PATH_CHECK),
-    "gc": ("POST", wire.PATH_GC),
-    "status": ("GET", wire.PATH_STATUS),
-}
-_OK = {"apiVersion": wire.API_VERSION}
-_STATUS_OK = {"apiVersion": wire.API_VERSION, "status": "ok"}
-
-
-def _dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _error_body(code: int, details: str = "", msg: str = "") -> dict[str, Any]:
-    body = wire.ErrorResponse(code=code, msg=msg or wire.ERROR_MESSAGES.get(code, "error"), details=details)
-    return wire_agent.error_response_json(body)
-
-
-def _error(http_status: int, code: int, details: str = "", msg: str = "") -> web.Response:
-    return web.json_response(_error_body(code, details, msg), status=http_status)
-
-
-class _BadRequest(Exception):
-    def __init__(self, details: str, http_status: int = 400) -> None:
-        super().__init__(details)
-        self.details, self.http_status = details, http_status
-
-
-def _parse_json(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as err:
-        raise _BadRequest(f"request body: not JSON ({str(err)[:120]})") from None
-
-
-async def _call(backend: CniBackend, operation: str, payload: object) -> dict[str, Any]:
-    """One CNI call: ``payload`` is the decoded JSON body (the query pairs for STATUS)."""
-    try:
-        if operation == "add":
-            return wire_agent.add_response_json(
-                await backend.add(wire_agent.read_request(wire.AddRequest, payload))
-            )
-        if operation == "del":
-            await backend.delete(wire_agent.read_request(wire.DelRequest, payload))
-            return _OK
-        if operation == "check":
-            await backend.check(wire_agent.read_request(wire.CheckRequest, payload))
-            return _OK
-        if operation == "gc":
-            return wire_agent.gc_result_json(
-                await backend.gc(wire_agent.read_request(wire.GcRequest, payload))
-            )
-        await backend.status(wire_agent.read_status_query(payload))  # type: ignore[arg-type]
-        return _STATUS_OK
-    except ValueError as err:  # the wire schema names the field; the backend raises BackendError
-        raise _BadRequest(str(err)) from None
-
-
-async def _answer(
-    backend: CniBackend,
-    observer: RequestObserver | None,
-    operation: str,
-    request: bytes | list[tuple[str, str]] | _BadRequest,
-) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, JSON body) of one CNI call, told to ``observer``.  ``request`` is the body (the
-    query pairs for STATUS), or why it could not be read."""
-    started = time.perf_counter()
-    code = 0
-    try:
-        if isinstance(request, _BadRequest):
-            raise request
-        payload = request if isinstance(request, list) else _parse_json(request)
-        return 200, await _call(backend, operation, payload)
-    except _BadRequest as err:
-        code = wire.CODE_BAD_REQUEST
-        return err.http_status, _error_body(code, err.details)
-    except BackendError as err:
-        code = err.code
-        return err.http_status, _error_body(err.code, err.details, err.msg)
-    except Exception as err:
-        code = wire.CODE_AGENT_INTERNAL
-        log.exception("CNI %s failed", operation)
-        return 500, _error_body(code, f"{operation}: {type(err).__name__} (see the agent log)")
-    finally:
-        if observer is not None:
-            observer(operation, code, time.perf_counter() - started)
-
-
-# -- the aiohttp application (every connection the short path hands over) ----------------------------
-
-
-async def _read_body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > wire.MAX_BODY_BYTES:
-        raise _BadRequest(f"request body: {request.content_length} bytes is over {wire.MAX_BODY_BYTES}", 413)
-    timeout = request.app.get(_BODY_TIMEOUT, SocketLimits.body_timeout)
-    try:
-        return await asyncio.wait_for(request.read(), timeout)
-    except web.HTTPRequestEntityTooLarge:
-        raise _BadRequest(f"request body: over {wire.MAX_BODY_BYTES} bytes", 413) from None
-    except TimeoutError:
-        raise _BadRequest(f"request timeout: the body did not arrive within {timeout:g}s", 408) from None
-
-
-def _handler(operation: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handle(request: web.Request) -> web.Response:
-        observer = request.app[_OBSERVER]
-        body: bytes | list[tuple[str, str]] | _BadRequest
-        if operation == "status":
-            body = list(request.query.items())
-        else:
-            try:
-                body = await _read_body(request)
-            except _BadRequest as err:
-                body = err
-        status, answer = await _answer(
-            request.app[_BACKEND], observer if callable(observer) else None, operation, body
-        )
-        return web.Response(body=_dumps(answer), status=status, content_type="application/json")
-
-    return handle
-
-
-def _probe(name: str, attr: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handler(request: web.Request) -> web.Response:
-        backend = request.app[_BACKEND]
-        try:
-            ok = await getattr(backend, attr)()
-        except Exception:
-            log.exception("%s probe failed", name)
-            ok = False
-        if ok:
-            return web.json_response(_STATUS_OK)
-        return _error(503, wire.CODE_UNAVAILABLE, f"agent is not {name}")
-
-    return handler
-
-
-@web.middleware
-async def _json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 answers become ErrorResponse JSON too."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = wire.CODE_AGENT_INTERNAL if exc.status >= 500 else wire.CODE_BAD_REQUEST
-        return _error(exc.status, code, f"{request.method} {request.path}: {exc.reason}")
-
-
-def make_app(backend: CniBackend, *, metrics: RequestObserver | None = None) -> web.Application:
-    """The CNI endpoint application over ``backend``; ``metrics`` is told every call's outcome."""
-    app = web.Application(client_max_size=wire.MAX_BODY_BYTES, middlewares=[_json_errors])
-    app[_BACKEND] = backend
-    app[_OBSERVER] = metrics
-    for operation, (method, path) in _CALLS.items():
-        app.router.add_route(method, path, _handler(operation))
-    app.router.add_get(wire.PATH_HEALTHZ, _probe("healthy", "healthy"))
-    app.router.add_get(wire.PATH_READYZ, _probe("ready", "ready"))
-    return app
-
-
-# -- the short path ------------------------------------------------------------------------------------
-
-_ROUTES = {(m.encode(), p.encode()): op for op, (m, p) in _CALLS.items()}
-_MAX_HEAD = 16 * 1024  # a head longer than this, or not complete by then, goes to aiohttp
 _MAX_PENDING = wire.MAX_BODY_BYTES + _MAX_HEAD  # bytes read ahead while a call is answered
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
-            409: b"Conflict", 413: b"Payload Too Large", 422: b"Unprocessable Entity", 431: b"Request Header Fields Too Large",
-            500: b"Internal Server Error", 501: b"Not Implemented", 503: b"Service Unavailable",
-            505: b"HTTP Version Not Supported"}  # fmt: skip
 _LINGER = 2.0  # seconds a refused connection is read on (and dropped) before it is closed
 _BACKLOG = 128
 _ACCEPT_PAUSE = 0.1  # seconds the socket is not accepted from after running out of descriptors
 _LOG_INTERVAL = 10.0  # at most one accept-error line this often
 # a connection's phases: what its deadline bounds
 _IDLE, _HEAD, _BODY, _BUSY, _REFUSED, _CLOSED = range(6)
-
-
-class _Partial:
-    """A request not all there yet: ``needed`` is the size it will have once complete (0 while its
-    head is incomplete)."""
-
-    __slots__ = ("needed",)
-
-    def __init__(self, needed: int) -> None:
-        self.needed = needed
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Partial) and other.needed == self.needed
-
-    def __repr__(self) -> str:
-        return f"_Partial({self.needed})"
-
-
-_HEAD_INCOMPLETE = _Partial(0)
-
-
-class Refusal:
-    """A request the agent answers with an error and then closes the connection: malformed HTTP, a
-    head too long, a request cut short or too slow (``status``, the one-line ``details``)."""
-
-    __slots__ = ("details", "status")
-
-    def __init__(self, status: int, details: str) -> None:
-        self.status, self.details = status, details
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Refusal) and (self.status, self.details) == (other.status, other.details)
-
-    def __repr__(self) -> str:
-        return f"Refusal({self.status}, {self.details!r})"
-
-    def response(self) -> bytes:
-        return _response(self.status, _error_body(wire.CODE_BAD_REQUEST, self.details), True)
-
-
-def _malformed(data: bytes | bytearray, err: httptools.HttpParserError) -> Refusal:
-    """What to answer a request llhttp could not parse: 501 for a method it does not know in an
-    otherwise HTTP/1.x request line, 505 for another protocol version (HTTP/2's preface included),
-    else 400; the details carry llhttp's one-line reason."""
-    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    first = bytes(data[:200]).split(b"\r\n", 1)[0].split(b" ")
-    if (
-        isinstance(err, httptools.HttpParserInvalidMethodError)
-        and len(first) == 3
-        and first[2].startswith(b"HTTP/1.")
-    ):
-        method = first[0].decode("latin-1")
-        return Refusal(501, f"malformed HTTP request: method {method[:40]!r} is not implemented")
-    if reason in ("Pause on PRI/Upgrade", "Invalid HTTP version"):
-        return Refusal(505, f"malformed HTTP request: {reason} (the agent speaks HTTP/1.1)")
-    return Refusal(400, f"malformed HTTP request: {reason}")
-
-
-class _Call:
-    """One request the short path answers."""
-
-    __slots__ = ("body", "close", "operation", "query", "size")
-
-    def __init__(self, operation: str, query: bytes, body: bytes, close: bool, size: int) -> None:
-        self.operation, self.query, self.body, self.close, self.size = operation, query, body, close, size
-
-
-class _Stop(Exception):
-    """Raised from a parser callback to stop at the end of the first request (or at its head)."""
-
-
-class _Request:
-    """The first request of a buffer as httptools' parser reports it (callbacks of its protocol)."""
-
-    __slots__ = (
-        "body",
-        "complete",
-        "content_length",
-        "headers_done",
-        "operation",
-        "parser",
-        "query",
-        "reject",
-        "url",
-    )
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.body: list[bytes] = []
-        self.operation = ""
-        self.query = b""
-        self.content_length = -1
-        self.headers_done = False
-        self.complete = False
-        self.reject = False
-        self.parser = httptools.HttpRequestParser(self)
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name in (b"transfer-encoding", b"expect", b"upgrade"):
-            self.reject = True
-        elif name == b"content-length":
-            self.content_length = int(value)  # llhttp has checked that it is one valid number
-
-    def on_headers_complete(self) -> None:
-        self.headers_done = True
-        path, _, self.query = self.url.partition(b"?")
-        operation = _ROUTES.get((self.parser.get_method(), path))
-        length = self.content_length
-        if (
-            operation is None
-            or self.reject
-            or self.parser.get_http_version() != "1.1"
-            or (self.query and operation != "status")
-            or (operation == "status" and length > 0)
-            or (operation != "status" and not 0 <= length <= wire.MAX_BODY_BYTES)
-        ):
-            self.reject = True
-            raise _Stop
-        self.operation = operation
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        raise _Stop
-
-
-def parse_call(data: bytes | bytearray) -> _Call | _Partial | Refusal | None:
-    """The CNI call at the start of ``data``; a ``_Partial`` when more bytes may make it one; a
-    Refusal for malformed HTTP or a head over 16 KiB; None for a well-formed request the short path
-    does not answer (aiohttp then serves the connection).
-
-    The bytes are parsed by llhttp (``httptools``, the parser uvicorn uses).  Accepted: ``POST <CNI
-    path> HTTP/1.1`` with a Content-Length body (at most MAX_BODY_BYTES) and no Transfer-Encoding,
-    Expect or Upgrade, or ``GET <status path>[?query] HTTP/1.1`` without a body.
-    """
-    request = _Request()
-    try:
-        request.parser.feed_data(bytes(data))
-    except httptools.HttpParserCallbackError:
-        pass  # a _Stop from a callback: the first request, or its head, has been seen
-    except httptools.HttpParserError as err:
-        return _malformed(data, err)
-    if request.headers_done and data.find(b"\r\n\r\n", 0, _MAX_HEAD) < 0:
-        return Refusal(431, f"malformed HTTP request: the head is longer than {_MAX_HEAD} bytes")
-    if request.reject:
-        return None
-    if not request.headers_done:
-        if len(data) <= _MAX_HEAD:
-            return _HEAD_INCOMPLETE
-        return Refusal(431, f"malformed HTTP request: the head is longer than {_MAX_HEAD} bytes")
-    # llhttp accepted the request with CRLF line ends and a Content-Length: it ends that many bytes
-    # after the blank line that ends its head, where the next request on the connection starts
-    if not request.complete:
-        return _Partial(data.find(b"\r\n\r\n") + 4 + request.content_length)
-    body = b"".join(request.body)
-    size = data.find(b"\r\n\r\n") + 4 + len(body)
-    return _Call(request.operation, request.query, body, not request.parser.should_keep_alive(), size)
-
-
-def _response(status: int, body: dict[str, Any], close: bool) -> bytes:
-    payload = _dumps(body)
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" % (
-        status,
-        _REASONS.get(status, b"Error"),
-        len(payload),
-    )
-    return head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + payload
 
 
 class _FastConnection(asyncio.Protocol):
@@ -967,33 +576,6 @@ class CniSocket:
                 os.unlink(self.path)
 
 
-class SocketInUse(Exception):
-    """Another live process answers on the socket path (one line, names the path)."""
-
-
-def _prepare_socket_path(socket_path: str) -> None:
-    path = Path(socket_path)
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True)
-        os.chmod(path.parent, 0o700)  # mkdir's mode is subject to the umask
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SocketInUse(f"agent socket {socket_path}: exists and is not a socket; refusing to remove it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(socket_path)
-    except OSError:
-        path.unlink(missing_ok=True)  # stale: nobody listens
-    else:
-        raise SocketInUse(f"agent socket {socket_path}: another process is listening on it")
-    finally:
-        probe.close()
-
-
 async def serve(
     app: web.Application,
     socket_path: str,
@@ -1014,7 +596,7 @@ async def serve(
         if soft == resource.RLIM_INFINITY
         else min(limits.max_connections, max(soft // 2, 1))
     )
-    _prepare_socket_path(socket_path)
+    prepare_socket_path(socket_path)
     app[_BODY_TIMEOUT] = limits.body_timeout
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()

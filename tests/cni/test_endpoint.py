@@ -21,18 +21,16 @@ import pytest
 
 from cni import wire, wire_agent
 from ipam.service import IpamService
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from spiderbgp.agent import INLINE_WAIT
 from spiderbgp.cni_endpoint import (
     CniSocket,
-    Refusal,
     SocketInUse,
-    _Partial,
     make_app,
-    parse_call,
     serve,
     shutdown,
 )
+from spiderbgp.cni_http import Refusal, _Partial, parse_call
 from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
 
 from .conftest import NAMESPACE, NODE, Cluster, records, write_lock
