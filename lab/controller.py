@@ -40,8 +40,9 @@ from typing import Any
 
 from ipam.errors import AlreadyExists, Conflict, IpamError, NotFound
 from ipam.kinds import KINDS
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
+from ipam.store.sqlite import SqliteStore
 from lab.build import CONTROLLER_READY, Lab, LabError
 from lab.events import auto_pool_reason
 from lab.kubelet import CniError, Kubelet, PodRuntime, SharedPodServer, http_status
@@ -406,6 +407,11 @@ class Controller:
     def _failed(self, pod: Obj, message: str, code: int | None) -> None:
         key, uid = _key(pod), str(pod["metadata"].get("uid") or "")
         now = self.clock()
+        if code == CNI_TRY_AGAIN and AUTO_POOL_MISSING in message:
+            # "try again later" for an auto pool: say so at once when the pool cannot be made at all
+            reason = auto_pool_reason(self.store, pod)
+            if reason is not None:
+                message, code = f"{reason} ({message})", None
         with self.lock:
             old = self.failures.get(key)
             if old is not None and old.uid != uid:
@@ -417,15 +423,12 @@ class Controller:
             else:
                 delay = min(BACKOFF_START * 2 ** (attempts - 1), BACKOFF_MAX)
             self.failures[key] = _Failure(uid, attempts, now + delay, message, since)
-        if code == CNI_TRY_AGAIN and AUTO_POOL_MISSING in message:
-            # "try again later" for an auto pool: say so at once when the pool cannot be made at all
-            reason = auto_pool_reason(self.store, pod)
-            if reason is not None:
-                message, code = f"{reason} ({message})", None
         if old is None or old.message != message:
             self.log(f"pod/{key}: {message} (retrying with backoff)")
         if code == CNI_TRY_AGAIN and now - since < TRY_AGAIN_QUIET:
             return
+        if (pod.get("status") or {}).get("message") == message:
+            return  # already shown: a write per retry would only wake every reader
         containers = (pod.get("spec") or {}).get("containers") or [{"name": "app"}]
         self._write_status(
             pod,
