@@ -193,7 +193,8 @@ class Traffic:
         self.set_targets(targets)
         lab = cluster.lab
         argv = [sys.executable, "-m", "lab.traffic", "--targets", str(self.targets), "--out", str(self.out)]
-        argv += ["--rate", str(rate), "--duration", "900"]
+        # 2 s: a slow answer on a loaded machine is not a lost request; a missing route fails at once
+        argv += ["--rate", str(rate), "--duration", "900", "--timeout", "2"]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
         self.proc = lab.sandbox.popen(lab.ns(lab.client), argv, cwd=REPO, env=env)
         wait_until(lambda: len(read_records(self.out)) >= 5, timeout=30, interval=0.05, what="traffic")
