@@ -20,6 +20,8 @@ from cni.wire import (
     MAX_BODY_BYTES,
     Attachment,
     _Record,
+)
+from cni.wire_rules import (
     id_problem,
     interface_name_problem,
 )

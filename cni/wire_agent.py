@@ -30,11 +30,13 @@ from cni.wire import (
     Route,
     StatusRequest,
     _api_version,
+    _Request,
+)
+from cni.wire_rules import (
     _cidr,
     _kind,
     _list,
     _obj,
-    _Request,
     _shown,
     _str,
     _str_list,

@@ -24,7 +24,7 @@ import cni
 
 PLUGIN_NAME = "spiderpool"
 # The modules of the installed program, in the order they are put in it; the last one runs main.
-PLUGIN_MODULES = ("wire", "fastjson", "netconf", "agent_client", "spiderpool")
+PLUGIN_MODULES = ("wire_rules", "wire", "fastjson", "netconf", "agent_client", "spiderpool")
 # The bytes a triple-quoted literal without escapes cannot hold (NUL, CR, quote, backslash).
 _UNSAFE = b'\x00\r"\\'
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from cni import agent_client, fastjson, netconf
 from cni import spiderpool as sp
-from cni.wire import AddResponse, IPConfig, Route, id_problem, interface_name_problem
+from cni.wire import AddResponse, IPConfig, Route
+from cni.wire_rules import id_problem, interface_name_problem
 
 BASE_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
             "CNI_ARGS": "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p"}  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cni import wire, wire_agent
+from cni import wire, wire_agent, wire_rules
 
 names = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789-."), min_size=1, max_size=20)
 v4 = st.ip_addresses(v=4).map(str)
@@ -211,13 +211,15 @@ def test_status_query_fields_follow_the_same_rules() -> None:
 def test_the_longest_valid_identifiers_pass() -> None:
     body = {
         **ADD,
-        "containerID": "c" * wire.MAX_ID_LENGTH,
+        "containerID": "c" * wire_rules.MAX_ID_LENGTH,
         "ifName": "e" * 15,
         "podName": ".".join(["a" * 63] * 3) + ".b",
     }
-    assert wire_agent.read_request(wire.AddRequest, body).container_id == "c" * wire.MAX_ID_LENGTH
+    assert wire_agent.read_request(wire.AddRequest, body).container_id == "c" * wire_rules.MAX_ID_LENGTH
     with pytest.raises(ValueError, match="longer than 256"):
-        wire_agent.read_request(wire.AddRequest, {**body, "containerID": "c" * (wire.MAX_ID_LENGTH + 1)})
+        wire_agent.read_request(
+            wire.AddRequest, {**body, "containerID": "c" * (wire_rules.MAX_ID_LENGTH + 1)}
+        )
 
 
 def test_the_agents_answers_read_back_on_the_plugins_side() -> None:
