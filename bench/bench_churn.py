@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.verdict import Comparison, at_most, report
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from lab.build import REPO_ROOT, SEED_TOPOLOGY, Lab
 from lab.invariants import check_invariants
 from lab.netns import list_netns

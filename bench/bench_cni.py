@@ -55,7 +55,7 @@ from bench.verdict import Comparison, at_least, report, within
 from cni import wire
 from cni.agent_client import Transport, parse_http_response, response_length
 from ipam import admin
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from spiderbgp.plugin_package import render_plugin_file
 
 HOST_LOCAL = Path("/usr/lib/cni/host-local")

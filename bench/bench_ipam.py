@@ -43,9 +43,9 @@ from ipam.allocator import free_intervals, lowest_free
 from ipam.kinds import SPIDER_API
 from ipam.model import Endpoint, IPPool, NicAllocation
 from ipam.ranges import IntervalSet, int_to_ip
+from ipam.records import Claim, Obj
 from ipam.service import AllocateRequest, IpamService, ReleaseRequest
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Claim, Obj
+from ipam.store.sqlite import SqliteStore
 
 SEED_POOL = Path(__file__).resolve().parent.parent / "configs" / "nginx-ippool-v4.yaml"
 NAMESPACE = "bench"

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 from bench.verdict import Comparison, at_least, at_most, report
 from ipam.errors import AllocationError
-from ipam.kube_store import KubeStore
+from ipam.records import Obj
 from ipam.service import AllocateRequest, IpamService, IpamSettings
-from ipam.store import Obj
+from ipam.store.kube import KubeStore
 from tests.kube_emulator import KubeEmulator
 
 SPIDER = "spiderpool.spidernet.io/v2beta1"

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import verdict
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from lab.build import REPO_ROOT, Lab
 from lab.invariants import fetch_pages
 from lab.netns import NETNS_DIR, list_netns

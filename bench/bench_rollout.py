@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from bench import verdict
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from lab.build import Lab
 from lab.frr import wait_until
 from lab.netns import run

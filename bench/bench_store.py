@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.verdict import Comparison, at_least, at_most, report
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Claim, Obj
+from ipam.records import Claim, Obj
+from ipam.store.sqlite import SqliteStore
 
 FIRSTS = {"fill": ipaddress.ip_address("10.128.0.1"), "fill-ep": ipaddress.ip_address("10.160.0.1")}
 WINDOW = 1000

@@ -25,7 +25,8 @@ from ipam.kinds import KINDS, KindInfo, kind_info, resolve_kind
 from ipam.model import FINALIZER, IPPool, Subnet
 from ipam.pool_controller import finish_terminating, owned_pools
 from ipam.ranges import total_ip_count
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
 
 __all__ = [
     "ApplyOutcome",
@@ -400,7 +401,7 @@ def delete_object(
     cascade_namespace: bool = True,
 ) -> str:
     """Delete an object as ``kubectl delete`` does: the store removes it, or keeps it terminating while
-    finalizers hold it (``ipam.store``).  A SpiderIPPool carries Spiderpool's finalizer, so one that
+    finalizers hold it (``ipam.store.protocol``).  A SpiderIPPool carries Spiderpool's finalizer, so one that
     still holds allocations stays, terminating: its pods keep their IPs, no new IP comes from it, and
     the pool controller removes it once the last is released.  What Spiderpool's controller does for an
     empty pool or a subnet (drop the finalizer) is done here at once, so deleting an unused pool

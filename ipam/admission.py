@@ -46,7 +46,7 @@ from ipam.ranges import (
     parse_cidr,
     total_ip_count,
 )
-from ipam.store import Obj
+from ipam.records import Obj
 
 __all__ = [
     "MAX_ANNOTATIONS_BYTES",

@@ -9,72 +9,14 @@ IPv6 /64 pool costs what a /30 costs.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
-from typing import overload
+from collections.abc import Sequence
 
 from ipam.model import IPPool
 from ipam.ranges import IntervalSet
+from ipam.records import SortedPrefix
 
-__all__ = ["SortedPrefix", "free_intervals", "lowest_free"]
-
-
-class SortedPrefix(Sequence[int]):
-    """A read-only view of the first ``length`` items of an ascending list of addresses.
-
-    A store's usage cache hands these out and only ever appends to a list it has handed out (other
-    changes build a new list), so a view stays a consistent snapshot without copying.
-    :func:`lowest_free` searches the list itself (in C) instead of going through ``__getitem__``."""
-
-    __slots__ = ("_items", "_length")
-
-    def __init__(self, items: list[int], length: int) -> None:
-        self._items = items
-        self._length = length
-
-    @property
-    def items(self) -> list[int]:
-        """The backing list: only its first ``len(self)`` items belong to this view."""
-        return self._items
-
-    def __len__(self) -> int:
-        return self._length
-
-    @overload
-    def __getitem__(self, index: int) -> int: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[int]: ...
-
-    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
-        if isinstance(index, slice):
-            return tuple(self._items[: self._length][index])
-        if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
-            raise IndexError("index out of range")
-        return self._items[index]
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(self._items, self._length)
-
-    def __contains__(self, value: object) -> bool:
-        if not isinstance(value, int):
-            return False
-        i = bisect.bisect_left(self._items, value, 0, self._length)
-        return i < self._length and self._items[i] == value
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(other) == self._length and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"SortedPrefix({list(self)!r})"
+__all__ = ["free_intervals", "lowest_free"]
 
 
 def free_intervals(pool: IPPool, reserved: IntervalSet) -> IntervalSet:

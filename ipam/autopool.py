@@ -19,7 +19,7 @@ from ipam.errors import IpamError
 from ipam.kinds import SPIDER_API
 from ipam.model import FINALIZER, LABEL_IPPOOL_CIDR, LABEL_OWNER_SUBNET, IPPool, PreAllocation, Subnet
 from ipam.ranges import Family, Interval, IntervalSet, canonical_cidr, cidr_label_value
-from ipam.store import Obj
+from ipam.records import Obj
 from ipam.workload import TopController
 
 __all__ = [

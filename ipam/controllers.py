@@ -20,7 +20,7 @@ from ipam.gc import GarbageCollector, Released
 from ipam.gc_policy import GCSettings
 from ipam.owner_gc import OwnerGC
 from ipam.pool_controller import PoolController, ReconcileReport
-from ipam.store import Store
+from ipam.store.protocol import Store
 from ipam.subnet_controller import APP_KINDS, SubnetController
 
 __all__ = [

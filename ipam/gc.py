@@ -24,7 +24,8 @@ import netaddr
 
 from ipam.errors import Conflict, IpamError, NotFound
 from ipam.gc_policy import Decision, EndpointInfo, GCSettings, StatefulSetState, decide
-from ipam.store import IPRecord, Obj, Store, WatchEvent
+from ipam.records import IPRecord, Obj, WatchEvent
+from ipam.store.protocol import Store
 from ipam.workload import PodInfo, statefulset_ordinal
 
 __all__ = ["GarbageCollector", "Released", "node_ready_from_obj"]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ipam.store import IPRecord
+from ipam.records import IPRecord
 from ipam.workload import PodInfo, ordinal_in_range, statefulset_size
 
 __all__ = [

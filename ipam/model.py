@@ -1,6 +1,6 @@
 """The Spiderpool v2beta1 objects as frozen dataclasses, parsed from the store's dict objects.
 
-``from_obj`` turns a Kubernetes-shaped dict (see ``ipam.store.Obj``) into a typed value and raises
+``from_obj`` turns a Kubernetes-shaped dict (see ``ipam.records.Obj``) into a typed value and raises
 ``ipam.errors.Invalid`` naming the object and the field when something cannot be parsed (a bad
 address, a range of the wrong family, a field of the wrong type).  Rules that relate fields to each
 other or to other objects (canonical subnet, ranges inside the subnet, gateway, overlaps, in-use IPs)

@@ -36,7 +36,8 @@ from ipam.errors import Conflict, Invalid, IpamError, NotFound
 from ipam.kinds import SPIDER_API
 from ipam.model import FINALIZER
 from ipam.pool_controller import ReconcileReport
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
 from ipam.workload import OwnerRef
 
 __all__ = [

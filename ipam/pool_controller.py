@@ -32,7 +32,8 @@ from ipam.autopool import LABEL_APP_GV, LABEL_APP_KIND, LABEL_APP_NAME, LABEL_AP
 from ipam.errors import Conflict, Invalid, IpamError, NotFound
 from ipam.model import FINALIZER, IPPool, PreAllocation, Subnet, encode_controlled_pools
 from ipam.ranges import canonical_cidr, total_ip_count
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
 
 __all__ = [
     "PoolController",

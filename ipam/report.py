@@ -8,7 +8,8 @@ from dataclasses import replace
 from ipam.errors import AllocationError, Invalid, NotFound
 from ipam.model import Endpoint, IPPool, NicAllocation, ReservedIP, reserved_set
 from ipam.ranges import canonical_ip, family_of_ip, ip_to_int
-from ipam.store import IPRecord, Obj, Store
+from ipam.records import IPRecord, Obj
+from ipam.store.protocol import Store
 from ipam.workload import PodInfo, is_pod_alive
 
 __all__ = ["check", "find_record", "release_ip", "show_ip", "show_pools"]

@@ -32,7 +32,8 @@ from ipam.autopool import is_auto_pool
 from ipam.errors import AllocationError, AllocationReason, Conflict, NotFound, PoolFull, WouldBlock
 from ipam.model import FINALIZER, Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
 from ipam.ranges import IntervalSet, int_to_ip
-from ipam.store import Claim, IPRecord, Obj, Store
+from ipam.records import Claim, IPRecord, Obj
+from ipam.store.protocol import Store
 from ipam.workload import (
     PodInfo,
     TopController,
@@ -202,7 +203,7 @@ class IpamService:
 
     @property
     def can_group(self) -> bool:
-        """Whether the store has group commit (``ipam.store.GroupCommit``), so ``grouped`` can be used."""
+        """Whether the store has group commit (``ipam.store.protocol.GroupCommit``), so ``grouped`` can be used."""
         return self._group is not None
 
     @contextmanager

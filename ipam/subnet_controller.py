@@ -49,7 +49,8 @@ from ipam.errors import Conflict, Invalid, IpamError, NotFound
 from ipam.model import LABEL_OWNER_SUBNET, IPPool, ReservedIP, Subnet, reserved_set
 from ipam.pool_controller import ReconcileReport, controlled_pools, parse_pools, write_subnet_status
 from ipam.ranges import Family, canonical_cidr
-from ipam.store import Obj, Store, WatchEvent
+from ipam.records import Obj, WatchEvent
+from ipam.store.protocol import Store
 from ipam.workload import TopController
 
 __all__ = [

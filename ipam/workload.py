@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from ipam.errors import Invalid, NotFound
-from ipam.store import Obj
+from ipam.records import Obj
 
 __all__ = [
     "BUILTIN_API_VERSIONS",

@@ -29,7 +29,7 @@ import yaml
 
 from ipam.errors import IpamError
 from ipam.kinds import resolve_kind
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from lab.build import SEED_TOPOLOGY, Lab, LabError, default_run_dir
 from lab.frr import FrrError
 from lab.kubelet import CniError

@@ -17,8 +17,9 @@ from typing import TextIO
 import netaddr
 
 from ipam.errors import IpamError, NotFound
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
+from ipam.store.sqlite import SqliteStore
 from lab.build import REPO_ROOT, STATE_FILE, Lab
 from lab.invariants import check_invariants, fetch_pages, pod_views, route_problems
 from lab.verbs import apply_file, delete_pod, format_pods, scale, wait_settled

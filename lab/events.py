@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from ipam.autopool import AutoPoolError
 from ipam.errors import IpamError, NotFound
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
 from ipam.subnet_controller import SubnetController, app_requests
 from ipam.workload import PodInfo, resolve_top_controller
 

@@ -23,7 +23,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ipam.store import IPRecord, Store
+from ipam.records import IPRecord
+from ipam.store.protocol import Store
 from lab.build import REPO_ROOT, Lab
 from lab.frr import BgpPath
 from lab.kubelet import POD_IFNAME, pod_netns, served_name

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ipam.store import Obj
+from ipam.records import Obj
 from lab.build import Lab
 from lab.netns import Netns, ProcRef, create_netns, delete_netns, kill_procs, pids_in
 from lab.podserver import NodePodServer, PodServerClient, PodServerError

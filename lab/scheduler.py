@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ipam.records import Obj
 from ipam.selectors import LabelSelector, SelectorError
-from ipam.store import Obj
 
 __all__ = [
     "HOSTNAME_LABEL",

@@ -17,7 +17,8 @@ from typing import Any
 from ipam.admin import apply_documents, delete_object, load_documents, object_ref
 from ipam.errors import Conflict, IpamError, NotFound
 from ipam.kinds import kind_info, resolve_kind
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
 from lab.workloads import WORKLOAD_KINDS, is_pod_ready, is_terminal
 
 __all__ = [

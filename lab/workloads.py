@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipam.store import Obj
+from ipam.records import Obj
 from lab.scheduler import node_fits
 
 __all__ = [

@@ -30,7 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ipam.errors import Conflict, Gone, IpamError, NotFound
 from ipam.service import IpamService, IpamSettings
-from ipam.store import Store
+from ipam.store.protocol import Store
 from spiderbgp.cni_endpoint import CniSocket, SocketInUse, make_app, serve, shutdown
 from spiderbgp.config import AgentConfig
 from spiderbgp.fields import ConfigError

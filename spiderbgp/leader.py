@@ -1,7 +1,7 @@
 """Leader election over a ``coordination.k8s.io/v1`` Lease, through the object store only.
 
 The controllers that must run once per cluster (IP GC, SpiderSubnet auto-pools, pool status) run in
-the agent that holds the Lease.  The election uses nothing but ``ipam.store.ObjectStore`` (get, create,
+the agent that holds the Lease.  The election uses nothing but ``ipam.store.protocol.ObjectStore`` (get, create,
 update with a resourceVersion precondition), so it works on the API server (``KubeStore``) and on the
 embedded SQLite store alike: several agents on one host elect one the same way nodes of a cluster do.
 
@@ -33,7 +33,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from ipam.errors import AlreadyExists, Conflict, IpamError, NotFound
-from ipam.store import Obj, ObjectStore
+from ipam.records import Obj
+from ipam.store.protocol import ObjectStore
 
 __all__ = [
     "Clock",

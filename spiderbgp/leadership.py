@@ -19,7 +19,8 @@ from collections.abc import Callable
 from ipam.controllers import APP_KINDS, LeaderControllers
 from ipam.errors import Gone, IpamError
 from ipam.gc_policy import GCSettings
-from ipam.store import Store, WatchEvent
+from ipam.records import WatchEvent
+from ipam.store.protocol import Store
 from spiderbgp.config import IpamConfig
 from spiderbgp.leader import ElectionConfig, LeaderElector
 

@@ -14,7 +14,7 @@ import netaddr
 
 from ipam.errors import IpamError
 from ipam.model import Endpoint
-from ipam.store import Obj, WatchEvent
+from ipam.records import Obj, WatchEvent
 
 __all__ = ["Delta", "NodeAddresses"]
 

@@ -19,7 +19,7 @@ import netaddr
 
 from ipam.errors import IpamError
 from ipam.model import Endpoint
-from ipam.store import Obj, WatchEvent
+from ipam.records import Obj, WatchEvent
 
 __all__ = ["ReadyAddresses", "pod_is_ready"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ipam.kinds import KindInfo
-from ipam.store import Obj
+from ipam.records import Obj
 
 __all__ = ["Column", "columns_for", "format_age", "render_objects", "render_table"]
 

@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ipam.errors import StoreUnavailable
-from ipam.store import Store
+from ipam.store.protocol import Store
 
 __all__ = ["KUBERNETES", "open_store", "transaction"]
 
@@ -31,14 +31,14 @@ def open_store(
     a SQLite path that does not exist is refused instead of created, so a mistyped ``--store`` is an
     error rather than an empty store."""
     if spec == KUBERNETES:
-        from ipam.kube_store import DEFAULT_MAX_POOL_RECORDS, KubeStore, load_configuration
+        from ipam.store.kube import DEFAULT_MAX_POOL_RECORDS, KubeStore, load_configuration
 
         return KubeStore.connect(
             load_configuration(kubeconfig),
             cached_kinds=cached_kinds,
             max_pool_records=max_pool_records or DEFAULT_MAX_POOL_RECORDS,
         )
-    from ipam.sqlite_store import SqliteStore
+    from ipam.store.sqlite import SqliteStore
 
     path = Path(spec).expanduser()
     if not create and not path.exists():

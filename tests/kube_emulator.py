@@ -2,7 +2,7 @@
 
 This is the project's only stand-in for a real component.  No API server can run on these machines
 (Debian ships no ``kube-apiserver`` and nothing can be downloaded), so the Kubernetes backend of the
-object store (``ipam.kube_store``) is tested against this emulator, over real HTTP, through the official
+object store (``ipam.store.kube``) is tested against this emulator, over real HTTP, through the official
 ``kubernetes`` client.  Everything else in the test suite runs real components.
 
 It implements, with the API server's semantics, what the backend relies on:

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from ipam.sqlite_store import SqliteStore
-from ipam.store import IPRecord, Obj
+from ipam.records import IPRecord, Obj
+from ipam.store.sqlite import SqliteStore
 
 BIN = Path(sys.executable).parent
 SPIDERBGP = str(BIN / "spiderbgp")

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from lab.frr import wait_until
 from lab.netns import run
 from tests.agent.conftest import SPIDERBGP, Plugin, added_ip, namespace_doc, pod_doc, pool_doc

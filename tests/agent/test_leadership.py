@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from spiderbgp.config import GcConfig, IpamConfig
 from spiderbgp.leadership import ControllerThread
 

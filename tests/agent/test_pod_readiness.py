@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ipam.store import Obj, WatchEvent
+from ipam.records import Obj, WatchEvent
 from spiderbgp.pod_readiness import ReadyAddresses, pod_is_ready
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Obj
+from ipam.records import Obj
+from ipam.store.sqlite import SqliteStore
 from tests.agent.conftest import (
     POOL,
     AgentFactory,

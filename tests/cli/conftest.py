@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from spiderbgp.cli import main
 from tests.service.world import dump
 

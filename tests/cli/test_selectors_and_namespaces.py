@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ipam.store import Obj
+from ipam.records import Obj
 from tests.cli.conftest import Run, open_db
 
 

@@ -27,9 +27,9 @@ import pytest
 
 from ipam import admin
 from ipam.errors import AlreadyExists, NotFound
+from ipam.records import Obj
 from ipam.service import IpamService, IpamSettings
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Obj
+from ipam.store.sqlite import SqliteStore
 from spiderbgp.cni_endpoint import CniSocket, SocketLimits, make_app, serve, shutdown
 from spiderbgp.ipam_backend import IpamBackend, NodeIpEvents
 from spiderbgp.plugin_package import render_plugin_file

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from tests.cni.conftest import Agent, Plugin, cni_env, netconf, pod_env, records, write_lock
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from tests.cni.conftest import Agent, Plugin, Result, cni_env, netconf, pod_env, write_lock
 
 ELSEWHERE = """\

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cni import wire
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from spiderbgp.cni_endpoint import SocketLimits, _RateLimitedLog
 from tests.agent.conftest import AgentProcess, agent_config, eventually, seed
 from tests.cni.conftest import Agent, Plugin, cni_env, netconf

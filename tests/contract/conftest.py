@@ -1,6 +1,6 @@
 """The contract suite's fixtures: every test in tests/contract runs once per backend in ``BACKENDS``.
 
-Tests are written against the ``ipam.store.Store`` Protocol only.  Adding a backend is one line in
+Tests are written against the ``ipam.store.protocol.Store`` Protocol only.  Adding a backend is one line in
 ``BACKENDS``: a name and a factory.  A factory takes a fresh temporary directory and the
 ``BackendOptions`` and returns a context manager that yields an empty store and cleans up everything it
 started when it exits (also when the test failed).
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Store
+from ipam.store.protocol import Store
+from ipam.store.sqlite import SqliteStore
 from tests.kube.backend import kube_backend
 
 

@@ -1,4 +1,4 @@
-"""The AllocationStore contract (ipam.store), run against every backend of conftest.BACKENDS."""
+"""The AllocationStore contract (ipam.store.protocol), run against every backend of conftest.BACKENDS."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipam.errors import Conflict, NotFound
-from ipam.store import Claim, IPRecord, Obj, Store
+from ipam.records import Claim, IPRecord, Obj
+from ipam.store.protocol import Store
 
 SPIDER = "spiderpool.spidernet.io/v2beta1"
 

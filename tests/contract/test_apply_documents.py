@@ -10,7 +10,8 @@ import pytest
 
 from ipam.admin import apply_documents
 from ipam.errors import Invalid
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
 
 SPIDER = "spiderpool.spidernet.io/v2beta1"
 

@@ -1,4 +1,4 @@
-"""The deletion contract (ipam.store): finalizers, terminating objects and graceful pod deletion, the
+"""The deletion contract (ipam.store.protocol): finalizers, terminating objects and graceful pod deletion, the
 API server's rules, held by every backend of conftest.BACKENDS."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from ipam.errors import Conflict, Invalid, NotFound
-from ipam.store import Claim, IPRecord, Obj, Store
+from ipam.records import Claim, IPRecord, Obj
+from ipam.store.protocol import Store
 
 SPIDER = "spiderpool.spidernet.io/v2beta1"
 FINALIZER = "spiderpool.spidernet.io"

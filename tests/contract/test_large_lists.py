@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
 
 
 def pod(name: str) -> Obj:

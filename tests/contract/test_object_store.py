@@ -1,4 +1,4 @@
-"""The ObjectStore contract (ipam.store), run against every backend of conftest.BACKENDS."""
+"""The ObjectStore contract (ipam.store.protocol), run against every backend of conftest.BACKENDS."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound
-from ipam.store import Obj, Store
+from ipam.records import Obj
+from ipam.store.protocol import Store
 
 from .conftest import BackendOptions, MakeStore
 

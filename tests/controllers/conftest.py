@@ -13,8 +13,9 @@ import pytest
 from ipam import admin
 from ipam.kinds import SPIDER_API
 from ipam.model import Endpoint, NicAllocation
-from ipam.sqlite_store import SqliteStore, format_timestamp
-from ipam.store import Claim, IPRecord, Obj, Store
+from ipam.records import Claim, IPRecord, Obj
+from ipam.store.protocol import Store
+from ipam.store.sqlite import SqliteStore, format_timestamp
 from tests.kube.backend import kube_backend
 
 NOW = 1_700_000_000.0

@@ -8,8 +8,8 @@ import pytest
 from ipam.errors import StoreUnavailable
 from ipam.gc import GarbageCollector, Released, node_ready_from_obj
 from ipam.gc_policy import GCSettings
-from ipam.sqlite_store import SqliteStore
-from ipam.store import IPRecord, WatchEvent
+from ipam.records import IPRecord, WatchEvent
+from ipam.store.sqlite import SqliteStore
 from tests.controllers.conftest import Clock, World
 
 POOL = "p1"

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 from ipam.controllers import PoolPass
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Claim, IPRecord
+from ipam.records import Claim, IPRecord
+from ipam.store.sqlite import SqliteStore
 from ipam.subnet_controller import SubnetController
 from spiderbgp.cli import main
 

@@ -21,8 +21,9 @@ from ipam.kinds import SPIDER_API
 from ipam.model import FINALIZER, LABEL_OWNER_SUBNET
 from ipam.owner_gc import OwnerGC
 from ipam.pool_controller import PoolController
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Claim, IPRecord, Obj, Store
+from ipam.records import Claim, IPRecord, Obj
+from ipam.store.protocol import Store
+from ipam.store.sqlite import SqliteStore
 from ipam.subnet_controller import SubnetController
 from tests.controllers.conftest import Clock, World
 from tests.kube.backend import kube_backend

@@ -1,7 +1,7 @@
 """Terminating objects: pods past their grace period and pools deleted while in use, in both stores.
 
 Both backends keep an object that finalizers hold (or a pod deleted with a grace period) with
-``metadata.deletionTimestamp`` set (the API server's rules, ``ipam.store``), so every test here runs
+``metadata.deletionTimestamp`` set (the API server's rules, ``ipam.store.protocol``), so every test here runs
 against the embedded store and the Kubernetes store (on the API emulator).
 """
 
@@ -21,8 +21,9 @@ from ipam.gc_policy import GCSettings
 from ipam.kinds import SPIDER_API
 from ipam.model import FINALIZER
 from ipam.pool_controller import PoolController
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Claim, Store
+from ipam.records import Claim
+from ipam.store.protocol import Store
+from ipam.store.sqlite import SqliteStore
 from ipam.workload import parse_timestamp
 from tests.controllers.conftest import Clock, World
 from tests.kube.backend import kube_backend

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from ipam.kube_store import KubeStore
-from ipam.store import Store
+from ipam.store.kube import KubeStore
+from ipam.store.protocol import Store
 from tests.kube_emulator import KubeEmulator
 
 __all__ = ["kube_backend"]

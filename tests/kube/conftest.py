@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ipam.kube_store import KubeStore
+from ipam.store.kube import KubeStore
 from tests.kube_emulator import KubeEmulator, kube_emulator
 
 __all__ = ["kube_emulator", "kube_store", "store_factory"]

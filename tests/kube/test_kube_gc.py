@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from ipam.kinds import kind_info
-from ipam.kube_api import resource_path
-from ipam.kube_store import KubeStore
 from ipam.model import FINALIZER
 from ipam.service import AllocateRequest, IpamService, IpamSettings, ReleaseRequest
+from ipam.store.kube import KubeStore
+from ipam.store.kube_api import resource_path
 from tests.kube_emulator import KubeEmulator
 
 SPIDER = "spiderpool.spidernet.io/v2beta1"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ipam.kube_store import KubeStore
-from ipam.sqlite_store import SqliteStore
-from ipam.store import ObjectStore
+from ipam.store.kube import KubeStore
+from ipam.store.protocol import ObjectStore
+from ipam.store.sqlite import SqliteStore
 from spiderbgp.leader import (
     ElectionConfig,
     LeaderElector,

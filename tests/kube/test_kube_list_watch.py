@@ -14,9 +14,9 @@ from kubernetes import client as k8s
 
 from ipam.errors import Gone
 from ipam.kinds import kind_info
-from ipam.kube_api import KubeApi, resource_path
-from ipam.kube_informer import Informer
-from ipam.kube_store import KubeStore
+from ipam.store.kube import KubeStore
+from ipam.store.kube_api import KubeApi, resource_path
+from ipam.store.kube_informer import Informer
 from tests.kube_emulator import KubeEmulator
 
 SPIDER = "spiderpool.spidernet.io/v2beta1"

@@ -19,8 +19,8 @@ import yaml
 
 from bgp_speaker.config import parse_bgp_config
 from ipam.kinds import kind_info
-from ipam.kube_store import DEFAULT_MAX_POOL_RECORDS
 from ipam.model import Endpoint, NicAllocation, Route
+from ipam.store.kube import DEFAULT_MAX_POOL_RECORDS
 from spiderbgp.config import parse_agent_config
 from tests.kube.emulator.manifests import agent_user
 from tests.kube.emulator.rbac import Attributes, Authorizer

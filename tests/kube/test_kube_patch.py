@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ipam.kinds import kind_info
-from ipam.kube_api import resource_path
+from ipam.store.kube_api import resource_path
 from tests.kube_emulator import KubeEmulator
 
 SPIDER = "spiderpool.spidernet.io/v2beta1"

@@ -12,9 +12,9 @@ import threading
 from collections.abc import Callable
 
 from ipam.errors import AllocationError
-from ipam.kube_store import KubeStore
+from ipam.records import Obj
 from ipam.service import AllocateRequest, Allocation, IpamService, IpamSettings, ReleaseRequest
-from ipam.store import Obj
+from ipam.store.kube import KubeStore
 from tests.kube_emulator import KubeEmulator
 
 MakeStore = Callable[..., KubeStore]

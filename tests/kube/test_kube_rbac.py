@@ -10,10 +10,10 @@ import pytest
 
 from ipam.errors import StoreError
 from ipam.kinds import kind_info
-from ipam.kube_api import resource_path
-from ipam.kube_store import KubeStore
 from ipam.model import FINALIZER
 from ipam.pool_controller import finish_terminating
+from ipam.store.kube import KubeStore
+from ipam.store.kube_api import resource_path
 from spiderbgp.node_condition import with_network_condition
 from tests.kube.emulator.manifests import agent_user, base_objects
 from tests.kube.emulator.rbac import ANONYMOUS, Attributes, Authorizer, User, forbidden_message

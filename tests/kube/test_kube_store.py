@@ -14,9 +14,9 @@ import pytest
 
 from ipam.errors import Conflict, NotFound, StoreUnavailable
 from ipam.kinds import kind_info
-from ipam.kube_api import resource_path
-from ipam.kube_store import KubeStore, PoolFull
-from ipam.store import Claim, IPRecord, Obj
+from ipam.records import Claim, IPRecord, Obj
+from ipam.store.kube import KubeStore, PoolFull
+from ipam.store.kube_api import resource_path
 from tests.kube_emulator import KubeEmulator, parse_label_selector
 
 SPIDER = "spiderpool.spidernet.io/v2beta1"

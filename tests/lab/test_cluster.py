@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from lab.build import REPO_ROOT, Lab
 from lab.frr import wait_until
 from lab.invariants import check_invariants, fetch_pages

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bgp_speaker.kernel import NetlinkRouteSource, RouteChange, RoutesByLink, RouteTable
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from lab import cni_hostroute as hostroute
 from lab.build import Lab
 from lab.frr import wait_until

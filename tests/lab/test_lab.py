@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from lab.build import REPO_ROOT, SEED_TOPOLOGY, Lab
 from lab.demo import Demo
 from lab.frr import wait_until

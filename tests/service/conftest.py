@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ipam.service import IpamService, IpamSettings
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from tests.kube.backend import kube_backend
 from tests.service.world import World
 

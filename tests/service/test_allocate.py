@@ -10,7 +10,7 @@ import pytest
 
 from ipam.errors import AllocationError
 from ipam.service import AllocatedIP, IpamService, RouteSpec
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from tests.service.conftest import KubeWorld
 from tests.service.world import World
 

@@ -9,7 +9,7 @@ import pytest
 
 from ipam.errors import AllocationError, WouldBlock
 from ipam.service import IpamService
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from spiderbgp.stores import transaction
 from tests.service.conftest import KubeWorld
 from tests.service.test_allocate import ippool

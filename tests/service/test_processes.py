@@ -23,7 +23,7 @@ import pytest
 
 from ipam.report import check
 from ipam.service import AllocateRequest, IpamService
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from tests.service.workers import POOL, Report, allocator
 from tests.service.world import World
 

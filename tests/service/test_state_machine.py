@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from ipam.errors import AllocationError
 from ipam.report import check
 from ipam.service import IpamService, ReleaseRequest
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 from tests.service.world import World
 
 POOL = "sm"

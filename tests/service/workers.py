@@ -10,7 +10,7 @@ from multiprocessing.synchronize import Event
 
 from ipam.errors import AllocationError
 from ipam.service import AllocateRequest, IpamService
-from ipam.sqlite_store import SqliteStore
+from ipam.store.sqlite import SqliteStore
 
 POOL = "storm"
 MAX_TRIES = 200

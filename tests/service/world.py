@@ -12,8 +12,9 @@ from typing import Any
 from ipam.admin import apply_object
 from ipam.errors import NotFound
 from ipam.kinds import KINDS
+from ipam.records import Obj
 from ipam.service import AllocateRequest, ReleaseRequest
-from ipam.store import Obj, Store
+from ipam.store.protocol import Store
 
 SPIDER_API = "spiderpool.spidernet.io/v2beta1"
 HOLD = "sbgp.test/hold"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from ipam.errors import Conflict
-from ipam.sqlite_schema import SCHEMA_VERSION
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Claim, Obj
+from ipam.records import Claim, Obj
+from ipam.store.sqlite import SqliteStore
+from ipam.store.sqlite_schema import SCHEMA_VERSION
 
 SPIDER = "spiderpool.spidernet.io/v2beta1"
 

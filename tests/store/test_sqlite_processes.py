@@ -27,9 +27,10 @@ from typing import Any
 import pytest
 
 from ipam.errors import Conflict
-from ipam.sqlite_schema import connect, ensure_schema
-from ipam.sqlite_store import SqliteStore
-from ipam.store import Claim, Store
+from ipam.records import Claim
+from ipam.store.protocol import Store
+from ipam.store.sqlite import SqliteStore
+from ipam.store.sqlite_schema import connect, ensure_schema
 
 POOL = "storm"
 FIRST = int(ipaddress.ip_address("10.1.0.1"))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ipam.admission import admit, pool_status, validate_metadata
 from ipam.errors import Invalid
 from ipam.model import LABEL_IPPOOL_CIDR, LABEL_OWNER_SUBNET, LABEL_SUBNET_CIDR, IPPool
-from ipam.store import Obj
+from ipam.records import Obj
 
 API = "spiderpool.spidernet.io/v2beta1"
 

@@ -12,7 +12,7 @@ from ipam.admission import admit, adopt, is_owned_by, owner_subnet
 from ipam.errors import Invalid
 from ipam.kinds import SPIDER_API
 from ipam.model import LABEL_OWNER_SUBNET, IPPool, Subnet
-from ipam.store import Obj
+from ipam.records import Obj
 
 GW = "10.6.0.1"
 ROUTES = [{"dst": "172.16.0.0/12", "gw": "10.6.0.2"}]

@@ -9,7 +9,7 @@ import pytest
 
 from ipam.errors import Invalid
 from ipam.gc_policy import Decision, EndpointInfo, GCSettings, StatefulSetState, decide
-from ipam.store import IPRecord
+from ipam.records import IPRecord
 from ipam.workload import (
     OwnerRef,
     PodInfo,

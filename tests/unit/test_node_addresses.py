@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipam.store import Obj, WatchEvent
+from ipam.records import Obj, WatchEvent
 from spiderbgp.node_addresses import NodeAddresses
 
 

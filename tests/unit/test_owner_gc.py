@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ipam.kinds import SPIDER_API
 from ipam.owner_gc import Collect, collect_reason, dependents_of, owner_refs, owner_states, plan
-from ipam.store import Obj
+from ipam.records import Obj
 
 
 def ref(uid: str, kind: str = "SpiderSubnet", name: str = "", api: str = SPIDER_API) -> dict[str, Any]:

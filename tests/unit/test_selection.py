@@ -14,6 +14,7 @@ from ipam import annotations as an
 from ipam import autopool as ap
 from ipam.errors import AllocationError, NotFound
 from ipam.model import IPPool
+from ipam.records import Obj
 from ipam.selection import (
     FamilyCandidates,
     NicRoute,
@@ -24,7 +25,6 @@ from ipam.selection import (
     multus_network_for,
     response_routes,
 )
-from ipam.store import Obj
 from ipam.workload import OwnerRef, PodInfo, TopController, resolve_top_controller
 
 ORPHAN = TopController("v1", "Pod", "default", "p", "pod-uid")

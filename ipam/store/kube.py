@@ -1,8 +1,8 @@
-"""The Kubernetes backend of the object store: ``ipam.store.Store`` on the API server.
+"""The Kubernetes backend of the object store: ``ipam.store.protocol.Store`` on the API server.
 
 Objects are the API server's own: the Spiderpool CRDs (``spiderpool.spidernet.io/v2beta1``), Pods,
 Namespaces, Nodes, workloads and Leases, reached through the official ``kubernetes`` client
-(``ipam.kube_api``).  The API server's optimistic concurrency is what keeps two nodes from handing out
+(``ipam.store.kube_api``).  The API server's optimistic concurrency is what keeps two nodes from handing out
 one IP: every write of a pool carries the resourceVersion it was computed from.
 
 Allocation records live where Spiderpool keeps them, so ``kubectl get sp`` and Spiderpool's own tools
@@ -28,7 +28,7 @@ and the limit) and writes nothing; the allocator then moves on to the next candi
 that needs more IPs than one pool can hold needs more pools (or a SpiderSubnet with auto-pools).
 
 Reads: ``get``/``list`` of the kinds given as ``cached_kinds`` are served from informers (list+watch in
-background threads, ``ipam.kube_informer``) once they are synced; everything on the write path (``usage``,
+background threads, ``ipam.store.kube_informer``) once they are synced; everything on the write path (``usage``,
 ``records``, ``commit``, preconditions) reads the server.
 """
 
@@ -61,11 +61,12 @@ from ipam.errors import (
     StoreUnavailable,
 )
 from ipam.kinds import KindInfo, kind_info
-from ipam.kube_api import DEFAULT_RETRY, Backoff, KubeApi, WatchStream
-from ipam.kube_informer import Informer
 from ipam.model import PoolIPAllocation, decode_allocated_ips
 from ipam.ranges import canonical_ip
-from ipam.store import Claim, GroupCommit, IPRecord, Obj, PoolUsage, WatchEvent
+from ipam.records import Claim, IPRecord, Obj, PoolUsage, WatchEvent
+from ipam.store.kube_api import DEFAULT_RETRY, Backoff, KubeApi, WatchStream
+from ipam.store.kube_informer import Informer
+from ipam.store.protocol import GroupCommit
 
 __all__ = [
     "DEFAULT_MAX_POOL_RECORDS",
@@ -137,7 +138,7 @@ def _canonical(ip: str, pool: str, field: str) -> str:
 
 
 class KubeStore:
-    """``ipam.store.Store`` on a Kubernetes API server."""
+    """``ipam.store.protocol.Store`` on a Kubernetes API server."""
 
     def __init__(
         self,

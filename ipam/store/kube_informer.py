@@ -21,8 +21,8 @@ from typing import Any
 
 from ipam.errors import Gone, StoreError, StoreUnavailable
 from ipam.kinds import KindInfo
-from ipam.kube_api import KubeApi
-from ipam.store import WatchEvent
+from ipam.records import WatchEvent
+from ipam.store.kube_api import KubeApi
 
 __all__ = ["Informer", "rv_newer"]
 

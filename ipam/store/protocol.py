@@ -1,7 +1,9 @@
 """The object-store protocol: Kubernetes-shaped objects, and allocation records beside them.
 
-Two backends implement it: ``ipam.sqlite_store`` (embedded, one machine) and ``ipam.kube_store``
-(the Kubernetes API).  One contract suite (``tests/contract``) runs against both.
+Two backends implement it: ``ipam.store.sqlite`` (embedded, one machine) and ``ipam.store.kube``
+(the Kubernetes API).  The values it passes (``Obj``, ``IPRecord``, ``Claim``, ``PoolUsage``,
+``WatchEvent``) live in ``ipam.records``; the API server's rules both backends follow, as pure
+functions, in ``ipam.apiserver``.  One contract suite (``tests/contract``) runs against both.
 
 Objects are plain JSON-shaped dicts exactly as ``kubectl get -o json`` shows them: ``apiVersion``,
 ``kind``, ``metadata`` (``name``, ``namespace`` for namespaced kinds, ``labels``, ``annotations``,
@@ -49,63 +51,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
-__all__ = [
-    "AllocationStore",
-    "Claim",
-    "GroupCommit",
-    "IPRecord",
-    "Obj",
-    "ObjectStore",
-    "PoolUsage",
-    "Store",
-    "WatchEvent",
-]
+from ipam.records import Claim, IPRecord, Obj, PoolUsage, WatchEvent
 
-Obj = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    type: Literal["ADDED", "MODIFIED", "DELETED"]
-    object: Obj
-    revision: str  # the store revision of this change (resume a watch from here)
-
-
-@dataclass(frozen=True)
-class IPRecord:
-    """One allocated IP of one pool, in Spiderpool's terms ({"pod": "ns/name", "podUid": uid})."""
-
-    pool: str
-    ip: str  # canonical bare address, no prefix length ("10.244.100.90", "fd00::5a")
-    pod: str  # "namespace/name"
-    pod_uid: str
-
-
-@dataclass(frozen=True)
-class PoolUsage:
-    """A consistent snapshot of one pool: its resourceVersion and the IPs allocated in it.
-
-    ``allocated`` is sorted ascending by integer value and holds ``int(netaddr.IPAddress(ip))`` for
-    each record (the pure allocator works on integers).  It is a read-only view: do not mutate it.
-    """
-
-    pool: str
-    resource_version: str
-    allocated: Sequence[int]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """Give ``ip`` of ``pool`` to a pod.  ``pool_version`` is the pool resourceVersion the caller read."""
-
-    pool: str
-    pool_version: str
-    ip: str
-    pod: str  # "namespace/name"
-    pod_uid: str
+__all__ = ["AllocationStore", "GroupCommit", "ObjectStore", "Store"]
 
 
 class ObjectStore(Protocol):

@@ -1,6 +1,6 @@
 """The embedded object store: Kubernetes-shaped objects and allocation records in one SQLite file.
 
-``SqliteStore`` implements ``ipam.store.Store`` (see that module for the contract) for every kind of
+``SqliteStore`` implements ``ipam.store.protocol.Store`` (see that module for the contract) for every kind of
 ``ipam.kinds``.  Design:
 
 - stdlib ``sqlite3`` in WAL mode, a connection per thread (the agent calls the store from a thread
@@ -20,7 +20,7 @@
   both from the rows.  Watch events of SpiderIPPool carry ``allocatedIPCount`` but NOT
   ``allocatedIPs`` (rendering every record into every event would make a fill quadratic): read the
   records with ``get``/``records`` when needed.
-- Deletion has the API server's rules (``ipam.store``): finalizers keep an object, terminating, with
+- Deletion has the API server's rules (``ipam.store.protocol``): finalizers keep an object, terminating, with
   ``metadata.deletionTimestamp``; Pods deleted with a grace period stay until the final delete with
   grace 0; the update that removes the last finalizer of a terminating object removes it; a
   terminating SpiderIPPool takes releases but no claims.
@@ -50,12 +50,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ipam.admission import check_size, validate_metadata
-from ipam.allocator import SortedPrefix
 from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound, StoreUnavailable, WouldBlock
 from ipam.kinds import KindInfo, kind_info
 from ipam.model import FINALIZER
-from ipam.sqlite_schema import connect, ensure_schema
-from ipam.store import Claim, GroupCommit, IPRecord, Obj, PoolUsage, WatchEvent
+from ipam.records import Claim, IPRecord, Obj, PoolUsage, SortedPrefix, WatchEvent
+from ipam.store.protocol import GroupCommit
+from ipam.store.sqlite_schema import connect, ensure_schema
 
 __all__ = ["SqliteStore", "WriterBusy", "format_timestamp"]
 
@@ -375,7 +375,7 @@ def _spec_part(info: KindInfo, obj: Obj) -> dict[str, Any]:
 
 
 class SqliteStore:
-    """``ipam.store.Store`` on one SQLite file, shared safely by threads and processes."""
+    """``ipam.store.protocol.Store`` on one SQLite file, shared safely by threads and processes."""
 
     def __init__(
         self,
@@ -526,7 +526,7 @@ class SqliteStore:
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        """Reads of this thread inside share one read transaction (``ipam.store``): SQLite then takes
+        """Reads of this thread inside share one read transaction (``ipam.store.protocol``): SQLite then takes
         its file locks once, not around every statement.  ``_write_in`` ends it before a write."""
         conn = self._connection()
         if conn.in_transaction:
@@ -565,7 +565,7 @@ class SqliteStore:
 
     @contextmanager
     def batch(self, *, wait: float | None = None) -> Iterator[None]:
-        """Group commit (``ipam.store.GroupCommit``): the writes this thread makes inside the block
+        """Group commit (``ipam.store.protocol.GroupCommit``): the writes this thread makes inside the block
         share one write transaction, each in a savepoint of its own, and become durable together when
         the block ends.  The writer locks are taken at the start (past ``wait`` seconds, when given:
         ``WriterBusy``, the agent then hands its calls to a thread) and held to the end, so keep the
@@ -943,7 +943,7 @@ class SqliteStore:
         resource_version: str | None,
         grace: int | None,
     ) -> None:
-        """DELETE with the API server's rules (``ipam.store``): remove the object, or mark it
+        """DELETE with the API server's rules (``ipam.store.protocol``): remove the object, or mark it
         terminating when finalizers hold it or a pod is given a grace period > 0."""
         found = self._load(tx.conn, info, namespace, name)
         if found is None:
