@@ -315,26 +315,40 @@ def _ordinal(name: str, sts_name: str) -> int | None:
 
 
 def _sync_statefulset(sts: Obj, pods: Sequence[Obj]) -> list[Action]:
+    """Pods ``<name>-0..replicas-1``.  With the default ``podManagementPolicy: OrderedReady`` a pod is
+    created only once every lower ordinal is Ready, and the highest extra one goes first, one at a
+    time; ``Parallel`` creates and deletes them all at once."""
     name = _name(sts)
     replicas = _replicas(sts)
     template = _template(sts)
     labels = dict((template.get("metadata") or {}).get("labels") or {})
+    parallel = (sts.get("spec") or {}).get("podManagementPolicy") == "Parallel"
     mine = _owned(pods, sts)
     by_name = {_name(p): p for p in mine}
     actions: list[Action] = []
-    for pod in mine:
-        ordinal = _ordinal(_name(pod), name)
-        if (ordinal is None or ordinal >= replicas) and not _terminating(pod):
-            actions.append(_pod_delete(pod))
+    extras = sorted(
+        (p for p in mine if not _terminating(p) and (_ordinal(_name(p), name) or 0) >= replicas),
+        key=lambda p: -(_ordinal(_name(p), name) or 0),
+    )
+    extras += [p for p in mine if _ordinal(_name(p), name) is None and not _terminating(p)]
+    if parallel:
+        actions += [_pod_delete(p) for p in extras]
+    elif extras and not any(_terminating(p) for p in mine):
+        actions.append(_pod_delete(extras[0]))
     for ordinal in range(replicas):
         pod_name = f"{name}-{ordinal}"
-        if pod_name not in by_name:  # a terminating one must be gone first: the name is the identity
+        pod = by_name.get(pod_name)
+        if pod is None:  # a terminating one must be gone first: the name is the identity
             pod_labels = {
                 **labels,
                 "statefulset.kubernetes.io/pod-name": pod_name,
                 "apps.kubernetes.io/pod-index": str(ordinal),
             }
             actions.append(Create(_new_pod(pod_name, sts, template, pod_labels)))
+            if not parallel:
+                break
+        elif not parallel and (_terminating(pod) or not is_pod_ready(pod)):
+            break
     return actions + _replica_status(sts, mine)
 
 

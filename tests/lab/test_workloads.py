@@ -158,3 +158,37 @@ def test_pod_states_as_kubectl_shows_them() -> None:
     table = format_pods([failing], now=0.0, wide=True, namespaces=True).splitlines()
     assert table[0].split() == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
     assert table[1].split()[:4] == ["default", "f", "0/1", "ContainerCreating"]
+
+
+def test_statefulset_pods_come_in_order_unless_parallel() -> None:
+    sts: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "default", "uid": "s1"},
+        "spec": {"replicas": 3, "template": {"spec": {}}},
+    }
+    owner = [{"uid": "s1", "controller": True, "kind": "StatefulSet"}]
+
+    def member(ordinal: int, ready: bool) -> dict[str, Any]:
+        p = pod(f"db-{ordinal}")
+        p["metadata"]["ownerReferences"] = owner
+        p["status"]["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+        return p
+
+    def created(objs: list[dict[str, Any]], spec: dict[str, Any] | None = None) -> list[str]:
+        obj = {**sts, "spec": {**sts["spec"], **(spec or {})}}
+        return [
+            a.obj["metadata"]["name"]
+            for a in plan(Cluster({"StatefulSet": [obj], "Pod": objs}), _names())
+            if isinstance(a, Create)
+        ]
+
+    assert created([]) == ["db-0"]
+    assert created([member(0, False)]) == []  # db-1 waits for db-0 to be Ready
+    assert created([member(0, True)]) == ["db-1"]
+    assert created([], {"podManagementPolicy": "Parallel"}) == ["db-0", "db-1", "db-2"]
+    down = {**sts, "spec": {**sts["spec"], "replicas": 1}}
+    actions = plan(
+        Cluster({"StatefulSet": [down], "Pod": [member(0, True), member(1, True), member(2, True)]}), _names()
+    )
+    assert [a for a in actions if isinstance(a, Delete)] == [Delete("Pod", "default", "db-2", 30)]
