@@ -99,12 +99,7 @@ class CniArgs(_Record):
     def __init__(
         self, *, pod_namespace: str = "", pod_name: str = "", pod_uid: str = "", infra_container_id: str = ""
     ) -> None:
-        self._init(
-            pod_namespace=pod_namespace,
-            pod_name=pod_name,
-            pod_uid=pod_uid,
-            infra_container_id=infra_container_id,
-        )
+        self._fill(locals())
 
 
 class Env(_Record):
@@ -128,14 +123,8 @@ class Env(_Record):
         path: str = "",
         args: CniArgs | None = None,
     ) -> None:
-        self._init(
-            command=command,
-            container_id=container_id,
-            netns=netns,
-            if_name=if_name,
-            path=path,
-            args=args or CniArgs(),
-        )
+        args = args or CniArgs()
+        self._fill(locals())
 
 
 class IpamConf(_Record):
@@ -169,15 +158,7 @@ class IpamConf(_Record):
         log_level: str = "info",
         log_file_path: str = "",
     ) -> None:
-        self._init(
-            default_ipv4_ippool=default_ipv4_ippool,
-            default_ipv6_ippool=default_ipv6_ippool,
-            clean_gateway=clean_gateway,
-            socket_path=socket_path,
-            timeout=timeout,
-            log_level=log_level,
-            log_file_path=log_file_path,
-        )
+        self._fill(locals())
 
 
 class NetConf(_Record):
@@ -201,14 +182,8 @@ class NetConf(_Record):
         valid_attachments: tuple[Attachment, ...] | None = None,
         raw: dict[str, Any] | None = None,
     ) -> None:
-        self._init(
-            cni_version=cni_version,
-            name=name,
-            ipam=ipam,
-            prev_result=prev_result,
-            valid_attachments=valid_attachments,
-            raw=raw or {},
-        )
+        raw = raw or {}
+        self._fill(locals())
 
     def __hash__(self) -> int:  # raw/prev_result are dicts
         return hash((self.cni_version, self.name, self.ipam))

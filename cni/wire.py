@@ -121,6 +121,12 @@ class _Record:
         for name, value in fields.items():
             object.__setattr__(self, name, value)
 
+    def _fill(self, values: Mapping[str, Any]) -> None:
+        """Set every slot from ``values``, an ``__init__``'s ``locals()``: each field is written once
+        in the signature, not again as an argument."""
+        for name in self.__slots__:
+            object.__setattr__(self, name, values[name])
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
