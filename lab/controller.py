@@ -164,6 +164,7 @@ class Controller:
         self.probes: dict[str, ProbeTarget] = {}
         self.namespaces: set[str] = set()
         self.doomed: set[str] = set()  # namespaces deleted whose objects are still being removed
+        self.refused: set[str] = set()  # refusals already logged
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -249,6 +250,14 @@ class Controller:
                 self.log(f"{action.kind.lower()}/{action.namespace}/{action.name} deleted")
         except (Conflict, NotFound, AlreadyExists):
             self.wake.set()  # read again and decide again
+        except IpamError as exc:  # refused (a template the store does not take): the others go on
+            self._once(f"{type(action).__name__.lower()} refused: {exc}")
+
+    def _once(self, line: str) -> None:
+        """Log a refusal the first time only (the same pass repeats it until the object changes)."""
+        if line not in self.refused:
+            self.refused.add(line)
+            self.log(line)
 
     def _namespace_cleanup(self, namespaces: Sequence[Obj]) -> None:
         live = {n["metadata"]["name"] for n in namespaces if not n["metadata"].get("deletionTimestamp")}
@@ -286,6 +295,10 @@ class Controller:
                 except (Conflict, NotFound):
                     spec.pop("nodeName", None)
                     self.wake.set()
+                    continue
+                except IpamError as exc:
+                    spec.pop("nodeName", None)
+                    self._once(f"pod/{_key(pod)}: placing it on {where.node} was refused: {exc}")
                     continue
                 if _scheduled_message(pod.get("status") or {}) is not None:  # no longer unschedulable
                     cond = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
