@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from ipam import admin
+from ipam.apiserver import format_timestamp
 from ipam.kinds import SPIDER_API
 from ipam.model import Endpoint, NicAllocation
 from ipam.records import Claim, IPRecord, Obj
 from ipam.store.protocol import Store
-from ipam.store.sqlite import SqliteStore, format_timestamp
+from ipam.store.sqlite import SqliteStore
 from tests.kube.backend import kube_backend
 
 NOW = 1_700_000_000.0

@@ -1,0 +1,352 @@
+"""The allocation records of the embedded store (``PoolRecords``): rows of the ``allocations`` table,
+one per IP keyed by the address, never a rewritten list, so a claim costs O(log n).
+
+- ``usage`` keeps a per-pool sorted list in this instance and brings it up to date from the record
+  changes listed on the pool's watch events, so it costs O(changes since the last call); this
+  instance's own commits advance it directly (``advance``).
+- ``apply`` makes a commit's releases and claims in a write transaction: a claim is conditional on
+  the pool's resourceVersion, and bumps it and the count with ``json_set`` in SQL.  A pool body
+  longer than ``_DELTA_EVENT_MIN`` is not copied into its event: the event holds the merge patch of
+  what changed against the whole-body event it derives from (``sqlite_schema``).
+- ``render``: ``status.allocatedIPs`` in Spiderpool's JSON-string format and ``allocatedIPCount`` of
+  a SpiderIPPool as ``get``/``list`` return it, built by SQLite from the rows and kept per revision.
+"""
+
+from __future__ import annotations
+
+import bisect
+import builtins
+import ipaddress
+import socket
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ipam.errors import Conflict, Invalid, NotFound
+from ipam.records import Claim, IPRecord, Obj, PoolUsage, SortedPrefix
+from ipam.store.sqlite_tx import SqliteFile, Tx
+
+__all__ = ["POOL_KIND", "PoolRecords", "RecordChanges"]
+
+POOL_KIND = "SpiderIPPool"
+# above this many changes since the cached revision, re-read the pool instead of replaying the log
+_REPLAY_LIMIT = 256
+_REPLAY_SCAN_LIMIT = 4096  # revisions of events a replay may scan
+_POOL_STATE = (
+    "SELECT revision, json_extract(body, '$.metadata.deletionTimestamp') IS NOT NULL FROM objects "
+    "WHERE kind = ? AND namespace = '' AND name = ?"
+)
+# a claim's or release's change to its pool: the next revision, as resourceVersion too, and the count
+_POOL_BUMP = (
+    "UPDATE objects SET revision = ?, body = json_set(body, '$.metadata.resourceVersion', ?, "
+    "'$.status.allocatedIPCount', coalesce(json_extract(body, '$.status.allocatedIPCount'), 0) + ?) "
+    "WHERE kind = ? AND namespace = '' AND name = ?"
+)
+# A claim's or release's event.  A pool body longer than _DELTA_EVENT_MIN is not copied into it (a
+# fill would write the body once per claim): when the pool's previous event (the revision before the
+# bump) is still kept, this one names the whole-body event it derives from as ``base`` and holds only
+# the merge patch of what the bump changed (``sqlite_schema``).
+_DELTA_EVENT_MIN = 1024
+_POOL_EVENT = (
+    "INSERT INTO events (revision, kind, namespace, name, type, body, changes, base) "
+    "SELECT ?1, o.kind, o.namespace, o.name, 'MODIFIED', "
+    "CASE WHEN p.revision IS NULL THEN o.body ELSE json_object("
+    "'metadata', json_object('resourceVersion', json_extract(o.body, '$.metadata.resourceVersion')), "
+    "'status', json_object('allocatedIPCount', json_extract(o.body, '$.status.allocatedIPCount'))) END, "
+    "?2, coalesce(p.base, p.revision) "
+    "FROM objects AS o LEFT JOIN events AS p ON p.revision = ?3 AND length(o.body) > ?4 "
+    "WHERE o.kind = ?5 AND o.namespace = '' AND o.name = ?6"
+)
+
+# Spiderpool's allocatedIPs string, {"10.0.0.1":{"pod":"ns/name","podUid":"..."},...}, built by SQLite;
+# the subquery walks the (pool, ip_key) index, so keys come in IP order.
+_RENDER_RECORDS = (
+    "SELECT count(*), json_group_object(ip, json_object('pod', pod, 'podUid', pod_uid)) "
+    "FROM (SELECT ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key)"
+)
+
+
+@dataclass
+class _PoolCache:
+    revision: int
+    items: builtins.list[int]
+
+
+def _apply_changes(cache: _PoolCache, changes: Sequence[tuple[bool, int]], upto: int) -> None:
+    """Apply record additions (True) and removals (False), in order, to a usage cache now at ``upto``."""
+    items = cache.items
+    tail = items[-1] if items else -1
+    appends: builtins.list[int] = []
+    for added, value in changes:
+        if not added or value <= tail:
+            break
+        appends.append(value)
+        tail = value
+    if len(appends) == len(changes):
+        # views handed out earlier cover only a prefix: appending in place keeps them valid
+        items.extend(appends)
+    else:
+        items = builtins.list(items)
+        for added, value in changes:
+            i = bisect.bisect_left(items, value)
+            present = i < len(items) and items[i] == value
+            if added and not present:
+                items.insert(i, value)
+            elif not added and present:
+                del items[i]
+        cache.items = items
+    cache.revision = upto
+
+
+def _canonical_ip(text: str, pool: str, field_name: str) -> tuple[str, int, bytes]:
+    """The canonical text, integer and record key of an address (IPv4 through inet_pton: 4x cheaper
+    per claim).  The key is the address in network byte order, 4 bytes for IPv4 and 16 for IPv6, so
+    it carries the family: ``10.50.0.10`` and the IPv4-compatible ``::a32:a`` never share one."""
+    try:
+        if isinstance(text, str) and ":" not in text:
+            packed = socket.inet_pton(socket.AF_INET, text)
+            return socket.inet_ntop(socket.AF_INET, packed), int.from_bytes(packed, "big"), packed
+        address = ipaddress.ip_address(text)
+    except (OSError, ValueError):
+        raise Invalid(POOL_KIND, pool, field_name, f"{text!r} is not an IP address") from None
+    return str(address), int(address), address.packed
+
+
+@dataclass(frozen=True)
+class RecordChanges:
+    """A commit's releases and claims, checked and with each address's (text, integer, key)."""
+
+    claims: tuple[tuple[Claim, str, int, bytes], ...]
+    releases: tuple[tuple[IPRecord, str, int, bytes], ...]
+
+    @classmethod
+    def of(cls, claims: Sequence[Claim], releases: Sequence[IPRecord]) -> RecordChanges:
+        """Invalid (one line naming the pool) for an address or a pod that is not one."""
+        parsed = tuple((c, *_canonical_ip(c.ip, c.pool, "claim ip")) for c in claims)
+        for claim, *_ in parsed:
+            if claim.pod.count("/") != 1 or not all(claim.pod.split("/")):
+                raise Invalid(POOL_KIND, claim.pool, "claim pod", f'{claim.pod!r} is not "namespace/name"')
+        return cls(parsed, tuple((r, *_canonical_ip(r.ip, r.pool, "release ip")) for r in releases))
+
+
+class PoolRecords:
+    """The allocation records of one store file, and this instance's caches of them."""
+
+    def __init__(self, db: SqliteFile) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+        self._cache: dict[str, _PoolCache] = {}
+        self._rendered: dict[str, tuple[str, int, str | None]] = {}  # pool -> (revision, count, text)
+
+    def render(self, conn: sqlite3.Connection, obj: Obj, *, committed: bool = True) -> Obj:
+        """Add ``status.allocatedIPs`` (Spiderpool's JSON string, keys in IP order, absent when there
+        are no records) and ``allocatedIPCount``, both from the rows, to a stored pool.
+
+        SQLite builds the string (``json_group_object`` over the (pool, ip_key) index, in C); the
+        result is kept per pool revision, so reading pools that did not change costs no rendering.
+        Inside a write transaction (``committed=False``) nothing is cached: the revision could still
+        be rolled back and then be reused."""
+        name = obj["metadata"]["name"]
+        revision = obj["metadata"]["resourceVersion"]
+        with self._lock:
+            cached = self._rendered.get(name)
+        if cached is None or cached[0] != revision:
+            count, text = conn.execute(_RENDER_RECORDS, (name,)).fetchone()
+            cached = (revision, int(count), text if count else None)
+            if committed:
+                with self._lock:
+                    self._rendered[name] = cached
+        status = obj.setdefault("status", {})
+        status["allocatedIPCount"] = cached[1]
+        if cached[2] is None:
+            status.pop("allocatedIPs", None)
+        else:
+            status["allocatedIPs"] = cached[2]
+        return obj
+
+    def usage(self, pool: str) -> PoolUsage:
+        rows = self._db.fetchall(
+            "SELECT revision FROM objects WHERE kind = ? AND namespace = '' AND name = ?", (POOL_KIND, pool)
+        )
+        if rows:
+            with self._lock:
+                cache = self._cache.get(pool)
+                if cache is not None and cache.revision >= rows[0][0]:
+                    # up to date (this instance's commits keep it so): no log to replay
+                    return PoolUsage(pool, str(cache.revision), SortedPrefix(cache.items, len(cache.items)))
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT o.revision, m.compacted FROM objects AS o, meta AS m "
+                "WHERE o.kind = ? AND o.namespace = '' AND o.name = ?",
+                (POOL_KIND, pool),
+            ).fetchone()
+            if row is None:
+                with self._lock:
+                    self._cache.pop(pool, None)
+                raise NotFound(POOL_KIND, pool)
+            pool_rev, compacted = int(row[0]), int(row[1])
+            with self._lock:
+                cache = self._cache.get(pool)
+                if (
+                    cache is not None
+                    and cache.revision < pool_rev
+                    and (cache.revision < compacted or not self._replay(conn, pool, cache, pool_rev))
+                ):
+                    cache = None
+                if cache is None:
+                    items = [
+                        int.from_bytes(key, "big")
+                        for (key,) in conn.execute(
+                            "SELECT ip_key FROM allocations WHERE pool = ? ORDER BY ip_key", (pool,)
+                        )
+                    ]
+                    cache = _PoolCache(pool_rev, items)
+                    self._cache[pool] = cache
+                # a cache newer than this snapshot (another thread refreshed it) is just as consistent
+                return PoolUsage(pool, str(cache.revision), SortedPrefix(cache.items, len(cache.items)))
+
+    def _replay(self, conn: sqlite3.Connection, pool: str, cache: _PoolCache, upto: int) -> bool:
+        """Bring ``cache`` to revision ``upto`` from the pool's events (their ``changes``); False if a
+        reload is cheaper (too many revisions to scan or changes to apply) or needed (the pool was
+        deleted and created again)."""
+        if upto - cache.revision > _REPLAY_SCAN_LIMIT:
+            return False
+        rows = conn.execute(
+            "SELECT type, changes FROM events WHERE revision > ? AND revision <= ? "
+            "AND kind = ? AND namespace = '' AND name = ? ORDER BY revision",
+            (cache.revision, upto, POOL_KIND, pool),
+        ).fetchall()
+        changes: builtins.list[tuple[bool, int]] = []
+        for change, text in rows:
+            if change != "MODIFIED":
+                return False
+            if text:
+                changes.extend((item[0] == "+", int(item[1:])) for item in text.split(","))
+        if len(changes) > _REPLAY_LIMIT:
+            return False
+        _apply_changes(cache, changes, upto)
+        return True
+
+    def advance(self, changes: Mapping[str, tuple[int, int, Sequence[tuple[bool, int]]]]) -> None:
+        """After a commit: bring a pool's usage cache that stood at the pool's revision before the
+        commit to the revision it made, from what the commit changed, so the next ``usage`` of this
+        instance needs no log replay.  A cache at any other revision is left to ``usage``."""
+        with self._lock:
+            for pool, (before, after, applied) in changes.items():
+                cache = self._cache.get(pool)
+                if cache is not None and cache.revision == before:
+                    _apply_changes(cache, applied, after)
+
+    def records(self, pool: str) -> builtins.list[IPRecord]:
+        rows = self._db.fetchall(
+            "SELECT pool, ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key", (pool,)
+        )
+        return [IPRecord(*row) for row in rows]
+
+    def records_of_pod(self, namespace: str, name: str) -> builtins.list[IPRecord]:
+        rows = self._db.fetchall(
+            "SELECT pool, ip, pod, pod_uid FROM allocations WHERE pod = ? ORDER BY pool, ip_key",
+            (f"{namespace}/{name}",),
+        )
+        return [IPRecord(*row) for row in rows]
+
+    def forget(self, pools: set[str]) -> None:
+        """Drop the usage caches of these pools (writes that advanced them were rolled back)."""
+        with self._lock:
+            for pool in pools:
+                self._cache.pop(pool, None)
+
+    @staticmethod
+    def drop_pool(tx: Tx, pool: str) -> None:
+        """The records of a pool being removed go with it (as status.allocatedIPs does in Kubernetes);
+        a usage cache never replays across a pool's DELETED event."""
+        tx.conn.execute("DELETE FROM allocations WHERE pool = ?", (pool,))
+
+    def apply(self, tx: Tx, changes: RecordChanges) -> dict[str, tuple[int, int, Sequence[tuple[bool, int]]]]:
+        """Releases first, then claims, in ``tx``; each pool touched gets one new revision (its
+        resourceVersion and allocatedIPCount bumped in SQL, one MODIFIED event listing the record
+        changes).  Returns what ``advance`` takes once the transaction has committed: pool ->
+        (revision before, revision after, record changes in order)."""
+        # a pool is read and rewritten in SQL (json_extract / json_set): a claim does not pay for
+        # parsing and re-serializing the pool's body in Python
+        loaded: dict[str, tuple[int, bool] | None] = {}  # pool -> (revision before, terminating)
+        touched: dict[str, int] = {}  # pool -> new revision
+        counts: dict[str, int] = {}
+        applied: dict[str, builtins.list[tuple[bool, int]]] = {}  # pool -> record changes, in order
+
+        def stored_pool(pool: str) -> tuple[int, bool] | None:
+            if pool not in loaded:
+                row = tx.conn.execute(_POOL_STATE, (POOL_KIND, pool)).fetchone()
+                loaded[pool] = None if row is None else (int(row[0]), bool(row[1]))
+            return loaded[pool]
+
+        def touch(pool: str) -> int | None:
+            if pool in touched:
+                return touched[pool]
+            if stored_pool(pool) is None:
+                return None
+            touched[pool] = tx.next_revision()
+            counts[pool] = 0
+            applied[pool] = []
+            return touched[pool]
+
+        for claim, *_ in changes.claims:
+            found_pool = stored_pool(claim.pool)
+            if found_pool is None:
+                raise NotFound(POOL_KIND, claim.pool)
+            current = found_pool[0]
+            if found_pool[1]:
+                raise Conflict(
+                    f'{POOL_KIND} "{claim.pool}": metadata.deletionTimestamp: the pool is terminating; '
+                    "no new IPs are allocated from it"
+                )
+            if str(current) != claim.pool_version:
+                raise Conflict(
+                    f'{POOL_KIND} "{claim.pool}": resourceVersion {claim.pool_version} is stale '
+                    f"(now {current}); re-read and retry"
+                )
+        for release, _, value, key in changes.releases:
+            row = tx.conn.execute(
+                "SELECT pool FROM allocations WHERE ip_key = ? AND pool = ? AND pod_uid = ?",
+                (key, release.pool, release.pod_uid),
+            ).fetchone()
+            if row is None:
+                continue  # absent or owned by another UID: a no-op
+            rev = touch(release.pool)
+            if rev is None:
+                continue
+            tx.conn.execute("DELETE FROM allocations WHERE ip_key = ?", (key,))
+            counts[release.pool] -= 1
+            applied[release.pool].append((False, value))
+        for claim, ip, value, key in changes.claims:
+            rev = touch(claim.pool)
+            assert rev is not None  # checked above, inside this transaction
+            try:
+                tx.conn.execute(
+                    "INSERT INTO allocations (ip_key, ip, pool, pod, pod_uid, revision) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, ip, claim.pool, claim.pod, claim.pod_uid, rev),
+                )
+            except sqlite3.IntegrityError:
+                owner = tx.conn.execute(
+                    "SELECT pool, pod FROM allocations WHERE ip_key = ?", (key,)
+                ).fetchone()
+                raise Conflict(
+                    f'{POOL_KIND} "{claim.pool}": {ip} is already allocated'
+                    + (f" (pool {owner[0]}, pod {owner[1]})" if owner else "")
+                ) from None
+            counts[claim.pool] += 1
+            applied[claim.pool].append((True, value))
+        for pool, rev in touched.items():
+            tx.conn.execute(_POOL_BUMP, (rev, str(rev), counts[pool], POOL_KIND, pool))
+            listed = ",".join(f"{'+' if added else '-'}{value}" for added, value in applied[pool])
+            before = loaded[pool]
+            assert before is not None  # touched pools exist
+            tx.conn.execute(_POOL_EVENT, (rev, listed or None, before[0], _DELTA_EVENT_MIN, POOL_KIND, pool))
+        tx.pools.update(touched)
+        return {
+            pool: (found[0], touched[pool], applied[pool])
+            for pool, found in loaded.items()
+            if found is not None and pool in touched
+        }
