@@ -31,7 +31,8 @@ _UNSAFE = b'\x00\r"\\'
 
 def render_source(directory: Path | None = None, modules: tuple[str, ...] = PLUGIN_MODULES) -> str:
     """The installed program: the ``modules`` of ``directory`` (default: the ``cni`` package), whole,
-    one after the other, less their ``from __future__`` imports and their imports of each other.
+    one after the other, less their ``from __future__`` imports, their imports of each other, their
+    type-only ``if TYPE_CHECKING:`` blocks and what repeats a binding an earlier one made verbatim.
     ValueError when a module imports a project module outside ``modules`` (or one after it), a name
     it does not find there, or binds a top-level name an earlier module binds otherwise."""
     folder = directory or Path(cni.__file__).resolve().parent
@@ -44,11 +45,16 @@ def render_source(directory: Path | None = None, modules: tuple[str, ...] = PLUG
         tree = ast.parse(text, str(path))
         drop: set[int] = set()
         for node in tree.body:
-            if _is_future_import(node) or _project_import(node, package, module, bound, modules):
+            names, dump = _top_level_names(node), ast.dump(node)
+            if (
+                _is_future_import(node)
+                or _is_type_only(node)
+                or _project_import(node, package, module, bound, modules)
+                or (names and all(bound.get(name, ("", ""))[1] == dump for name in names))
+            ):  # the last: the very binding an earlier module made (``import sys``), made once
                 drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
                 continue
-            for name in _top_level_names(node):
-                dump = ast.dump(node)
+            for name in names:
                 earlier = bound.get(name)
                 if earlier is not None and earlier[1] != dump:
                     raise ValueError(
@@ -60,6 +66,16 @@ def render_source(directory: Path | None = None, modules: tuple[str, ...] = PLUG
         kept = "".join(line for number, line in enumerate(lines, 1) if number not in drop)
         parts.append(f"# --- {package}/{module}.py ---\n{kept.rstrip()}\n\n\n")
     return "".join(parts).rstrip() + "\n"
+
+
+def _is_type_only(node: ast.stmt) -> bool:
+    """``if TYPE_CHECKING:`` (imports for the type checker, never run: TYPE_CHECKING is False)."""
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Name)
+        and node.test.id == "TYPE_CHECKING"
+        and not node.orelse
+    )
 
 
 def _is_future_import(node: ast.stmt) -> bool:

@@ -97,11 +97,13 @@ def test_the_installed_program_is_whole_modules_without_packaging_or_agent_code(
     assert "def render_plugin_file" not in program and "def literal_text" not in program
     assert "from cni.wire import" not in program and "from __future__" not in program
     # every module of the program is in it whole, the agent's half of the schema is not
-    for module in pkg.PLUGIN_MODULES:  # each one from its last import on, as it is
+    for module in pkg.PLUGIN_MODULES:  # each one after its imports and type-only block, as it is
         text = (Path(sp.__file__).parent / f"{module}.py").read_text()
-        imports = [n for n in ast.parse(text).body if isinstance(n, (ast.Import, ast.ImportFrom))]
-        rest = text.splitlines(keepends=True)[max(n.end_lineno or 0 for n in imports) :]
+        head = [n for n in ast.parse(text).body if isinstance(n, (ast.Import, ast.ImportFrom, ast.If))
+                or (isinstance(n, ast.Assign) and ast.unparse(n) == "TYPE_CHECKING = False")]  # fmt: skip
+        rest = text.splitlines(keepends=True)[max(n.end_lineno or 0 for n in head) :]
         assert "".join(rest).strip() in program, module
+    assert "if TYPE_CHECKING:" not in program and program.count("\nimport sys\n") == 1
     assert "class AddRequest(_Request)" in program and "def to_query" in program
     assert "def read_request" not in program and "def add_response_json" not in program
     assert program.rstrip().endswith(
@@ -120,11 +122,14 @@ def write_modules(directory: Path, **modules: str) -> Path:
 def test_modules_are_joined_without_their_imports_of_each_other(tmp_path: Path) -> None:
     package = write_modules(
         tmp_path,
-        a="from __future__ import annotations\n\nA = 1\n\n\ndef f() -> int:\n    return A\n",
-        b="from __future__ import annotations\n\nfrom pkg.a import A, f\n\nB = A + f()\n",
+        a="from __future__ import annotations\n\nimport sys\n\nTYPE_CHECKING = False\nif TYPE_CHECKING:\n"
+        "    from typing import Any\n\nA = 1\n\n\ndef f() -> int:\n    return A\n",
+        b="from __future__ import annotations\n\nimport sys\n\nfrom pkg.a import A, f\n\nTYPE_CHECKING = False\n\n"
+        "B = A + f() + len(sys.argv) * 0\n",
     )
     program = pkg.render_source(package, ("a", "b"))
-    assert "import" not in program and "# --- pkg/a.py ---" in program
+    assert "# --- pkg/a.py ---" in program and "# --- pkg/b.py ---" in program
+    assert "from " not in program and program.count("import sys") == program.count("TYPE_CHECKING") == 1
     namespace: dict[str, Any] = {}
     exec(program, namespace)
     assert namespace["B"] == 2
