@@ -3,6 +3,7 @@ stderr naming the file (or path) and the field, no traceback, no socket file or 
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -14,6 +15,10 @@ from ipam import safe_yaml
 from spiderbgp.config import load_agent_config, parse_agent_config
 from spiderbgp.fields import ConfigError
 from tests.agent.conftest import SPIDERBGP, AgentFactory, free_port
+
+# run_agent(isolated=True) puts the agent in a network namespace of its own (unshare --net): root only,
+# so those tests carry the netns marker (``make unit`` deselects them) and skip without root
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare --net")
 
 
 def run_agent(
@@ -85,6 +90,8 @@ BAD_CONFIGS = [
 ]
 
 
+@pytest.mark.netns
+@NEEDS_ROOT
 @pytest.mark.parametrize(
     ("body", "field"), [(b, f) for _, b, f in BAD_CONFIGS], ids=[i for i, _, _ in BAD_CONFIGS]
 )
@@ -285,6 +292,8 @@ def test_bgp_numbers_must_be_finite() -> None:
         parse_bgp_config({**raw, "reconcileInterval": float("nan")}, source="a.yaml")
 
 
+@pytest.mark.netns
+@NEEDS_ROOT
 @pytest.mark.parametrize("kind", ["missing", "empty", "directory", "world-readable"])
 def test_bad_password_file_is_one_line_not_an_internal_error(tmp_path: Path, kind: str) -> None:
     """The key file is read when the speaker starts: before, every such file was

@@ -24,10 +24,15 @@ def test_quick_regain_does_not_revive_the_old_thread(tmp_path: Path) -> None:
     try:
         assert controller_threads() == []
         thread.start()
+        [first] = controller_threads()
         thread.stop(timeout=0.0)  # what losing the Lease does on the event loop: no waiting
         thread.start()  # regained at once
-        alive = controller_threads()
-        assert 1 <= len(alive) <= 2
+        [second] = [t for t in controller_threads() if t is not first]
+        # the old thread keeps its own (set) stop flag: it ends without another stop(), and then
+        # exactly one controller thread runs, the new one
+        first.join(timeout=5.0)
+        assert not first.is_alive(), "the old controller thread was revived"
+        assert controller_threads() == [second]
         thread.stop(timeout=5.0)
         assert controller_threads() == [], "a controller thread outlived stop()"
         # and it can lead again afterwards

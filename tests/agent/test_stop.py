@@ -4,12 +4,10 @@ restart: no IP twice, every reported IP recorded, the database opens cleanly, AD
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import sqlite3
+import subprocess
 import threading
-import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +22,7 @@ from tests.agent.conftest import (
     Result,
     added_ip,
     cli,
+    eventually,
     read_store,
     seed,
 )
@@ -155,35 +154,42 @@ def test_sigkill_during_add_storm(db: Path, agents: AgentFactory, plugin: Plugin
     assert (row[0], row[3]) == (POOL, str(PODS))
 
 
-def test_plugin_says_try_again_when_the_agent_hangs_up(tmp_path: Path, plugin: Plugin) -> None:
-    """A listener that reads the request and closes without answering, as an agent killed mid-request."""
-    path = tmp_path / "hangup" / "agent.sock"
-    path.parent.mkdir(mode=0o700)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    os.chmod(path, 0o600)
-    server.listen(1)
+def request_held(agent: AgentProcess) -> bool:
+    """The agent holds a request it has read and not answered: a connection on its socket whose bytes
+    it has taken in (the kernel's receive queue is empty) and which is still open."""
+    out = subprocess.run(["ss", "-xnH", "state", "established"], capture_output=True, text=True, check=True)
+    path = str(agent.socket_path)
+    return any(
+        fields[3] == path and fields[1] == "0"
+        for fields in (ln.split() for ln in out.stdout.splitlines())
+        if len(fields) > 3
+    )
 
-    def hang_up() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
 
-    thread = threading.Thread(target=hang_up, daemon=True)
-    thread.start()
+def test_plugin_says_try_again_when_the_agent_dies_mid_request(
+    db: Path, agents: AgentFactory, plugin: Plugin
+) -> None:
+    """The real agent is killed (SIGKILL) while it holds an ADD (another process holds SQLite's write
+    lock, so the ADD waits inside the agent): the plugin says 'try again later', and nothing is
+    recorded for the pod."""
+    uids = seed(db, [("cut", "node1")])
+    agent = agents("node1")
+    blocker = sqlite3.connect(db, isolation_level=None)
     try:
-        res = plugin.add(path, "any-pod")
+        blocker.execute("BEGIN IMMEDIATE")
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(plugin.add, agent.socket_path, "cut", uids["cut"])
+            eventually(lambda: request_held(agent), 20, "the agent holding the ADD")
+            assert not in_flight.done(), "the ADD should be waiting for the write lock"
+            agent.signal(signal.SIGKILL)
+            assert agent.wait(10) == -signal.SIGKILL
+            res = in_flight.result(timeout=20)
+        blocker.execute("ROLLBACK")
     finally:
-        thread.join(10)
-        server.close()
+        blocker.close()
     assert res.rc != 0 and "Traceback" not in res.stdout + res.stderr
     assert res.json["code"] == TRY_AGAIN, res.json
+    assert recorded(db) == {}
 
 
 def test_sigterm_lets_an_in_flight_add_finish(db: Path, agents: AgentFactory, plugin: Plugin) -> None:
@@ -196,10 +202,12 @@ def test_sigterm_lets_an_in_flight_add_finish(db: Path, agents: AgentFactory, pl
         blocker.execute("BEGIN IMMEDIATE")  # the write lock: the agent's commit waits (busy timeout)
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(plugin.add, agent.socket_path, "slow", uids["slow"])
-            time.sleep(1.0)
+            eventually(lambda: request_held(agent), 20, "the agent holding the ADD")
             assert not in_flight.done(), "the ADD should be waiting for the write lock"
             agent.signal(signal.SIGTERM)
-            time.sleep(0.5)
+            eventually(
+                lambda: "stopping: finishing in-flight CNI requests" in agent.log(), 20, "SIGTERM seen"
+            )
             assert agent.proc is not None and agent.proc.poll() is None, "exited with an ADD in flight"
             late = plugin.add(agent.socket_path, "late", uids["late"])
             assert late.rc != 0 and late.json["code"] == TRY_AGAIN, late

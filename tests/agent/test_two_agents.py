@@ -90,16 +90,23 @@ def test_two_agents_share_one_database(db: Path, agents: AgentFactory, plugin: P
     # other waits for it to expire (never before: that would be two leaders), then takes over
     leader.start()
     leader.wait_ready()
-    time.sleep(2 * RETRY_SECONDS)
+    # the holder renews twice while the returned agent runs (so it has campaigned meanwhile): the
+    # Lease stays with the holder
+    renewed = [lease(db)["spec"]["renewTime"]]
+    for _ in range(2):
+        eventually(
+            lambda: lease(db)["spec"]["renewTime"] != renewed[-1],
+            LEASE_SECONDS * 5,
+            "the holder renewing the Lease",
+        )
+        renewed.append(lease(db)["spec"]["renewTime"])
+    assert lease(db)["spec"]["holderIdentity"] == follower.node
     assert leader.leader_metric() == 0 and follower.leader_metric() == 1
     follower.signal(signal.SIGKILL)
     follower.wait(10)
     killed_at = time.monotonic()
-    eventually(
-        lambda: leader.leader_metric() == 1,
-        LEASE_SECONDS + 2 * RETRY_SECONDS + 2.0,
-        "take-over after SIGKILL",
-    )
+    # a generous liveness bound (the take-over time is bench_kube's figure, not asserted here)
+    eventually(lambda: leader.leader_metric() == 1, LEASE_SECONDS * 5, "take-over after SIGKILL")
     waited = time.monotonic() - killed_at
     assert waited >= LEASE_SECONDS - 2 * RETRY_SECONDS, (
         f"took the Lease after {waited:.2f}s, before it expired"

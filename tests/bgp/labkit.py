@@ -114,7 +114,25 @@ class RouteMonitor:
         assert self._proc.stdout is not None
         self._thread = threading.Thread(target=self._read, args=(self._proc.stdout,), daemon=True)
         self._thread.start()
-        time.sleep(0.1)  # let `ip monitor` subscribe before anything happens
+        self._subscribed(ns, family)
+
+    def _subscribed(self, ns: Netns, family: str) -> None:
+        """Return once ``ip monitor`` has subscribed: a canary route added now is seen (then removed),
+        so a test asserting that a route was never deleted has watched for real."""
+        canary = "2001:db8:ffff::fe" if family == "-6" else "203.0.113.254"
+        run(ns, ["ip", family, "route", "add", "blackhole", canary])
+        try:
+            wait_until(
+                lambda: any(canary in ln and "Deleted" not in ln for _, ln in self.lines),
+                timeout=10,
+                interval=0.01,
+                what=f"`ip monitor` in {ns.name} seeing the canary route {canary}",
+            )
+        except TimeoutError:
+            self.stop()
+            raise
+        finally:
+            run(ns, ["ip", family, "route", "del", "blackhole", canary], check=False)
 
     def _read(self, stream: IO[bytes]) -> None:
         for raw in stream:
@@ -235,9 +253,16 @@ def bgp_lab(*, ipv6: bool = False) -> Iterator[BgpLab]:
 
 
 async def stop_speakers(lab: BgpLab) -> None:
+    """Stop every speaker, each even when another failed to stop; then raise the first failure, so
+    a teardown that leaves something behind fails the test instead of passing quietly."""
+    failures: list[BaseException] = []
     for sp in lab.speakers:
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(sp.stop(withdraw=False), 15)
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        raise RuntimeError(f"{len(failures)} speaker(s) failed to stop: {failures[0]!r}") from failures[0]
 
 
 def start_bird(lab: BgpLab, config: str) -> tuple[Path, subprocess.Popen[bytes]]:
