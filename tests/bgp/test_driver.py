@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,10 +27,10 @@ from bgp_speaker.commands import (
 )
 from bgp_speaker.config import parse_bgp_config
 from bgp_speaker.exabgp import Event, ExabgpError, ExabgpGone, ExabgpProcess
-from bgp_speaker.kernel import RouteBatch, RouteChange
+from bgp_speaker.kernel import NetlinkRouteSource
 from bgp_speaker.render import exabgp_environment
 from bgp_speaker.speaker import RELAY_SCRIPT, BgpSpeaker, SpeakerNotRunning
-from lab.netns import Netns, Sandbox, ip_netns_exec
+from lab.netns import Netns, ProcRef, Sandbox, ip_netns_exec, run
 from tests.bgp.labkit import VENV_BIN
 
 pytestmark = [
@@ -42,12 +45,18 @@ N = ipaddress.ip_network
 
 
 @pytest.fixture
-def solo() -> Iterator[tuple[Netns, Path]]:
+def solo_sandbox() -> Iterator[tuple[Sandbox, Netns, Path]]:
     with Sandbox() as sb:
         ns = sb.netns("solo")
         work = sb.add_path(Path(f"/tmp/sbgp-{sb.token}-drv"))
         work.mkdir()
-        yield ns, work
+        yield sb, ns, work
+
+
+@pytest.fixture
+def solo(solo_sandbox: tuple[Sandbox, Netns, Path]) -> tuple[Netns, Path]:
+    _, ns, work = solo_sandbox
+    return ns, work
 
 
 def _conf(work: Path, token: str, extra: str = "") -> Path:
@@ -121,12 +130,10 @@ async def test_bulk_batch_of_thousands_of_prefixes_is_acked(exa: tuple[ExabgpPro
         + " ".join(map(str, nets[i : i + 500]))
         for i in range(0, len(nets), 500)
     ]
-    started = time.monotonic()
     results = await proc.send_many(lines)
-    assert all(r.ok for r in results)
+    assert len(results) == len(lines) and all(r.ok for r in results)
     shown = await proc.send(SHOW_ADJ_RIB_OUT)
-    assert len(shown.output) == len(nets)
-    assert time.monotonic() - started < 30
+    assert {r.prefix for line in shown.output for r in parse_adj_rib_line(line)} == set(nets)
 
 
 async def test_lines_of_nlri_per_line_prefixes_never_wait_for_exabgps_idle_tick(
@@ -134,20 +141,22 @@ async def test_lines_of_nlri_per_line_prefixes_never_wait_for_exabgps_idle_tick(
 ) -> None:
     """ExaBGP advances an API command by 50 prefixes per loop turn and then sleeps for its idle tick
     (50 ms with our reactor speed) unless new input arrives: 500-prefix lines wait 10 ticks each,
-    lines of NLRI_PER_LINE prefixes are acked within one turn."""
+    lines of NLRI_PER_LINE prefixes are acked within one turn.  What makes that so is checked here:
+    every line carries fewer than 50 prefixes, and ExaBGP acks and holds every one of them; the time
+    it saves is bench_bgp's figure (a timed test would assert the machine's load)."""
     proc, _ = exa
     attrs = RouteAttributes(next_hop=ipaddress.ip_address("192.0.2.11"))
     first = [N(f"10.251.{i // 250}.{i % 250}/32") for i in range(1000)]
     second = [N(f"10.252.{i // 250}.{i % 250}/32") for i in range(1000)]
-    started = time.monotonic()
-    assert all(r.ok for r in await proc.send_many(announce_commands(PEER, attrs, first, per_line=500)))
-    wide = time.monotonic() - started
-    started = time.monotonic()
-    assert all(r.ok for r in await proc.send_many(announce_commands(PEER, attrs, second)))
-    narrow = time.monotonic() - started
+    wide = announce_commands(PEER, attrs, first, per_line=500)
+    narrow = announce_commands(PEER, attrs, second)
     assert NLRI_PER_LINE < 50
-    assert wide > 0.8  # 20 ticks of 50 ms
-    assert narrow < wide / 2, (narrow, wide)
+    assert len(wide) == 2 and len(narrow) == -(-1000 // NLRI_PER_LINE)
+    assert all(len(line.split(" nlri ", 1)[1].split()) <= NLRI_PER_LINE for line in narrow)
+    assert all(r.ok for r in await proc.send_many(wide))
+    assert all(r.ok for r in await proc.send_many(narrow))
+    shown = await proc.send(SHOW_ADJ_RIB_OUT)
+    assert {r.prefix for line in shown.output for r in parse_adj_rib_line(line)} == {*first, *second}
 
 
 async def test_exabgp_death_is_noticed_at_once(exa: tuple[ExabgpProcess, list[Event]]) -> None:
@@ -215,25 +224,32 @@ async def test_a_broken_config_fails_start_with_one_line(solo: tuple[Netns, Path
     assert "no-such-keyword" in str(err.value) or "valid" in str(err.value)
 
 
-class FakeRoutes:
-    """Our own route-source seam (a HostRouteSource), fed by the test."""
+class HostRoutes:
+    """Host routes to pods in the test's namespace, as the CNI ptp plugin makes them: through a dummy
+    veth "pods" (the speaker reads them with its own NetlinkRouteSource)."""
 
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[RouteBatch] = asyncio.Queue()
-        self.queue.put_nowait(RouteBatch((), reset=True))
-
-    async def watch(self) -> AsyncIterator[RouteBatch]:
-        while True:
-            yield await self.queue.get()
+    def __init__(self, ns: Netns) -> None:
+        self.ns = ns
+        run(ns, ["ip", "link", "add", "pods", "type", "veth", "peer", "name", "podpeer"])
+        run(ns, ["ip", "link", "set", "pods", "up"])
+        run(ns, ["ip", "link", "set", "podpeer", "up"])
 
     def add(self, *ips: str) -> None:
-        self.queue.put_nowait(RouteBatch(tuple(RouteChange("add", N(f"{ip}/32"), True, oif=9) for ip in ips)))
+        for ip in ips:
+            run(self.ns, ["ip", "route", "replace", ip, "dev", "pods", "scope", "host"])
 
     def delete(self, *ips: str) -> None:
-        self.queue.put_nowait(RouteBatch(tuple(RouteChange("del", N(f"{ip}/32"), True, oif=9) for ip in ips)))
+        for ip in ips:
+            run(self.ns, ["ip", "route", "del", ip, "dev", "pods"])
 
 
-def _speaker(ns: Netns, work: Path, routes: FakeRoutes, **top: object) -> BgpSpeaker:
+def _speaker(
+    ns: Netns,
+    work: Path,
+    *,
+    backoff: tuple[float, float] = (0.5, 30.0),
+    **top: object,
+) -> BgpSpeaker:
     raw = {
         "asn": 64512,
         "nextHop": "192.0.2.11",
@@ -246,8 +262,9 @@ def _speaker(ns: Netns, work: Path, routes: FakeRoutes, **top: object) -> BgpSpe
     return BgpSpeaker(
         parse_bgp_config(raw, source="t"),
         exabgp_command=ip_netns_exec(ns, [str(VENV_BIN / "exabgp"), "server"]),
-        route_source=routes,
+        route_source=NetlinkRouteSource(netns=ns.name),
         cli=False,
+        backoff=backoff,
     )
 
 
@@ -255,10 +272,23 @@ async def _adj(sp: BgpSpeaker) -> set[str]:
     return {str(r.prefix) for r in await sp.routes()}
 
 
+async def _until(probe: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
+    """Wait on observable state (the speaker's adj-rib-out, a metric): a liveness bound only."""
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
+        await asyncio.sleep(0.02)
+
+
 async def test_speaker_gates_on_host_routes_and_limits_per_peer(solo: tuple[Netns, Path]) -> None:
     ns, work = solo
-    routes = FakeRoutes()
-    sp = _speaker(ns, work, routes)
+    routes = HostRoutes(ns)
+    sp = _speaker(ns, work)
+    held_back = sp.metrics.held_back_prefixes.labels(peer=PEER)
+
+    async def adj_is(*want: str) -> bool:
+        return await _adj(sp) == set(want)
+
     await sp.start()
     try:
         assert sp.status()[0].state == "start"
@@ -267,22 +297,26 @@ async def test_speaker_gates_on_host_routes_and_limits_per_peer(solo: tuple[Netn
         await sp.wait_synced()
         assert await _adj(sp) == set()  # no host route yet
         routes.add("10.244.1.2", "10.244.1.4")
-        await asyncio.sleep(0.2)
-        await sp.wait_synced()
-        assert await _adj(sp) == {"10.244.1.2/32", "10.244.1.4/32"}
+        await _until(lambda: adj_is("10.244.1.2/32", "10.244.1.4/32"), "the two routed IPs announced")
         routes.add("10.244.1.1", "10.244.1.3", "10.244.1.5")
-        await asyncio.sleep(0.2)
+
+        async def all_five_seen() -> bool:  # three announced, two held back by maxPrefixes
+            return bool(held_back._value.get() == 2)
+
+        await _until(all_five_seen, "the speaker seeing all five host routes")
         await sp.wait_synced()
         assert await _adj(sp) == {
             "10.244.1.1/32",
             "10.244.1.2/32",
             "10.244.1.4/32",
         }  # maxPrefixes 3, no churn
-        assert sp.metrics.held_back_prefixes.labels(peer=PEER)._value.get() == 2
         routes.delete("10.244.1.2")
-        await asyncio.sleep(0.2)
+        await _until(
+            lambda: adj_is("10.244.1.1/32", "10.244.1.3/32", "10.244.1.4/32"),
+            "a held-back IP taking the place",
+        )
         await sp.wait_synced()
-        assert await _adj(sp) == {"10.244.1.1/32", "10.244.1.3/32", "10.244.1.4/32"}
+        assert held_back._value.get() == 1
         sp.set_pool_subnets(["10.244.1.0/30"])  # the pool shrank: .4 is outside it now
         await sp.wait_synced()
         assert await _adj(sp) == {"10.244.1.1/32", "10.244.1.3/32"}
@@ -299,56 +333,85 @@ async def test_speaker_gates_on_host_routes_and_limits_per_peer(solo: tuple[Netn
     assert sp.status()[0].state == "down"
 
 
-async def test_new_speaker_stops_an_exabgp_left_behind(solo: tuple[Netns, Path]) -> None:
-    ns, work = solo
-    first = _speaker(ns, work, FakeRoutes(), requireHostRoute=False)
-    await first.start()
-    pid = int((work / "rt" / "exabgp.pid").read_text())
-    # the agent "crashes": its ExaBGP is still there and the pid file too
-    first._stopping = True
-    await first._cancel_tasks()
-    second = _speaker(ns, work, FakeRoutes(), requireHostRoute=False)
-    await second.start()
-    try:
-        assert int((work / "rt" / "exabgp.pid").read_text()) != pid
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
-    finally:
-        await second.stop()
-        proc = first._proc
-        if proc is not None:
-            await proc.stop()
+def _exabgp_pids(conf: Path) -> set[int]:
+    """The processes running ExaBGP with ``conf`` (found by their command line)."""
+    pids: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(conf).encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    pids.add(int(entry.name))
+    return pids
 
 
-async def test_stopping_while_exabgp_comes_up_leaves_no_process(solo: tuple[Netns, Path]) -> None:
-    """The speaker stops while a restarted ExaBGP has not connected yet: that process goes too."""
-    _, work = solo
-    marker, pid_file = work / "failed-once", work / "hung.pid"
-    hangs = work / "exabgp-that-hangs"
-    hangs.write_text(
-        "#!/bin/sh\n"
-        f"if [ ! -e {marker} ]; then touch {marker}; exit 3; fi\n"
-        f"echo $$ > {pid_file}; exec sleep 600\n"  # alive, but its relay never connects
-    )
-    hangs.chmod(0o755)
-    raw = {
+async def test_new_speaker_stops_an_exabgp_left_behind(solo_sandbox: tuple[Sandbox, Netns, Path]) -> None:
+    """The agent (a speaker in its own process, tests/bgp/speaker_main.py) is SIGKILLed while its
+    ExaBGP is frozen (SIGSTOP), so the kernel's parent-death SIGTERM cannot end it: that ExaBGP and
+    its pid file are left behind, and the next speaker with the runtime dir stops it."""
+    sb, ns, work = solo_sandbox
+    bgp = {
         "asn": 64512,
         "nextHop": "192.0.2.11",
         "runtimeDir": str(work / "rt"),
         "requireHostRoute": False,
-        "peers": [{"address": PEER, "asn": 23000}],
+        "reconcileInterval": 0,
+        "peers": [{"address": PEER, "asn": 23000, "gracefulRestart": 0}],
     }
-    sp = BgpSpeaker(
-        parse_bgp_config(raw, source="t"), exabgp_command=[str(hangs)], cli=False, backoff=(0.1, 0.1)
+    conf = work / "agent.json"
+    conf.write_text(json.dumps({"bgp": bgp, "pods": {}, "pools": []}))
+    agent = sb.popen(
+        None,
+        [sys.executable, "-m", "tests.bgp.speaker_main", str(conf), ns.name],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
     )
-    await sp.start()  # the first attempt exits: retried in the background
-    for _ in range(100):
-        if pid_file.exists() and pid_file.read_text().strip():
-            break
-        await asyncio.sleep(0.05)
-    pid = int(pid_file.read_text())
+    assert agent.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(agent.stdout.readline), 30)
+    agent.stdout.close()
+    assert line.strip() == b"ready"
+    left = ProcRef.of(int((work / "rt" / "exabgp.pid").read_text()))
     try:
-        await sp.stop()
-        assert not Path(f"/proc/{pid}").exists(), "the ExaBGP that was coming up outlived the speaker"
+        left.signal(signal.SIGSTOP)
+        os.kill(agent.pid, signal.SIGKILL)  # the agent crashes
+        assert await asyncio.to_thread(agent.wait, 10) == -signal.SIGKILL
+        assert left.alive(), "the frozen ExaBGP should have outlived its agent"
+        second = _speaker(ns, work, requireHostRoute=False)
+        await second.start()
+        try:
+            assert int((work / "rt" / "exabgp.pid").read_text()) != left.pid
+            assert not left.alive(), "the ExaBGP left behind is still running"
+            assert second.running
+        finally:
+            await second.stop()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # the process this test started, if the assertion failed
+        left.signal(signal.SIGKILL)  # the process this test froze, if an assertion failed
+
+
+async def test_stopping_while_exabgp_comes_up_leaves_no_process(solo: tuple[Netns, Path]) -> None:
+    """The speaker stops while a restarted ExaBGP has not connected yet: that process goes too.  The
+    real ExaBGP is killed (SIGKILL); its successor is frozen (SIGSTOP) as soon as it exists, so it
+    cannot connect before the speaker stops."""
+    ns, work = solo
+    sp = _speaker(ns, work, backoff=(0.1, 0.1), requireHostRoute=False)
+    conf = work / "rt" / "exabgp.conf"
+    await sp.start()
+    coming: ProcRef | None = None
+    try:
+        await sp.wait_synced()
+        [first] = _exabgp_pids(conf)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while coming is None:
+            assert time.monotonic() < deadline, "no new ExaBGP after the kill"
+            for pid in _exabgp_pids(conf) - {first}:
+                with contextlib.suppress(ProcessLookupError):
+                    coming = ProcRef.of(pid)
+                    coming.signal(signal.SIGSTOP)
+            await asyncio.sleep(0.005)
+        assert not sp.running and sp.restarts == 1
+        await sp.stop()
+        assert not coming.alive(), "the ExaBGP that was coming up outlived the speaker"
+    finally:
+        await sp.stop()
+        if coming is not None:
+            coming.signal(signal.SIGKILL)  # the process this test froze, if an assertion failed
