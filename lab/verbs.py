@@ -249,6 +249,8 @@ def _workload_unsettled(obj: Obj) -> str | None:
         want = spec.get("replicas", 1)
         if status.get("replicas") != want:
             return f"{ref}: {status.get('replicas', 0)} of {want} pods"
+        if kind == "Deployment" and status.get("updatedReplicas") != want:
+            return f"{ref}: {status.get('updatedReplicas', 0)} of {want} pods updated"
     if kind == "DaemonSet" and status.get("currentNumberScheduled") != status.get("desiredNumberScheduled"):
         return (
             f"{ref}: {status.get('currentNumberScheduled', 0)} of {status.get('desiredNumberScheduled')} pods"

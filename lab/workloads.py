@@ -237,47 +237,110 @@ def _unique_name(prefix: str, taken: set[str], suffix: Callable[[], str]) -> str
 # ---- the controllers --------------------------------------------------------------------------
 
 
+def _scaled(value: object, total: int, default: str, *, round_up: bool) -> int:
+    """A maxSurge / maxUnavailable value: an integer, or a percentage of ``total``."""
+    text = str(value if isinstance(value, int | str) else default)
+    if text.endswith("%") and text[:-1].isdigit():
+        share = total * int(text[:-1])
+        return -(-share // 100) if round_up else share // 100
+    return int(text) if text.isdigit() else _scaled(default, total, default, round_up=round_up)
+
+
+def _rollout_bounds(deploy: Mapping[str, Any], replicas: int) -> tuple[int, int] | None:
+    """(maxSurge, maxUnavailable) of a RollingUpdate Deployment (25 % each by default, as in
+    Kubernetes), or None for ``strategy.type: Recreate``."""
+    strategy = (deploy.get("spec") or {}).get("strategy") or {}
+    if strategy.get("type") == "Recreate":
+        return None
+    rolling = strategy.get("rollingUpdate") or {}
+    surge = _scaled(rolling.get("maxSurge"), replicas, "25%", round_up=True)
+    unavailable = _scaled(rolling.get("maxUnavailable"), replicas, "25%", round_up=False)
+    return surge, (unavailable if surge or unavailable else 1)
+
+
+def _new_replicaset(deploy: Obj, name: str, labels: Mapping[str, str], replicas: int) -> Obj:
+    template = _template(deploy)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": name,
+            "namespace": _ns(deploy),
+            "labels": dict(labels),
+            "annotations": {"deployment.kubernetes.io/desired-replicas": str(_replicas(deploy))},
+            "ownerReferences": [_owner_ref(deploy)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                **template,
+                "metadata": {**(template.get("metadata") or {}), "labels": dict(labels)},
+            },
+        },
+    }
+
+
 def _sync_deployment(deploy: Obj, rss: Sequence[Obj], pods: Sequence[Obj]) -> list[Action]:
+    """One ReplicaSet per pod template.  A new template rolls out as Kubernetes does it: with
+    RollingUpdate the new ReplicaSet grows while at most ``maxSurge`` extra pods exist, and the old
+    ones shrink while at least ``replicas - maxUnavailable`` pods stay Ready; with Recreate the old
+    pods go first.  Old ReplicaSets are deleted once they have no pods left."""
     template = _template(deploy)
     tmpl_hash = pod_template_hash(template)
     rs_name = f"{_name(deploy)}-{tmpl_hash}"
     replicas = _replicas(deploy)
-    actions: list[Action] = []
-    current: Obj | None = None
-    for rs in _owned(rss, deploy):
-        if _name(rs) == rs_name:
-            current = rs
-        elif not _terminating(rs):
-            actions.append(Delete("ReplicaSet", _ns(rs), _name(rs)))
     labels = {**((template.get("metadata") or {}).get("labels") or {}), "pod-template-hash": tmpl_hash}
+    owned = [rs for rs in _owned(rss, deploy) if not _terminating(rs)]
+    current = next((rs for rs in owned if _name(rs) == rs_name), None)
+    olds = [rs for rs in owned if _name(rs) != rs_name]
+
+    def active(rs: Obj) -> list[Obj]:
+        return [p for p in _owned(pods, rs) if _is_active(p)]
+
+    def ready(rs: Obj) -> int:
+        return sum(1 for p in active(rs) if is_pod_ready(p))
+
+    bounds = _rollout_bounds(deploy, replicas)
+    old_pods = sum(len(active(rs)) for rs in olds)
+    if bounds is None:  # Recreate: the new pods only once every old one is gone
+        want_new = replicas if old_pods == 0 else 0
+    elif not olds:
+        want_new = replicas
+    else:
+        surge, _ = bounds
+        have_new = _replicas(current) if current is not None else 0
+        want_new = min(replicas, max(have_new, replicas + surge - sum(_replicas(rs) for rs in olds)))
+    actions: list[Action] = []
     if current is None:
-        actions.append(
-            Create(
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "ReplicaSet",
-                    "metadata": {
-                        "name": rs_name,
-                        "namespace": _ns(deploy),
-                        "labels": labels,
-                        "annotations": {"deployment.kubernetes.io/desired-replicas": str(replicas)},
-                        "ownerReferences": [_owner_ref(deploy)],
-                    },
-                    "spec": {
-                        "replicas": replicas,
-                        "selector": {"matchLabels": labels},
-                        "template": {
-                            **template,
-                            "metadata": {**(template.get("metadata") or {}), "labels": labels},
-                        },
-                    },
-                }
-            )
-        )
-        return actions
-    if _replicas(current) != replicas:
-        actions.append(Update({**current, "spec": {**current["spec"], "replicas": replicas}}))
-    return actions + _replica_status(deploy, _owned(pods, current))
+        actions.append(Create(_new_replicaset(deploy, rs_name, labels, want_new)))
+    elif _replicas(current) != want_new:
+        actions.append(Update({**current, "spec": {**current["spec"], "replicas": want_new}}))
+    # how many Ready old pods may go now without dropping under replicas - maxUnavailable
+    room = sum(ready(rs) for rs in owned) - (replicas - bounds[1]) if bounds is not None else 0
+    for rs in sorted(olds, key=lambda r: str(_meta(r).get("creationTimestamp") or "")):
+        have = _replicas(rs)
+        if have == 0 and not active(rs):
+            actions.append(Delete("ReplicaSet", _ns(rs), _name(rs)))
+            continue
+        if bounds is None:
+            take = have
+        else:
+            unready = max(0, have - ready(rs))  # pods not serving anyway go at once
+            take = min(have, unready + max(0, room))
+            room -= max(0, take - unready)
+        if take:
+            actions.append(Update({**rs, "spec": {**rs["spec"], "replicas": have - take}}))
+    all_active = [p for rs in owned for p in active(rs)]
+    ready_all = sum(1 for p in all_active if is_pod_ready(p))
+    status = {
+        "observedGeneration": _meta(deploy).get("generation", 1),
+        "replicas": len(all_active),
+        "updatedReplicas": len(active(current)) if current is not None else 0,
+        "readyReplicas": ready_all,
+        "availableReplicas": ready_all,
+    }
+    return actions + _status_action(deploy, status)
 
 
 def _sync_replicaset(

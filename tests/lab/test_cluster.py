@@ -495,3 +495,54 @@ def test_a_restarted_controller_picks_up_where_the_last_one_stopped(cluster: Clu
     scale(c.store, "crowded", 0)
     scale(c.store, "keeper", 0)
     assert wait_settled(c.store, timeout=120) == []
+
+
+def _roller(version: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "spiderpool.spidernet.io/v2beta1",
+            "kind": "SpiderIPPool",
+            "metadata": {"name": "roller-v4"},
+            "spec": {"subnet": "10.251.0.0/16", "ips": ["10.251.0.10-10.251.0.40"]},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "roller"},
+            "spec": {
+                "replicas": 4,
+                "selector": {"matchLabels": {"app": "roller"}},
+                "template": {
+                    "metadata": {
+                        "labels": {"app": "roller", "version": version},
+                        "annotations": {"ipam.spidernet.io/ippool": '{"ipv4": ["roller-v4"]}'},
+                    },
+                    "spec": {"containers": [{"name": "roller", "image": f"nginx:{version}"}]},
+                },
+            },
+        },
+    ]
+
+
+def test_a_new_pod_template_rolls_out(cluster: Cluster, tmp_path: Path) -> None:
+    c = cluster
+    for version in ("1", "2"):
+        manifest = tmp_path / f"roller-{version}.yaml"
+        manifest.write_text(yaml.safe_dump_all(_roller(version)))
+        apply_file(c.store, manifest)
+        assert wait_settled(c.store, namespace="default", timeout=120) == []
+    rollers = [p for n, p in pods(c, "default").items() if n.startswith("roller-")]
+    assert len(rollers) == 4 and {p["metadata"]["labels"]["version"] for p in rollers} == {"2"}
+    assert (
+        len(
+            [
+                rs
+                for rs in c.store.list("ReplicaSet", namespace="default")
+                if rs["metadata"]["name"].startswith("roller-")
+            ]
+        )
+        == 1
+    )
+    assert_invariants(c)
+    scale(c.store, "roller", 0)
+    assert wait_settled(c.store, timeout=120) == []

@@ -192,3 +192,39 @@ def test_statefulset_pods_come_in_order_unless_parallel() -> None:
         Cluster({"StatefulSet": [down], "Pod": [member(0, True), member(1, True), member(2, True)]}), _names()
     )
     assert [a for a in actions if isinstance(a, Delete)] == [Delete("Pod", "default", "db-2", 30)]
+
+
+def test_a_new_template_rolls_out_within_surge_and_unavailability() -> None:
+    deploy: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default", "uid": "d1", "generation": 2},
+        "spec": {"replicas": 4, "template": {"metadata": {"labels": {"v": "2"}}, "spec": {}}},
+    }
+    old_rs = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": "web-old",
+            "namespace": "default",
+            "uid": "r-old",
+            "ownerReferences": [{"uid": "d1", "controller": True, "kind": "Deployment"}],
+        },
+        "spec": {"replicas": 4, "template": {"metadata": {"labels": {"v": "1"}}}},
+    }
+    old_pods = []
+    for i in range(4):
+        p = pod(f"web-old-{i}")
+        p["metadata"]["ownerReferences"] = [{"uid": "r-old", "controller": True, "kind": "ReplicaSet"}]
+        p["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+        old_pods.append(p)
+    actions = plan(Cluster({"Deployment": [deploy], "ReplicaSet": [old_rs], "Pod": old_pods}), _names())
+    [new_rs] = [a.obj for a in actions if isinstance(a, Create) and a.obj["kind"] == "ReplicaSet"]
+    assert new_rs["spec"]["replicas"] == 1  # 25 % surge of 4
+    shrink = [a.obj for a in actions if isinstance(a, Update) and a.obj["metadata"]["name"] == "web-old"]
+    assert [o["spec"]["replicas"] for o in shrink] == [3]  # 25 % of 4 may be unavailable
+    recreate = {**deploy, "spec": {**deploy["spec"], "strategy": {"type": "Recreate"}}}
+    actions = plan(Cluster({"Deployment": [recreate], "ReplicaSet": [old_rs], "Pod": old_pods}), _names())
+    [new_rs] = [a.obj for a in actions if isinstance(a, Create) and a.obj["kind"] == "ReplicaSet"]
+    assert new_rs["spec"]["replicas"] == 0
+    assert [a.obj["spec"]["replicas"] for a in actions if isinstance(a, Update)] == [0]
