@@ -23,7 +23,6 @@ from ipam import admission, safe_yaml
 from ipam.errors import AlreadyExists, Conflict, Invalid, IpamError, NotFound
 from ipam.kinds import KINDS, KindInfo, kind_info, resolve_kind
 from ipam.model import FINALIZER, IPPool, Subnet
-from ipam.pool_controller import finish_terminating, owned_pools
 from ipam.ranges import total_ip_count
 from ipam.records import Obj
 from ipam.store.protocol import Store
@@ -34,7 +33,9 @@ __all__ = [
     "apply_documents",
     "apply_object",
     "delete_object",
+    "finish_terminating",
     "load_documents",
+    "owned_pools",
     "update_object",
 ]
 
@@ -406,7 +407,7 @@ def delete_object(
     the pool controller removes it once the last is released.  What Spiderpool's controller does for an
     empty pool or a subnet (drop the finalizer) is done here at once, so deleting an unused pool
     removes it.  A SpiderSubnet stays terminating while SpiderIPPools name it as their owner: the
-    leader's owner GC (``ipam.owner_gc``) deletes them, as Kubernetes' garbage collector would, and the
+    leader's owner GC (``ipam.controllers.owner_gc``) deletes them, as Kubernetes' garbage collector would, and the
     pool controller removes the subnet once they are gone.
 
     Returns kubectl's line ``<kind>.<group>/<name> deleted``; while the object stays, the reason
@@ -488,3 +489,45 @@ def _why_kept(store: Store, kind: str, name: str, obj: Obj) -> str:
         return f"terminating, grace period {grace}s until {meta.get('deletionTimestamp')}"
     finalizers = ", ".join(str(f) for f in meta.get("finalizers") or [])
     return f"terminating until its finalizers are removed: {finalizers}"
+
+
+def owned_pools(store: Store, subnet_uid: str) -> list[str]:
+    """Names of the stored SpiderIPPools whose ownerReferences name the SpiderSubnet ``subnet_uid``."""
+    if not subnet_uid:
+        return []
+    out = []
+    for obj in store.list(IPPool.KIND, allocated_ips=False):
+        refs = obj["metadata"].get("ownerReferences") or []
+        if any(isinstance(r, dict) and r.get("uid") == subnet_uid for r in refs):
+            out.append(str(obj["metadata"]["name"]))
+    return out
+
+
+def finish_terminating(store: Store, kind: str, name: str) -> bool:
+    """Spiderpool's controller step for a terminating SpiderIPPool (once it holds no records) or
+    SpiderSubnet (once no SpiderIPPool names it in its ownerReferences): remove the finalizer ``spiderpool.spidernet.io``, so the store removes the object if no
+    other finalizer holds it.  True when the object is gone (or absent); False while it stays (not
+    terminating, records left, or another finalizer).  Raises Conflict when it changed meanwhile."""
+    try:
+        obj = store.get(kind, name, allocated_ips=False)
+    except NotFound:
+        return True
+    meta = obj["metadata"]
+    if not meta.get("deletionTimestamp"):
+        return False
+    if kind == IPPool.KIND and store.records(name):
+        return False  # the IP GC (or CNI DEL) releases them first
+    if kind == Subnet.KIND and owned_pools(store, str(meta.get("uid") or "")):
+        return False  # the owner GC (ipam.controllers.owner_gc) deletes them first
+    finalizers = list(meta.get("finalizers") or [])
+    if FINALIZER in finalizers:
+        meta["finalizers"] = [f for f in finalizers if f != FINALIZER]
+        try:
+            store.update(obj)  # the last finalizer of a terminating object: the store removes it
+        except NotFound:
+            return True
+    try:
+        store.get(kind, name, allocated_ips=False)
+    except NotFound:
+        return True
+    return False

@@ -12,10 +12,10 @@ application (``insufficient free IPs in the subnet: 5 needed, 3 free``).
 from __future__ import annotations
 
 from ipam.autopool import AutoPoolError
+from ipam.controllers.subnet import SubnetController, app_requests
 from ipam.errors import IpamError, NotFound
 from ipam.records import Obj
 from ipam.store.protocol import Store
-from ipam.subnet_controller import SubnetController, app_requests
 from ipam.workload import PodInfo, resolve_top_controller
 
 __all__ = ["auto_pool_reason"]

@@ -1,6 +1,6 @@
 """The leader-only side of the agent: elect one agent per store, and run the IPAM controllers there.
 
-The controllers (``ipam.controllers.LeaderControllers``) are synchronous store loops, so they run in a
+The controllers (``ipam.controllers.leader.LeaderControllers``) are synchronous store loops, so they run in a
 thread of their own that the election starts and stops.  The thread follows the store's watch: Pod
 events feed the GC's pod tracing, workload events the SpiderSubnet auto-pool controller, pool and subnet
 events the pool controller; a full pass (auto pools, GC scan-all, pools) runs when leadership starts and
@@ -16,7 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from ipam.controllers import APP_KINDS, LeaderControllers
+from ipam.controllers.leader import LeaderControllers
+from ipam.controllers.subnet import APP_KINDS
 from ipam.errors import Gone, IpamError
 from ipam.gc_policy import GCSettings
 from ipam.records import WatchEvent

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from ipam.controllers.gc import GarbageCollector, Released, node_ready_from_obj
 from ipam.errors import StoreUnavailable
-from ipam.gc import GarbageCollector, Released, node_ready_from_obj
 from ipam.gc_policy import GCSettings
 from ipam.records import IPRecord, WatchEvent
 from ipam.store.sqlite import SqliteStore

@@ -11,12 +11,12 @@ import pytest
 
 from ipam import selection
 from ipam.autopool import LABEL_APP_UID, LABEL_RECLAIM
+from ipam.controllers.pool import PoolController
+from ipam.controllers.subnet import SubnetController
 from ipam.kinds import SPIDER_API
 from ipam.model import IPPool
-from ipam.pool_controller import PoolController
 from ipam.records import Obj
 from ipam.store.sqlite import SqliteStore
-from ipam.subnet_controller import SubnetController
 from ipam.workload import PodInfo, resolve_top_controller
 from tests.controllers.conftest import World
 

@@ -9,10 +9,10 @@ import io
 import json
 from pathlib import Path
 
-from ipam.controllers import PoolPass
+from ipam.controllers.leader import PoolPass
+from ipam.controllers.subnet import SubnetController
 from ipam.records import Claim, IPRecord
 from ipam.store.sqlite import SqliteStore
-from ipam.subnet_controller import SubnetController
 from spiderbgp.cli import main
 
 DOCS = """\

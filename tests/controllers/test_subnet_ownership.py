@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 
 from ipam import admin
-from ipam.controllers import PoolPass
+from ipam.controllers.leader import PoolPass
+from ipam.controllers.owner_gc import OwnerGC
+from ipam.controllers.pool import PoolController
+from ipam.controllers.subnet import SubnetController
 from ipam.errors import Conflict, NotFound
 from ipam.kinds import SPIDER_API
 from ipam.model import FINALIZER, LABEL_OWNER_SUBNET
-from ipam.owner_gc import OwnerGC
-from ipam.pool_controller import PoolController
 from ipam.records import Claim, IPRecord, Obj
 from ipam.store.protocol import Store
 from ipam.store.sqlite import SqliteStore
-from ipam.subnet_controller import SubnetController
 from tests.controllers.conftest import Clock, World
 from tests.kube.backend import kube_backend
 

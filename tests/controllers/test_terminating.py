@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from ipam import admin
+from ipam.controllers.gc import GarbageCollector
+from ipam.controllers.pool import PoolController
 from ipam.errors import Conflict, Invalid, NotFound
-from ipam.gc import GarbageCollector
 from ipam.gc_policy import GCSettings
 from ipam.kinds import SPIDER_API
 from ipam.model import FINALIZER
-from ipam.pool_controller import PoolController
 from ipam.records import Claim
 from ipam.store.protocol import Store
 from ipam.store.sqlite import SqliteStore

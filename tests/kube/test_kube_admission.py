@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from ipam.autopool import LABEL_APP_NAME
+from ipam.controllers.subnet import SubnetController
 from ipam.errors import Invalid
 from ipam.kinds import kind_info
 from ipam.store.kube import KubeStore
 from ipam.store.kube_api import resource_path
-from ipam.subnet_controller import SubnetController
 from tests.controllers.conftest import Clock, World
 from tests.kube.emulator.metadata import meta_causes
 from tests.kube_emulator import KubeEmulator

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from ipam.admin import finish_terminating
 from ipam.errors import StoreError
 from ipam.kinds import kind_info
 from ipam.model import FINALIZER
-from ipam.pool_controller import finish_terminating
 from ipam.store.kube import KubeStore
 from ipam.store.kube_api import resource_path
 from spiderbgp.node_condition import with_network_condition

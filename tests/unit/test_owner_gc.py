@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ipam.controllers.owner_gc import Collect, collect_reason, dependents_of, owner_refs, owner_states, plan
 from ipam.kinds import SPIDER_API
-from ipam.owner_gc import Collect, collect_reason, dependents_of, owner_refs, owner_states, plan
 from ipam.records import Obj
 
 

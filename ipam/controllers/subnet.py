@@ -6,7 +6,7 @@ keeps one SpiderIPPool per (NIC, IP family) cut from the named SpiderSubnet and 
 ``ippool-ip-number`` (``+N`` = replicas + N; the default is ``+default_flexible_ip_number``).  The pure
 policy is ``ipam.autopool.plan``; pools are written through ``ipam.admin.apply_object`` (admission, so
 an auto pool can never overlap another pool of the subnet, and shrinking never drops an address in
-use), and the subnet's status follows the pools (``ipam.pool_controller.write_subnet_status``).
+use), and the subnet's status follows the pools (``ipam.controllers.pool.write_subnet_status``).
 
 When the application goes (or is replaced by one of another UID, or stops asking for a pool), its pools
 labelled ``ippool-reclaim: "true"`` are deleted through ``ipam.admin.delete_object``: at once when
@@ -45,9 +45,9 @@ from ipam.autopool import (
     label_value,
     plan,
 )
+from ipam.controllers.pool import ReconcileReport, controlled_pools, parse_pools, write_subnet_status
 from ipam.errors import Conflict, Invalid, IpamError, NotFound
 from ipam.model import LABEL_OWNER_SUBNET, IPPool, ReservedIP, Subnet, reserved_set
-from ipam.pool_controller import ReconcileReport, controlled_pools, parse_pools, write_subnet_status
 from ipam.ranges import Family, canonical_cidr
 from ipam.records import Obj, WatchEvent
 from ipam.store.protocol import Store

@@ -27,10 +27,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ipam.admin import finish_terminating
 from ipam.admission import pool_status
 from ipam.autopool import LABEL_APP_GV, LABEL_APP_KIND, LABEL_APP_NAME, LABEL_APP_NAMESPACE, is_auto_pool
 from ipam.errors import Conflict, Invalid, IpamError, NotFound
-from ipam.model import FINALIZER, IPPool, PreAllocation, Subnet, encode_controlled_pools
+from ipam.model import IPPool, PreAllocation, Subnet, encode_controlled_pools
 from ipam.ranges import canonical_cidr, total_ip_count
 from ipam.records import Obj
 from ipam.store.protocol import Store
@@ -40,8 +41,6 @@ __all__ = [
     "ReconcileReport",
     "app_key_of",
     "controlled_pools",
-    "finish_terminating",
-    "owned_pools",
     "parse_pools",
     "subnet_status",
     "write_subnet_status",
@@ -145,48 +144,6 @@ def write_subnet_status(store: Store, name: str, pools: Sequence[IPPool] | None 
             continue
         return True
     raise Conflict(f'{Subnet.KIND} "{name}": kept changing while its status was written; try again')
-
-
-def owned_pools(store: Store, subnet_uid: str) -> list[str]:
-    """Names of the stored SpiderIPPools whose ownerReferences name the SpiderSubnet ``subnet_uid``."""
-    if not subnet_uid:
-        return []
-    out = []
-    for obj in store.list(IPPool.KIND, allocated_ips=False):
-        refs = obj["metadata"].get("ownerReferences") or []
-        if any(isinstance(r, dict) and r.get("uid") == subnet_uid for r in refs):
-            out.append(str(obj["metadata"]["name"]))
-    return out
-
-
-def finish_terminating(store: Store, kind: str, name: str) -> bool:
-    """Spiderpool's controller step for a terminating SpiderIPPool (once it holds no records) or
-    SpiderSubnet (once no SpiderIPPool names it in its ownerReferences): remove the finalizer ``spiderpool.spidernet.io``, so the store removes the object if no
-    other finalizer holds it.  True when the object is gone (or absent); False while it stays (not
-    terminating, records left, or another finalizer).  Raises Conflict when it changed meanwhile."""
-    try:
-        obj = store.get(kind, name, allocated_ips=False)
-    except NotFound:
-        return True
-    meta = obj["metadata"]
-    if not meta.get("deletionTimestamp"):
-        return False
-    if kind == IPPool.KIND and store.records(name):
-        return False  # the IP GC (or CNI DEL) releases them first
-    if kind == Subnet.KIND and owned_pools(store, str(meta.get("uid") or "")):
-        return False  # the owner GC (ipam.owner_gc) deletes them first
-    finalizers = list(meta.get("finalizers") or [])
-    if FINALIZER in finalizers:
-        meta["finalizers"] = [f for f in finalizers if f != FINALIZER]
-        try:
-            store.update(obj)  # the last finalizer of a terminating object: the store removes it
-        except NotFound:
-            return True
-    try:
-        store.get(kind, name, allocated_ips=False)
-    except NotFound:
-        return True
-    return False
 
 
 class PoolController:

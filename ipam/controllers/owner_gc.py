@@ -3,7 +3,7 @@
 Kubernetes' garbage collector deletes an object once every owner named in its
 ``metadata.ownerReferences`` is gone.  The embedded store has no garbage collector, and Spiderpool's
 subnet deletion needs one: a SpiderSubnet being deleted keeps its finalizer until the pools it owns are
-gone (``ipam.pool_controller.finish_terminating``), while the pools must go because their owner is
+gone (``ipam.admin.finish_terminating``), while the pools must go because their owner is
 being deleted (Spiderpool re-deletes the subnet with foreground propagation for that).  This step does
 it for both stores:
 
@@ -32,10 +32,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ipam.controllers.pool import ReconcileReport
 from ipam.errors import Conflict, Invalid, IpamError, NotFound
 from ipam.kinds import SPIDER_API
 from ipam.model import FINALIZER
-from ipam.pool_controller import ReconcileReport
 from ipam.records import Obj
 from ipam.store.protocol import Store
 from ipam.workload import OwnerRef

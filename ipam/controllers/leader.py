@@ -1,6 +1,6 @@
-"""The leader-only IPAM controllers, bundled for the agent: the IP garbage collector (``ipam.gc``), the
-pool controller (``ipam.pool_controller``), the SpiderSubnet controller (``ipam.subnet_controller``:
-auto pools and adoption of orphan pools) and the owner-reference GC (``ipam.owner_gc``: pools of a
+"""The leader-only IPAM controllers, bundled for the agent: the IP garbage collector (``gc``), the
+pool controller (``pool``), the SpiderSubnet controller (``subnet``:
+auto pools and adoption of orphan pools) and the owner-reference GC (``owner_gc``: pools of a
 subnet being deleted).
 
 The agent's leader loop calls :meth:`LeaderControllers.full_pass` once when it becomes leader and then
@@ -16,24 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ipam.gc import GarbageCollector, Released
+from ipam.controllers.gc import GarbageCollector, Released
+from ipam.controllers.owner_gc import OwnerGC
+from ipam.controllers.pool import PoolController, ReconcileReport
+from ipam.controllers.subnet import SubnetController
 from ipam.gc_policy import GCSettings
-from ipam.owner_gc import OwnerGC
-from ipam.pool_controller import PoolController, ReconcileReport
 from ipam.store.protocol import Store
-from ipam.subnet_controller import APP_KINDS, SubnetController
 
-__all__ = [
-    "APP_KINDS",
-    "GarbageCollector",
-    "LeaderControllers",
-    "OwnerGC",
-    "PassReport",
-    "PoolController",
-    "PoolPass",
-    "ReconcileReport",
-    "SubnetController",
-]
+__all__ = ["LeaderControllers", "PassReport", "PoolPass"]
 
 
 @dataclass
