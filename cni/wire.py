@@ -351,16 +351,6 @@ class GcRequest(_Request):
         self._fill(locals())
 
 
-class GcResult(_Record):
-    """What a GC released (``ip`` strings, bare addresses); the agent logs and counts them."""
-
-    __slots__ = ("released",)
-    released: tuple[str, ...]
-
-    def __init__(self, *, released: Sequence[str] = ()) -> None:
-        self._init(released=tuple(released))
-
-
 class StatusRequest(_Record):
     """``GET /v1/cni/status?network=N&cniVersion=V&ipv4Pool=P&ipv6Pool=Q`` (pools repeatable).
 

@@ -10,7 +10,7 @@ one ValueError naming ``Record.field``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from cni.wire import (
@@ -25,11 +25,11 @@ from cni.wire import (
     AddResponse,
     Attachment,
     ErrorResponse,
-    GcResult,
     IPConfig,
     Route,
     StatusRequest,
     _api_version,
+    _Record,
     _Request,
 )
 from cni.wire_rules import (
@@ -47,6 +47,20 @@ from cni.wire_rules import (
 MAX_TEXT_LENGTH = 4096  # any other string of a request (netns is a path: PATH_MAX)
 
 R = TypeVar("R", bound=_Request)
+
+
+# --- what a GC released ------------------------------------------------------------------------
+
+
+class GcResult(_Record):
+    """What a GC released (``ip`` strings, bare addresses); the agent logs and counts them, the plugin
+    ignores it (so it is not part of the plugin program)."""
+
+    __slots__ = ("released",)
+    released: tuple[str, ...]
+
+    def __init__(self, *, released: Sequence[str] = ()) -> None:
+        self._init(released=tuple(released))
 
 
 # --- field rules ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from cni import wire
+from cni import wire, wire_agent
 from ipam.errors import AllocationError, AllocationReason, Invalid, IpamError, StoreUnavailable, WouldBlock
 from ipam.service import AllocateRequest, Allocation, IpamService, ReleaseRequest
 from spiderbgp.cni_endpoint import BackendError
@@ -223,12 +223,12 @@ class IpamBackend:
             lambda: self.service.check(self._release_request(request), expected), check=True, inline=True
         )
 
-    async def gc(self, request: wire.GcRequest) -> wire.GcResult:
+    async def gc(self, request: wire.GcRequest) -> wire_agent.GcResult:
         valid = {(a.container_id, a.if_name) for a in request.valid_attachments}
         records = await self._run(lambda: self.service.gc_attachments(request.network, valid))
         if records:
             self._events.removed([r.ip for r in records])
-        return wire.GcResult(released=[r.ip for r in records])
+        return wire_agent.GcResult(released=[r.ip for r in records])
 
     async def status(self, request: wire.StatusRequest) -> None:
         pools = [*request.default_ipv4_ippool, *request.default_ipv6_ippool]

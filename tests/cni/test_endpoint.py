@@ -161,7 +161,7 @@ async def test_every_endpoint_round_trips(served: Served) -> None:
     )
     status, body = await call(session, "POST", wire.PATH_GC, json=greq.to_json())
     assert (status, body) == (200, {"apiVersion": "v1", "released": ["10.244.100.11"]})
-    assert wire_agent.read_gc_result(body) == wire.GcResult(released=["10.244.100.11"])
+    assert wire_agent.read_gc_result(body) == wire_agent.GcResult(released=["10.244.100.11"])
     assert records(store) == [("10.244.100.10", "default/web-0")]
     uid = served.cluster.uid("web-0")
     served.cluster.delete_pod("web-0")

@@ -106,6 +106,7 @@ def test_the_installed_program_is_whole_modules_without_packaging_or_agent_code(
     assert "if TYPE_CHECKING:" not in program and program.count("\nimport sys\n") == 1
     assert "class AddRequest(_Request)" in program and "def to_query" in program
     assert "def read_request" not in program and "def add_response_json" not in program
+    assert "class GcResult" not in program
     assert program.rstrip().endswith(
         "exit_now(main(process_environ(), sys.stdin.buffer, sys.stdout, sys.stderr))"
     )

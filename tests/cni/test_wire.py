@@ -230,6 +230,6 @@ def test_the_agents_answers_read_back_on_the_plugins_side() -> None:
         "code": 7,
         "msg": "m",
     }
-    gc = wire.GcResult(released=["10.0.0.7", "fd00::7"])
+    gc = wire_agent.GcResult(released=["10.0.0.7", "fd00::7"])
     assert wire_agent.gc_result_json(gc) == {"apiVersion": "v1", "released": ["10.0.0.7", "fd00::7"]}
     assert wire_agent.read_gc_result(wire_agent.gc_result_json(gc)) == gc
