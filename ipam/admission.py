@@ -30,12 +30,10 @@ from ipam.model import (
     LABEL_SUBNET_CIDR,
     IPPool,
     ReservedIP,
-    Route,
     Subnet,
     object_name,
 )
 from ipam.ranges import (
-    Family,
     IntervalSet,
     canonical_cidr,
     cidr_interval,
@@ -385,18 +383,10 @@ def _check_canonical(kind: str, name: str, subnet: str) -> None:
         raise Invalid(kind, name, "spec.subnet", f"{subnet} is not a canonical CIDR (use {net.cidr})")
 
 
-def _check_range_rules(
-    kind: str,
-    name: str,
-    *,
-    subnet: str,
-    family: Family,
-    ips: IntervalSet,
-    exclude_ips: IntervalSet,
-    gateway: str | None,
-    routes: Sequence[Route],
-) -> None:
+def _check_range_rules(kind: str, name: str, ranged: IPPool | Subnet) -> None:
     """The rules pools and subnets share: canonical subnet, ranges inside it, gateway, routes."""
+    subnet, family, ips, exclude_ips = ranged.subnet, ranged.ip_version, ranged.ips, ranged.exclude_ips
+    gateway, routes = ranged.gateway, ranged.routes
     _check_canonical(kind, name, subnet)
     whole = IntervalSet((cidr_interval(subnet),))
     if family == 6:
@@ -460,16 +450,10 @@ def _check_not_ipv4_in_ipv6(kind: str, name: str, usable: IntervalSet) -> None:
 
 
 def _check_in_use(
-    kind: str,
-    name: str,
-    *,
-    ips: IntervalSet,
-    usable: IntervalSet,
-    family: int,
-    in_use: Collection[str],
-    holder_kind: str,
+    kind: str, name: str, ranged: IPPool | Subnet, in_use: Collection[str], *, holder_kind: str
 ) -> None:
     """No IP that is in use may leave ``ips - excludeIPs`` (removed or excluded)."""
+    ips, usable, family = ranged.ips, ranged.usable, ranged.ip_version
     for ip in in_use:
         try:
             value = ip_to_int(ip, family)
@@ -543,16 +527,7 @@ def _admit_pool(
                 f"{pool.gateway}, inherited from SpiderSubnet {owner.name}, is in spec.ips; "
                 "add it to spec.excludeIPs, remove it from spec.ips, or set spec.gateway",
             )
-    _check_range_rules(
-        kind,
-        name,
-        subnet=pool.subnet,
-        family=pool.ip_version,
-        ips=pool.ips,
-        exclude_ips=pool.exclude_ips,
-        gateway=pool.gateway,
-        routes=pool.routes,
-    )
+    _check_range_rules(kind, name, pool)
     if pool.pod_affinity is not None and pool.pod_affinity.is_empty:
         raise Invalid(kind, name, "spec.podAffinity", "empty podAffinity is invalid")
     if owner is not None:
@@ -565,15 +540,7 @@ def _admit_pool(
                 f"{int_to_ip(outside.first, pool.ip_version)} is not in the IPs of "
                 f"SpiderSubnet {owner.name} (its ips minus excludeIPs)",
             )
-    _check_in_use(
-        kind,
-        name,
-        ips=pool.ips,
-        usable=pool.usable,
-        family=pool.ip_version,
-        in_use=in_use,
-        holder_kind="Pod",
-    )
+    _check_in_use(kind, name, pool, in_use, holder_kind="Pod")
     subnet_iv = IntervalSet((pool.subnet_interval,))
     for other in _parse_others(IPPool.from_obj, existing, name):
         if other.ip_version != pool.ip_version:
@@ -701,31 +668,14 @@ def _admit_subnet(
     spec = _spec(kind, name, out)
     _check_immutable(kind, name, spec, old)
     subnet = Subnet.from_obj(out)
-    _check_range_rules(
-        kind,
-        name,
-        subnet=subnet.subnet,
-        family=subnet.ip_version,
-        ips=subnet.ips,
-        exclude_ips=subnet.exclude_ips,
-        gateway=subnet.gateway,
-        routes=subnet.routes,
-    )
+    _check_range_rules(kind, name, subnet)
 
     spec["ipVersion"] = subnet.ip_version
     _merge_ranges(spec, subnet.ips, "ips", subnet.ip_version)
     _merge_ranges(spec, subnet.exclude_ips, "excludeIPs", subnet.ip_version)
     _labels(kind, name, out)[LABEL_SUBNET_CIDR] = cidr_label_value(canonical_cidr(subnet.subnet))
 
-    _check_in_use(
-        kind,
-        name,
-        ips=subnet.ips,
-        usable=subnet.usable,
-        family=subnet.ip_version,
-        in_use=in_use,
-        holder_kind="SpiderIPPool",
-    )
+    _check_in_use(kind, name, subnet, in_use, holder_kind="SpiderIPPool")
     mine = IntervalSet((subnet.subnet_interval,))
     for other in _parse_others(Subnet.from_obj, existing, name):
         if other.ip_version == subnet.ip_version and mine.overlaps(IntervalSet((other.subnet_interval,))):

@@ -48,7 +48,7 @@ __all__ = [
     "parse_lease",
 ]
 
-log = logging.getLogger(__name__)
+LOG = logging.getLogger(__name__)
 
 LEASE_API = "coordination.k8s.io/v1"
 T = TypeVar("T")
@@ -248,11 +248,11 @@ class LeaderElector:
                 raise asyncio.CancelledError
             return result
         except TimeoutError:
-            log.warning(
+            LOG.warning(
                 "leader election %s: the store did not answer within %.1fs", self.config.name, timeout
             )
         except IpamError as err:
-            log.warning("leader election %s: %s", self.config.name, err)
+            LOG.warning("leader election %s: %s", self.config.name, err)
         return None
 
     # -- the task ----------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class LeaderElector:
                 while not await self._call(self._attempt, cfg.renew_deadline):
                     await self.clock.sleep(cfg.retry_period)
                 self._leading = True
-                log.info("leader election %s: %s is now the leader", cfg.name, cfg.identity)
+                LOG.info("leader election %s: %s is now the leader", cfg.name, cfg.identity)
                 self._started()
                 last_renew = self.clock.monotonic()
                 while True:
@@ -278,7 +278,7 @@ class LeaderElector:
                     lost = self.leader not in ("", cfg.identity)
                     if lost or self.clock.monotonic() >= deadline:
                         break
-                log.warning("leader election %s: %s stopped leading", cfg.name, cfg.identity)
+                LOG.warning("leader election %s: %s stopped leading", cfg.name, cfg.identity)
                 self._leading = False
                 self._stopped()
         finally:

@@ -27,7 +27,7 @@ from spiderbgp.leader import ElectionConfig, LeaderElector
 
 __all__ = ["ControllerThread", "Leadership"]
 
-LOG = logging.getLogger("spiderbgp.leader")
+LOG = logging.getLogger(__name__)  # spiderbgp.leadership (the election logs as spiderbgp.leader)
 POOL_KINDS = ("SpiderIPPool", "SpiderSubnet", "SpiderReservedIP")
 
 

@@ -177,13 +177,10 @@ class OwnerGC:
                 report.errors.append(f"cannot list {kind}s and their owners: {err}")
                 continue
             for item in plan(dependents, owners):
-                try:
+                with report.step(skip_missing=False):
                     if self._delete(item):
                         report.updated.append(f"{item.kind}/{item.name}")
-                except IpamError as err:
-                    report.errors.append(str(err))
-        for line in report.errors:
-            LOG.warning("owner GC: %s", line)
+        report.log_errors(LOG, "owner GC")
         return report
 
     def _fresh_reason(self, dependent: Obj) -> str | None:

@@ -23,7 +23,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -62,6 +63,23 @@ class ReconcileReport:
         self.updated.extend(other.updated)
         self.deleted.extend(other.deleted)
         self.errors.extend(other.errors)
+
+    @contextmanager
+    def step(self, *, skip_missing: bool = True) -> Iterator[None]:
+        """One object's step of a pass: an error is reported as a line of ``errors`` and the pass goes
+        on with the next object; an object deleted meanwhile (NotFound) is skipped unless
+        ``skip_missing`` is False (then it is an error line too)."""
+        try:
+            yield
+        except NotFound as err:
+            if not skip_missing:
+                self.errors.append(str(err))
+        except IpamError as err:
+            self.errors.append(str(err))
+
+    def log_errors(self, log: logging.Logger, who: str) -> None:
+        for line in self.errors:
+            log.warning("%s: %s", who, line)
 
 
 def app_key_of(pool: IPPool) -> str | None:
@@ -162,11 +180,8 @@ class PoolController:
             report.errors.append(f"cannot list {IPPool.KIND}s: {err}")
             return report
         for obj in objs:
-            name = str(obj["metadata"]["name"])
-            try:
-                self._reconcile_pool(name, report)
-            except IpamError as err:
-                report.errors.append(str(err))
+            with report.step(skip_missing=False):
+                self._reconcile_pool(str(obj["metadata"]["name"]), report)
         try:
             pools = parse_pools(self.store.list(IPPool.KIND))
             subnets = self.store.list(Subnet.KIND)
@@ -175,19 +190,13 @@ class PoolController:
             return report
         for obj in subnets:
             name = str(obj["metadata"]["name"])
-            try:
+            with report.step():
                 if obj["metadata"].get("deletionTimestamp") and self._finish(Subnet.KIND, name):
                     report.deleted.append(f"{Subnet.KIND}/{name}")
                     LOG.info("deleted terminating SpiderSubnet %s", name)
-                    continue
-                if write_subnet_status(self.store, name, pools):
+                elif write_subnet_status(self.store, name, pools):
                     report.updated.append(f"{Subnet.KIND}/{name}")
-            except NotFound:
-                continue
-            except IpamError as err:
-                report.errors.append(str(err))
-        for line in report.errors:
-            LOG.warning("pool controller: %s", line)
+        report.log_errors(LOG, "pool controller")
         return report
 
     def _reconcile_pool(self, name: str, report: ReconcileReport) -> None:

@@ -441,15 +441,10 @@ class SubnetController:
             report.errors.append(str(err))
             return
         for name in sorted(names - {""}):
-            try:
+            with report.step():
                 if write_subnet_status(self.store, name, pools):
                     report.updated.append(f"{Subnet.KIND}/{name}")
-            except NotFound:
-                continue
-            except IpamError as err:
-                report.errors.append(str(err))
 
     @staticmethod
     def _log(report: ReconcileReport) -> None:
-        for line in report.errors:
-            LOG.warning("subnet controller: %s", line)
+        report.log_errors(LOG, "subnet controller")
