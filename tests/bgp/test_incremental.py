@@ -1,37 +1,36 @@
 """The speaker's incremental bookkeeping (``advertise: host``, no ``maxPrefixes``): after any sequence
 of pod and kernel-route changes, the prefixes it keeps as desired equal what the pure
 ``desired_routes`` computes from scratch, and planning from the changed prefixes alone brings the
-announced set to exactly that (the invariant the sync loop relies on to skip whole comparisons)."""
+announced set to exactly that (the invariant the sync loop relies on to skip whole comparisons).
+
+A sync here is the speaker's own: ``DesiredState.plan()`` and ``acknowledge()``, the two halves of
+``BgpSpeaker._sync`` around the send to ExaBGP, with ExaBGP acking every command (what ExaBGP does
+with a command is tests/bgp/test_driver.py's concern, against the real one)."""
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgp_speaker.config import IPNetwork, parse_bgp_config
 from bgp_speaker.damping import is_suppressed
+from bgp_speaker.desired import DesiredState
+from bgp_speaker.exabgp import CommandResult
 from bgp_speaker.kernel import RouteBatch, RouteChange
+from bgp_speaker.metrics import SpeakerMetrics
 from bgp_speaker.routes import desired_routes
-from bgp_speaker.speaker import BgpSpeaker
 
 POOL = "10.244.0.0/16"
 PEER = "172.16.13.1"
 
 
-class _NoRoutes:
-    """A route source that is never watched here (the speaker is not started)."""
-
-    def watch(self) -> AsyncIterator[RouteBatch]:
-        raise AssertionError("not started in these tests")
-
-
 def _speaker(
     *, families: list[str] | None = None, clock: Callable[[], float] = time.monotonic, **top: object
-) -> BgpSpeaker:
+) -> DesiredState:
     peer: dict[str, object] = {"address": PEER, "asn": 23000}
     if families is not None:
         peer["families"] = families
@@ -47,7 +46,7 @@ def _speaker(
         },
         source="test",
     )
-    sp = BgpSpeaker(cfg, route_source=_NoRoutes(), clock=clock)
+    sp = DesiredState(cfg, metrics=SpeakerMetrics(), clock=clock)
     sp.set_pool_subnets([POOL, "fd00:244::/64"])
     return sp
 
@@ -56,25 +55,19 @@ def _ip(n: int) -> str:
     return f"10.244.{n // 250}.{n % 250 + 1}"
 
 
-def _apply(sp: BgpSpeaker, changes: list[RouteChange], *, reset: bool = False) -> None:
-    batch = RouteBatch(tuple(changes), reset=reset)
-    touched = sp._table.apply(batch)
-    sp._recheck_ready(touched, full=reset)
+def _apply(sp: DesiredState, changes: list[RouteChange], *, reset: bool = False) -> None:
+    sp.apply_routes(RouteBatch(tuple(changes), reset=reset))
 
 
-def _sync_changed(sp: BgpSpeaker) -> None:
-    """What ``_sync`` does on the incremental path, with every command acknowledged."""
-    dirty = sorted(sp._dirty, key=lambda n: (n.version, int(n.network_address)))
-    sp._dirty.clear()
-    for peer in sp.config.peers:
-        for op, _ in sp._changed_ops_for_peer(peer, dirty):
-            if op.action == "announce":
-                sp._announced[op.peer].update(op.prefixes)
-            elif op.action == "withdraw":
-                sp._announced[op.peer].difference_update(op.prefixes)
+def _sync_changed(sp: DesiredState) -> None:
+    """One sync: the speaker's plan (on the incremental path once ``_full_sync`` is off), every
+    command acked."""
+    ops = sp.plan()
+    failed, _ = sp.acknowledge(ops, [CommandResult(line, ok=True) for _, cmds in ops for line in cmds])
+    assert not failed
 
 
-def _reference(sp: BgpSpeaker) -> frozenset[IPNetwork]:
+def _reference(sp: DesiredState) -> frozenset[IPNetwork]:
     ready = {ip for ip in sp._pods if sp._table.is_local(ip)}
     return desired_routes(
         sp._pods, mode="host", ready=ready, pool_subnets={ipaddress.ip_network(POOL)}
