@@ -12,6 +12,10 @@ SpiderSubnet of the same CIDR exists (and is not being deleted), the pool's cont
 and label and the subnet's gateway and routes where the pool has none (:func:`adopt`, which the subnet
 controller also uses for pools written before their subnet).  Every check works on intervals: O(ranges + objects + in-use IPs),
 never O(addresses).
+
+Over 600 lines on purpose: it is the one admission of every kind the store takes (Spiderpool's webhooks
+for pools, subnets and reserved IPs; the API server's metadata rules), and the kinds share its range,
+overlap and in-use helpers.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ live in ``ipam.admission``.
 Spiderpool keeps two status fields as JSON documents *inside a string*: ``SpiderIPPool
 status.allocatedIPs`` and ``SpiderSubnet status.controlledIPPools``.  The encode/decode helpers here
 are the one place that knows those formats.
+
+Over 600 lines on purpose: the typed value and parser of each Spiderpool kind (pool, subnet, reserved
+IP, endpoint and their parts) in one place, sharing one parse context (``_Ctx``) that names the field.
 """
 
 from __future__ import annotations

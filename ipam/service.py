@@ -9,6 +9,11 @@ so conflicts only come from other processes or nodes.
 The store and this service are synchronous.  With a store that has group commit the agent makes ADD,
 DEL and CHECK on its event loop first, several at a time in ``grouped`` mode (one transaction, no pool
 locks, WouldBlock instead of any wait), and from its thread pool the calls that would wait.
+
+Over 600 lines on purpose: one class whose ADD, DEL, CHECK and CNI GC share one retry discipline
+(``_retrying``), one locking discipline (pool locks, or none in ``grouped`` mode) and the caches of parsed
+pools and candidate selections; every decision is already a pure function elsewhere (``selection``,
+``allocator``, ``workload``), and splitting the remaining store choreography would scatter one ADD.
 """
 
 from __future__ import annotations

@@ -30,6 +30,11 @@ that needs more IPs than one pool can hold needs more pools (or a SpiderSubnet w
 Reads: ``get``/``list`` of the kinds given as ``cached_kinds`` are served from informers (list+watch in
 background threads, ``ipam.store.kube_informer``) once they are synced; everything on the write path (``usage``,
 ``records``, ``commit``, preconditions) reads the server.
+
+Over 600 lines on purpose: the protocol's two halves on one API client, where the allocation records
+live inside the pool objects (``status.allocatedIPs``), so object writes, record writes and their
+conflict retries cannot be separated without passing the pool body between modules; the HTTP client
+(``kube_api``) and the informers (``kube_informer``) are already apart.
 """
 
 from __future__ import annotations
