@@ -56,6 +56,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from ipam import errors
+from ipam.apiserver import grace_period, identify
 from ipam.errors import (
     AlreadyExists,
     Conflict,
@@ -202,29 +203,6 @@ class KubeStore:
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _identify(obj: Obj) -> tuple[KindInfo, str, str]:
-        if not isinstance(obj, dict):
-            raise Invalid("object", "?", "object", "must be a mapping")
-        meta = obj.get("metadata")
-        name = str(meta.get("name") or "") if isinstance(meta, dict) else ""
-        if not isinstance(obj.get("kind"), str) or not obj.get("kind"):
-            raise Invalid("object", name or "?", "kind", "is required")
-        try:
-            info = kind_info(str(obj.get("kind")))
-        except KeyError:
-            raise Invalid(str(obj.get("kind") or "object"), name or "?", "kind", "unknown kind") from None
-        if obj.get("apiVersion", info.api_version) != info.api_version:
-            raise Invalid(info.kind, name or "?", "apiVersion", f"must be {info.api_version!r}")
-        if not isinstance(meta, dict):
-            raise Invalid(info.kind, "?", "metadata", "is required")
-        if not name:
-            raise Invalid(info.kind, "?", "metadata.name", "is required")
-        ns = str(meta.get("namespace") or "") if isinstance(meta, dict) else ""
-        if info.namespaced and not ns:
-            raise Invalid(info.kind, name, "metadata.namespace", "is required for a namespaced kind")
-        return info, (ns if info.namespaced else ""), name
-
     def _retrying(self, attempt: Callable[[], Obj]) -> Obj:
         """Run a read-modify-write ``attempt`` (which re-reads first), retrying on Conflict."""
         delays = self.retry.delays(self._rand)
@@ -281,7 +259,7 @@ class KubeStore:
     # -- ObjectStore ----------------------------------------------------------------------------------
 
     def create(self, obj: Obj) -> Obj:
-        info, ns, name = self._identify(obj)
+        info, ns, name = identify(obj)
         body = copy.deepcopy(obj)
         body["apiVersion"], body["kind"] = info.api_version, info.kind
         meta = body["metadata"]
@@ -337,7 +315,7 @@ class KubeStore:
         return items
 
     def update(self, obj: Obj) -> Obj:
-        info, ns, name = self._identify(obj)
+        info, ns, name = identify(obj)
         body = copy.deepcopy(obj)
         body["apiVersion"], body["kind"] = info.api_version, info.kind
         if body["metadata"].get("resourceVersion"):
@@ -350,7 +328,7 @@ class KubeStore:
         return self._retrying(attempt)
 
     def update_status(self, obj: Obj) -> Obj:
-        info, ns, name = self._identify(obj)
+        info, ns, name = identify(obj)
         wanted = str(obj["metadata"].get("resourceVersion") or "")
         new_status = copy.deepcopy(obj.get("status"))
 
@@ -398,15 +376,9 @@ class KubeStore:
         body: Obj = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         if resource_version:
             body["preconditions"] = {"resourceVersion": resource_version}
-        if grace_period_seconds is not None:
-            shown = f"{ns}/{name}" if ns else name
-            if isinstance(grace_period_seconds, bool) or not isinstance(grace_period_seconds, int):
-                raise Invalid(
-                    info.kind, shown, "gracePeriodSeconds", f"{grace_period_seconds!r} is not an integer"
-                )
-            if grace_period_seconds < 0:
-                raise Invalid(info.kind, shown, "gracePeriodSeconds", f"{grace_period_seconds} must be >= 0")
-            body["gracePeriodSeconds"] = grace_period_seconds
+        grace = grace_period(info, ns, name, grace_period_seconds)  # only Pods have one
+        if grace is not None:
+            body["gracePeriodSeconds"] = grace
         try:
             out = self.api.request("DELETE", info, namespace=ns, name=name, body=body)
         except Conflict:
@@ -568,7 +540,7 @@ class KubeStore:
         delete_endpoint: tuple[str, str] | None = None,
     ) -> None:
         if endpoint is not None:
-            info, _, name = self._identify(endpoint)
+            info, _, name = identify(endpoint)
             if info.kind != ENDPOINT:
                 raise Invalid(info.kind, name, "kind", f"commit writes only {ENDPOINT}")
         for c in claims:
@@ -676,7 +648,7 @@ class KubeStore:
         return None
 
     def _write_endpoint(self, endpoint: Obj) -> None:
-        info, ns, name = self._identify(endpoint)
+        info, ns, name = identify(endpoint)
         body = copy.deepcopy(endpoint)
         body["apiVersion"], body["kind"] = info.api_version, info.kind
         if body["metadata"].get("resourceVersion"):
