@@ -177,14 +177,17 @@ class Agent:
 
     # -- events from the CNI path and the store ---------------------------------------------------
 
+    # The announcer hears of this node's addresses through one path, the endpoint watch
+    # (_watch_endpoints): it sees every writer (this agent's CNI calls, the leader's GC on another node,
+    # `spiderbgp ipam release`) in the store's order, so an address released and allocated again is
+    # never left withdrawn by a late event of another path.  The CNI calls' own events only count.
+
     def _ips_added(self, ips: Mapping[str, str]) -> None:
-        if self.announcer is not None:
-            self.announcer.add_pod_ips(ips)
+        """This agent allocated ``ips`` on this node (the endpoint watch announces them)."""
 
     def _ips_removed(self, ips: Sequence[str]) -> None:
+        """This agent released ``ips`` (the endpoint watch withdraws them)."""
         self.metrics.releases.inc(len(ips))
-        if self.announcer is not None:
-            self.announcer.remove_pod_ips(ips)
 
     def _observe(self, operation: str, code: int, seconds: float) -> None:
         latency = self._latency.get(operation)
