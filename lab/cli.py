@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,6 +44,7 @@ from lab.verbs import (
     format_pods,
     label_node,
     objects,
+    pod_state,
     scale,
     wait_settled,
 )
@@ -127,6 +129,13 @@ def _status(lab: Lab, out: TextIO) -> int:
             print(f"  bgp peer {addr:15} {peer.get('state')} pfxRcd={peer.get('pfxRcd', 0)}", file=out)
     except (FrrError, OSError) as exc:
         print(f"  bgp: {exc}", file=out)
+    store = SqliteStore(lab.store_path)
+    try:
+        states = Counter(pod_state(p).status for p in store.list("Pod"))
+    finally:
+        store.close()
+    shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+    print(f"  pods: {shown}", file=out)
     return 0
 
 
