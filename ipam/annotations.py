@@ -188,7 +188,7 @@ class PodIPAMAnnotations:
 # helpers
 
 
-class _Ctx:
+class _Source:
     """Where a value comes from, to build the one-line error."""
 
     def __init__(self, kind: str, where: str, key: str) -> None:
@@ -198,7 +198,7 @@ class _Ctx:
         return AnnotationError(self.kind, self.where, self.key, reason)
 
 
-def _load_json(ctx: _Ctx, text: str) -> Any:
+def _load_json(ctx: _Source, text: str) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
@@ -213,7 +213,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _names(ctx: _Ctx, value: Any, field: str) -> tuple[str, ...]:
+def _names(ctx: _Source, value: Any, field: str) -> tuple[str, ...]:
     """A JSON list of non-empty strings (or null/absent: empty)."""
     if value is None:
         return ()
@@ -229,13 +229,13 @@ def _names(ctx: _Ctx, value: Any, field: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _object(ctx: _Ctx, value: Any, field: str) -> dict[str, Any]:
+def _object(ctx: _Source, value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ctx.fail(f"{field}expected a JSON object, got {_short(value)}")
     return value
 
 
-def _string(ctx: _Ctx, value: Any, field: str) -> str:
+def _string(ctx: _Source, value: Any, field: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -243,8 +243,8 @@ def _string(ctx: _Ctx, value: Any, field: str) -> str:
     return value
 
 
-def _pod_ctx(pod: str, key: str) -> _Ctx:
-    return _Ctx("Pod", pod, key)
+def _pod_ctx(pod: str, key: str) -> _Source:
+    return _Source("Pod", pod, key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def parse_ippools(text: str, *, pod: str, nic: str | None = None) -> IPPoolsAnno
     return result
 
 
-def _subnet_item(ctx: _Ctx, value: Any, field: str, default_nic: str) -> SubnetChoice:
+def _subnet_item(ctx: _Source, value: Any, field: str, default_nic: str) -> SubnetChoice:
     obj = _object(ctx, value, field + ": " if field else "")
     prefix = field + "." if field else ""
     interface = _string(ctx, obj.get("interface"), prefix + "interface") or default_nic
@@ -465,7 +465,7 @@ def parse_namespace_defaults(namespace: str, annotations: Mapping[str, str]) -> 
         if text is None:
             lists.append(())
             continue
-        ctx = _Ctx("Namespace", namespace, key)
+        ctx = _Source("Namespace", namespace, key)
         raw = _load_json(ctx, text)
         if not isinstance(raw, list):
             raise ctx.fail(f'expected a JSON list of pool names like ["pool-a"], got {_short(raw)}')
