@@ -107,6 +107,7 @@ class RouteMonitor:
 
     def __init__(self, sandbox: Sandbox, ns: Netns, *, family: str = "-4") -> None:
         self.lines: list[tuple[float, str]] = []
+        self._ns, self._family = ns, family
         self._proc = sandbox.popen(
             ns, ["ip", family, "-ts", "monitor", "route"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
@@ -119,18 +120,28 @@ class RouteMonitor:
     def _subscribed(self, ns: Netns, family: str) -> None:
         """Return once ``ip monitor`` has subscribed: a canary route added now is seen (then removed),
         so a test asserting that a route was never deleted has watched for real."""
+        try:
+            self._canary(ns, family)
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def caught_up(self) -> None:
+        """Return once every route change made so far in the namespace is in ``lines``: a canary
+        route added now is seen (netlink delivers in order), then removed."""
+        self._canary(self._ns, self._family)
+
+    def _canary(self, ns: Netns, family: str) -> None:
         canary = "2001:db8:ffff::fe" if family == "-6" else "203.0.113.254"
+        seen = len(self.lines)
         run(ns, ["ip", family, "route", "add", "blackhole", canary])
         try:
             wait_until(
-                lambda: any(canary in ln and "Deleted" not in ln for _, ln in self.lines),
+                lambda: any(canary in ln and "Deleted" not in ln for _, ln in self.lines[seen:]),
                 timeout=10,
                 interval=0.01,
                 what=f"`ip monitor` in {ns.name} seeing the canary route {canary}",
             )
-        except TimeoutError:
-            self.stop()
-            raise
         finally:
             run(ns, ["ip", family, "route", "del", "blackhole", canary], check=False)
 

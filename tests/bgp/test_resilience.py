@@ -48,6 +48,30 @@ async def _all_back(lab: BgpLab, want: set[str], timeout: float = 30.0, what: st
     )
 
 
+def _all_stale(lab: BgpLab, count: int) -> None:
+    """Wait until FRR holds ``count`` routes, every one stale: it saw the session end (graceful restart)."""
+    assert lab.router is not None
+    router = lab.router
+    wait_until(
+        lambda: len(r := router.bgp_routes()) == count and all(p.stale for p in r.values()),
+        timeout=20,
+        interval=0.05,
+        what=f"{count} stale routes in FRR",
+    )
+
+
+def _stale_flushed(lab: BgpLab) -> None:
+    """Wait until FRR holds no stale route: the End-of-RIB came and the stale ones left (were deleted)."""
+    assert lab.router is not None
+    router = lab.router
+    wait_until(
+        lambda: not any(p.stale for p in router.bgp_routes().values()),
+        timeout=20,
+        interval=0.05,
+        what="no stale route in FRR (End-of-RIB handled)",
+    )
+
+
 async def test_bgpd_restart_gets_every_route_back(lab: BgpLab) -> None:
     router = lab.start_frr()
     sp = lab.speaker(speaker_config(lab.runtime_dir, requireHostRoute=False))
@@ -129,7 +153,8 @@ async def test_exabgp_killed_under_graceful_restart_keeps_every_route_in_the_rou
             wait_until, lambda: sp.restarts == 1 and sp.status()[0].state == "up", timeout=20, what="restart"
         )
         await _all_back(lab, {f"{ip}/32" for ip in ips[1:]}, what="routes after the restart")
-        await asyncio.sleep(0.3)
+        await asyncio.to_thread(_stale_flushed, lab)  # End-of-RIB handled: no deletion is still to come
+        await asyncio.to_thread(monitor.caught_up)
     finally:
         monitor.stop()
     assert not any(monitor.deleted(f"{ip}/32") for ip in ips[1:])
@@ -153,14 +178,15 @@ async def test_agent_restart_with_graceful_restart_never_removes_a_route(lab: Bg
     monitor = RouteMonitor(lab.sandbox, lab.router_ns)
     try:
         await first.stop(withdraw=False)  # GR: ExaBGP closes silently, FRR keeps the routes (stale)
-        await asyncio.sleep(1.0)
+        await asyncio.to_thread(_all_stale, lab, 60)
         assert len(lab.router_routes()) == 60
         second = lab.speaker(cfg)
         second.set_pod_ips(dict.fromkeys([*kept, "10.244.10.100"], POOL))  # 10 released, 1 new meanwhile
         await second.start()
         want = {f"{ip}/32" for ip in [*kept, "10.244.10.100"]}
         await _all_back(lab, want, what="refreshed routes after the agent restart")
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(_stale_flushed, lab)
+        await asyncio.to_thread(monitor.caught_up)
     finally:
         monitor.stop()
     for ip in kept:
@@ -243,14 +269,15 @@ async def test_agent_crash_takes_its_exabgp_along_and_graceful_restart_keeps_the
         await asyncio.to_thread(
             wait_until, lambda: not exabgp.alive(), timeout=5, interval=0.05, what="ExaBGP gone"
         )
-        await asyncio.sleep(1.0)
-        assert len(lab.router_routes()) == 30  # graceful restart: the router keeps forwarding
+        await asyncio.to_thread(_all_stale, lab, 30)  # the router saw the session end...
+        assert len(lab.router_routes()) == 30  # ... and, graceful restart, keeps forwarding
         cfg = speaker_config(lab.runtime_dir, requireHostRoute=False, peers=[bgp["peers"][0]])  # type: ignore[index]
         again = lab.speaker(cfg)
         again.set_pod_ips(dict.fromkeys(ips[:25], POOL))  # five pods went away meanwhile
         await again.start()
         await _all_back(lab, {f"{ip}/32" for ip in ips[:25]}, what="routes after the agent came back")
-        await asyncio.sleep(0.3)
+        await asyncio.to_thread(_stale_flushed, lab)
+        await asyncio.to_thread(monitor.caught_up)
     finally:
         monitor.stop()
     assert not any(monitor.deleted(f"{ip}/32") for ip in ips[:25])
