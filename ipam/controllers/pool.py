@@ -10,7 +10,7 @@
   resourceVersion the pool was read with, so a release in between fails it and the next pass looks
   again (claims never land in a terminating pool: the store refuses them).  A terminating SpiderSubnet
   loses it once no pool names it as an owner any more (Spiderpool's subnet controller waits for its
-  controlled pools); the owner GC (``ipam.owner_gc``) deletes those pools, in both stores.
+  controlled pools); the owner GC (``ipam.controllers.owner_gc``) deletes those pools, in both stores.
   ``finish_terminating`` is that step, also used by ``ipam.admin.delete_object`` so an unused pool or
   subnet goes at once.
 - ``SpiderSubnet status`` is derived from the pools of the subnet's CIDR: ``controlledIPPools`` (the

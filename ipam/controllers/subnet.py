@@ -17,7 +17,7 @@ the same kind, namespace and name, which takes them over (the UID label is refre
 It also adopts orphan pools (:meth:`SubnetController.adopt_orphans`): a SpiderIPPool of a subnet's CIDR
 written before the subnet gets the subnet as its controller owner, the owner label and the subnet's
 gateway and routes, as Spiderpool's subnet controller does; deleting the subnet then deletes it too
-(``ipam.owner_gc``).
+(``ipam.controllers.owner_gc``).
 
 Every method is idempotent: running it again with nothing changed writes nothing.
 """
