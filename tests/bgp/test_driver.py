@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -415,3 +416,49 @@ async def test_stopping_while_exabgp_comes_up_leaves_no_process(solo: tuple[Netn
         await sp.stop()
         if coming is not None:
             coming.signal(signal.SIGKILL)  # the process this test froze, if an assertion failed
+
+
+async def test_incremental_syncs_keep_exabgps_adj_rib_out_exact(solo: tuple[Netns, Path]) -> None:
+    """The real sync on its incremental path (``advertise: host``, no ``maxPrefixes``) against the real
+    ExaBGP: after a seeded random run of allocations, releases and host routes made in the kernel,
+    ExaBGP's adj-rib-out holds exactly the allocated and routed addresses, every time it is looked at
+    (tests/bgp/test_incremental.py checks the same bookkeeping over many more runs, without ExaBGP)."""
+    ns, work = solo
+    routes = HostRoutes(ns)
+    sp = _speaker(ns, work, peers=[{"address": PEER, "asn": 23000, "gracefulRestart": 0}])
+    assert sp._incremental
+    rng = random.Random(13)
+    ips = [f"10.244.7.{i}" for i in range(1, 25)]
+    pods: set[str] = set()
+    routed: set[str] = set()
+
+    async def exact() -> bool:
+        return await _adj(sp) == {f"{ip}/32" for ip in pods & routed}
+
+    sp.set_pool_subnets([POOL])
+    await sp.start()
+    try:
+        await sp.wait_synced()
+        for step in range(80):
+            ip = rng.choice(ips)
+            kind = rng.choice(["pod+", "pod-", "route+", "route-"])
+            if kind == "pod+" and ip not in pods:
+                sp.add_pod_ip(ip, POOL)
+                pods.add(ip)
+            elif kind == "pod-" and ip in pods:
+                sp.remove_pod_ip(ip)
+                pods.discard(ip)
+            elif kind == "route+" and ip not in routed:
+                routes.add(ip)
+                routed.add(ip)
+            elif kind == "route-" and ip in routed:
+                routes.delete(ip)
+                routed.discard(ip)
+            if step % 8 == 7:
+                await _until(exact, f"adj-rib-out exact after step {step}")
+                assert not sp._full_sync  # the changed prefixes alone got it there
+        await _until(exact, "adj-rib-out exact at the end")
+        assert pods & routed, "the run announced nothing: a weak seed"
+        assert sp.metrics.command_errors._value.get() == 0
+    finally:
+        await sp.stop()
