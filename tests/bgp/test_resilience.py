@@ -209,7 +209,16 @@ async def test_link_down_and_up_brings_the_routes_back(lab: BgpLab) -> None:
     await asyncio.to_thread(
         lab.wait_router_routes, lambda r: not r, timeout=10, what="routes gone on link down"
     )
-    await asyncio.sleep(1.0)
+    router = lab.router
+    assert router is not None
+    # the session itself went down (FRR's fast failover on the link), not just the routes
+    await asyncio.to_thread(
+        wait_until,
+        lambda: NODE_V4 not in router.established(),
+        timeout=20,
+        interval=0.05,
+        what="session down",
+    )
     await asyncio.to_thread(set_link, lab.router_ns, "r-node", up=True)
     await _all_back(lab, want, timeout=40, what="routes after link up")
 
