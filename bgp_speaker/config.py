@@ -9,6 +9,8 @@ bgp:
                                   #   (Calico's can-reach autodetection), read from the kernel at start
   nextHopV6: fd00:13::11          # IPv6 next hop (default: nextHop when nextHop is IPv6; "auto" too)
   advertise: host                 # host (one /32 or /128 per pod IP) | aggregate | pool
+                                  #   | block (each affine SpiderIPBlock as one prefix, blackholed in
+                                  #   this node's kernel, plus a /32 or /128 per borrowed address)
   exportCIDRs: [10.244.0.0/16]    # optional: narrow the pools' subnets further
   withdrawOnExit: false           # withdraw everything (and wait for the acks) when the agent stops
   requireHostRoute: true          # announce an IP only once the node's kernel routes it locally
@@ -77,11 +79,11 @@ __all__ = [
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Family = Literal["ipv4", "ipv6"]
-AdvertiseMode = Literal["host", "aggregate", "pool"]
+AdvertiseMode = Literal["host", "aggregate", "pool", "block"]
 AnnounceWhen = Literal["ready", "allocated"]
 
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
-ADVERTISE_MODES: tuple[AdvertiseMode, ...] = ("host", "aggregate", "pool")
+ADVERTISE_MODES: tuple[AdvertiseMode, ...] = ("host", "aggregate", "pool", "block")
 ANNOUNCE_WHEN: tuple[AnnounceWhen, ...] = ("ready", "allocated")
 WELL_KNOWN_COMMUNITIES = frozenset(
     {"no-export", "no-advertise", "no-export-subconfed", "no-peer", "nopeer", "blackhole"}

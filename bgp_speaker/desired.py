@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from bgp_speaker.blocks import BlockRoutes, block_routes
 from bgp_speaker.commands import (
     RouteAttributes,
     announce_commands,
@@ -90,6 +91,7 @@ class DesiredState:
         self._table = RouteTable()
         self._ready: set[IPAddress] = set()
         self._by_subnet: dict[IPNetwork, set[IPAddress]] = {}  # pod IPs per pool subnet
+        self._blocks: frozenset[IPNetwork] = frozenset()  # advertise: block: this node's affine blocks
         # the host prefixes of eligible, ready IPs (-> pool subnet), kept current input by input, and
         # those whose membership changed since the last sync: with ``advertise: host`` and no
         # ``maxPrefixes`` a sync looks only at those, so one new pod costs the same with 10 pods
@@ -212,6 +214,24 @@ class DesiredState:
         self._update_refused_metric()
         self._changed()
 
+    def set_blocks(self, blocks: Iterable[IPNetwork | str]) -> None:
+        """``advertise: block``: the whole set of allocation blocks affine to this node."""
+        nets = frozenset(_net(b) for b in blocks)
+        if nets != self._blocks:
+            self._blocks = nets
+            self._changed()
+
+    def block_routes(self) -> BlockRoutes:
+        """``advertise: block``: the blocks and borrowed host prefixes to announce, the blocks to
+        blackhole in this node's kernel (see ``bgp_speaker.blocks``)."""
+        return block_routes(
+            self._blocks,
+            self._hosts,
+            pool_subnets=self._policy.pool_subnets,
+            export_cidrs=self._policy.export_cidrs,
+            node_addresses=self._policy.node_addresses,
+        )
+
     @property
     def refused(self) -> dict[str, str]:
         """Pod IPs the export policy keeps out of BGP, with the reason."""
@@ -224,6 +244,8 @@ class DesiredState:
 
     def desired(self) -> frozenset[IPNetwork]:
         """The prefixes this node should announce right now (before per-peer families and limits)."""
+        if self.config.advertise == "block":
+            return self.block_routes().prefixes
         return advertised_prefixes(
             self._hosts, mode=self.config.advertise, export_cidrs=self.config.export_cidrs
         )

@@ -130,7 +130,7 @@ def test_community_number_alone_is_refused() -> None:
         (_raw(nextHop="fd00::1"), "bgp.routerId: is required when nextHop is not IPv4"),
         (_raw(routerId="fd00::1"), "bgp.routerId: must be a non-zero IPv4 address, not fd00::1"),
         (_raw(nextHopV6="10.0.0.1"), "bgp.nextHopV6: 10.0.0.1 is not an IPv6 address"),
-        (_raw(advertise="all"), "bgp.advertise: must be one of host, aggregate, pool, not 'all'"),
+        (_raw(advertise="all"), "bgp.advertise: must be one of host, aggregate, pool, block, not 'all'"),
         (
             _raw(exportCIDRs=["10.244.1.1/16"]),
             "bgp.exportCIDRs[0]: '10.244.1.1/16' is not a CIDR (10.244.1.1/16 has host bits set)",
