@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
+from ipam.blocks import BLOCK_SIZE_ANNOTATION, block_size_of
 from ipam.errors import Invalid
 from ipam.kinds import SPIDER_API
 from ipam.model import (
@@ -532,6 +533,7 @@ def _admit_pool(
                 "add it to spec.excludeIPs, remove it from spec.ips, or set spec.gateway",
             )
     _check_range_rules(kind, name, pool)
+    _check_block_size(pool, old, in_use)
     if pool.pod_affinity is not None and pool.pod_affinity.is_empty:
         raise Invalid(kind, name, "spec.podAffinity", "empty podAffinity is invalid")
     if owner is not None:
@@ -566,6 +568,20 @@ def _admit_pool(
                 f"{pool.subnet} overlaps with subnet {other.subnet} of SpiderIPPool {other.name}",
             )
     return out
+
+
+def _check_block_size(pool: IPPool, old: Obj | None, in_use: Collection[str]) -> None:
+    """``spiderbgp.io/block-size``: a prefix length between the subnet's and the family's maximum,
+    not changeable (added, changed or removed) while the pool holds allocations."""
+    block_size_of(pool)
+    before = ((old or {}).get("metadata") or {}).get("annotations") or {}
+    if in_use and before.get(BLOCK_SIZE_ANNOTATION) != pool.annotations.get(BLOCK_SIZE_ANNOTATION):
+        raise Invalid(
+            IPPool.KIND,
+            pool.name,
+            f"metadata.annotations.{BLOCK_SIZE_ANNOTATION}",
+            f"not changeable while the pool holds allocations ({len(in_use)} IPs in use)",
+        )
 
 
 def owner_subnet(pool: IPPool, subnets: Sequence[Obj]) -> Subnet | None:

@@ -77,6 +77,8 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("SpiderReservedIP", SPIDER_API, "spiderreservedips", False, False, ("sr",)),
     # SpiderEndpoint keeps everything in status but has no status subresource (Spiderpool writes it with Update).
     KindInfo("SpiderEndpoint", SPIDER_API, "spiderendpoints", True, False, ("se",)),
+    # a node's claim on an aligned block of a pool with spiderbgp.io/block-size (ipam.blocks)
+    KindInfo("SpiderIPBlock", "spiderbgp.io/v1alpha1", "spideripblocks", False, True, ("sib",)),
     KindInfo("Pod", "v1", "pods", True, True, ("po",)),
     KindInfo("Namespace", "v1", "namespaces", False, True, ("ns",)),
     KindInfo("Node", "v1", "nodes", False, True, ("no",)),

@@ -31,9 +31,10 @@ from typing import Any
 import netaddr
 
 from ipam import annotations as an
-from ipam import selection
+from ipam import blocks, selection
 from ipam.allocator import free_intervals, lowest_free
 from ipam.autopool import is_auto_pool
+from ipam.block_claims import claim_block, list_blocks, record_in_blocks
 from ipam.errors import AllocationError, AllocationReason, Conflict, NotFound, PoolFull, WouldBlock
 from ipam.model import FINALIZER, Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
 from ipam.ranges import IntervalSet, int_to_ip
@@ -500,10 +501,61 @@ class IpamService:
         for record in held:
             if record.pool == pool_name and record.pod_uid == pod.uid:
                 return pool, record.ip, usage.resource_version, True
-        value = lowest_free(self._free(pool, reserved), usage.allocated)
+        size = blocks.block_size_of(pool)  # None for a plain pool: no block code runs for it
+        if size is None:
+            value = lowest_free(self._free(pool, reserved), usage.allocated)
+        else:
+            value = self._pick_in_blocks(pool, size, self._free(pool, reserved), usage.allocated)
         if value is None:
             raise AllocationError("all IP addresses used out", reason=AllocationReason.EXHAUSTED)
         return pool, int_to_ip(value, family), usage.resource_version, False
+
+    def _pick_in_blocks(
+        self, pool: IPPool, size: int, free: IntervalSet, allocated: Sequence[int]
+    ) -> int | None:
+        """The address this node takes from a block pool (``blocks.pick``), claiming a block first
+        when the pick needs one; Conflict (retried) when another node claimed it first."""
+        claimed = {b.start: b.node for b in list_blocks(self.store) if b.pool == pool.name}
+        choice = blocks.pick(free, allocated, claimed, self.node_name, family=pool.ip_version, size=size)
+        if choice is None:
+            return None
+        if choice.claim is not None:
+            claim_block(self.store, pool, choice.claim, size, self.node_name)
+        return choice.value
+
+    def _block_families(self, pools: set[str]) -> dict[str, int]:
+        """pool -> IP family of the block pools among ``pools`` (the parsed pool when this process
+        has one, else the stored one)."""
+        out: dict[str, int] = {}
+        for name in pools:
+            cached = self._parsed.get(name)
+            if cached is not None:
+                pool = cached[1]
+            else:
+                obj = self._get("SpiderIPPool", name)
+                if obj is None:
+                    continue
+                pool = self._pool(obj)[0]
+            if blocks.BLOCK_SIZE_ANNOTATION in pool.annotations:
+                out[name] = pool.ip_version
+        return out
+
+    def _commit_records(
+        self,
+        *,
+        claims: Sequence[Claim] = (),
+        releases: Sequence[IPRecord] = (),
+        endpoint: Obj | None = None,
+        delete_endpoint: tuple[str, str] | None = None,
+    ) -> None:
+        """``store.commit``, then the status of the blocks of block pools the records fall in."""
+        self.store.commit(
+            claims=claims, releases=releases, endpoint=endpoint, delete_endpoint=delete_endpoint
+        )
+        families = self._block_families({c.pool for c in claims} | {r.pool for r in releases})
+        if families:
+            added = [IPRecord(c.pool, c.ip, c.pod, c.pod_uid) for c in claims]
+            record_in_blocks(self.store, families, added=added, removed=releases)
 
     def _allocate_new(
         self,
@@ -558,7 +610,7 @@ class IpamService:
             finalizers=(FINALIZER,),
             annotations={NETWORK_ANNOTATION: req.network} if req.network else {},
         )
-        self.store.commit(claims=claims, releases=releases, endpoint=new_endpoint.to_obj())
+        self._commit_records(claims=claims, releases=releases, endpoint=new_endpoint.to_obj())
         return self._result(pod, entries[0], new=True)
 
     def _pick_of_family(
@@ -660,7 +712,7 @@ class IpamService:
                 )
         if claims or endpoint.container_id != req.container_id or endpoint.node != pod.node_name:
             updated = replace(endpoint, uid=pod.uid, node=pod.node_name, container_id=req.container_id)
-            self.store.commit(claims=claims, releases=releases, endpoint=updated.to_obj())
+            self._commit_records(claims=claims, releases=releases, endpoint=updated.to_obj())
         return self._result(pod, held, new=bool(claims))
 
     @staticmethod
@@ -720,7 +772,7 @@ class IpamService:
                 return Released(kept_reason="StatefulSet member: fixed IP kept", node=endpoint.node)
         records = self._endpoint_records(endpoint)
         with self._hold([r.pool for r in records]):
-            self.store.commit(releases=records, delete_endpoint=(endpoint.namespace, endpoint.name))
+            self._commit_records(releases=records, delete_endpoint=(endpoint.namespace, endpoint.name))
         return Released(records=tuple(records), node=endpoint.node)
 
     # -- CHECK ------------------------------------------------------------------------------------

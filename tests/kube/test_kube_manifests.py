@@ -299,13 +299,14 @@ def test_rbac_binds_the_daemonsets_service_account_to_the_roles() -> None:
 def test_rbac_grants_no_more_than_spiderpool_writes_and_the_lease() -> None:
     """What the agent needs is not listed here: every Kubernetes test runs the store on the emulator,
     which authorizes each request against these roles (tests/kube/test_kube_rbac.py).  This checks the
-    least-privilege side: read only outside Spiderpool's group but for the Node's status (the
+    least-privilege side: read only outside Spiderpool's group and spiderbgp.io (allocation blocks) but
+    for the Node's status (the
     NetworkUnavailable condition), no wildcards, the Lease by name."""
     rules = find("ClusterRole", "spiderbgp")["rules"]
     for r in rules:
         if r["resources"] == ["nodes/status"]:
             assert r["verbs"] == ["update"], r
-        elif r["apiGroups"] != ["spiderpool.spidernet.io"]:
+        elif r["apiGroups"] not in (["spiderpool.spidernet.io"], ["spiderbgp.io"]):  # + SpiderIPBlock
             assert set(r["verbs"]) <= {"get", "list", "watch"}, r
         assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"]
     agent = yaml.safe_load(find("ConfigMap", "spiderbgp-agent")["data"]["agent.yaml"])

@@ -437,3 +437,42 @@ def test_names_follow_each_kinds_rule(kind: str, name: str, ok: bool) -> None:
         with pytest.raises(Invalid) as err:
             validate_metadata(kind, False, obj)
         assert err.value.field == "metadata.name"
+
+
+# ---------------------------------------------------------------------------------------- block size
+
+
+def _block_pool(size: str | None, subnet: str = "10.0.0.0/24") -> Obj:
+    obj = sp(
+        "bp",
+        subnet=subnet,
+        ips=[subnet.replace("0/24", "1-10.0.0.200") if "/24" in subnet else "fd00::1-fd00::ff"],
+    )
+    if size is not None:
+        obj["metadata"]["annotations"] = {"spiderbgp.io/block-size": size}
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("subnet", "size", "reason"),
+    [
+        ("10.0.0.0/24", "20", "/20 must be between the subnet's /24 and /32 for IPv4"),
+        ("10.0.0.0/24", "x26", "'x26' is not a prefix length (e.g. \"26\")"),
+        ("fd00::/64", "129", "/129 must be between the subnet's /64 and /128 for IPv6"),
+    ],
+)
+def test_block_size_out_of_range_is_refused(subnet: str, size: str, reason: str) -> None:
+    err = rejected(_block_pool(size, subnet))
+    assert str(err) == f'SpiderIPPool "bp": metadata.annotations.spiderbgp.io/block-size: {reason}'
+
+
+def test_block_size_is_accepted_and_fixed_while_the_pool_holds_allocations() -> None:
+    stored = admit(_block_pool("26"), old=None, existing=[])
+    assert stored["metadata"]["annotations"]["spiderbgp.io/block-size"] == "26"
+    assert admit(_block_pool("122", "fd00::/64"), old=None, existing=[])["spec"]["ipVersion"] == 6
+    for new in ("27", None):
+        err = rejected(_block_pool(new), old=stored, existing=[stored], in_use=["10.0.0.1"])
+        assert "not changeable while the pool holds allocations (1 IPs in use)" in str(err)
+        admit(_block_pool(new), old=stored, existing=[stored], in_use=[])
+    plain = admit(_block_pool(None), old=None, existing=[])
+    rejected(_block_pool("26"), old=plain, existing=[plain], in_use=["10.0.0.1"])

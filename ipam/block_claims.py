@@ -1,0 +1,118 @@
+"""Block claims and block records in the store (issue 15): the service's writes of ``SpiderIPBlock``
+objects, through the generic object API so both stores run the same code.
+
+* :func:`claim_block` creates the block for a node.  Create-if-absent is the compare-and-swap that
+  decides two nodes racing for one free block: the loser gets Conflict and the service retries with the
+  block seen as claimed.
+* :func:`record_in_blocks` keeps each block's ``status`` (``allocatedIPCount`` and Spiderpool's
+  ``allocatedIPs`` for the addresses inside it, borrowed ones included) in step with the pool's
+  records after a commit, with a resourceVersion precondition on every write.
+
+The pool's records stay the truth (and ``SpiderIPPool.status`` keeps its counts for ``get sp``); a
+block's status is written after the commit, so a crash in between leaves it one change behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+from ipam.blocks import BLOCK_KIND, Block, block_object, parse_block
+from ipam.errors import AlreadyExists, Conflict, NotFound
+from ipam.model import IPPool, PoolIPAllocation, decode_allocated_ips, encode_allocated_ips
+from ipam.ranges import ip_to_int
+from ipam.records import IPRecord
+from ipam.store.protocol import ObjectStore
+
+__all__ = ["claim_block", "list_blocks", "record_in_blocks"]
+
+LOG = logging.getLogger("spiderbgp.ipam.blocks")
+_STATUS_TRIES = 8
+
+
+def list_blocks(store: ObjectStore) -> list[Block]:
+    """Every stored block, by pool and address."""
+    return sorted(map(parse_block, store.list(BLOCK_KIND)), key=lambda b: (b.pool, b.start))
+
+
+def claim_block(store: ObjectStore, pool: IPPool, start: int, size: int, node: str) -> Block:
+    """Claim the /``size`` block at ``start`` of ``pool`` for ``node``.  Conflict when another node
+    holds it (it claimed it first, or the caller's list was stale); the node's own earlier claim is
+    returned as it is."""
+    obj = block_object(pool, start, size, node)
+    try:
+        return parse_block(store.create(obj))
+    except AlreadyExists:
+        name = obj["metadata"]["name"]
+        try:
+            held = parse_block(store.get(BLOCK_KIND, name))
+        except NotFound:
+            raise Conflict(f'SpiderIPBlock "{name}": released while being claimed') from None
+        if held.node == node:
+            return held
+        raise Conflict(f'SpiderIPBlock "{name}": claimed by node {held.node}') from None
+
+
+def _containing(blocks: Sequence[Block], record: IPRecord, family: int) -> Block | None:
+    value = ip_to_int(record.ip, family)
+    for block in blocks:
+        if block.pool == record.pool and block.start <= value <= block.end:
+            return block
+    return None
+
+
+def record_in_blocks(
+    store: ObjectStore,
+    families: Mapping[str, int],
+    *,
+    added: Iterable[IPRecord] = (),
+    removed: Iterable[IPRecord] = (),
+) -> None:
+    """Write ``added`` and ``removed`` records of the block pools in ``families`` (pool -> IP family)
+    into the status of the block holding each address (no block: nothing to write, e.g. an address
+    borrowed from a block nobody claimed).  A removal applies only to the same pod UID, as a release
+    does.  A block that keeps changing under the writes is left as it is, with a warning."""
+    adds = [r for r in added if r.pool in families]
+    removes = [r for r in removed if r.pool in families]
+    if not adds and not removes:
+        return
+    blocks = list_blocks(store)
+    changes: dict[str, tuple[list[IPRecord], list[IPRecord]]] = {}
+    for bucket, records in ((0, adds), (1, removes)):
+        for record in records:
+            block = _containing(blocks, record, families[record.pool])
+            if block is not None:
+                changes.setdefault(block.name, ([], []))[bucket].append(record)
+    for name, (plus, minus) in changes.items():
+        _write_status(store, name, plus, minus)
+
+
+def _write_status(store: ObjectStore, name: str, plus: Sequence[IPRecord], minus: Sequence[IPRecord]) -> None:
+    for _ in range(_STATUS_TRIES):
+        try:
+            obj = store.get(BLOCK_KIND, name)
+        except NotFound:
+            return
+        status = obj.get("status") or {}
+        current = decode_allocated_ips(status.get("allocatedIPs"))
+        for record in minus:
+            held = current.get(record.ip)
+            if held is not None and held.pod_uid == record.pod_uid:
+                del current[record.ip]
+        for record in plus:
+            current[record.ip] = PoolIPAllocation(pod=record.pod, pod_uid=record.pod_uid)
+        new_status: dict[str, object] = {"allocatedIPCount": len(current)}
+        text = encode_allocated_ips(current)
+        if text is not None:
+            new_status["allocatedIPs"] = text
+        if new_status == {k: v for k, v in status.items() if k in ("allocatedIPCount", "allocatedIPs")}:
+            return
+        obj["status"] = new_status
+        try:
+            store.update_status(obj)
+            return
+        except Conflict:
+            continue
+        except NotFound:
+            return
+    LOG.warning("SpiderIPBlock %s: status kept changing under %d writes; left behind", name, _STATUS_TRIES)

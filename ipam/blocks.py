@@ -1,0 +1,235 @@
+"""Node-affine allocation blocks (issue 15): the pure rules, no I/O.
+
+A pool annotated ``spiderbgp.io/block-size: "26"`` (IPv6 e.g. ``"122"``) is cut into aligned CIDRs of
+that size; a node claims a block by creating a ``SpiderIPBlock`` object (``spiderbgp.io/v1alpha1``,
+cluster-scoped, owned by its pool) named after the pool and the CIDR, so two nodes racing for the same
+free block are decided by the store's create-if-absent.  The allocator (:func:`pick`) then prefers:
+
+1. the lowest free address of the node's own blocks (lowest block first);
+2. when they are full, the lowest block nobody claimed that holds no allocation (the caller claims it);
+3. when there is none, any free address (Spiderpool's lowest-free rule): a *borrowed* address.
+
+The pool's own rules (``ips - excludeIPs - reserved``) decide what is free: a block is an aligned CIDR
+intersected with the pool's usable addresses.  A pool without the annotation never reaches this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ipam.allocator import lowest_free
+from ipam.errors import Invalid
+from ipam.model import IPPool, PoolIPAllocation, encode_allocated_ips
+from ipam.ranges import IntervalSet, int_to_ip, ip_to_int, parse_cidr
+from ipam.records import IPRecord, Obj
+
+__all__ = [
+    "BLOCK_API",
+    "BLOCK_KIND",
+    "BLOCK_SIZE_ANNOTATION",
+    "Block",
+    "BlockPick",
+    "block_name",
+    "block_object",
+    "block_size_of",
+    "block_start",
+    "block_status",
+    "blocks_of_pool",
+    "parse_block",
+    "parse_block_size",
+    "pick",
+]
+
+BLOCK_SIZE_ANNOTATION = "spiderbgp.io/block-size"
+BLOCK_KIND = "SpiderIPBlock"
+BLOCK_API = "spiderbgp.io/v1alpha1"
+_POOL_API = "spiderpool.spidernet.io/v2beta1"
+_MAX_BITS = {4: 32, 6: 128}
+_NAME_MAX = 253
+
+
+def parse_block_size(pool: str, family: int, subnet_prefix: int, text: str) -> int:
+    """The block prefix length an annotation value names; Invalid (one line naming the pool and the
+    annotation) unless it is a decimal integer between the subnet's prefix length and the family's
+    maximum (32 or 128)."""
+    field = f"metadata.annotations.{BLOCK_SIZE_ANNOTATION}"
+    max_bits = _MAX_BITS[family]
+    if not text.isascii() or not text.isdigit():
+        raise Invalid("SpiderIPPool", pool, field, f'{text[:40]!r} is not a prefix length (e.g. "26")')
+    size = int(text)
+    if not subnet_prefix <= size <= max_bits:
+        raise Invalid(
+            "SpiderIPPool",
+            pool,
+            field,
+            f"/{size} must be between the subnet's /{subnet_prefix} and /{max_bits} for IPv{family}",
+        )
+    return size
+
+
+def block_size_of(pool: IPPool) -> int | None:
+    """The pool's block prefix length, or None for a plain pool (no annotation)."""
+    text = pool.annotations.get(BLOCK_SIZE_ANNOTATION)
+    if text is None:
+        return None
+    return parse_block_size(pool.name, pool.ip_version, pool.prefix_len, text)
+
+
+def block_start(value: int, family: int, size: int) -> int:
+    """The first address of the aligned /``size`` block holding ``value``."""
+    span = 1 << (_MAX_BITS[family] - size)
+    return value - value % span
+
+
+def _cidr(start: int, family: int, size: int) -> str:
+    return f"{int_to_ip(start, family)}/{size}"
+
+
+def block_name(pool: str, cidr: str) -> str:
+    """A DNS-1123 subdomain naming the block ``cidr`` of ``pool``: ``<pool>-<cidr, separators as ->``
+    (``pool1-10-0-0-64-26``); a name that would pass 253 characters keeps a hash of the whole."""
+    tail = cidr.lower().replace(".", "-").replace(":", "-").replace("/", "-")
+    name = f"{pool}-{tail}"
+    if len(name) <= _NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    keep = _NAME_MAX - len(tail) - len(digest) - 2
+    return f"{pool[:keep].rstrip('.-')}-{digest}-{tail}"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One claimed block, as stored."""
+
+    name: str
+    pool: str
+    cidr: str
+    node: str
+    start: int
+    end: int
+    resource_version: str = ""
+
+
+def parse_block(obj: Mapping[str, Any]) -> Block:
+    """A stored SpiderIPBlock; Invalid naming the block and field when it is malformed."""
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        raise Invalid(BLOCK_KIND, name, "spec", "must be an object")
+    values: dict[str, str] = {}
+    for key in ("pool", "cidr", "node"):
+        value = spec.get(key)
+        if not isinstance(value, str) or not value:
+            raise Invalid(BLOCK_KIND, name, f"spec.{key}", "must be a non-empty string")
+        values[key] = value
+    try:
+        net = parse_cidr(values["cidr"])
+    except ValueError as exc:
+        raise Invalid(BLOCK_KIND, name, "spec.cidr", str(exc)) from None
+    return Block(
+        name=name,
+        pool=values["pool"],
+        cidr=values["cidr"],
+        node=values["node"],
+        start=int(net.first),
+        end=int(net.last),
+        resource_version=str(meta.get("resourceVersion") or ""),
+    )
+
+
+def blocks_of_pool(objs: Iterable[Mapping[str, Any]], pool: str) -> list[Block]:
+    """The blocks of ``pool`` among stored SpiderIPBlocks, by address."""
+    out = [b for b in map(parse_block, objs) if b.pool == pool]
+    return sorted(out, key=lambda b: b.start)
+
+
+def block_object(pool: IPPool, start: int, size: int, node: str) -> Obj:
+    """A new SpiderIPBlock claiming the /``size`` block at ``start`` of ``pool`` for ``node``."""
+    cidr = _cidr(start, pool.ip_version, size)
+    owner: dict[str, Any] = {
+        "apiVersion": _POOL_API,
+        "kind": "SpiderIPPool",
+        "name": pool.name,
+        "uid": pool.uid,
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+    return {
+        "apiVersion": BLOCK_API,
+        "kind": BLOCK_KIND,
+        "metadata": {"name": block_name(pool.name, cidr), "ownerReferences": [owner]},
+        "spec": {"pool": pool.name, "cidr": cidr, "node": node},
+        "status": {"allocatedIPCount": 0},
+    }
+
+
+def block_status(block: Block, records: Sequence[IPRecord], family: int) -> dict[str, Any]:
+    """The status of ``block``: the pool's records whose address lies in it, in Spiderpool's
+    ``allocatedIPs`` format (a borrowed address is recorded in the block that contains it)."""
+    inside = {
+        r.ip: PoolIPAllocation(pod=r.pod, pod_uid=r.pod_uid)
+        for r in records
+        if block.start <= ip_to_int(r.ip, family) <= block.end
+    }
+    status: dict[str, Any] = {"allocatedIPCount": len(inside)}
+    text = encode_allocated_ips(inside)
+    if text is not None:
+        status["allocatedIPs"] = text
+    return status
+
+
+@dataclass(frozen=True)
+class BlockPick:
+    """An address for a node: ``claim`` is the start of the block the node must claim first (None when
+    the address is in one of its blocks, or borrowed); ``borrowed`` when it lies outside its blocks."""
+
+    value: int
+    claim: int | None
+    borrowed: bool
+
+
+def _has_allocation(allocated: Sequence[int], lo: int, hi: int) -> bool:
+    i = bisect_left(allocated, lo)
+    return i < len(allocated) and allocated[i] <= hi
+
+
+def pick(
+    free: IntervalSet,
+    allocated: Sequence[int],
+    claimed: Mapping[int, str],
+    node: str,
+    *,
+    family: int,
+    size: int,
+) -> BlockPick | None:
+    """The address ``node`` takes from a block pool, or None when nothing is free.
+
+    ``free``: the pool's usable addresses (ips - excludeIPs - reserved); ``allocated``: ascending,
+    without duplicates; ``claimed``: block start -> node of every claimed block of the pool.  Cost:
+    O((own blocks + claimed blocks + allocations in skipped blocks) * log) - a skipped block holds a
+    claim or an allocation, so the walk never visits an empty unclaimed block it does not return."""
+    span = 1 << (_MAX_BITS[family] - size)
+    for start in sorted(s for s, n in claimed.items() if n == node):
+        value = lowest_free(free & IntervalSet(((start, start + span - 1),)), allocated)
+        if value is not None:
+            return BlockPick(value, None, False)
+    after = 0  # the first block start not yet examined (intervals are ascending, so blocks are too)
+    for lo, hi in free.intervals:
+        start = max(block_start(lo, family, size), after)
+        while start <= hi:
+            after = start + span
+            end = start + span - 1
+            if start not in claimed and not _has_allocation(allocated, start, end):
+                first = max(start, lo)
+                if first <= min(end, hi):
+                    return BlockPick(first, start, False)
+            start += span
+    value = lowest_free(free, allocated)
+    if value is None:
+        return None
+    return BlockPick(value, None, True)

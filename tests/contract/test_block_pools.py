@@ -1,0 +1,160 @@
+"""Block pools (issue 15) on every backend of conftest.BACKENDS: SpiderIPBlock claims through the generic
+object API, decided by create-if-absent when two nodes race; each node fills its own blocks, claims the
+next empty one, borrows when none is left; releases and a StatefulSet pod moving node keep every
+block's status equal to the pool's records inside it, and the pool's counts stay right."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from ipam.admin import apply_object
+from ipam.block_claims import claim_block, list_blocks
+from ipam.blocks import BLOCK_KIND, block_status
+from ipam.errors import Conflict
+from ipam.model import IPPool, decode_allocated_ips
+from ipam.ranges import ip_to_int
+from ipam.service import IpamService, IpamSettings
+from ipam.store.protocol import Store
+from tests.service.world import SPIDER_API, World
+
+SETTINGS = IpamSettings(conflict_retries=60, backoff_seconds=0.001)
+
+
+def block_pool(world: World, name: str, last: str, size: str = "29") -> IPPool:
+    _, written = apply_object(
+        world.store,
+        {
+            "apiVersion": SPIDER_API,
+            "kind": "SpiderIPPool",
+            "metadata": {"name": name, "annotations": {"spiderbgp.io/block-size": size}},
+            "spec": {"subnet": "10.0.0.0/24", "ips": [f"10.0.0.1-{last}"]},
+        },
+    )
+    return IPPool.from_obj(written)
+
+
+def service(store: Store, node: str) -> IpamService:
+    return IpamService(store, node_name=node, settings=SETTINGS, sleep=lambda _: None)
+
+
+def add(world: World, svc: IpamService, pod: str, pool: str, owner: dict[str, Any] | None = None) -> str:
+    world.pod(pod, node=svc.node_name, owner=owner)
+    return svc.allocate(world.add(pod, v4=[pool])).ips[0].ip
+
+
+def blocks_by_cidr(store: Store) -> dict[str, str]:
+    return {b.cidr: b.node for b in list_blocks(store)}
+
+
+def assert_statuses_match_records(store: Store, pool: str) -> None:
+    records = store.records(pool)
+    for block in list_blocks(store):
+        status = store.get(BLOCK_KIND, block.name).get("status") or {}
+        expected = block_status(block, records, 4)
+        assert status.get("allocatedIPCount", 0) == expected["allocatedIPCount"], block.cidr
+        assert decode_allocated_ips(status.get("allocatedIPs")) == decode_allocated_ips(
+            expected.get("allocatedIPs")
+        ), block.cidr
+
+
+def test_nodes_fill_own_blocks_then_claim_then_borrow(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.10")  # blocks 10.0.0.0/29 (.1-.7) and 10.0.0.8/29 (.8-.10)
+    world.pool("plain", "10.1.0.0/24", ["10.1.0.1-10.1.0.9"])
+    n1, n2 = service(store, "node1"), service(store, "node2")
+    assert add(world, n1, "a", "bp") == "10.0.0.1"
+    assert add(world, n2, "b", "bp") == "10.0.0.8"  # node1's block has room, node2 claims its own
+    assert add(world, n1, "c", "bp") == "10.0.0.2"
+    assert blocks_by_cidr(store) == {"10.0.0.0/29": "node1", "10.0.0.8/29": "node2"}
+    assert [add(world, n2, p, "bp") for p in ("d", "e")] == ["10.0.0.9", "10.0.0.10"]
+    # node2's block is full and no block is empty: it borrows node1's lowest free address
+    assert add(world, n2, "f", "bp") == "10.0.0.3"
+    assert blocks_by_cidr(store) == {"10.0.0.0/29": "node1", "10.0.0.8/29": "node2"}
+    assert_statuses_match_records(store, "bp")
+    first = store.get(BLOCK_KIND, "bp-10-0-0-0-29")
+    assert first["status"]["allocatedIPCount"] == 3  # .1 and .2 of node1, .3 borrowed by node2
+    assert first["metadata"]["ownerReferences"][0]["name"] == "bp"
+    assert store.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 6
+    # a plain pool takes the lowest free address and claims nothing
+    assert [add(world, n2, "g", "plain"), add(world, n1, "h", "plain")] == ["10.1.0.1", "10.1.0.2"]
+    assert len(list_blocks(store)) == 2
+
+
+def test_two_nodes_racing_for_one_block_are_decided_by_create(store: Store) -> None:
+    world = World(store)
+    pool = block_pool(world, "bp", "10.0.0.62")
+    start = ip_to_int("10.0.0.16", 4)
+    won = claim_block(store, pool, start, 29, "node1")
+    with pytest.raises(Conflict, match="claimed by node node1"):
+        claim_block(store, pool, start, 29, "node2")
+    assert claim_block(store, pool, start, 29, "node1") == won  # its own claim again: kept
+    assert blocks_by_cidr(store) == {"10.0.0.16/29": "node1"}
+
+
+def test_concurrent_nodes_get_disjoint_blocks(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.62")
+    services = {node: service(store, node) for node in ("node1", "node2", "node3")}
+    got: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def run(node: str) -> None:
+        try:
+            for i in range(5):
+                got[f"{node}-p{i}"] = add(world, services[node], f"{node}-p{i}", "bp")
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(node,)) for node in services]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(got.values())) == 15
+    owners = blocks_by_cidr(store)
+    assert len(owners) == 3 and sorted(owners.values()) == ["node1", "node2", "node3"]
+    for pod, ip in got.items():
+        block = f"{ip.rpartition('.')[0]}.{int(ip.rpartition('.')[2]) // 8 * 8}/29"
+        assert owners[block] == pod.partition("-")[0], (pod, ip)  # 5 pods fit one block: none borrowed
+    assert_statuses_match_records(store, "bp")
+    assert store.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 15
+
+
+def test_release_removes_the_record_from_its_block(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.30")
+    n1 = service(store, "node1")
+    add(world, n1, "a", "bp")
+    world.pod("b", node="node1")
+    b_req = world.add("b", v4=["bp"])
+    assert n1.allocate(b_req).ips[0].ip == "10.0.0.2"
+    world.delete_pod("b")
+    assert [r.ip for r in n1.release(world.delete_request(b_req)).records] == ["10.0.0.2"]
+    block = store.get(BLOCK_KIND, "bp-10-0-0-0-29")
+    assert block["status"]["allocatedIPCount"] == 1
+    assert list(decode_allocated_ips(block["status"]["allocatedIPs"])) == ["10.0.0.1"]
+    assert_statuses_match_records(store, "bp")
+    assert store.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 1
+
+
+def test_statefulset_pod_moving_node_keeps_its_address_borrowed_there(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.30")
+    n1, n2 = service(store, "node1"), service(store, "node2")
+    sts = world.statefulset("web", replicas=1)
+    assert add(world, n1, "web-0", "bp", owner=sts) == "10.0.0.1"
+    old_uid = world.uid("web-0")
+    world.delete_pod("web-0")
+    assert add(world, n2, "web-0", "bp", owner=sts) == "10.0.0.1"  # the fixed IP, now on node2
+    new_uid = world.uid("web-0")
+    assert new_uid != old_uid
+    block = store.get(BLOCK_KIND, "bp-10-0-0-0-29")
+    assert block["spec"]["node"] == "node1"  # the block stays node1's; node2 holds a borrowed address
+    assert decode_allocated_ips(block["status"]["allocatedIPs"])["10.0.0.1"].pod_uid == new_uid
+    # node2's next pod takes a block of its own, not node1's free addresses
+    assert add(world, n2, "x", "bp") == "10.0.0.8"
+    assert_statuses_match_records(store, "bp")

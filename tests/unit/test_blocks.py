@@ -1,0 +1,159 @@
+"""ipam.blocks: the block allocator's preference order (own block, then a free block, then borrow), as
+properties over random pools, claims and allocations, and the annotation's one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ipam.blocks import (
+    Block,
+    block_name,
+    block_object,
+    block_start,
+    block_status,
+    blocks_of_pool,
+    parse_block,
+    parse_block_size,
+    pick,
+)
+from ipam.errors import Invalid
+from ipam.model import IPPool, decode_allocated_ips
+from ipam.ranges import IntervalSet
+from ipam.records import IPRecord
+
+SIZE = 29  # blocks of 8 addresses in a /24 (0..255)
+SPAN = 8
+NODES = ("n1", "n2", "n3")
+
+
+@st.composite
+def states(draw: st.DrawFn) -> tuple[IntervalSet, list[int], dict[int, str], str]:
+    intervals = draw(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 40)), max_size=5))
+    free = IntervalSet.of((lo, min(255, lo + n)) for lo, n in intervals)
+    allocated = sorted(set(draw(st.lists(st.integers(0, 255), max_size=60))))
+    starts = draw(st.lists(st.sampled_from(range(0, 256, SPAN)), max_size=12, unique=True))
+    claimed = {s: draw(st.sampled_from(NODES)) for s in starts}
+    return free, allocated, claimed, draw(st.sampled_from(NODES))
+
+
+def _free_left(free: IntervalSet, allocated: list[int]) -> list[int]:
+    return [v for lo, hi in free.intervals for v in range(lo, hi + 1) if v not in set(allocated)]
+
+
+@given(states())
+def test_pick_follows_the_preference_order(state: tuple[IntervalSet, list[int], dict[int, str], str]) -> None:
+    free, allocated, claimed, node = state
+    result = pick(free, allocated, claimed, node, family=4, size=SIZE)
+    left = _free_left(free, allocated)
+    if not left:
+        assert result is None
+        return
+    assert result is not None
+    assert result.value in left
+    own = [v for v in left if claimed.get(block_start(v, 4, SIZE)) == node]
+    if own:
+        assert (result.value, result.claim, result.borrowed) == (min(own), None, False)
+        return
+    empty = [
+        v
+        for v in left
+        if block_start(v, 4, SIZE) not in claimed
+        and not any(block_start(a, 4, SIZE) == block_start(v, 4, SIZE) for a in allocated)
+    ]
+    if empty:
+        assert (result.value, result.claim, result.borrowed) == (
+            min(empty),
+            block_start(min(empty), 4, SIZE),
+            False,
+        )
+        return
+    assert (result.value, result.claim, result.borrowed) == (min(left), None, True)
+
+
+def test_a_node_fills_its_block_then_claims_the_next_empty_one() -> None:
+    free = IntervalSet.of([(1, 30)])  # .0 and .31 excluded
+    assert pick(free, [], {}, "n1", family=4, size=SIZE) == pick(free, [], {}, "n2", family=4, size=SIZE)
+    first = pick(free, [], {}, "n1", family=4, size=SIZE)
+    assert first is not None and (first.value, first.claim) == (1, 0)
+    # n2 skips n1's block even though it has free addresses
+    second = pick(free, [1], {0: "n1"}, "n2", family=4, size=SIZE)
+    assert second is not None and (second.value, second.claim) == (8, 8)
+    # n1 keeps taking from its own block
+    third = pick(free, [1, 8], {0: "n1", 8: "n2"}, "n1", family=4, size=SIZE)
+    assert third is not None and (third.value, third.claim, third.borrowed) == (2, None, False)
+    # every block claimed by others and holding allocations: n3 borrows the lowest free address
+    claimed = {0: "n1", 8: "n2", 16: "n1", 24: "n2"}
+    fourth = pick(free, [1, 8, 16, 24], claimed, "n3", family=4, size=SIZE)
+    assert fourth is not None and (fourth.value, fourth.claim, fourth.borrowed) == (2, None, True)
+
+
+def test_ipv6_blocks_are_aligned_on_the_address() -> None:
+    base = 0xFD00 << 112
+    free = IntervalSet.of([(base + 5, base + 200)])
+    result = pick(free, [], {base: "n1"}, "n2", family=6, size=122)
+    assert result is not None and (result.value, result.claim) == (base + 64, base + 64)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("abc", "'abc' is not a prefix length"),
+        ("23", "/23 must be between the subnet's /24 and /32 for IPv4"),
+        ("33", "/33 must be between the subnet's /24 and /32 for IPv4"),
+        ("-1", "'-1' is not a prefix length"),
+        ("²", "'²' is not a prefix length"),
+    ],
+)
+def test_a_bad_block_size_is_one_line_naming_pool_and_annotation(text: str, reason: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_block_size("pool1", 4, 24, text)
+    assert str(info.value).startswith(
+        'SpiderIPPool "pool1": metadata.annotations.spiderbgp.io/block-size: ' + reason
+    )
+    assert "\n" not in str(info.value)
+    assert parse_block_size("pool1", 6, 64, "122") == 122
+
+
+def _pool() -> IPPool:
+    return IPPool.from_obj(
+        {
+            "metadata": {"name": "pool1", "uid": "u1", "annotations": {"spiderbgp.io/block-size": "29"}},
+            "spec": {"subnet": "10.0.0.0/24", "ips": ["10.0.0.1-10.0.0.30"]},
+        }
+    )
+
+
+def test_block_object_names_pool_and_cidr_and_round_trips() -> None:
+    obj = block_object(_pool(), 167772168, 29, "node-a")  # 10.0.0.8
+    assert obj["metadata"]["name"] == "pool1-10-0-0-8-29"
+    assert obj["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert obj["spec"] == {"pool": "pool1", "cidr": "10.0.0.8/29", "node": "node-a"}
+    block = parse_block(obj)
+    assert (block.start, block.end, block.node) == (167772168, 167772175, "node-a")
+    assert blocks_of_pool([obj, {**obj, "spec": {**obj["spec"], "pool": "other"}}], "pool1") == [block]
+
+
+def test_block_name_of_a_long_pool_stays_a_dns_subdomain() -> None:
+    name = block_name("p" * 250, "fd00::40/122")
+    assert len(name) <= 253 and name.endswith("fd00--40-122")
+    assert name != block_name("p" * 249 + "q", "fd00::40/122")
+
+
+def test_block_status_holds_the_records_inside_it() -> None:
+    block = Block("b", "pool1", "10.0.0.8/29", "n1", 167772168, 167772175)
+    records = [
+        IPRecord("pool1", "10.0.0.7", "ns/a", "ua"),
+        IPRecord("pool1", "10.0.0.9", "ns/b", "ub"),
+        IPRecord("pool1", "10.0.0.15", "ns/c", "uc"),
+    ]
+    status = block_status(block, records, 4)
+    assert status["allocatedIPCount"] == 2
+    assert set(decode_allocated_ips(status["allocatedIPs"])) == {"10.0.0.9", "10.0.0.15"}
+    assert block_status(block, [], 4) == {"allocatedIPCount": 0}
+
+
+def test_a_malformed_block_is_one_line() -> None:
+    with pytest.raises(Invalid, match=r'SpiderIPBlock "b": spec\.node: must be a non-empty string'):
+        parse_block({"metadata": {"name": "b"}, "spec": {"pool": "p", "cidr": "10.0.0.0/29"}})
