@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
-from ipam.blocks import BLOCK_KIND, Block, block_object, parse_block
+from ipam.blocks import BLOCK_KIND, BLOCK_SIZE_ANNOTATION, Block, block_object, parse_block
 from ipam.errors import AlreadyExists, Conflict, NotFound
 from ipam.model import IPPool, PoolIPAllocation, decode_allocated_ips, encode_allocated_ips
 from ipam.ranges import ip_to_int
 from ipam.records import IPRecord
 from ipam.store.protocol import ObjectStore
 
-__all__ = ["claim_block", "list_blocks", "record_in_blocks"]
+__all__ = ["block_families", "claim_block", "list_blocks", "record_in_blocks"]
 
 LOG = logging.getLogger("spiderbgp.ipam.blocks")
 _STATUS_TRIES = 8
@@ -33,6 +33,20 @@ _STATUS_TRIES = 8
 def list_blocks(store: ObjectStore) -> list[Block]:
     """Every stored block, by pool and address."""
     return sorted(map(parse_block, store.list(BLOCK_KIND)), key=lambda b: (b.pool, b.start))
+
+
+def block_families(store: ObjectStore, pools: Iterable[str]) -> dict[str, int]:
+    """pool -> IP family of the block pools (``spiderbgp.io/block-size``) among ``pools`` as stored;
+    for writers outside the service (the IP GC, ``ipam release``) that have no parsed pools at hand."""
+    out: dict[str, int] = {}
+    for name in set(pools):
+        try:
+            obj = store.get("SpiderIPPool", name, allocated_ips=False)
+        except NotFound:
+            continue
+        if BLOCK_SIZE_ANNOTATION in ((obj.get("metadata") or {}).get("annotations") or {}):
+            out[name] = IPPool.from_obj(obj).ip_version
+    return out
 
 
 def claim_block(store: ObjectStore, pool: IPPool, start: int, size: int, node: str) -> Block:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+from ipam.block_claims import block_families, list_blocks, record_in_blocks
 from ipam.errors import AllocationError, Invalid, NotFound
 from ipam.model import Endpoint, IPPool, NicAllocation, ReservedIP, reserved_set
 from ipam.ranges import canonical_ip, family_of_ip, ip_to_int
@@ -12,7 +13,7 @@ from ipam.records import IPRecord, Obj
 from ipam.store.protocol import Store
 from ipam.workload import PodInfo, is_pod_alive
 
-__all__ = ["check", "find_record", "release_ip", "show_ip", "show_pools"]
+__all__ = ["check", "find_record", "release_ip", "show_blocks", "show_ip", "show_pools"]
 
 
 def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
@@ -52,7 +53,41 @@ def show_pools(store: Store) -> str:
         )
     if not rows:
         return "No IP pools."
-    return _table(["POOL", "SUBNET", "IPS-TOTAL", "RESERVED", "IN-USE", "USED", "FREE", "STATE"], rows)
+    out = _table(["POOL", "SUBNET", "IPS-TOTAL", "RESERVED", "IN-USE", "USED", "FREE", "STATE"], rows)
+    blocks = show_blocks(store)
+    return f"{out}\n\n{blocks}" if blocks else out
+
+
+def show_blocks(store: Store) -> str:
+    """The allocation blocks (node, addresses in use) and the borrowed addresses of block pools: held
+    by a node other than the block's, or in no claimed block; empty when no block is claimed."""
+    blocks = list_blocks(store)
+    if not blocks:
+        return ""
+    node_of = {
+        f"{e.namespace}/{e.name}": e.node for e in map(Endpoint.from_obj, store.list("SpiderEndpoint"))
+    }
+    families = block_families(store, {b.pool for b in blocks})
+    block_rows: list[list[str]] = []
+    borrowed: list[list[str]] = []
+    for pool, family in sorted(families.items()):
+        own = [b for b in blocks if b.pool == pool]
+        counts = dict.fromkeys((b.name for b in own), 0)
+        for record in store.records(pool):
+            value = ip_to_int(record.ip, family)
+            block = next((b for b in own if b.start <= value <= b.end), None)
+            holder = node_of.get(record.pod, "")
+            if block is not None:
+                counts[block.name] += 1
+            if block is None or holder != block.node:
+                borrowed.append(
+                    [pool, record.ip, record.pod, holder or "-", block.node if block else "(unclaimed)"]
+                )
+        block_rows += [[pool, b.cidr, b.node, str(counts[b.name])] for b in own]
+    out = "Blocks:\n" + _table(["POOL", "BLOCK", "NODE", "IN-USE"], block_rows)
+    if borrowed:
+        out += "\n\nBorrowed:\n" + _table(["POOL", "IP", "POD", "NODE", "BLOCK-NODE"], borrowed)
+    return out
 
 
 def find_record(store: Store, ip: str) -> tuple[IPPool | None, IPRecord | None]:
@@ -197,4 +232,5 @@ def release_ip(store: Store, ip: str, *, force: bool = False) -> str:
             else:
                 delete = (namespace, name)
     store.commit(releases=[record], endpoint=endpoint_update, delete_endpoint=delete)
+    record_in_blocks(store, block_families(store, [record.pool]), removed=[record])
     return f"released {ip} from pool {pool.name} (was {record.pod})"

@@ -106,6 +106,14 @@ _COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("IPV6", _first_ips("ipv6")),
         Column("NODE", _path("status", "current", "node")),
     ),
+    "SpiderIPBlock": (
+        _NAME,
+        Column("POOL", _path("spec", "pool")),
+        Column("CIDR", _path("spec", "cidr")),
+        Column("NODE", _path("spec", "node")),
+        Column("ALLOCATED-IP-COUNT", _path("status", "allocatedIPCount")),
+        Column("AGE", _age),
+    ),
     "Pod": (
         _NAME,
         Column("READY", _pod_ready),

@@ -13,11 +13,16 @@ import pytest
 from ipam.admin import apply_object
 from ipam.block_claims import claim_block, list_blocks
 from ipam.blocks import BLOCK_KIND, block_status
+from ipam.controllers.gc import GarbageCollector
 from ipam.errors import Conflict
+from ipam.gc_policy import GCSettings
+from ipam.kinds import resolve_kind
 from ipam.model import IPPool, decode_allocated_ips
 from ipam.ranges import ip_to_int
+from ipam.report import release_ip, show_pools
 from ipam.service import IpamService, IpamSettings
 from ipam.store.protocol import Store
+from spiderbgp.printing import render_objects
 from tests.service.world import SPIDER_API, World
 
 SETTINGS = IpamSettings(conflict_retries=60, backoff_seconds=0.001)
@@ -157,4 +162,49 @@ def test_statefulset_pod_moving_node_keeps_its_address_borrowed_there(store: Sto
     assert decode_allocated_ips(block["status"]["allocatedIPs"])["10.0.0.1"].pod_uid == new_uid
     # node2's next pod takes a block of its own, not node1's free addresses
     assert add(world, n2, "x", "bp") == "10.0.0.8"
+    assert_statuses_match_records(store, "bp")
+
+
+def test_get_sib_and_ipam_show_list_blocks_and_borrowed_addresses(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.9")  # blocks 10.0.0.0/29 (.1-.7) and 10.0.0.8/29 (.8-.9)
+    n1, n2 = service(store, "node1"), service(store, "node2")
+    add(world, n1, "a", "bp")
+    add(world, n2, "b", "bp")
+    add(world, n2, "c", "bp")
+    assert add(world, n2, "d", "bp") == "10.0.0.2"  # borrowed from node1's block
+    table = render_objects(store.list(BLOCK_KIND), resolve_kind("sib"), output="")
+    assert table.splitlines()[0].split() == ["NAME", "POOL", "CIDR", "NODE", "ALLOCATED-IP-COUNT", "AGE"]
+    assert [line.split()[:5] for line in table.splitlines()[1:]] == [
+        ["bp-10-0-0-0-29", "bp", "10.0.0.0/29", "node1", "2"],
+        ["bp-10-0-0-8-29", "bp", "10.0.0.8/29", "node2", "2"],
+    ]
+    shown = show_pools(store)
+    assert shown.splitlines()[1].split()[:5] == ["bp", "10.0.0.0/24", "9", "0", "4"]
+    blocks, _, borrowed = shown.partition("Borrowed:\n")
+    assert [line.split() for line in blocks.partition("Blocks:\n")[2].strip().splitlines()] == [
+        ["POOL", "BLOCK", "NODE", "IN-USE"],
+        ["bp", "10.0.0.0/29", "node1", "2"],
+        ["bp", "10.0.0.8/29", "node2", "2"],
+    ]
+    assert [line.split() for line in borrowed.strip().splitlines()] == [
+        ["POOL", "IP", "POD", "NODE", "BLOCK-NODE"],
+        ["bp", "10.0.0.2", "default/d", "node2", "node1"],
+    ]
+
+
+def test_ip_gc_and_ipam_release_remove_their_records_from_blocks(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.30")
+    n1 = service(store, "node1")
+    add(world, n1, "a", "bp")
+    add(world, n1, "b", "bp")
+    add(world, n1, "c", "bp")
+    world.delete_pod("a")  # gone without a CNI DEL: the IP GC takes its record
+    gc = GarbageCollector(store, settings=GCSettings(), clock=lambda: 1_900_000_000.0)
+    assert [record.ip for record, _ in gc.scan_all()] == ["10.0.0.1"]
+    assert release_ip(store, "10.0.0.2", force=True) == "released 10.0.0.2 from pool bp (was default/b)"
+    block = store.get(BLOCK_KIND, "bp-10-0-0-0-29")
+    assert block["status"]["allocatedIPCount"] == 1
+    assert list(decode_allocated_ips(block["status"]["allocatedIPs"])) == ["10.0.0.3"]
     assert_statuses_match_records(store, "bp")
