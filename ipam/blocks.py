@@ -39,6 +39,7 @@ __all__ = [
     "block_start",
     "block_status",
     "blocks_of_pool",
+    "blocks_to_return",
     "parse_block",
     "parse_block_size",
     "pick",
@@ -181,6 +182,31 @@ def block_status(block: Block, records: Sequence[IPRecord], family: int) -> dict
     if text is not None:
         status["allocatedIPs"] = text
     return status
+
+
+def blocks_to_return(
+    blocks: Sequence[Block],
+    allocated: Mapping[str, Sequence[int]],
+    empty_since: Mapping[str, float],
+    *,
+    now: float,
+    grace: float,
+) -> tuple[list[Block], dict[str, float]]:
+    """The blocks that have held no allocation for ``grace`` seconds (the leader deletes them, so blocks
+    never leak, calico#7987), and the new ``empty_since`` (block name -> when it was first seen empty,
+    for the blocks empty now).  ``allocated``: each pool's ascending allocated addresses; a block of a
+    pool missing from it is left alone (its pool is gone: the owner GC takes it)."""
+    due: list[Block] = []
+    since: dict[str, float] = {}
+    for block in blocks:
+        values = allocated.get(block.pool)
+        if values is None or _has_allocation(values, block.start, block.end):
+            continue
+        first = empty_since.get(block.name, now)
+        since[block.name] = first
+        if now - first >= grace:
+            due.append(block)
+    return due, since
 
 
 @dataclass(frozen=True)

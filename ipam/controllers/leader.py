@@ -1,7 +1,7 @@
 """The leader-only IPAM controllers, bundled for the agent: the IP garbage collector (``gc``), the
 pool controller (``pool``), the SpiderSubnet controller (``subnet``:
-auto pools and adoption of orphan pools) and the owner-reference GC (``owner_gc``: pools of a
-subnet being deleted).
+auto pools and adoption of orphan pools), the owner-reference GC (``owner_gc``: pools of a
+subnet being deleted) and the return of empty allocation blocks (``blocks``).
 
 The agent's leader loop calls :meth:`LeaderControllers.full_pass` once when it becomes leader and then
 every GC interval, feeds application watch events to ``subnets.handle`` and Pod watch events to
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ipam.controllers.blocks import DEFAULT_BLOCK_GRACE_SECONDS, BlockReturn
 from ipam.controllers.gc import GarbageCollector, Released
 from ipam.controllers.owner_gc import OwnerGC
 from ipam.controllers.pool import PoolController, ReconcileReport
@@ -33,6 +34,7 @@ class PassReport:
     subnets: ReconcileReport = field(default_factory=ReconcileReport)
     released: list[Released] = field(default_factory=list)
     pools: ReconcileReport = field(default_factory=ReconcileReport)
+    blocks: ReconcileReport = field(default_factory=ReconcileReport)
 
 
 class PoolPass:
@@ -62,17 +64,21 @@ class LeaderControllers:
         clock: Callable[[], float],
         default_flexible_ip_number: int = 1,
         node_ready: Callable[[str], bool | None] | None = None,
+        block_grace_seconds: float = DEFAULT_BLOCK_GRACE_SECONDS,
     ) -> None:
         self.gc = GarbageCollector(store, settings=gc_settings, clock=clock, node_ready=node_ready)
         self.subnets = SubnetController(store, default_flexible_ip_number=default_flexible_ip_number)
         self.pools = PoolPass(store, self.subnets)
+        self.blocks = BlockReturn(store, clock=clock, grace_seconds=block_grace_seconds)
 
     def full_pass(self) -> PassReport:
         """Auto pools and adoption first (so a reclaimed pool is terminating before the GC frees its last
         records), then the GC's scan-all (one bounded step; call again while ``gc.scan_pending``), then
-        the pool pass (owner GC and pool controller, which removes pools the GC just emptied)."""
+        the pool pass (owner GC and pool controller, which removes pools the GC just emptied), then the
+        return of allocation blocks empty for their grace period."""
         report = PassReport()
         report.subnets = self.subnets.reconcile_all()
         report.released = self.gc.scan_all()
         report.pools = self.pools.reconcile()
+        report.blocks = self.blocks.collect()
         return report

@@ -14,6 +14,7 @@ from ipam.admin import apply_object
 from ipam.block_claims import claim_block, list_blocks
 from ipam.blocks import BLOCK_KIND, block_status
 from ipam.controllers.gc import GarbageCollector
+from ipam.controllers.leader import LeaderControllers
 from ipam.errors import Conflict
 from ipam.gc_policy import GCSettings
 from ipam.kinds import resolve_kind
@@ -208,3 +209,37 @@ def test_ip_gc_and_ipam_release_remove_their_records_from_blocks(store: Store) -
     assert block["status"]["allocatedIPCount"] == 1
     assert list(decode_allocated_ips(block["status"]["allocatedIPs"])) == ["10.0.0.3"]
     assert_statuses_match_records(store, "bp")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_leader_returns_a_block_empty_for_its_grace_period(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.30")
+    n1, n2 = service(store, "node1"), service(store, "node2")
+    world.pod("a", node="node1")
+    a = world.add("a", v4=["bp"])
+    n1.allocate(a)
+    add(world, n1, "b", "bp")
+    clock = Clock()
+    leader = LeaderControllers(store, gc_settings=GCSettings(), clock=clock, block_grace_seconds=60.0)
+    world.delete_pod("a")
+    n1.release(world.delete_request(a))
+    assert leader.full_pass().blocks.deleted == []  # node1's block still holds b
+    world.delete_pod("b")
+    assert [r.ip for r, _ in leader.gc.scan_all()] == ["10.0.0.2"]
+    assert leader.blocks.collect().deleted == []  # empty now: the grace period starts
+    clock.now += 59.0
+    assert leader.blocks.collect().deleted == []
+    clock.now += 1.0
+    assert leader.blocks.collect().deleted == ["SpiderIPBlock bp-10-0-0-0-29"]
+    assert list_blocks(store) == []
+    # the block is free for any node again
+    assert add(world, n2, "c", "bp") == "10.0.0.1"
+    assert blocks_by_cidr(store) == {"10.0.0.0/29": "node2"}

@@ -14,6 +14,7 @@ from ipam.blocks import (
     block_start,
     block_status,
     blocks_of_pool,
+    blocks_to_return,
     parse_block,
     parse_block_size,
     pick,
@@ -157,3 +158,18 @@ def test_block_status_holds_the_records_inside_it() -> None:
 def test_a_malformed_block_is_one_line() -> None:
     with pytest.raises(Invalid, match=r'SpiderIPBlock "b": spec\.node: must be a non-empty string'):
         parse_block({"metadata": {"name": "b"}, "spec": {"pool": "p", "cidr": "10.0.0.0/29"}})
+
+
+def test_blocks_empty_for_the_grace_period_are_returned() -> None:
+    a = Block("a", "p", "10.0.0.0/29", "n1", 0, 7)
+    b = Block("b", "p", "10.0.0.8/29", "n2", 8, 15)
+    gone = Block("c", "gone", "10.9.0.0/29", "n1", 100, 107)
+    due, since = blocks_to_return([a, b, gone], {"p": [3]}, {}, now=100.0, grace=60.0)
+    assert (due, since) == ([], {"b": 100.0})  # a holds .3; the pool of c is gone (owner GC's)
+    due, since = blocks_to_return([a, b, gone], {"p": [3]}, since, now=159.0, grace=60.0)
+    assert (due, since) == ([], {"b": 100.0})
+    due, since = blocks_to_return([a, b, gone], {"p": [3]}, since, now=160.0, grace=60.0)
+    assert (due, since) == ([b], {"b": 100.0})
+    # an allocation in between starts the grace period again
+    _, since = blocks_to_return([a, b], {"p": [3, 9]}, {"b": 100.0}, now=170.0, grace=60.0)
+    assert since == {}
