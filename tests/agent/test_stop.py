@@ -4,6 +4,8 @@ restart: no IP twice, every reported IP recorded, the database opens cleanly, AD
 
 from __future__ import annotations
 
+import contextlib
+import re
 import signal
 import sqlite3
 import subprocess
@@ -155,15 +157,20 @@ def test_sigkill_during_add_storm(db: Path, agents: AgentFactory, plugin: Plugin
 
 
 def request_held(agent: AgentProcess) -> bool:
-    """The agent holds a request it has read and not answered: a connection on its socket whose bytes
-    it has taken in (the kernel's receive queue is empty) and which is still open."""
-    out = subprocess.run(["ss", "-xnH", "state", "established"], capture_output=True, text=True, check=True)
-    path = str(agent.socket_path)
-    return any(
-        fields[3] == path and fields[1] == "0"
-        for fields in (ln.split() for ln in out.stdout.splitlines())
-        if len(fields) > 3
-    )
+    """The agent holds a request it has read and not answered: on a connection to its socket the
+    agent's receive queue is empty while the plugin at the other end is blocked waiting for the answer
+    (it polls only once it has sent the whole request)."""
+    out = subprocess.run(["ss", "-xnpH", "state", "established"], capture_output=True, text=True, check=True)
+    rows = [ln.split() for ln in out.stdout.splitlines()]
+    by_inode = {r[4]: r for r in rows if len(r) > 7}
+    for row in rows:
+        if len(row) > 7 and row[3] == str(agent.socket_path) and row[1] == "0" and row[6] in by_inode:
+            pid = re.search(r"pid=(\d+)", " ".join(by_inode[row[6]][7:]))
+            with contextlib.suppress(OSError):
+                # reading, or polling to read (the plugin reads with a timeout)
+                if pid and re.search(r"unix_stream_read|poll", Path(f"/proc/{pid[1]}/wchan").read_text()):
+                    return True
+    return False
 
 
 def test_plugin_says_try_again_when_the_agent_dies_mid_request(
