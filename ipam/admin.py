@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 ApplyOutcome = Literal["created", "configured", "unchanged"]
-ADMITTED_KINDS = ("SpiderIPPool", "SpiderSubnet", "SpiderReservedIP")
+ADMITTED_KINDS = ("SpiderIPPool", "SpiderSubnet", "SpiderReservedIP", "SpiderIPBlock")
 FINALIZED_KINDS = ("SpiderIPPool", "SpiderSubnet")  # Spiderpool's webhook gives these its finalizer
 _RETRIES = 8
 

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ipam.blocks import BLOCK_SIZE_ANNOTATION, block_size_of
+from ipam.blocks import BLOCK_API, BLOCK_KIND, BLOCK_SIZE_ANNOTATION, block_size_of, parse_block
 from ipam.errors import Invalid
 from ipam.kinds import SPIDER_API
 from ipam.model import (
@@ -298,7 +298,7 @@ def admit(
     subnets: Sequence[Obj] = (),
     pools: Sequence[Obj] = (),
 ) -> Obj:
-    """Mutate and validate a write of a SpiderIPPool, SpiderSubnet or SpiderReservedIP.
+    """Mutate and validate a write of a SpiderIPPool, SpiderSubnet, SpiderReservedIP or SpiderIPBlock.
 
     ``existing``: the stored objects of the same kind (the object's own stored version may be among
     them; it is skipped by name).  ``in_use``: IPs that are allocated from this pool (for a
@@ -314,6 +314,8 @@ def admit(
         return _admit_subnet(obj, old=old, existing=existing, in_use=in_use, pools=pools)
     if kind == ReservedIP.KIND:
         return _admit_reserved(obj, old=old)
+    if kind == BLOCK_KIND:
+        return _admit_block(obj, old=old)
     return copy.deepcopy(obj)
 
 
@@ -747,4 +749,30 @@ def _admit_reserved(obj: Obj, *, old: Obj | None) -> Obj:
             )
     spec["ipVersion"] = reserved.ip_version
     _merge_ranges(spec, reserved.ips, "ips", reserved.ip_version)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# SpiderIPBlock
+
+
+def _admit_block(obj: Obj, *, old: Obj | None) -> Obj:
+    """A block as its CRD has it (spec pool, cidr and node), its CIDR canonical, pool and CIDR fixed."""
+    out = copy.deepcopy(obj)
+    out.setdefault("apiVersion", BLOCK_API)
+    name = validate_name(BLOCK_KIND, out)
+    block = parse_block(out)
+    if not is_canonical_cidr(block.cidr) or canonical_cidr(block.cidr) != block.cidr:
+        net = parse_cidr(block.cidr)
+        raise Invalid(
+            BLOCK_KIND,
+            name,
+            "spec.cidr",
+            f"{block.cidr} is not canonical (write {net.network}/{net.prefixlen})",
+        )
+    if old is not None:
+        before = old.get("spec") or {}
+        for key in ("pool", "cidr"):
+            if before.get(key) != out["spec"][key]:
+                raise Invalid(BLOCK_KIND, name, f"spec.{key}", "is not changeable")
     return out

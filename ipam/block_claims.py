@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 from ipam.blocks import BLOCK_KIND, BLOCK_SIZE_ANNOTATION, Block, block_object, parse_block
-from ipam.errors import AlreadyExists, Conflict, NotFound
+from ipam.errors import AlreadyExists, Conflict, Invalid, NotFound
 from ipam.model import IPPool, PoolIPAllocation, decode_allocated_ips, encode_allocated_ips
 from ipam.ranges import ip_to_int
 from ipam.records import IPRecord
@@ -31,8 +31,15 @@ _STATUS_TRIES = 8
 
 
 def list_blocks(store: ObjectStore) -> list[Block]:
-    """Every stored block, by pool and address."""
-    return sorted(map(parse_block, store.list(BLOCK_KIND)), key=lambda b: (b.pool, b.start))
+    """Every stored block, by pool and address; a malformed one (written around admission) is left
+    out with a warning naming it and the field, so it cannot stop every allocation."""
+    out: list[Block] = []
+    for obj in store.list(BLOCK_KIND):
+        try:
+            out.append(parse_block(obj))
+        except Invalid as exc:
+            LOG.warning("%s (ignored)", exc)
+    return sorted(out, key=lambda b: (b.pool, b.start))
 
 
 def block_families(store: ObjectStore, pools: Iterable[str]) -> dict[str, int]:

@@ -476,3 +476,36 @@ def test_block_size_is_accepted_and_fixed_while_the_pool_holds_allocations() -> 
         admit(_block_pool(new), old=stored, existing=[stored], in_use=[])
     plain = admit(_block_pool(None), old=None, existing=[])
     rejected(_block_pool("26"), old=plain, existing=[plain], in_use=["10.0.0.1"])
+
+
+def sib(name: str = "bp-10-0-0-0-26", **spec: Any) -> Obj:
+    return {
+        "apiVersion": "spiderbgp.io/v1alpha1",
+        "kind": "SpiderIPBlock",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def test_block_admission_checks_spec_and_keeps_pool_and_cidr() -> None:
+    good = sib(pool="bp", cidr="10.0.0.0/26", node="node1")
+    assert admit(good, old=None, existing=[]) == good
+    cases = [
+        (sib(pool="bp", cidr="10.0.0.0/26"), "spec.node: must be a non-empty string"),
+        (
+            sib(pool="bp", cidr="10.0.0.5/26", node="n"),
+            "spec.cidr: 10.0.0.5/26 is not canonical (write 10.0.0.0/26)",
+        ),
+        (
+            sib(pool="bp", cidr="FD00::/122", node="n"),
+            "spec.cidr: FD00::/122 is not canonical (write fd00::/122)",
+        ),
+        (sib(pool="bp", cidr="10.0.0/26", node="n"), "spec.cidr: "),
+        (sib(pool="bp", cidr="10.0.0.64/26", node="n"), "spec.cidr: is not changeable"),
+        (sib(pool="other", cidr="10.0.0.0/26", node="n"), "spec.pool: is not changeable"),
+    ]
+    for obj, reason in cases:
+        err = rejected(obj, old=good if "changeable" in reason else None)
+        assert str(err).startswith(f'SpiderIPBlock "bp-10-0-0-0-26": {reason}'), str(err)
+    moved = sib(pool="bp", cidr="10.0.0.0/26", node="node2")  # the node may change (a hand-over)
+    assert admit(moved, old=good, existing=[good])["spec"]["node"] == "node2"
