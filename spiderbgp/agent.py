@@ -206,13 +206,23 @@ class Agent:
         ``FULL_RESYNC_SECONDS`` as a safety net."""
         next_full = time.monotonic() + FULL_RESYNC_SECONDS
         kinds = ["SpiderEndpoint", "SpiderIPPool", *(["Pod"] if self._gate_ready else [])]
+
+        def advance(revision: str) -> None:
+            """The store says nothing of these kinds changed up to ``revision`` (a Kubernetes
+            BOOKMARK): resume from there, so a quiet watch outlives the store's compactions."""
+            nonlocal since
+            since = revision
+
         while not self._stopping.is_set():
             try:
                 if time.monotonic() >= next_full:
                     since = self.store.revision()
                     self._push_full(loop, self._full_state())
                     next_full = time.monotonic() + FULL_RESYNC_SECONDS
-                for event in self.store.watch(kinds, since, timeout=1.0):
+                events = self.store.watch(
+                    kinds, since, timeout=1.0, pods_on_node=self.config.node_name, progress=advance
+                )
+                for event in events:
                     since = event.revision
                     delta = self._tracker.apply([event])
                     ready = self._ready_tracker.apply([event]) if self._gate_ready else {}

@@ -10,8 +10,10 @@ It implements, with the API server's semantics, what the backend relies on:
 * core/v1 pods, namespaces, nodes; apps/v1 and batch/v1 workloads; coordination.k8s.io/v1 leases; the
   ``spiderpool.spidernet.io/v2beta1`` custom resources; all at their real URL paths
   (``/api/v1/namespaces/{ns}/pods/{name}``, ``/apis/{group}/{version}/{plural}/{name}/status``, ...);
-* GET, LIST (``labelSelector`` with equality and set-based requirements, ``fieldSelector`` equality,
-  ``limit``/``continue``), POST (201, 409 AlreadyExists), PUT with the ``metadata.resourceVersion``
+* GET, LIST (``labelSelector`` with equality and set-based requirements, ``fieldSelector`` equality on
+  the fields each kind's storage supports, 400 BadRequest for the others: every kind metadata.name and
+  metadata.namespace, Pods spec.nodeName, status.phase and a few more, as kubelet's node-filtered
+  watch uses them; ``limit``/``continue``), POST (201, 409 AlreadyExists), PUT with the ``metadata.resourceVersion``
   precondition (409 Conflict as a ``Status`` object with reason ``Conflict``; custom resources refuse an
   update without resourceVersion, as ``AllowUnconditionalUpdate`` is false for them), the status
   subresource (``PUT .../status`` changes only status; the main PUT ignores status for kinds that have
@@ -126,7 +128,7 @@ from tests.kube.emulator.status import (
     resource_name,
 )
 
-__all__ = ["Faults", "KubeEmulator", "kube_emulator", "parse_label_selector"]
+__all__ = ["Faults", "KubeEmulator", "WatchRequest", "kube_emulator", "parse_label_selector"]
 
 Obj = dict[str, Any]
 
@@ -135,6 +137,16 @@ DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 
 # ---------------------------------------------------------------------------------------------------
 # the store
+
+
+@dataclass(frozen=True)
+class WatchRequest:
+    """A watch a client opened: the kind, the resourceVersion it resumed from ("" or "0": none), and
+    its whole query (``fieldSelector``, ``labelSelector``, ...)."""
+
+    kind: str
+    resource_version: str
+    query: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -230,6 +242,7 @@ class KubeEmulator:
         self.require_namespaces = require_namespaces
         self.history_size = history
         self.requests = 0  # requests handled, for tests and benchmarks
+        self.watches: list[WatchRequest] = []  # every watch opened (with a valid selector), in order
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str, str], Obj] = {}
         self._history: deque[_Event] = deque()
@@ -703,11 +716,11 @@ class KubeEmulator:
             return copy.deepcopy(obj)
 
     def _selectors(
-        self, query: Mapping[str, str]
+        self, query: Mapping[str, str], info: KindInfo
     ) -> tuple[LabelSelector | None, list[tuple[str, bool, str]]]:
         try:
             labels = parse_label_selector(query["labelSelector"]) if query.get("labelSelector") else None
-            fields = parse_field_selector(query.get("fieldSelector", ""))
+            fields = parse_field_selector(query.get("fieldSelector", ""), info.kind)
         except ValueError as err:
             raise ApiError(400, "BadRequest", str(err)) from err
         return labels, fields
@@ -742,7 +755,7 @@ class KubeEmulator:
         return state
 
     def _list(self, t: _Target, query: Mapping[str, str]) -> Obj:
-        labels, fields = self._selectors(query)
+        labels, fields = self._selectors(query, t.info)
         try:
             limit = int(query.get("limit") or 0)
             token = decode_continue(query["continue"]) if query.get("continue") else None
@@ -1087,7 +1100,11 @@ class KubeEmulator:
             return out, self._rv
 
     async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
-        labels, fields = self._selectors(request.query)
+        labels, fields = self._selectors(request.query, t.info)
+        with self._lock:
+            self.watches.append(
+                WatchRequest(t.info.kind, request.query.get("resourceVersion", ""), dict(request.query))
+            )
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true")
         drop_after: int | None = None  # cut the stream once ``sent`` reaches it

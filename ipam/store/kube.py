@@ -403,27 +403,50 @@ class KubeStore:
         """A no-op: reads come from informer caches or one API request each."""
         return contextlib.nullcontext()
 
-    def watch(self, kinds: Sequence[str], since: str, *, timeout: float) -> Iterator[WatchEvent]:
+    def watch(
+        self,
+        kinds: Sequence[str],
+        since: str,
+        *,
+        timeout: float,
+        pods_on_node: str = "",
+        progress: Callable[[str], None] | None = None,
+    ) -> Iterator[WatchEvent]:
+        """One watch per kind, merged in revision order.  ``pods_on_node``: the Pod watch asks for
+        ``fieldSelector=spec.nodeName=NODE``.  ``progress`` hears the BOOKMARK revisions the streams
+        carry (the client asks for them), once every stream is past the revision (module docstring)."""
         infos = [kind_info(k) for k in kinds]
+        fields = [
+            f"spec.nodeName={pods_on_node}" if pods_on_node and info.kind == "Pod" else "" for info in infos
+        ]
         # Open every stream now, so a stale ``since`` raises Gone here, as the embedded store does.
         streams: builtins.list[WatchStream] = []
         try:
-            for info in infos:
-                streams.append(self._open_watch(info, since))
+            for info, field in zip(infos, fields, strict=True):
+                streams.append(self._open_watch(info, since, field))
         except BaseException:
             for s in streams:
                 s.close()
             raise
-        return self._merge(infos, streams, since, timeout)
+        return self._merge(infos, fields, streams, since, timeout, progress)
 
-    def _open_watch(self, info: KindInfo, since: str) -> WatchStream:
-        return self.api.watch(info, resource_version=since, timeout_seconds=300)
+    def _open_watch(self, info: KindInfo, since: str, field_selector: str = "") -> WatchStream:
+        return self.api.watch(
+            info, resource_version=since, field_selector=field_selector, timeout_seconds=300
+        )
 
     def _merge(
-        self, infos: builtins.list[KindInfo], streams: builtins.list[WatchStream], since: str, timeout: float
+        self,
+        infos: builtins.list[KindInfo],
+        fields: builtins.list[str],
+        streams: builtins.list[WatchStream],
+        since: str,
+        timeout: float,
+        progress: Callable[[str], None] | None,
     ) -> Iterator[WatchEvent]:
-        """One ordered iterator over one watch stream per kind (a reader thread each)."""
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        """One ordered iterator over one watch stream per kind (a reader thread each).  Readers put
+        ("event", i, WatchEvent), ("mark", i, rv) for a BOOKMARK and ("error", i, err) on one queue."""
+        events: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         stop = threading.Event()
         current: builtins.list[WatchStream] = list(streams)
 
@@ -445,7 +468,9 @@ class KubeStore:
                             rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
                             broken = 0
                             if kind in ("ADDED", "MODIFIED", "DELETED"):
-                                events.put(("event", WatchEvent(kind, self._out(info, obj), rv)))
+                                events.put(("event", i, WatchEvent(kind, self._out(info, obj), rv)))
+                            elif kind == "BOOKMARK":
+                                events.put(("mark", i, rv))
                     except StoreUnavailable:
                         broken += 1
                         if broken > self.retry.steps:
@@ -454,10 +479,10 @@ class KubeStore:
                     if stop.is_set():
                         return
                     # the stream ended (server timeout, broken connection): resume where it stopped
-                    current[i] = self._open_watch(info, rv)
+                    current[i] = self._open_watch(info, rv, fields[i])
             except StoreError as err:
                 if not stop.is_set():
-                    events.put(("error", err))
+                    events.put(("error", i, err))
 
         threads = [
             threading.Thread(target=reader, args=(i, info), name=f"watch-{info.plural}", daemon=True)
@@ -466,10 +491,15 @@ class KubeStore:
         for t in threads:
             t.start()
         settle = min(0.02, timeout)
+        # how far each stream is known to be, by what was taken off the queue (a stream's items come
+        # in order, so everything of stream i up to at[i] has been taken)
+        at = [since] * len(infos)
+        told = since  # the last revision yielded or reported to ``progress``
         try:
+            quiet_until = time.monotonic() + timeout
             while True:
                 try:
-                    item = events.get(timeout=timeout)
+                    item = events.get(timeout=max(quiet_until - time.monotonic(), 0.0))
                 except queue.Empty:
                     return
                 batch = [item]
@@ -479,11 +509,24 @@ class KubeStore:
                         batch.append(events.get(timeout=left))
                     except queue.Empty:
                         break
-                for tag, value in batch:
+                found: builtins.list[WatchEvent] = []
+                for tag, i, value in batch:
                     if tag == "error":
                         raise value
-                ordered = sorted((v for _, v in batch), key=lambda e: _rv_key(e.revision))
-                yield from ordered
+                    if tag == "event":
+                        found.append(value)
+                        at[i] = value.revision
+                    elif _rv_key(value) > _rv_key(at[i]):
+                        at[i] = value
+                if found:
+                    found.sort(key=lambda e: _rv_key(e.revision))
+                    yield from found
+                    told = max(told, found[-1].revision, key=_rv_key)
+                    quiet_until = time.monotonic() + timeout
+                reached = min(at, key=_rv_key)
+                if progress is not None and _rv_key(reached) > _rv_key(told):
+                    told = reached
+                    progress(reached)
         finally:
             stop.set()
             for s in current:

@@ -277,6 +277,7 @@ class KubeApi:
         resource_version: str,
         namespace: str = "",
         label_selector: str = "",
+        field_selector: str = "",
         timeout_seconds: int = 300,
     ) -> WatchStream:
         """Open a watch of a kind from ``resource_version`` (the server's own timeout ``timeout_seconds``).
@@ -291,6 +292,8 @@ class KubeApi:
             query.append(("resourceVersion", resource_version))
         if label_selector:
             query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         path = resource_path(info, namespace)
         resp = self._send("GET", path, query, timeout=(self.timeout, timeout_seconds + 30))
         status = int(resp.status)

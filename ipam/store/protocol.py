@@ -49,7 +49,7 @@ by ``get``/``list`` always reflect the records.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -111,10 +111,28 @@ class ObjectStore(Protocol):
         ends the snapshot: the write, and reads after it, see the current state.  Nested blocks join
         the outer one.  A backend that reads from a cache may return a no-op."""
 
-    def watch(self, kinds: Sequence[str], since: str, *, timeout: float) -> Iterator[WatchEvent]:
+    def watch(
+        self,
+        kinds: Sequence[str],
+        since: str,
+        *,
+        timeout: float,
+        pods_on_node: str = "",
+        progress: Callable[[str], None] | None = None,
+    ) -> Iterator[WatchEvent]:
         """Changes to objects of these kinds after revision ``since``, in order, until ``timeout``
         seconds pass with nothing new (then the iterator ends; call again from the last revision).
-        Raises Gone when ``since`` is older than what the store keeps."""
+        Raises Gone when ``since`` is older than what the store keeps.
+
+        ``pods_on_node``: Pods only of that node (``spec.nodeName``; the Kubernetes store asks the API
+        server with a ``fieldSelector``, as the kubelet does, so other nodes' pods never reach this
+        process); other kinds are not filtered.
+
+        ``progress``: called (from the iterating thread, between events) with a revision R when every
+        change of these kinds up to R has been yielded, and R is newer than the last event: a watch
+        resumed from R misses nothing.  It follows the store's revision while these kinds are quiet
+        (Kubernetes: the watch's BOOKMARK events; the embedded store: its revision at an empty
+        poll), so a quiet watcher's resume point does not fall behind the history the store keeps."""
 
 
 class AllocationStore(Protocol):

@@ -61,6 +61,11 @@ _DERIVED_POOL_STATUS = ("allocatedIPs", "allocatedIPCount")
 _EVENT_BODY = "CASE WHEN e.base IS NULL THEN e.body ELSE json_patch(b.body, e.body) END"
 
 
+def _node_of(pod: Obj) -> str:
+    spec = pod.get("spec")
+    return str(spec.get("nodeName") or "") if isinstance(spec, dict) else ""
+
+
 def _dumps(obj: Obj) -> str:
     """Compact JSON; NaN and infinities are refused (ValueError), as JSON and the API server have none
     (and SQLite's JSON functions could not read the body back)."""
@@ -373,16 +378,25 @@ class SqliteStore:
             raise self._db.unavailable(err) from err
         return str(row[0])
 
-    def watch(self, kinds: Sequence[str], since: str, *, timeout: float) -> Iterator[WatchEvent]:
+    def watch(
+        self,
+        kinds: Sequence[str],
+        since: str,
+        *,
+        timeout: float,
+        pods_on_node: str = "",
+        progress: Callable[[str], None] | None = None,
+    ) -> Iterator[WatchEvent]:
         """Checks ``since`` now (Gone, Invalid) and returns an iterator that polls every
-        ``poll_interval`` seconds until ``timeout`` seconds pass without a new event."""
+        ``poll_interval`` seconds until ``timeout`` seconds pass without a new event.  An empty poll
+        reports the store's revision read with it to ``progress``."""
         names = tuple(kind_of(k).kind for k in kinds)
         try:
             start = int(since) if since else 0
         except ValueError:
             raise Invalid("watch", str(since), "since", "is not a revision of this store") from None
         self._check_horizon(start)
-        return self._watch(names, start, timeout)
+        return self._watch(names, start, timeout, pods_on_node, progress)
 
     def _check_horizon(self, since: int) -> None:
         try:
@@ -395,7 +409,14 @@ class SqliteStore:
                 "list again and watch from the list's revision"
             )
 
-    def _watch(self, kinds: tuple[str, ...], since: int, timeout: float) -> Iterator[WatchEvent]:
+    def _watch(
+        self,
+        kinds: tuple[str, ...],
+        since: int,
+        timeout: float,
+        pods_on_node: str = "",
+        progress: Callable[[str], None] | None = None,
+    ) -> Iterator[WatchEvent]:
         if not kinds:
             return
         marks = ", ".join("?" for _ in kinds)
@@ -415,12 +436,23 @@ class SqliteStore:
                         f"{self._history} events); list again and watch from the list's revision"
                     )
                 rows = conn.execute(query, (last, *kinds)).fetchall()
+                current = int(conn.execute(REVISION_AND_COMPACTED).fetchone()[0]) if not rows else last
+            sent = False
             for rev, kind, body in rows:
                 last = int(rev)
-                yield WatchEvent(type=kind, object=json.loads(body), revision=str(rev))
-            if rows:
+                obj = json.loads(body)
+                if pods_on_node and obj.get("kind") == "Pod" and _node_of(obj) != pods_on_node:
+                    continue
+                sent = True
+                yield WatchEvent(type=kind, object=obj, revision=str(rev))
+            if sent:
                 deadline = time.monotonic() + timeout
+            if rows:
                 continue
+            if current > last:  # nothing of these kinds up to the store's revision
+                last = current
+                if progress is not None:
+                    progress(str(current))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

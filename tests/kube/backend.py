@@ -24,7 +24,8 @@ def kube_backend(tmp: Path, options: _Options) -> Iterator[Store]:
     """An empty store: a new emulator (its watch history as the options say) and a KubeStore on it."""
     del tmp  # nothing on disk
     # The suite writes into namespaces it never creates (the embedded store has no namespace rule).
-    emulator = KubeEmulator(history=options.history, require_namespaces=False).start()
+    # Bookmarks every 50 ms (the API server: about a minute), so a quiet watch's progress shows at once.
+    emulator = KubeEmulator(history=options.history, require_namespaces=False, bookmark_interval=0.05).start()
     try:
         # As the agent's ServiceAccount, authorized by configs/kubernetes/rbac.yaml; the suite's writes
         # of what other actors write (pods, namespaces, new pools) are granted by cluster_actors.yaml.

@@ -7,7 +7,7 @@ from typing import Any
 
 from ipam.selectors import LabelSelector, Requirement
 
-__all__ = ["field_value", "parse_field_selector", "parse_label_selector"]
+__all__ = ["field_value", "parse_field_selector", "parse_label_selector", "selectable_fields"]
 
 Obj = dict[str, Any]
 
@@ -57,7 +57,36 @@ def field_value(obj: Obj, path: str) -> str:
     return "" if cur is None else str(cur)
 
 
-def parse_field_selector(text: str) -> list[tuple[str, bool, str]]:
+# The fields each kind's REST storage accepts in a ``fieldSelector`` (kube-apiserver's
+# ``GetAttrs``/``AddFieldLabelConversionFunc`` tables): every kind has metadata.name and, when
+# namespaced, metadata.namespace; a few built-in kinds add their own.  Anything else is 400 BadRequest
+# "field label not supported", as the API server answers.
+_META_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
+_KIND_FIELDS: dict[str, frozenset[str]] = {
+    "Pod": frozenset(
+        {
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        }
+    ),
+    "Node": frozenset({"spec.unschedulable"}),
+    "Namespace": frozenset({"status.phase"}),
+}
+
+
+def selectable_fields(kind: str) -> frozenset[str]:
+    """The fields a ``fieldSelector`` on ``kind`` may name."""
+    return _META_FIELDS | _KIND_FIELDS.get(kind, frozenset())
+
+
+def parse_field_selector(text: str, kind: str) -> list[tuple[str, bool, str]]:
+    """A ``fieldSelector`` query string on ``kind`` (``f=v``, ``f==v``, ``f!=v``, comma-separated);
+    ValueError for a malformed requirement or a field ``kind`` cannot be selected by."""
     out: list[tuple[str, bool, str]] = []
     for part in text.split(","):
         if not part.strip():
@@ -65,5 +94,11 @@ def parse_field_selector(text: str) -> list[tuple[str, bool, str]]:
         m = re.match(r"^\s*([\w.]+)\s*(==|=|!=)\s*(.*?)\s*$", part)
         if m is None:
             raise ValueError(f"invalid field selector: {part!r}")
+        if m.group(1) not in selectable_fields(kind):
+            raise ValueError(f'"{m.group(1)}" is not a known field selector: only {_known(kind)}')
         out.append((m.group(1), m.group(2) != "!=", m.group(3)))
     return out
+
+
+def _known(kind: str) -> str:
+    return ", ".join(f'"{f}"' for f in sorted(selectable_fields(kind)))
