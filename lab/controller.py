@@ -20,6 +20,10 @@ The pod runtime state (namespace, container ID, cached CNI result) is kept in
 ``<run dir>/controller/pods.json``, written only by this process, so a restarted controller tears
 down what an earlier one started.  Stopping the controller leaves pods running, as stopping
 kube-controller-manager would.
+
+Why this module is past ~600 lines: it is the one process loop that owns the runtime state file and
+the worker pool; the decisions it applies already live in pure modules (``lab.workloads``,
+``lab.scheduler``), and what is left here is the I/O that reads and writes the same state.
 """
 
 from __future__ import annotations

@@ -22,8 +22,6 @@ from cni import wire, wire_agent
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 # (operation, CNI code or 0 for success, seconds): the agent wires this to its Prometheus metrics.
 RequestObserver = Callable[[str, int, float], None]
 
