@@ -77,7 +77,9 @@ class Comparison:
         """None: no target (context only)."""
         if self.target is None:
             return None
-        if not self.reference and self.target.rule is not Rule.ABOVE_AT_MOST:
+        if self.reference <= 0 and self.target.rule is not Rule.ABOVE_AT_MOST:
+            # a ratio needs a positive reference: a zero or negative one (a latency whose two clocks
+            # disagree by more than the latency itself) tells nothing, and must not read as met
             return False
         return self.target.met(self.figure, self.reference)
 
