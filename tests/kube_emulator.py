@@ -720,7 +720,9 @@ class KubeEmulator:
     ) -> tuple[LabelSelector | None, list[tuple[str, bool, str]]]:
         try:
             labels = parse_label_selector(query["labelSelector"]) if query.get("labelSelector") else None
-            fields = parse_field_selector(query.get("fieldSelector", ""), info.kind)
+            fields = parse_field_selector(
+                query.get("fieldSelector", ""), info.kind, builtin=info.group in _BUILTIN_GROUPS
+            )
         except ValueError as err:
             raise ApiError(400, "BadRequest", str(err)) from err
         return labels, fields

@@ -84,9 +84,10 @@ def selectable_fields(kind: str) -> frozenset[str]:
     return _META_FIELDS | _KIND_FIELDS.get(kind, frozenset())
 
 
-def parse_field_selector(text: str, kind: str) -> list[tuple[str, bool, str]]:
+def parse_field_selector(text: str, kind: str, *, builtin: bool = False) -> list[tuple[str, bool, str]]:
     """A ``fieldSelector`` query string on ``kind`` (``f=v``, ``f==v``, ``f!=v``, comma-separated);
-    ValueError for a malformed requirement or a field ``kind`` cannot be selected by."""
+    ValueError for a malformed requirement or a field ``kind`` cannot be selected by (in the words of
+    the API server: built-in kinds' storage, or the custom resource handler)."""
     out: list[tuple[str, bool, str]] = []
     for part in text.split(","):
         if not part.strip():
@@ -95,6 +96,8 @@ def parse_field_selector(text: str, kind: str) -> list[tuple[str, bool, str]]:
         if m is None:
             raise ValueError(f"invalid field selector: {part!r}")
         if m.group(1) not in selectable_fields(kind):
+            if builtin:
+                raise ValueError(f"field label not supported: {m.group(1)}")
             raise ValueError(f'"{m.group(1)}" is not a known field selector: only {_known(kind)}')
         out.append((m.group(1), m.group(2) != "!=", m.group(3)))
     return out
