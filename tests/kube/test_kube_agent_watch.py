@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from ipam.store.kube import KubeStore
 from lab.frr import wait_until
 from spiderbgp.agent import CACHED_KINDS, Agent
 from spiderbgp.config import AgentConfig, IpamConfig, LeaderConfig
+from spiderbgp.pod_readiness import pod_is_ready as pod_ready
 from spiderbgp.stores import KUBERNETES
 from tests.kube_emulator import KubeEmulator
 
@@ -332,3 +333,23 @@ def test_readiness_gating_on_the_kubernetes_store(
         assert set(node_watches) == {None, "spec.nodeName=node1"}
     else:
         assert set(node_watches) == {None}  # no Pod watch but the informer's without the gate
+
+
+def test_a_pod_bound_to_the_node_later_arrives_in_the_node_watch_as_added(
+    kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
+) -> None:
+    """As the API server filters a watch: a Pod created unscheduled enters this node's watch (ADDED)
+    when the scheduler binds it here; other nodes' pods never come."""
+    store = store_factory()
+    since = store.revision()
+    unbound = pod("later", ready=False)
+    del unbound["spec"]["nodeName"]
+    kube_emulator.put(unbound)
+    kube_emulator.put(pod("elsewhere", ready=False, node="node2"))
+    kube_emulator.put(pod("later", ready=False))  # bound to node1
+    kube_emulator.put(pod("later", ready=True))
+    events = list(store.watch(["Pod"], since, timeout=0.5, pods_on_node=NODE))
+    assert [(e.type, e.object["metadata"]["name"], pod_ready(e.object)) for e in events] == [
+        ("ADDED", "later", False),
+        ("MODIFIED", "later", True),
+    ]
