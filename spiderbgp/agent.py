@@ -31,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ipam.errors import Conflict, Gone, IpamError, NotFound
 from ipam.service import IpamService, IpamSettings
 from ipam.store.protocol import Store
+from spiderbgp.block_follow import BLOCK_KIND, AffineBlocks
 from spiderbgp.cni_endpoint import CniSocket, SocketInUse, make_app, serve, shutdown
 from spiderbgp.config import AgentConfig
 from spiderbgp.fields import ConfigError
@@ -71,6 +72,13 @@ class Announcer(Protocol):
     @property
     def announce_when_ready(self) -> bool:
         """True when addresses are announced only while their pod is Ready (bgp.announceWhen)."""
+
+    @property
+    def follows_blocks(self) -> bool:
+        """True when the agent follows this node's SpiderIPBlocks (bgp.advertise: block)."""
+
+    def set_blocks(self, blocks: Collection[str]) -> None:
+        """The full set of allocation blocks affine to this node (CIDRs)."""
 
     @property
     def writes_node_condition(self) -> bool:
@@ -129,6 +137,7 @@ class NodeState:
     ips: dict[str, str]  # this node's addresses -> pool subnet
     subnets: list[str]  # every pool's subnet
     ready: set[str] | None  # the addresses of Ready pods (None: announceWhen is not ready)
+    blocks: frozenset[str] | None = None  # this node's SpiderIPBlocks (None: advertise is not block)
 
 
 # how long a CNI call answered on the event loop may wait for a lock (another process's write takes
@@ -171,6 +180,8 @@ class Agent:
         self._tracker = NodeAddresses(config.node_name)
         self._ready_tracker = ReadyAddresses(config.node_name)
         self._gate_ready = announcer is not None and announcer.announce_when_ready
+        self._block_tracker = AffineBlocks(config.node_name)
+        self._follow_blocks = announcer is not None and announcer.follows_blocks
         self._started = False
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -206,6 +217,7 @@ class Agent:
         ``FULL_RESYNC_SECONDS`` as a safety net."""
         next_full = time.monotonic() + FULL_RESYNC_SECONDS
         kinds = ["SpiderEndpoint", "SpiderIPPool", *(["Pod"] if self._gate_ready else [])]
+        kinds += [BLOCK_KIND] if self._follow_blocks else []
 
         def advance(revision: str) -> None:
             """The store says nothing of these kinds changed up to ``revision`` (a Kubernetes
@@ -228,6 +240,9 @@ class Agent:
                     ready = self._ready_tracker.apply([event]) if self._gate_ready else {}
                     if not delta.empty or ready:
                         loop.call_soon_threadsafe(self._push_delta, delta, ready)
+                    blocks = self._block_tracker.apply([event]) if self._follow_blocks else None
+                    if blocks is not None:
+                        loop.call_soon_threadsafe(self._push_blocks, blocks)
                     if self._stopping.is_set() or time.monotonic() >= next_full:
                         break
             except Gone:
@@ -246,7 +261,8 @@ class Agent:
         endpoints = self.store.list("SpiderEndpoint")
         ips, subnets = self._tracker.reset(endpoints, self.store.list("SpiderIPPool", allocated_ips=False))
         ready = self._ready_tracker.reset(endpoints, self.store.list("Pod")) if self._gate_ready else None
-        return NodeState(ips, subnets, ready)
+        blocks = self._block_tracker.reset(self.store.list(BLOCK_KIND)) if self._follow_blocks else None
+        return NodeState(ips, subnets, ready, blocks)
 
     def _seed(self, state: NodeState) -> None:
         if self.announcer is not None:
@@ -254,6 +270,8 @@ class Agent:
             self.announcer.set_pod_ips(state.ips)
             if state.ready is not None:
                 self.announcer.set_ready_ips(state.ready)
+            if state.blocks is not None:
+                self.announcer.set_blocks(state.blocks)
 
     def _push_full(self, loop: asyncio.AbstractEventLoop, state: NodeState) -> None:
         loop.call_soon_threadsafe(self._seed, state)
@@ -269,6 +287,10 @@ class Agent:
             self.announcer.add_pod_ips(delta.added)
         if ready:
             self.announcer.set_pod_ready(ready)
+
+    def _push_blocks(self, blocks: frozenset[str]) -> None:
+        if self.announcer is not None:
+            self.announcer.set_blocks(blocks)
 
     def _gc_released(self, released: Sequence[tuple[str, str]], loop: asyncio.AbstractEventLoop) -> None:
         """From the leader's controller thread: (ip, reason) pairs the IP GC released."""

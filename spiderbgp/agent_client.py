@@ -121,11 +121,13 @@ def render_bgp_routes(data: Mapping[str, Any], *, wide: bool = False) -> str:
     routes = list(data.get("routes") or [])
     out: list[str] = []
     if routes:
-        headers = ["PEER", "PREFIX", "NEXT HOP", *(["AGE"] if wide else [])]
+        kinds = any("kind" in r for r in routes)  # advertise: block: block or borrowed address
+        headers = ["PEER", "PREFIX", *(["KIND"] if kinds else []), "NEXT HOP", *(["AGE"] if wide else [])]
         rows = [
             [
                 str(r.get("peer", "")),
                 str(r.get("prefix", "")),
+                *([str(r.get("kind") or "")] if kinds else []),
                 str(r.get("nextHop") or ""),
                 *([_age(r.get("ageSeconds"))] if wide else []),
             ]

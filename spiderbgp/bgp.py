@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import logging
 import sys
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -16,18 +19,28 @@ from bgp_speaker import (
     parse_bgp_config,
     source_address,
 )
+from bgp_speaker.blackholes import BlackholeRoutes, NetlinkBlackholes
+from bgp_speaker.blocks import BlockRoutes
+from bgp_speaker.config import IPNetwork
 from spiderbgp.config import AgentConfig
 from spiderbgp.fields import ConfigError
 
 __all__ = ["SpeakerAnnouncer", "build_announcer"]
 
+LOG = logging.getLogger("spiderbgp.bgp")
+
 
 class SpeakerAnnouncer:
     """Implements spiderbgp.agent.Announcer over a BgpSpeaker."""
 
-    def __init__(self, speaker: BgpSpeaker, *, withdraw_on_exit: bool) -> None:
+    def __init__(
+        self, speaker: BgpSpeaker, *, withdraw_on_exit: bool, blackholes: BlackholeRoutes | None = None
+    ) -> None:
         self.speaker = speaker
         self.withdraw_on_exit = withdraw_on_exit or speaker.config.withdraw_on_exit
+        self.blackholes = blackholes  # advertise: block: the blocks' blackhole routes in this kernel
+        self._blackholes_wanted: frozenset[IPNetwork] = frozenset()
+        self._blackhole_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.speaker.start()
@@ -49,6 +62,35 @@ class SpeakerAnnouncer:
     @property
     def announce_when_ready(self) -> bool:
         return self.speaker.config.announce_when == "ready"
+
+    @property
+    def follows_blocks(self) -> bool:
+        return self.speaker.config.advertise == "block"
+
+    def set_blocks(self, blocks: Collection[str]) -> None:
+        nets = frozenset(ipaddress.ip_network(b) for b in blocks)
+        self.speaker.set_blocks(nets)
+        if self.blackholes is not None:
+            self._blackholes_wanted = nets
+            if self._blackhole_task is None or self._blackhole_task.done():
+                self._blackhole_task = asyncio.get_running_loop().create_task(self._sync_blackholes())
+
+    async def _sync_blackholes(self) -> None:
+        """Bring the kernel's blackhole routes to the latest blocks, one netlink sync at a time, in a
+        thread (pyroute2's IPRoute runs an event loop of its own); a failure is logged and repaired by
+        the next change or full resync."""
+        assert self.blackholes is not None
+        while True:
+            wanted = self._blackholes_wanted
+            try:
+                await asyncio.to_thread(self.blackholes.sync, wanted)
+            except Exception as exc:
+                LOG.error(
+                    "blackhole routes for blocks %s: %s", ", ".join(map(str, sorted(wanted, key=str))), exc
+                )
+                return
+            if self._blackholes_wanted == wanted:
+                return
 
     @property
     def writes_node_condition(self) -> bool:
@@ -77,16 +119,31 @@ class SpeakerAnnouncer:
             routes = await self.speaker.routes()
         except SpeakerNotRunning:
             return []
+        blocks = self.speaker.block_routes() if self.follows_blocks else None
         out = []
         for r in routes:
             row = r.as_dict()
             age = self.speaker.announced_age(r.prefix)
             row["ageSeconds"] = None if age is None else round(age, 1)
+            if blocks is not None:
+                row["kind"] = _kind(r.prefix, blocks)
             out.append(row)
         return out
 
     async def stop(self, *, withdraw: bool) -> None:
+        if self._blackhole_task is not None:  # the blackholes stay: the blocks are still this node's
+            await asyncio.wait([self._blackhole_task], timeout=5.0)
         await self.speaker.stop(withdraw=withdraw or self.withdraw_on_exit)
+
+
+def _kind(prefix: IPNetwork, blocks: BlockRoutes) -> str:
+    """``advertise: block``: whether an announced prefix is a block (or its part inside exportCIDRs),
+    a borrowed address, or neither any more (being withdrawn)."""
+    if prefix in blocks.borrowed:
+        return "borrowed"
+    if any(prefix.version == b.version and prefix.subnet_of(b) for b in blocks.blocks):  # type: ignore[arg-type]
+        return "block"
+    return ""
 
 
 def build_announcer(
@@ -99,4 +156,5 @@ def build_announcer(
         raise ConfigError(exc.source, exc.field, exc.reason) from None
     route_source = NetlinkRouteSource() if bgp.require_host_route else None
     speaker = BgpSpeaker(bgp, route_source=route_source, registry=registry, python=python)
-    return SpeakerAnnouncer(speaker, withdraw_on_exit=withdraw_on_exit)
+    blackholes = NetlinkBlackholes() if bgp.advertise == "block" else None
+    return SpeakerAnnouncer(speaker, withdraw_on_exit=withdraw_on_exit, blackholes=blackholes)
