@@ -17,14 +17,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
-from ipam.blocks import BLOCK_KIND, BLOCK_SIZE_ANNOTATION, Block, block_object, parse_block
+from ipam.blocks import (
+    BLOCK_KIND,
+    BLOCK_SIZE_ANNOTATION,
+    Block,
+    block_name_of,
+    block_object,
+    block_size_of,
+    parse_block,
+)
 from ipam.errors import AlreadyExists, Conflict, Invalid, NotFound
 from ipam.model import IPPool, PoolIPAllocation, decode_allocated_ips, encode_allocated_ips
 from ipam.ranges import ip_to_int
 from ipam.records import IPRecord
 from ipam.store.protocol import ObjectStore
 
-__all__ = ["block_families", "claim_block", "list_blocks", "record_in_blocks"]
+__all__ = ["block_sizes", "claim_block", "list_blocks", "record_in_blocks"]
 
 LOG = logging.getLogger("spiderbgp.ipam.blocks")
 _STATUS_TRIES = 8
@@ -42,17 +50,20 @@ def list_blocks(store: ObjectStore) -> list[Block]:
     return sorted(out, key=lambda b: (b.pool, b.start))
 
 
-def block_families(store: ObjectStore, pools: Iterable[str]) -> dict[str, int]:
-    """pool -> IP family of the block pools (``spiderbgp.io/block-size``) among ``pools`` as stored;
-    for writers outside the service (the IP GC, ``ipam release``) that have no parsed pools at hand."""
-    out: dict[str, int] = {}
+def block_sizes(store: ObjectStore, pools: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """pool -> (IP family, block prefix length) of the block pools (``spiderbgp.io/block-size``) among
+    ``pools`` as stored; for writers outside the service (the IP GC, ``ipam release``)."""
+    out: dict[str, tuple[int, int]] = {}
     for name in set(pools):
         try:
             obj = store.get("SpiderIPPool", name, allocated_ips=False)
         except NotFound:
             continue
         if BLOCK_SIZE_ANNOTATION in ((obj.get("metadata") or {}).get("annotations") or {}):
-            out[name] = IPPool.from_obj(obj).ip_version
+            pool = IPPool.from_obj(obj)
+            size = block_size_of(pool)
+            if size is not None:
+                out[name] = (pool.ip_version, size)
     return out
 
 
@@ -74,36 +85,27 @@ def claim_block(store: ObjectStore, pool: IPPool, start: int, size: int, node: s
         raise Conflict(f'SpiderIPBlock "{name}": claimed by node {held.node}') from None
 
 
-def _containing(blocks: Sequence[Block], record: IPRecord, family: int) -> Block | None:
-    value = ip_to_int(record.ip, family)
-    for block in blocks:
-        if block.pool == record.pool and block.start <= value <= block.end:
-            return block
-    return None
-
-
 def record_in_blocks(
     store: ObjectStore,
-    families: Mapping[str, int],
+    sizes: Mapping[str, tuple[int, int]],
     *,
     added: Iterable[IPRecord] = (),
     removed: Iterable[IPRecord] = (),
 ) -> None:
-    """Write ``added`` and ``removed`` records of the block pools in ``families`` (pool -> IP family)
-    into the status of the block holding each address (no block: nothing to write, e.g. an address
-    borrowed from a block nobody claimed).  A removal applies only to the same pod UID, as a release
-    does.  A block that keeps changing under the writes is left as it is, with a warning."""
-    adds = [r for r in added if r.pool in families]
-    removes = [r for r in removed if r.pool in families]
-    if not adds and not removes:
-        return
-    blocks = list_blocks(store)
+    """Write ``added`` and ``removed`` records of the block pools in ``sizes`` (pool -> (IP family,
+    block prefix length)) into the status of the block holding each address, found by its name (no
+    block: nothing to write, e.g. an address borrowed from a block nobody claimed).  A removal applies
+    only to the same pod UID, as a release does.  A block that keeps changing under the writes is
+    left as it is, with a warning."""
     changes: dict[str, tuple[list[IPRecord], list[IPRecord]]] = {}
-    for bucket, records in ((0, adds), (1, removes)):
+    for bucket, records in ((0, added), (1, removed)):
         for record in records:
-            block = _containing(blocks, record, families[record.pool])
-            if block is not None:
-                changes.setdefault(block.name, ([], []))[bucket].append(record)
+            layout = sizes.get(record.pool)
+            if layout is None:
+                continue
+            family, size = layout
+            name = block_name_of(record.pool, ip_to_int(record.ip, family), family, size)
+            changes.setdefault(name, ([], []))[bucket].append(record)
     for name, (plus, minus) in changes.items():
         _write_status(store, name, plus, minus)
 

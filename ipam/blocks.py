@@ -33,7 +33,9 @@ __all__ = [
     "BLOCK_SIZE_ANNOTATION",
     "Block",
     "BlockPick",
+    "block_cidr",
     "block_name",
+    "block_name_of",
     "block_object",
     "block_size_of",
     "block_start",
@@ -86,8 +88,14 @@ def block_start(value: int, family: int, size: int) -> int:
     return value - value % span
 
 
-def _cidr(start: int, family: int, size: int) -> str:
+def block_cidr(start: int, family: int, size: int) -> str:
+    """The CIDR text of the /``size`` block at ``start``."""
     return f"{int_to_ip(start, family)}/{size}"
+
+
+def block_name_of(pool: str, value: int, family: int, size: int) -> str:
+    """The name of the block of ``pool`` that holds address ``value``, claimed or not."""
+    return block_name(pool, block_cidr(block_start(value, family, size), family, size))
 
 
 def block_name(pool: str, cidr: str) -> str:
@@ -151,7 +159,7 @@ def blocks_of_pool(objs: Iterable[Mapping[str, Any]], pool: str) -> list[Block]:
 
 def block_object(pool: IPPool, start: int, size: int, node: str) -> Obj:
     """A new SpiderIPBlock claiming the /``size`` block at ``start`` of ``pool`` for ``node``."""
-    cidr = _cidr(start, pool.ip_version, size)
+    cidr = block_cidr(start, pool.ip_version, size)
     owner: dict[str, Any] = {
         "apiVersion": _POOL_API,
         "kind": "SpiderIPPool",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ipam.block_claims import block_families, list_blocks, record_in_blocks
+from ipam.block_claims import block_sizes, list_blocks, record_in_blocks
 from ipam.errors import AllocationError, Invalid, NotFound
 from ipam.model import Endpoint, IPPool, NicAllocation, ReservedIP, reserved_set
 from ipam.ranges import canonical_ip, family_of_ip, ip_to_int
@@ -67,10 +67,10 @@ def show_blocks(store: Store) -> str:
     node_of = {
         f"{e.namespace}/{e.name}": e.node for e in map(Endpoint.from_obj, store.list("SpiderEndpoint"))
     }
-    families = block_families(store, {b.pool for b in blocks})
+    sizes = block_sizes(store, {b.pool for b in blocks})
     block_rows: list[list[str]] = []
     borrowed: list[list[str]] = []
-    for pool, family in sorted(families.items()):
+    for pool, (family, _) in sorted(sizes.items()):
         own = [b for b in blocks if b.pool == pool]
         counts = dict.fromkeys((b.name for b in own), 0)
         for record in store.records(pool):
@@ -232,5 +232,5 @@ def release_ip(store: Store, ip: str, *, force: bool = False) -> str:
             else:
                 delete = (namespace, name)
     store.commit(releases=[record], endpoint=endpoint_update, delete_endpoint=delete)
-    record_in_blocks(store, block_families(store, [record.pool]), removed=[record])
+    record_in_blocks(store, block_sizes(store, [record.pool]), removed=[record])
     return f"released {ip} from pool {pool.name} (was {record.pod})"

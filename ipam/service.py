@@ -62,6 +62,7 @@ __all__ = [
 NETWORK_ANNOTATION = "spiderbgp.io/network"
 LOG = logging.getLogger("spiderbgp.ipam")
 _SELECTIONS_KEPT = 512  # candidate selections remembered (all forgotten at once when full)
+_BLOCKS_KEPT_SECONDS = 5.0  # how long a pool's claimed blocks are used before they are listed again
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,11 @@ class IpamService:
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
         on_conflict: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self._clock = clock
+        self._blocks: dict[str, tuple[float, dict[int, str]]] = {}  # see _claimed
         self.node_name = node_name
         self.settings = settings or IpamSettings()
         self._sleep = sleep
@@ -510,23 +514,45 @@ class IpamService:
             raise AllocationError("all IP addresses used out", reason=AllocationReason.EXHAUSTED)
         return pool, int_to_ip(value, family), usage.resource_version, False
 
+    def _claimed(self, pool: str, *, refresh: bool) -> tuple[dict[int, str], bool]:
+        """Block start -> node of the pool's claimed blocks, and whether that was read just now.  The
+        map is kept for ``_BLOCKS_KEPT_SECONDS`` (listing every block on every ADD would cost O(all
+        records), the blocks' statuses included); a stale map is safe: a claim it misses is refused
+        by create-if-absent, and an address taken in a block returned meanwhile is a borrowed one."""
+        now = self._clock()
+        cached = self._blocks.get(pool)
+        if not refresh and cached is not None and now - cached[0] < _BLOCKS_KEPT_SECONDS:
+            return cached[1], False
+        by_pool: dict[str, dict[int, str]] = {pool: {}}
+        for block in list_blocks(self.store):
+            by_pool.setdefault(block.pool, {})[block.start] = block.node
+        for name, claimed in by_pool.items():
+            self._blocks[name] = (now, claimed)
+        return by_pool[pool], True
+
     def _pick_in_blocks(
         self, pool: IPPool, size: int, free: IntervalSet, allocated: Sequence[int]
     ) -> int | None:
         """The address this node takes from a block pool (``blocks.pick``), claiming a block first
-        when the pick needs one; Conflict (retried) when another node claimed it first."""
-        claimed = {b.start: b.node for b in list_blocks(self.store) if b.pool == pool.name}
+        when the pick needs one; Conflict (retried) when another node claimed it first.  A pick that
+        would claim or borrow is made again on the blocks as stored now."""
+        claimed, fresh = self._claimed(pool.name, refresh=False)
         choice = blocks.pick(free, allocated, claimed, self.node_name, family=pool.ip_version, size=size)
+        if choice is not None and not fresh and (choice.claim is not None or choice.borrowed):
+            claimed, _ = self._claimed(pool.name, refresh=True)
+            choice = blocks.pick(free, allocated, claimed, self.node_name, family=pool.ip_version, size=size)
         if choice is None:
             return None
         if choice.claim is not None:
+            # listed again at the next pick either way (the maps are shared by threads: never changed)
+            self._blocks.pop(pool.name, None)
             claim_block(self.store, pool, choice.claim, size, self.node_name)
         return choice.value
 
-    def _block_families(self, pools: set[str]) -> dict[str, int]:
-        """pool -> IP family of the block pools among ``pools`` (the parsed pool when this process
-        has one, else the stored one)."""
-        out: dict[str, int] = {}
+    def _block_sizes(self, pools: set[str]) -> dict[str, tuple[int, int]]:
+        """pool -> (IP family, block prefix length) of the block pools among ``pools`` (the parsed
+        pool when this process has one, else the stored one)."""
+        out: dict[str, tuple[int, int]] = {}
         for name in pools:
             cached = self._parsed.get(name)
             if cached is not None:
@@ -537,7 +563,9 @@ class IpamService:
                     continue
                 pool = self._pool(obj)[0]
             if blocks.BLOCK_SIZE_ANNOTATION in pool.annotations:
-                out[name] = pool.ip_version
+                size = blocks.block_size_of(pool)
+                if size is not None:
+                    out[name] = (pool.ip_version, size)
         return out
 
     def _commit_records(
@@ -552,10 +580,10 @@ class IpamService:
         self.store.commit(
             claims=claims, releases=releases, endpoint=endpoint, delete_endpoint=delete_endpoint
         )
-        families = self._block_families({c.pool for c in claims} | {r.pool for r in releases})
-        if families:
+        sizes = self._block_sizes({c.pool for c in claims} | {r.pool for r in releases})
+        if sizes:
             added = [IPRecord(c.pool, c.ip, c.pod, c.pod_uid) for c in claims]
-            record_in_blocks(self.store, families, added=added, removed=releases)
+            record_in_blocks(self.store, sizes, added=added, removed=releases)
 
     def _allocate_new(
         self,
