@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from bgp_speaker.config import IPAddress, IPNetwork
 from bgp_speaker.routes import Refusal
 
-__all__ = ["BlockRoutes", "block_refusal", "block_routes", "in_blocks"]
+__all__ = ["BlockRoutes", "block_refusal", "block_routes"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,15 @@ def _narrow(block: IPNetwork, cidrs: tuple[IPNetwork, ...]) -> list[IPNetwork]:
     return parts
 
 
-def in_blocks(ip: IPAddress, blocks: Iterable[IPNetwork]) -> bool:
-    return any(ip.version == b.version and ip in b for b in blocks)
+def _covered(hosts: Iterable[IPNetwork], blocks: frozenset[IPNetwork]) -> set[IPNetwork]:
+    """The host prefixes inside one of ``blocks``: one set lookup per block length in use (a node's
+    blocks share a length or two), so a sync costs O(addresses), not O(addresses x blocks)."""
+    lengths = {(b.version, b.prefixlen) for b in blocks}
+    return {
+        h
+        for h in hosts
+        if any(h.version == v and h.supernet(new_prefix=plen) in blocks for v, plen in lengths)
+    }
 
 
 def block_routes(
@@ -108,7 +115,8 @@ def block_routes(
             continue
         announced.add(block)
         prefixes.update(_narrow(block, cidrs))
-    borrowed = frozenset(h for h in hosts if not in_blocks(h.network_address, own))
+    hosts = list(hosts)
+    borrowed = frozenset(hosts) - _covered(hosts, own)
     # an address of an own block the policy refused stays unannounced with its block: its host route
     # would otherwise be the only route into a block that is refused as a whole
     prefixes.update(borrowed)

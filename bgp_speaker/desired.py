@@ -218,7 +218,11 @@ class DesiredState:
         """``advertise: block``: the whole set of allocation blocks affine to this node."""
         nets = frozenset(_net(b) for b in blocks)
         if nets != self._blocks:
+            new = nets - self._blocks
             self._blocks = nets
+            for refusal in self.block_routes().refused:
+                if _net(refusal.subject) in new:
+                    log.warning("BGP export policy: not announcing block %s", refusal)
             self._changed()
 
     def block_routes(self) -> BlockRoutes:

@@ -7,8 +7,10 @@ same prefix, and an address routed to a node that does not hold it is covered by
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -104,6 +106,18 @@ def test_desired_state_in_block_mode() -> None:
     ds.set_blocks([])
     assert ds.desired() == {N("10.244.0.1/32")}
     assert ds.block_routes().blackholes == frozenset()
+
+
+def test_a_refused_block_is_logged_once_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    ds = DesiredState(_config(), metrics=SpeakerMetrics())
+    ds.set_pool_subnets([str(POOL)])
+    with caplog.at_level(logging.WARNING, logger="bgp_speaker.speaker"):
+        ds.set_blocks(["10.99.0.0/29", "10.244.0.0/29"])
+        ds.set_blocks(["10.99.0.0/29", "10.244.0.0/29", "10.244.0.8/29"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "BGP export policy: not announcing block 10.99.0.0/29: outside every pool subnet"
+    ]
+    assert ds.desired() == {N("10.244.0.0/29"), N("10.244.0.8/29")}
 
 
 def test_block_mode_is_a_config_choice() -> None:
