@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from ipam import admission, safe_yaml
+from ipam.blocks import block_size_changes
 from ipam.errors import AlreadyExists, Conflict, Invalid, IpamError, NotFound
 from ipam.kinds import KINDS, KindInfo, kind_info, resolve_kind
 from ipam.model import FINALIZER, IPPool, Subnet
@@ -177,6 +178,7 @@ def _admit(store: Store, obj: Obj, old: Obj | None, listing: Listing | None = No
         in_use=_in_use(store, kind, obj),
         subnets=stored("SpiderSubnet") if kind == "SpiderIPPool" else (),
         pools=stored("SpiderIPPool") if kind == "SpiderSubnet" else (),
+        blocks=stored("SpiderIPBlock") if kind == "SpiderIPPool" and block_size_changes(obj, old) else (),
     )
     if kind in FINALIZED_KINDS:
         _add_finalizer(admitted, old)

@@ -297,6 +297,7 @@ def admit(
     in_use: Collection[str] = (),
     subnets: Sequence[Obj] = (),
     pools: Sequence[Obj] = (),
+    blocks: Sequence[Obj] = (),
 ) -> Obj:
     """Mutate and validate a write of a SpiderIPPool, SpiderSubnet, SpiderReservedIP or SpiderIPBlock.
 
@@ -305,11 +306,12 @@ def admit(
     SpiderSubnet: held by its controlled pools); a Mapping ``ip -> holder`` (``"ns/name"`` of the pod,
     or the pool name for a subnet) gives the holder in the error.  ``subnets``: stored SpiderSubnets,
     for a SpiderIPPool (ownership and inheritance).  ``pools``: stored SpiderIPPools, for a SpiderSubnet
-    (no overlapping different CIDR).  Objects of other kinds are returned unchanged (as a copy).
+    (no overlapping different CIDR).  ``blocks``: stored SpiderIPBlocks, for a SpiderIPPool whose
+    block size changes (not while blocks of another size remain).  Objects of other kinds are returned unchanged (as a copy).
     """
     kind = obj.get("kind")
     if kind == IPPool.KIND:
-        return _admit_pool(obj, old=old, existing=existing, in_use=in_use, subnets=subnets)
+        return _admit_pool(obj, old=old, existing=existing, in_use=in_use, subnets=subnets, blocks=blocks)
     if kind == Subnet.KIND:
         return _admit_subnet(obj, old=old, existing=existing, in_use=in_use, pools=pools)
     if kind == ReservedIP.KIND:
@@ -493,7 +495,13 @@ def _parse_others(parse: Callable[[Obj], _T], objs: Sequence[Obj], skip: str) ->
 
 
 def _admit_pool(
-    obj: Obj, *, old: Obj | None, existing: Sequence[Obj], in_use: Collection[str], subnets: Sequence[Obj]
+    obj: Obj,
+    *,
+    old: Obj | None,
+    existing: Sequence[Obj],
+    in_use: Collection[str],
+    subnets: Sequence[Obj],
+    blocks: Sequence[Obj] = (),
 ) -> Obj:
     kind = IPPool.KIND
     out = copy.deepcopy(obj)
@@ -535,7 +543,7 @@ def _admit_pool(
                 "add it to spec.excludeIPs, remove it from spec.ips, or set spec.gateway",
             )
     _check_range_rules(kind, name, pool)
-    _check_block_size(pool, old, in_use)
+    _check_block_size(pool, old, in_use, blocks)
     if pool.pod_affinity is not None and pool.pod_affinity.is_empty:
         raise Invalid(kind, name, "spec.podAffinity", "empty podAffinity is invalid")
     if owner is not None:
@@ -572,9 +580,10 @@ def _admit_pool(
     return out
 
 
-def _check_block_size(pool: IPPool, old: Obj | None, in_use: Collection[str]) -> None:
+def _check_block_size(pool: IPPool, old: Obj | None, in_use: Collection[str], blocks: Sequence[Obj]) -> None:
     """``spiderbgp.io/block-size``: a prefix length between the subnet's and the family's maximum,
-    not changeable (added, changed or removed) while the pool holds allocations."""
+    not changeable (added, changed or removed) while the pool holds allocations or blocks of it
+    remain (the leader returns them once empty: blocks of two sizes would overlap)."""
     block_size_of(pool)
     before = ((old or {}).get("metadata") or {}).get("annotations") or {}
     if in_use and before.get(BLOCK_SIZE_ANNOTATION) != pool.annotations.get(BLOCK_SIZE_ANNOTATION):
@@ -584,6 +593,16 @@ def _check_block_size(pool: IPPool, old: Obj | None, in_use: Collection[str]) ->
             f"metadata.annotations.{BLOCK_SIZE_ANNOTATION}",
             f"not changeable while the pool holds allocations ({len(in_use)} IPs in use)",
         )
+    if before.get(BLOCK_SIZE_ANNOTATION) != pool.annotations.get(BLOCK_SIZE_ANNOTATION):
+        held = [b for b in blocks if (b.get("spec") or {}).get("pool") == pool.name]
+        if held:
+            raise Invalid(
+                IPPool.KIND,
+                pool.name,
+                f"metadata.annotations.{BLOCK_SIZE_ANNOTATION}",
+                f"not changeable while {len(held)} SpiderIPBlocks of the pool remain "
+                "(the leader returns a block once it has been empty for its grace period)",
+            )
 
 
 def owner_subnet(pool: IPPool, subnets: Sequence[Obj]) -> Subnet | None:

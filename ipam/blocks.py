@@ -37,6 +37,7 @@ __all__ = [
     "block_name",
     "block_name_of",
     "block_object",
+    "block_size_changes",
     "block_size_of",
     "block_start",
     "block_status",
@@ -72,6 +73,15 @@ def parse_block_size(pool: str, family: int, subnet_prefix: int, text: str) -> i
             f"/{size} must be between the subnet's /{subnet_prefix} and /{max_bits} for IPv{family}",
         )
     return size
+
+
+def block_size_changes(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Whether a write of a SpiderIPPool adds, changes or removes its block-size annotation."""
+
+    def value(o: Mapping[str, Any] | None) -> object:
+        return (((o or {}).get("metadata") or {}).get("annotations") or {}).get(BLOCK_SIZE_ANNOTATION)
+
+    return value(obj) != value(old)
 
 
 def block_size_of(pool: IPPool) -> int | None:
@@ -203,12 +213,12 @@ def blocks_to_return(
     """The blocks that have held no allocation for ``grace`` seconds (the leader deletes them, so blocks
     never leak, calico#7987), and the new ``empty_since`` (block name -> when it was first seen empty,
     for the blocks empty now).  ``allocated``: each pool's ascending allocated addresses; a block of a
-    pool missing from it is left alone (its pool is gone: the owner GC takes it)."""
+    pool missing from it (deleted; the embedded store has no owner-reference GC) is empty."""
     due: list[Block] = []
     since: dict[str, float] = {}
     for block in blocks:
-        values = allocated.get(block.pool)
-        if values is None or _has_allocation(values, block.start, block.end):
+        values = allocated.get(block.pool, ())
+        if _has_allocation(values, block.start, block.end):
             continue
         first = empty_since.get(block.name, now)
         since[block.name] = first

@@ -15,7 +15,7 @@ from ipam.block_claims import claim_block, list_blocks
 from ipam.blocks import BLOCK_KIND, block_status
 from ipam.controllers.gc import GarbageCollector
 from ipam.controllers.leader import LeaderControllers
-from ipam.errors import Conflict
+from ipam.errors import Conflict, Invalid
 from ipam.gc_policy import GCSettings
 from ipam.kinds import resolve_kind
 from ipam.model import IPPool, decode_allocated_ips
@@ -235,11 +235,15 @@ def test_the_leader_returns_a_block_empty_for_its_grace_period(store: Store) -> 
     world.delete_pod("b")
     assert [r.ip for r, _ in leader.gc.scan_all()] == ["10.0.0.2"]
     assert leader.blocks.collect().deleted == []  # empty now: the grace period starts
+    with pytest.raises(Invalid, match="not changeable while 1 SpiderIPBlocks of the pool remain"):
+        block_pool(world, "bp", "10.0.0.30", size="28")
     clock.now += 59.0
     assert leader.blocks.collect().deleted == []
     clock.now += 1.0
     assert leader.blocks.collect().deleted == ["SpiderIPBlock bp-10-0-0-0-29"]
     assert list_blocks(store) == []
+    assert block_pool(world, "bp", "10.0.0.30", size="28").annotations["spiderbgp.io/block-size"] == "28"
+    block_pool(world, "bp", "10.0.0.30")  # back to /29
     # the block is free for any node again
     assert add(world, n2, "c", "bp") == "10.0.0.1"
     assert blocks_by_cidr(store) == {"10.0.0.0/29": "node2"}

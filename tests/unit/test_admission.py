@@ -509,3 +509,14 @@ def test_block_admission_checks_spec_and_keeps_pool_and_cidr() -> None:
         assert str(err).startswith(f'SpiderIPBlock "bp-10-0-0-0-26": {reason}'), str(err)
     moved = sib(pool="bp", cidr="10.0.0.0/26", node="node2")  # the node may change (a hand-over)
     assert admit(moved, old=good, existing=[good])["spec"]["node"] == "node2"
+
+
+def test_block_size_is_fixed_while_blocks_of_the_pool_remain() -> None:
+    stored = admit(_block_pool("26"), old=None, existing=[])
+    remaining = [
+        sib(pool="bp", cidr="10.0.0.0/26", node="n1"),
+        sib("x", pool="other", cidr="10.1.0.0/26", node="n1"),
+    ]
+    err = rejected(_block_pool("28"), old=stored, existing=[stored], blocks=remaining)
+    assert "not changeable while 1 SpiderIPBlocks of the pool remain" in str(err)
+    admit(_block_pool("28"), old=stored, existing=[stored], blocks=remaining[1:])

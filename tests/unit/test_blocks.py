@@ -165,11 +165,11 @@ def test_blocks_empty_for_the_grace_period_are_returned() -> None:
     b = Block("b", "p", "10.0.0.8/29", "n2", 8, 15)
     gone = Block("c", "gone", "10.9.0.0/29", "n1", 100, 107)
     due, since = blocks_to_return([a, b, gone], {"p": [3]}, {}, now=100.0, grace=60.0)
-    assert (due, since) == ([], {"b": 100.0})  # a holds .3; the pool of c is gone (owner GC's)
+    assert (due, since) == ([], {"b": 100.0, "c": 100.0})  # a holds .3; the pool of c is gone
     due, since = blocks_to_return([a, b, gone], {"p": [3]}, since, now=159.0, grace=60.0)
-    assert (due, since) == ([], {"b": 100.0})
+    assert (due, since) == ([], {"b": 100.0, "c": 100.0})
     due, since = blocks_to_return([a, b, gone], {"p": [3]}, since, now=160.0, grace=60.0)
-    assert (due, since) == ([b], {"b": 100.0})
+    assert (due, since) == ([b, gone], {"b": 100.0, "c": 100.0})
     # an allocation in between starts the grace period again
     _, since = blocks_to_return([a, b], {"p": [3, 9]}, {"b": 100.0}, now=170.0, grace=60.0)
     assert since == {}
