@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from bgp_speaker.config import IPAddress, IPNetwork
 from bgp_speaker.routes import Refusal
 
-__all__ = ["BlockRoutes", "block_refusal", "block_routes"]
+__all__ = [
+    "BlockRoutes",
+    "block_lengths",
+    "block_prefixes",
+    "block_refusal",
+    "block_routes",
+    "borrowed_hosts",
+    "covered",
+]
 
 
 @dataclass(frozen=True)
@@ -80,15 +88,21 @@ def _narrow(block: IPNetwork, cidrs: tuple[IPNetwork, ...]) -> list[IPNetwork]:
     return parts
 
 
-def _covered(hosts: Iterable[IPNetwork], blocks: frozenset[IPNetwork]) -> set[IPNetwork]:
-    """The host prefixes inside one of ``blocks``: one set lookup per block length in use (a node's
-    blocks share a length or two), so a sync costs O(addresses), not O(addresses x blocks)."""
-    lengths = {(b.version, b.prefixlen) for b in blocks}
-    return {
-        h
-        for h in hosts
-        if any(h.version == v and h.supernet(new_prefix=plen) in blocks for v, plen in lengths)
-    }
+def block_lengths(blocks: Iterable[IPNetwork]) -> frozenset[tuple[int, int]]:
+    """The (IP version, prefix length) pairs of ``blocks`` (a node's blocks share one or two)."""
+    return frozenset((b.version, b.prefixlen) for b in blocks)
+
+
+def covered(host: IPNetwork, blocks: Set[IPNetwork], lengths: Set[tuple[int, int]]) -> bool:
+    """Whether the host prefix lies inside one of ``blocks``: one set lookup per block length in use,
+    not a scan of every block."""
+    return any(host.version == v and host.supernet(new_prefix=plen) in blocks for v, plen in lengths)
+
+
+def borrowed_hosts(hosts: Iterable[IPNetwork], blocks: Set[IPNetwork]) -> frozenset[IPNetwork]:
+    """The host prefixes outside every one of ``blocks``."""
+    lengths = block_lengths(blocks)
+    return frozenset(h for h in hosts if not covered(h, blocks, lengths))
 
 
 def block_routes(
@@ -102,6 +116,26 @@ def block_routes(
     """The routes of a node with affine ``blocks`` and the host prefixes ``hosts`` of its exportable,
     ready addresses (already through the export policy, as ``DesiredState`` keeps them)."""
     own = frozenset(blocks)
+    return block_prefixes(
+        own,
+        borrowed_hosts(hosts, own),
+        pool_subnets=pool_subnets,
+        export_cidrs=export_cidrs,
+        node_addresses=node_addresses,
+    )
+
+
+def block_prefixes(
+    blocks: frozenset[IPNetwork],
+    borrowed: frozenset[IPNetwork],
+    *,
+    pool_subnets: Set[IPNetwork] | None,
+    export_cidrs: Iterable[IPNetwork] = (),
+    node_addresses: Set[IPAddress] = frozenset(),
+) -> BlockRoutes:
+    """``block_routes`` with the borrowed host prefixes already known (``DesiredState`` keeps them
+    current address by address, so a sync does not look at every address)."""
+    own = blocks
     cidrs = tuple(export_cidrs)
     announced: set[IPNetwork] = set()
     prefixes: set[IPNetwork] = set()
@@ -115,8 +149,6 @@ def block_routes(
             continue
         announced.add(block)
         prefixes.update(_narrow(block, cidrs))
-    hosts = list(hosts)
-    borrowed = frozenset(hosts) - _covered(hosts, own)
     # an address of an own block the policy refused stays unannounced with its block: its host route
     # would otherwise be the only route into a block that is refused as a whole
     prefixes.update(borrowed)

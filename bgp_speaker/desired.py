@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from bgp_speaker.blocks import BlockRoutes, block_routes
+from bgp_speaker.blocks import BlockRoutes, block_lengths, block_prefixes, borrowed_hosts, covered
 from bgp_speaker.commands import (
     RouteAttributes,
     announce_commands,
@@ -91,7 +91,12 @@ class DesiredState:
         self._table = RouteTable()
         self._ready: set[IPAddress] = set()
         self._by_subnet: dict[IPNetwork, set[IPAddress]] = {}  # pod IPs per pool subnet
-        self._blocks: frozenset[IPNetwork] = frozenset()  # advertise: block: this node's affine blocks
+        # advertise: block: this node's affine blocks, their lengths, and the host prefixes outside
+        # them (kept current host by host, so a sync does not look at every address)
+        self._block_mode = config.advertise == "block"
+        self._blocks: frozenset[IPNetwork] = frozenset()
+        self._block_lengths: frozenset[tuple[int, int]] = frozenset()
+        self._borrowed: set[IPNetwork] = set()
         # the host prefixes of eligible, ready IPs (-> pool subnet), kept current input by input, and
         # those whose membership changed since the last sync: with ``advertise: host`` and no
         # ``maxPrefixes`` a sync looks only at those, so one new pod costs the same with 10 pods
@@ -220,6 +225,8 @@ class DesiredState:
         if nets != self._blocks:
             new = nets - self._blocks
             self._blocks = nets
+            self._block_lengths = block_lengths(nets)
+            self._borrowed = set(borrowed_hosts(self._hosts, nets))
             for refusal in self.block_routes().refused:
                 if _net(refusal.subject) in new:
                     log.warning("BGP export policy: not announcing block %s", refusal)
@@ -228,9 +235,9 @@ class DesiredState:
     def block_routes(self) -> BlockRoutes:
         """``advertise: block``: the blocks and borrowed host prefixes to announce, the blocks to
         blackhole in this node's kernel (see ``bgp_speaker.blocks``)."""
-        return block_routes(
+        return block_prefixes(
             self._blocks,
-            self._hosts,
+            frozenset(self._borrowed),
             pool_subnets=self._policy.pool_subnets,
             export_cidrs=self._policy.export_cidrs,
             node_addresses=self._policy.node_addresses,
@@ -392,9 +399,12 @@ class DesiredState:
                 self._left_at.pop(host, None)
             self._hosts[host] = entry[1]
             self._dirty.add(host)
+            if self._block_mode and not covered(host, self._blocks, self._block_lengths):
+                self._borrowed.add(host)
         else:
             host = host_prefix(ip)
             was = self._hosts.pop(host, None) is not None
+            self._borrowed.discard(host)
             held = self._suppressed.pop(host, None) is not None
             if was:
                 self._dirty.add(host)

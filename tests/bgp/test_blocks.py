@@ -189,6 +189,10 @@ class Cluster:
     def check(self) -> None:
         routes: dict[IPNetwork, int] = {}
         for node, ds in enumerate(self.agents):
+            # what the agent keeps current event by event is what the pure rules give from scratch
+            held = [N(ip) for ip, n in self.holder.items() if n == node]
+            scratch = block_routes(map(N, self.blocks_of(node)), held, pool_subnets={POOL})
+            assert ds.desired() == scratch.prefixes
             for prefix in ds.desired():
                 assert prefix not in routes, f"{prefix} announced by nodes {routes[prefix]} and {node}"
                 routes[prefix] = node
