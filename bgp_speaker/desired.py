@@ -255,7 +255,7 @@ class DesiredState:
 
     def desired(self) -> frozenset[IPNetwork]:
         """The prefixes this node should announce right now (before per-peer families and limits)."""
-        if self.config.advertise == "block":
+        if self._block_mode:
             return self.block_routes().prefixes
         return advertised_prefixes(
             self._hosts, mode=self.config.advertise, export_cidrs=self.config.export_cidrs
@@ -404,7 +404,8 @@ class DesiredState:
         else:
             host = host_prefix(ip)
             was = self._hosts.pop(host, None) is not None
-            self._borrowed.discard(host)
+            if self._block_mode:
+                self._borrowed.discard(host)
             held = self._suppressed.pop(host, None) is not None
             if was:
                 self._dirty.add(host)
