@@ -26,7 +26,7 @@ from ipam.blocks import (
     block_size_of,
     parse_block,
 )
-from ipam.errors import AlreadyExists, Conflict, Invalid, NotFound
+from ipam.errors import AlreadyExists, Conflict, Invalid, IpamError, NotFound
 from ipam.model import IPPool, PoolIPAllocation, decode_allocated_ips, encode_allocated_ips
 from ipam.ranges import ip_to_int
 from ipam.records import IPRecord
@@ -95,8 +95,9 @@ def record_in_blocks(
     """Write ``added`` and ``removed`` records of the block pools in ``sizes`` (pool -> (IP family,
     block prefix length)) into the status of the block holding each address, found by its name (no
     block: nothing to write, e.g. an address borrowed from a block nobody claimed).  A removal applies
-    only to the same pod UID, as a release does.  A block that keeps changing under the writes is
-    left as it is, with a warning."""
+    only to the same pod UID, as a release does.  A block that keeps changing under the writes, or
+    that the store fails to write, is left as it is, with a warning: the records are committed, and
+    the caller's ADD or DEL must not fail for their mirror."""
     changes: dict[str, tuple[list[IPRecord], list[IPRecord]]] = {}
     for bucket, records in ((0, added), (1, removed)):
         for record in records:
@@ -107,7 +108,10 @@ def record_in_blocks(
             name = block_name_of(record.pool, ip_to_int(record.ip, family), family, size)
             changes.setdefault(name, ([], []))[bucket].append(record)
     for name, (plus, minus) in changes.items():
-        _write_status(store, name, plus, minus)
+        try:
+            _write_status(store, name, plus, minus)
+        except IpamError as exc:  # the records are committed: the block's status is their mirror
+            LOG.warning("SpiderIPBlock %s: status not written: %s", name, exc)
 
 
 def _write_status(store: ObjectStore, name: str, plus: Sequence[IPRecord], minus: Sequence[IPRecord]) -> None:
