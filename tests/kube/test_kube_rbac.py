@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 
 from ipam.admin import finish_terminating
+from ipam.block_claims import list_blocks
+from ipam.blocks import block_object
 from ipam.errors import StoreError
 from ipam.kinds import kind_info
-from ipam.model import FINALIZER
+from ipam.model import FINALIZER, IPPool
+from ipam.ranges import ip_to_int
 from ipam.store.kube import KubeStore
 from ipam.store.kube_api import resource_path
 from spiderbgp.node_condition import with_network_condition
@@ -156,3 +159,27 @@ def test_the_agent_writes_its_nodes_network_condition(
     assert [c["type"] for c in stored["status"]["conditions"]] == ["NetworkUnavailable"]
     with pytest.raises(StoreError, match="forbidden"):
         agent.update(new)  # the Node itself stays read-only
+
+
+def test_the_agent_claims_writes_and_returns_allocation_blocks(
+    kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
+) -> None:
+    """SpiderIPBlock (issue 15): a node creates the block it claims and writes its status, the
+    leader deletes an empty one, all as the DaemonSet's ServiceAccount."""
+    admin = store_factory(token=kube_emulator.admin_token)
+    agent = store_factory(token=kube_emulator.agent_token)
+    pool = admin.create(
+        {
+            "apiVersion": "spiderpool.spidernet.io/v2beta1",
+            "kind": "SpiderIPPool",
+            "metadata": {"name": "bp", "annotations": {"spiderbgp.io/block-size": "29"}},
+            "spec": {"subnet": "10.0.0.0/24", "ips": ["10.0.0.1-10.0.0.30"]},
+        }
+    )
+    block = agent.create(block_object(IPPool.from_obj(pool), ip_to_int("10.0.0.8", 4), 29, "node1"))
+    assert [b.cidr for b in list_blocks(agent)] == ["10.0.0.8/29"]
+    block["status"] = {"allocatedIPCount": 1, "allocatedIPs": '{"10.0.0.9":{"pod":"default/a","podUid":"u"}}'}
+    agent.update_status(block)
+    assert agent.get("SpiderIPBlock", block["metadata"]["name"])["status"]["allocatedIPCount"] == 1
+    agent.delete("SpiderIPBlock", block["metadata"]["name"])
+    assert list_blocks(agent) == []
