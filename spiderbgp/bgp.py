@@ -43,7 +43,25 @@ class SpeakerAnnouncer:
         self._blackhole_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.blackholes is not None and not self.follows_blocks:
+            await self._clear_blackholes()
         await self.speaker.start()
+
+    async def _clear_blackholes(self) -> None:
+        """Not in block mode: remove the blackhole routes an earlier ``advertise: block`` run left in
+        this kernel (they would swallow this node's traffic to addresses of its former blocks that
+        other nodes now hold and announce as /32s)."""
+        assert self.blackholes is not None
+        try:
+            done = await asyncio.to_thread(self.blackholes.sync, frozenset())
+        except Exception as exc:
+            LOG.error("blackhole routes left by advertise: block not removed: %s", exc)
+            return
+        if done.remove:
+            LOG.info(
+                "advertise is %s: removed the blackhole routes of former blocks",
+                self.speaker.config.advertise,
+            )
 
     def set_pod_ips(self, ips: Mapping[str, str]) -> None:
         self.speaker.set_pod_ips({ip: subnet for ip, subnet in ips.items()})
@@ -156,5 +174,5 @@ def build_announcer(
         raise ConfigError(exc.source, exc.field, exc.reason) from None
     route_source = NetlinkRouteSource() if bgp.require_host_route else None
     speaker = BgpSpeaker(bgp, route_source=route_source, registry=registry, python=python)
-    blackholes = NetlinkBlackholes() if bgp.advertise == "block" else None
+    blackholes = NetlinkBlackholes()  # block mode keeps them; the other modes clear leftovers at start
     return SpeakerAnnouncer(speaker, withdraw_on_exit=withdraw_on_exit, blackholes=blackholes)

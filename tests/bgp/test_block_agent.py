@@ -105,3 +105,29 @@ def test_blocks_and_borrowed_addresses_reach_the_router(env: Env, plugin: Plugin
         wait_until(lambda: blackholes(env) == [], timeout=10, interval=0.05, what="blackhole removed")
     finally:
         agent.stop()
+
+
+def test_host_mode_clears_the_blackholes_a_block_run_left(env: Env) -> None:
+    """An agent stopped in block mode keeps its blocks' blackholes (the blocks are still its node's);
+    restarted with advertise: host it removes them, or they would swallow traffic to former block
+    addresses now announced as /32s by other nodes."""
+    claim = block_object(
+        IPPool.from_obj(env.store.get("SpiderIPPool", POOL)), ip_to_int("10.244.100.44", 4), 30, "node1"
+    )
+    env.store.create(claim)
+    try:
+        agent = start_agent(env, "block-then-host", advertise="block", announceWhen="allocated")
+        try:
+            wait_until(
+                lambda: blackholes(env) == ["10.244.100.44/30"], timeout=10, interval=0.05, what="blackhole"
+            )
+        finally:
+            agent.stop()
+        assert blackholes(env) == ["10.244.100.44/30"]
+        agent = start_agent(env, "host-after-block", announceWhen="allocated")
+        try:
+            wait_until(lambda: blackholes(env) == [], timeout=10, interval=0.05, what="leftover removed")
+        finally:
+            agent.stop()
+    finally:
+        env.store.delete("SpiderIPBlock", claim["metadata"]["name"])
