@@ -75,10 +75,11 @@ class LeaderControllers:
         """Auto pools and adoption first (so a reclaimed pool is terminating before the GC frees its last
         records), then the GC's scan-all (one bounded step; call again while ``gc.scan_pending``), then
         the pool pass (owner GC and pool controller, which removes pools the GC just emptied), then the
-        return of allocation blocks empty for their grace period."""
+        return of allocation blocks empty for their grace period and the repair of block statuses."""
         report = PassReport()
         report.subnets = self.subnets.reconcile_all()
         report.released = self.gc.scan_all()
         report.pools = self.pools.reconcile()
         report.blocks = self.blocks.collect()
+        report.blocks.extend(self.blocks.repair())
         return report

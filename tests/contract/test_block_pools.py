@@ -247,3 +247,19 @@ def test_the_leader_returns_a_block_empty_for_its_grace_period(store: Store) -> 
     # the block is free for any node again
     assert add(world, n2, "c", "bp") == "10.0.0.1"
     assert blocks_by_cidr(store) == {"10.0.0.0/29": "node2"}
+
+
+def test_the_leader_repairs_a_block_status_left_behind(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.30")
+    n1, n2 = service(store, "node1"), service(store, "node2")
+    add(world, n1, "a", "bp")
+    add(world, n2, "b", "bp")
+    # a node stopped between its commit and the block's write: the status misses an address
+    block = store.get(BLOCK_KIND, "bp-10-0-0-0-29")
+    block["status"] = {"allocatedIPCount": 0}
+    store.update_status(block)
+    leader = LeaderControllers(store, gc_settings=GCSettings(), clock=Clock())
+    assert leader.blocks.repair().updated == ["SpiderIPBlock bp-10-0-0-0-29"]
+    assert_statuses_match_records(store, "bp")
+    assert leader.blocks.repair().updated == []
