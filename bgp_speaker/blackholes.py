@@ -30,7 +30,7 @@ __all__ = [
     "blackhole_changes",
 ]
 
-log = logging.getLogger(__name__)
+LOG = logging.getLogger(__name__)
 
 # a route protocol number of our own (iproute2's rt_protos: 0-4 the kernel's, 8-18 and 42 routing
 # daemons, 186-192 FRR's); the agent never touches a route of another protocol
@@ -107,12 +107,12 @@ class NetlinkBlackholes:
                     if exc.code != errno.EEXIST:
                         raise
                     # someone else's route for the same prefix: theirs stays, and decides
-                    log.warning(
+                    LOG.warning(
                         "blackhole route for block %s not added: the kernel has another route for it", net
                     )
         done = BlackholeChanges(add=tuple(added), remove=changes.remove)
         if done.add or done.remove:
-            log.info(
+            LOG.info(
                 "blackhole routes: added %s, removed %s",
                 ", ".join(map(str, done.add)) or "none",
                 ", ".join(map(str, done.remove)) or "none",

@@ -34,7 +34,7 @@ from bgp_speaker.routes import ExportPolicy, advertised_prefixes, host_prefix, p
 
 __all__ = ["DesiredState", "Op", "order"]
 
-log = logging.getLogger("bgp_speaker.speaker")
+LOG = logging.getLogger("bgp_speaker.speaker")
 
 
 def _ip(value: IPAddress | str) -> IPAddress:
@@ -229,7 +229,7 @@ class DesiredState:
             self._borrowed = set(borrowed_hosts(self._hosts, nets))
             for refusal in self.block_routes().refused:
                 if _net(refusal.subject) in new:
-                    log.warning("BGP export policy: not announcing block %s", refusal)
+                    LOG.warning("BGP export policy: not announcing block %s", refusal)
             self._changed()
 
     def block_routes(self) -> BlockRoutes:
@@ -295,11 +295,11 @@ class DesiredState:
             if op.action == "eor" and ok:
                 eor_sent.add(op.peer)
             if not ok and op.action == "eor":  # the session went down again before the EoR: harmless
-                log.info("End-of-RIB to %s not sent: the session is not established", op.peer)
+                LOG.info("End-of-RIB to %s not sent: the session is not established", op.peer)
             elif not ok:
                 failed = True
                 self.metrics.command_errors.inc(sum(1 for r in chunk if not r.ok))
-                log.error("ExaBGP refused: %s", next(r.command for r in chunk if not r.ok)[:300])
+                LOG.error("ExaBGP refused: %s", next(r.command for r in chunk if not r.ok)[:300])
             if op.action == "announce" and ok:
                 self._announced[op.peer].update(op.prefixes)
                 self.metrics.updates_sent.labels(peer=op.peer, action="announce").inc(len(op.prefixes))
@@ -371,7 +371,7 @@ class DesiredState:
         else:
             self._eligible.pop(ip, None)
             if self._refused.get(ip) != why:
-                log.warning("BGP export policy: not announcing %s (pool %s): %s", ip, subnet, why)
+                LOG.warning("BGP export policy: not announcing %s (pool %s): %s", ip, subnet, why)
             self._refused[ip] = why
         if self._table.is_local(ip):
             self._ready.add(ip)
@@ -417,7 +417,7 @@ class DesiredState:
                 after = self._flaps[host] = withdrawn(before, now, self._damping)
                 if after.suppressed and not is_suppressed(before, now, self._damping):
                     self.metrics.damping_suppressions.inc()
-                    log.info("damping: %s suppressed after %d withdrawals", host, after.withdrawals)
+                    LOG.info("damping: %s suppressed after %d withdrawals", host, after.withdrawals)
 
     def _held_by_damping(self, host: IPNetwork) -> bool:
         """True while ``host`` is suppressed (it is then kept in ``_suppressed`` with its reuse time)."""
@@ -431,7 +431,7 @@ class DesiredState:
             until = reuse_at(state, self._damping)
             assert until is not None
             if host not in self._suppressed:
-                log.info("damping: holding %s back for %.1f s", host, until - now)
+                LOG.info("damping: holding %s back for %.1f s", host, until - now)
             self._suppressed[host] = until
             return True
         self._suppressed.pop(host, None)

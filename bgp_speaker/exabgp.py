@@ -33,7 +33,7 @@ from bgp_speaker.commands import Ack, Output, ShutdownEvent, StateEvent, check_l
 
 __all__ = ["CommandResult", "Event", "ExabgpError", "ExabgpGone", "ExabgpProcess"]
 
-log = logging.getLogger(__name__)
+LOG = logging.getLogger(__name__)
 
 Event = StateEvent | ShutdownEvent
 _PR_SET_PDEATHSIG = 1
@@ -136,7 +136,7 @@ class ExabgpProcess:
         except OSError:
             return None
         if msg.decode("ascii", "replace").strip() != f"hello {self.token}" or len(fds) != 2:
-            log.warning("ExaBGP relay: refused a connection with an unknown token")
+            LOG.warning("ExaBGP relay: refused a connection with an unknown token")
             for fd in fds:
                 os.close(fd)
             return None
@@ -279,7 +279,7 @@ class ExabgpProcess:
         item = parse_line(line)
         if isinstance(item, Ack):
             if not self._pending:
-                log.warning("ExaBGP sent an ack for no command")
+                LOG.warning("ExaBGP sent an ack for no command")
                 return
             p = self._pending.popleft()
             p.result.ok = item.ok
@@ -291,7 +291,7 @@ class ExabgpProcess:
             if self._pending:
                 self._pending[0].result.output.append(item.text)
             else:
-                log.debug("ExaBGP output outside any command: %s", item.text[:200])
+                LOG.debug("ExaBGP output outside any command: %s", item.text[:200])
 
     async def send_many(self, commands: Sequence[str]) -> list[CommandResult]:
         """Send the commands one after the other, each once the previous one is acked.

@@ -35,7 +35,7 @@ __all__ = [
     "source_address",
 ]
 
-log = logging.getLogger(__name__)
+LOG = logging.getLogger(__name__)
 
 MAIN_TABLE = 254
 _RTN_UNICAST = 1

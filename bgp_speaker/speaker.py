@@ -84,7 +84,7 @@ __all__ = [
     "default_exabgp_command",
 ]
 
-log = logging.getLogger(__name__)
+LOG = logging.getLogger(__name__)
 
 
 class SpeakerNotRunning(RuntimeError):
@@ -160,7 +160,7 @@ class BgpSpeaker(DesiredState):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("kernel route watch failed (%s); restarting it", exc)
+                LOG.warning("kernel route watch failed (%s); restarting it", exc)
             await asyncio.sleep(1.0)
 
     # ---- life cycle --------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class BgpSpeaker(DesiredState):
             proc = await self._spawn()
         except ExabgpError as exc:
             self._mark_down(str(exc))
-            log.error("%s; retrying in %.1fs", exc, self._backoff[0])
+            LOG.error("%s; retrying in %.1fs", exc, self._backoff[0])
         except BaseException:
             await self._cancel_tasks()
             self._started = False
@@ -225,7 +225,7 @@ class BgpSpeaker(DesiredState):
         now = self._now()
         for p in self.config.peers:
             self._status[p.key] = initial_status(p.key, local_as=self.config.asn, peer_as=p.asn, now=now)
-        log.info("ExaBGP started (pid %s)", proc.pid)
+        LOG.info("ExaBGP started (pid %s)", proc.pid)
         return proc
 
     async def _supervise(self, proc: ExabgpProcess | None) -> None:
@@ -240,7 +240,7 @@ class BgpSpeaker(DesiredState):
                     proc = await self._spawn()
                 except ExabgpError as exc:
                     self._mark_down(str(exc))
-                    log.error("%s; retrying in %.1fs", exc, delay)
+                    LOG.error("%s; retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._backoff[1])
                     continue
@@ -250,7 +250,7 @@ class BgpSpeaker(DesiredState):
                 return
             self.metrics.exabgp_up.set(0)
             self._mark_down(proc.close_reason)
-            log.error("ExaBGP stopped unexpectedly (%s); restarting", proc.close_reason)
+            LOG.error("ExaBGP stopped unexpectedly (%s); restarting", proc.close_reason)
             await proc.stop(grace=1.0)
             self._proc = None
             self.restarts += 1
@@ -315,7 +315,7 @@ class BgpSpeaker(DesiredState):
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, ShutdownEvent):
-            log.info("ExaBGP is shutting down")
+            LOG.info("ExaBGP is shutting down")
             return
         assert isinstance(event, StateEvent)
         key = self._peer_key(event.peer)
@@ -328,7 +328,7 @@ class BgpSpeaker(DesiredState):
             # ExaBGP re-sends its whole adj-rib-out (= what we announced) on every new session by
             # itself; with graceful restart (manual-eor) we add the End-of-RIB once our changes
             # queued so far are in, so the router keeps its stale routes until the set is complete.
-            log.info("BGP session with %s is up", key)
+            LOG.info("BGP session with %s is up", key)
             self._up_pending.add(key)
             self._initial_sent.discard(key)
             if self._peers[key].graceful_restart > 0:
@@ -338,7 +338,7 @@ class BgpSpeaker(DesiredState):
             self._up_pending.discard(key)
             self._initial_sent.discard(key)
             if event.state == "down" and before.established:
-                log.warning("BGP session with %s went down: %s", key, event.reason)
+                LOG.warning("BGP session with %s went down: %s", key, event.reason)
 
     def _peer_key(self, address: str) -> str | None:
         try:
@@ -421,7 +421,7 @@ class BgpSpeaker(DesiredState):
         for key, believed in self._announced.items():
             diff = (actual[key] ^ believed) | wrong[key]
             if diff:
-                log.warning("reconcile: %d prefixes differ for peer %s; repairing", len(diff), key)
+                LOG.warning("reconcile: %d prefixes differ for peer %s; repairing", len(diff), key)
                 repairs += len(diff)
                 # a route with the wrong next hop counts as missing: announcing it again replaces it
                 self._announced[key] = actual[key] - wrong[key]
@@ -509,7 +509,7 @@ class BgpSpeaker(DesiredState):
             try:
                 await asyncio.wait_for(self._withdraw_all(proc), drain_timeout)
             except (TimeoutError, ExabgpGone) as exc:
-                log.warning("withdraw on exit incomplete: %s", exc or "timeout")
+                LOG.warning("withdraw on exit incomplete: %s", exc or "timeout")
         if proc is not None:
             await proc.stop()
         self._proc = None

@@ -32,7 +32,7 @@ __all__ = [
     "write_private",
 ]
 
-log = logging.getLogger("bgp_speaker.speaker")
+LOG = logging.getLogger("bgp_speaker.speaker")
 
 RELAY_SCRIPT = Path(__file__).with_name("relay.py")
 CLI_PIPE_DIR = Path("/run/exabgp")
@@ -91,7 +91,7 @@ def kill_leftover(runtime_dir: Path, *, grace: float = 5.0) -> None:
     except (OSError, ValueError):
         return
     if str(runtime_dir / "exabgp.conf").encode() in cmdline:
-        log.warning("stopping ExaBGP %d left by a previous agent", pid)
+        LOG.warning("stopping ExaBGP %d left by a previous agent", pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from cni import wire, wire_agent
 
-log = logging.getLogger(__name__)
+LOG = logging.getLogger(__name__)
 
 # (operation, CNI code or 0 for success, seconds): the agent wires this to its Prometheus metrics.
 RequestObserver = Callable[[str, int, float], None]
@@ -159,7 +159,7 @@ async def _answer(
         return err.http_status, _error_body(err.code, err.details, err.msg)
     except Exception as err:
         code = wire.CODE_AGENT_INTERNAL
-        log.exception("CNI %s failed", operation)
+        LOG.exception("CNI %s failed", operation)
         return 500, _error_body(code, f"{operation}: {type(err).__name__} (see the agent log)")
     finally:
         if observer is not None:
@@ -206,7 +206,7 @@ def _probe(name: str, attr: str) -> Callable[[web.Request], Awaitable[web.Respon
         try:
             ok = await getattr(backend, attr)()
         except Exception:
-            log.exception("%s probe failed", name)
+            LOG.exception("%s probe failed", name)
             ok = False
         if ok:
             return web.json_response(_STATUS_OK)

@@ -70,7 +70,7 @@ __all__ = [
     "shutdown",
 ]
 
-log = logging.getLogger(__name__)
+LOG = logging.getLogger(__name__)
 
 _MAX_PENDING = wire.MAX_BODY_BYTES + _MAX_HEAD  # bytes read ahead while a call is answered
 _LINGER = 2.0  # seconds a refused connection is read on (and dropped) before it is closed
@@ -275,7 +275,7 @@ class _FastConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._phase >= _REFUSED:
             return
-        log.debug("CNI socket: %s: %s", refusal.status, refusal.details)
+        LOG.debug("CNI socket: %s: %s", refusal.status, refusal.details)
         self._buffer.clear()
         transport.write(refusal.response())
         if self._eof:
@@ -359,9 +359,9 @@ class _AiohttpConnection(web.RequestHandler):
         if request.writer.output_size > 0:  # as aiohttp: an answer has begun, the connection is broken
             raise ConnectionError("an answer was being sent when the request failed")
         if status >= 500:
-            log.error("CNI socket: %s %s failed", request.method, request.path, exc_info=exc)
+            LOG.error("CNI socket: %s %s failed", request.method, request.path, exc_info=exc)
         else:  # one line, not aiohttp's traceback: a client sending garbage must not flood the log
-            log.debug("CNI socket: malformed request: %s", exc or message)
+            LOG.debug("CNI socket: malformed request: %s", exc or message)
         if status >= 500:
             body = _error_body(
                 wire.CODE_AGENT_INTERNAL, f"{request.method} {request.path}: see the agent log"
@@ -437,7 +437,7 @@ class CniSocket:
         self._starting: dict[asyncio.Task[Any], tuple[_FastConnection, socket.socket]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._accept_log = _RateLimitedLog(
-            _LOG_INTERVAL, lambda message: log.warning("CNI socket: %s", message)
+            _LOG_INTERVAL, lambda message: LOG.warning("CNI socket: %s", message)
         )
         self._inode: int | None = None
         self.idle = asyncio.Event()  # set once closing and no call is in progress
@@ -500,7 +500,7 @@ class CniSocket:
         connection, conn = self._starting.pop(task)
         failure = "cancelled" if task.cancelled() else task.exception()
         if failure is not None:
-            log.debug("CNI socket: a connection failed to start: %s", failure)
+            LOG.debug("CNI socket: a connection failed to start: %s", failure)
             self.connections.discard(connection)
             conn.close()
 
@@ -524,7 +524,7 @@ class CniSocket:
 
     def _accept_failed(self, listener: socket.socket, err: OSError) -> None:
         if err.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            log.debug("CNI socket: accept: %s", err)  # that one connection is gone (ECONNABORTED, ...)
+            LOG.debug("CNI socket: accept: %s", err)  # that one connection is gone (ECONNABORTED, ...)
             return
         # out of descriptors (or memory): free one if a connection is idle, and leave the pending
         # connections in the backlog for a moment instead of failing on them in a loop
