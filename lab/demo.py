@@ -21,14 +21,16 @@ from ipam.records import Obj
 from ipam.store.protocol import Store
 from ipam.store.sqlite import SqliteStore
 from lab.build import REPO_ROOT, STATE_FILE, Lab
-from lab.invariants import check_invariants, fetch_pages, pod_views, route_problems
-from lab.verbs import apply_file, delete_pod, format_pods, scale, wait_settled
+from lab.invariants import block_views, check_invariants, fetch_pages, pod_views, route_problems
+from lab.verbs import apply_file, delete_pod, format_pods, label_node, scale, wait_settled
 
 __all__ = ["Demo", "run_demo"]
 
 CONFIGS = REPO_ROOT / "configs"
 SEED_POOL = "nginx-ippool-v4"
 SEED_RANGE = netaddr.IPRange("10.244.100.0", "10.244.200.1")
+BLOCK_POOL = "block-ippool-v4"
+DEMO_WEB_LABEL = "spiderbgp.io/demo-web"
 
 
 class Demo:
@@ -49,12 +51,13 @@ class Demo:
     def shell(self, line: str) -> None:
         print(f"$ {line}", file=self.out, flush=True)
 
-    def get_sp(self) -> None:
-        """``spiderbgp get sp`` on a node, as a user types it (the node's binds give it the store)."""
+    def get_sp(self, kind: str = "sp") -> None:
+        """``spiderbgp get sp`` (or another kind) on a node, as a user types it (the node's binds give
+        it the store)."""
         node = self.lab.k8s_nodes[0]
-        self.shell(f"python -m lab exec {node} -- spiderbgp get sp")
+        self.shell(f"python -m lab exec {node} -- spiderbgp get {kind}")
         res = subprocess.run(
-            self.lab.exec_argv(node, ["spiderbgp", "get", "sp"]),
+            self.lab.exec_argv(node, ["spiderbgp", "get", kind]),
             env=self.lab.node_env(node),
             capture_output=True,
             text=True,
@@ -79,6 +82,10 @@ class Demo:
         self.shell(f"python -m lab scale {name} {replicas}")
         print(scale(self.store, name, replicas), file=self.out)
         self.settle()
+
+    def label(self, node: str, *assignments: str) -> None:
+        self.shell(f"python -m lab label node {node} {' '.join(assignments)}")
+        print(label_node(self.store, node, assignments), file=self.out)
 
     def delete_pod(self, name: str) -> None:
         self.shell(f"python -m lab delete-pod {name}")
@@ -134,7 +141,9 @@ class Demo:
         problems: list[str] = []
 
         def probe() -> bool:
-            problems[:] = route_problems(self.lab.router.bgp_routes(), views)
+            problems[:] = route_problems(
+                self.lab.router.bgp_routes(), views, block_views(self.lab, self.store)
+            )
             return not problems
 
         self.wait(probe, timeout)
@@ -242,6 +251,7 @@ class Demo:
         self.fetch_all(self.pods_of("auto-"))
 
         self.dual_stack()
+        self.blocks()
 
         self.say("Invariants")
         problems = check_invariants(lab, self.store)
@@ -290,6 +300,77 @@ class Demo:
                 self.shell(f"python -m lab exec client -- curl -s {'-g ' if ':' in ip else ''}{url}")
                 print(answers.get(ip) or "(no answer)", file=self.out)
                 self.expect(answers.get(ip) == name, f"the client reaches {name} at {url}")
+
+    def blocks(self) -> None:
+        """A pool with allocation blocks (issue 15) under the agents' ``advertise: block``: the router
+        holds one prefix per node's block; a StatefulSet pod moved to the other node keeps its address,
+        which its new node announces as a /32 inside the old node's block; the client reaches all."""
+        self.say("A pool with allocation blocks: the router learns one prefix per node's block")
+        self.apply("block-ippool-v4.yaml")
+        first, second = self.lab.k8s_nodes[0], self.lab.k8s_nodes[1]
+        self.label(first, f"{DEMO_WEB_LABEL}=yes")
+        self.apply("block-workloads.yaml")
+        self.get_pods()
+        pods = self.pods_of("blk-")
+        self.expect(len(pods) == 3, f"3 pods of block-ippool-v4 running: {sorted(pods)}")
+        self.expect(
+            {self._node_of(n) for n in pods if not n.startswith("blk-web-")} == {first, second},
+            f"the blk Deployment has a pod on {first} and one on {second}",
+        )
+        self.get_sp("sib")
+        blocks = {b.cidr: b.node for b in block_views(self.lab, self.store)}
+        self.expect(
+            sorted(blocks.values()) == sorted([first, second]),
+            f"one SpiderIPBlock per node: {blocks}",
+        )
+        self.show_block_routes(blocks, borrowed={})
+        self.fetch_all(pods)
+
+        self.say(f"Move the StatefulSet pod blk-web-0 to {second}: it keeps its address, now borrowed")
+        before = pods.get("blk-web-0", "")
+        self.label(first, f"{DEMO_WEB_LABEL}-")
+        self.label(second, f"{DEMO_WEB_LABEL}=yes")
+        self.delete_pod("blk-web-0")
+        self.get_pods()
+        pods = self.pods_of("blk-")
+        moved = pods.get("blk-web-0")
+        self.expect(
+            moved == before and self._node_of("blk-web-0") == second,
+            f"blk-web-0 runs on {second} with {before} (now {moved} on {self._node_of('blk-web-0')})",
+        )
+        owner = next(
+            (node for cidr, node in blocks.items() if before and before in netaddr.IPNetwork(cidr)), ""
+        )
+        self.expect(owner == first, f"{before} lies in {first}'s block")
+        self.show_block_routes(blocks, borrowed={f"{before}/32": second})
+        self.fetch_all(pods)
+
+    def show_block_routes(self, blocks: Mapping[str, str], borrowed: Mapping[str, str]) -> None:
+        """The router's BGP routes of the block pool: exactly ``blocks`` and the ``borrowed`` /32s,
+        each via its node (cidr or /32 -> node), and the invariants' route check over every pool."""
+        problems = self.routes_converged()
+        self.shell("python -m lab vtysh -c 'show ip route bgp'")
+        print(self.lab.router.vtysh("show ip route bgp"), file=self.out)
+        space = netaddr.IPNetwork(self.pool(BLOCK_POOL)["spec"]["subnet"])
+        routes = self.lab.router.bgp_routes(("ipv4",))
+        ours = {p: path.nexthop for p, path in routes.items() if netaddr.IPNetwork(p) in space}
+        hops = {n: set(self.lab.node_addresses(n)) for n in self.lab.k8s_nodes}
+        wanted = {**blocks, **borrowed}
+        self.expect(
+            set(ours) == set(wanted) and all(ours[p] in hops[n] for p, n in wanted.items()),
+            f"the router's routes into {BLOCK_POOL} are the blocks and borrowed /32s {wanted}: {ours}",
+        )
+        self.expect(
+            not problems,
+            "every pod is routed to its node: by its block, or by its own /32 when borrowed"
+            + (f" ({problems[0]})" if problems else ""),
+        )
+
+    def _node_of(self, name: str) -> str:
+        try:
+            return str((self.store.get("Pod", name, "default").get("spec") or {}).get("nodeName") or "")
+        except NotFound:
+            return ""
 
     def _auto_pool_size(self) -> int:
         """Usable IPs of the "auto" Deployment's auto pool (found by its application labels)."""

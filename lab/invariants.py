@@ -4,7 +4,10 @@
 2. Every allocation belongs to a running pod (same UID) that has that IP on its interface.
 3. Every pool's ``status.allocatedIPCount`` equals its records.
 4. The router's BGP table holds exactly the running pods' /32s (/128s), each with the next hop of the
-   pod's node.
+   pod's node; with allocation blocks (``advertise: block``), each claimed SpiderIPBlock's prefix with
+   the next hop of its node instead of the /32s of that node's pods inside it (a pod held elsewhere, a
+   *borrowed* address, keeps its /32 via its own node, and no /32 is announced for an address inside
+   its holder's own block).
 5. Every running pod answers the client with its name (``namespace/name`` outside ``default``).
 
 The running pods are the store's Pods in phase Running (what the controller wrote), each looked at
@@ -23,6 +26,9 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import netaddr
+
+from ipam.blocks import BLOCK_KIND, parse_block
 from ipam.records import IPRecord
 from ipam.store.protocol import Store
 from lab.build import REPO_ROOT, Lab
@@ -31,9 +37,11 @@ from lab.kubelet import POD_IFNAME, pod_netns, served_name
 from lab.netns import Netns, addresses, run
 
 __all__ = [
+    "BlockView",
     "PodView",
     "allocation_problems",
     "answer_problems",
+    "block_views",
     "check_invariants",
     "count_problems",
     "fetch_pages",
@@ -50,6 +58,16 @@ class PodView:
     ips: tuple[str, ...]
     node_addresses: frozenset[str]
     iface_addresses: frozenset[str]  # bare IPs on the pod's interface
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class BlockView:
+    """A claimed allocation block (SpiderIPBlock) as the checks see it."""
+
+    cidr: str  # as the router prints it
+    node: str
+    node_addresses: frozenset[str]
 
 
 def allocation_problems(records: Sequence[IPRecord], pods: Mapping[str, PodView]) -> list[str]:
@@ -84,20 +102,44 @@ def count_problems(counts: Mapping[str, int | None], records: Sequence[IPRecord]
     ]
 
 
-def route_problems(routes: Mapping[str, BgpPath], pods: Mapping[str, PodView]) -> list[str]:
-    """Invariant 4: the router's best paths are exactly the pods' /32s via their nodes."""
+def route_problems(
+    routes: Mapping[str, BgpPath], pods: Mapping[str, PodView], blocks: Sequence[BlockView] = ()
+) -> list[str]:
+    """Invariant 4: the router's best paths are exactly the blocks via their nodes and the pods' /32s
+    (/128s) via theirs, except those inside a block of their own node."""
     problems: list[str] = []
-    wanted = {f"{ip}/{128 if ':' in ip else 32}": p for p in pods.values() for ip in p.ips}
-    for prefix, pod in sorted(wanted.items()):
+    nets = [(netaddr.IPNetwork(b.cidr), b) for b in blocks]
+    wanted: dict[str, tuple[str, frozenset[str]]] = {
+        b.cidr: (f"block of {b.node}", b.node_addresses) for b in blocks
+    }
+    in_own_block: dict[str, str] = {}
+    for p in pods.values():
+        for ip in p.ips:
+            prefix = f"{ip}/{128 if ':' in ip else 32}"
+            addr = netaddr.IPAddress(ip)
+            own = next((b for net, b in nets if addr in net and b.node == p.node), None)
+            if own is not None:
+                in_own_block[prefix] = f"pod {p.key}, inside {own.node}'s block {own.cidr}"
+            else:
+                wanted[prefix] = (f"pod {p.key}", p.node_addresses)
+    for prefix, (what, hops) in sorted(wanted.items()):
         path = routes.get(prefix)
         if path is None:
-            problems.append(f"router: no BGP route for {prefix} (pod {pod.key})")
-        elif path.nexthop not in pod.node_addresses:
+            problems.append(f"router: no BGP route for {prefix} ({what})")
+        elif path.nexthop not in hops:
             problems.append(
-                f"router: {prefix} (pod {pod.key}) has next hop {path.nexthop}, its node is {sorted(pod.node_addresses)}"
+                f"router: {prefix} ({what}) has next hop {path.nexthop}, its node is {sorted(hops)}"
             )
     for prefix in sorted(set(routes) - set(wanted)):
-        problems.append(f"router: BGP route {prefix} via {routes[prefix].nexthop} belongs to no running pod")
+        why = in_own_block.get(prefix)
+        problems.append(
+            f"router: BGP route {prefix} via {routes[prefix].nexthop} "
+            + (
+                f"is a /32 announced for an address inside its holder's block ({why})"
+                if why
+                else "belongs to no running pod"
+            )
+        )
     return problems
 
 
@@ -155,7 +197,19 @@ def pod_views(lab: Lab, store: Store) -> dict[str, PodView]:
             ips,
             node_addrs.get(node, frozenset()),
             on_iface,
+            node,
         )
+    return views
+
+
+def block_views(lab: Lab, store: Store) -> list[BlockView]:
+    """Every claimed SpiderIPBlock, with the addresses of its node (the next hops it may have)."""
+    node_addrs = {n: frozenset(lab.node_addresses(n)) | _v6(lab, n) for n in lab.k8s_nodes}
+    views: list[BlockView] = []
+    for obj in store.list(BLOCK_KIND):
+        block = parse_block(obj)
+        cidr = str(netaddr.IPNetwork(block.cidr).cidr)
+        views.append(BlockView(cidr, block.node, node_addrs.get(block.node, frozenset())))
     return views
 
 
@@ -185,7 +239,9 @@ def check_invariants(lab: Lab, store: Store, *, timeout: float = 20.0) -> list[s
     records = [r for pool in pools for r in store.records(pool["metadata"]["name"])]
     counts = {p["metadata"]["name"]: (p.get("status") or {}).get("allocatedIPCount") for p in pools}
     problems = allocation_problems(records, pods) + count_problems(counts, records)
-    problems += _wait_for_empty(lambda: route_problems(lab.router.bgp_routes(), pods), timeout)
+    problems += _wait_for_empty(
+        lambda: route_problems(lab.router.bgp_routes(), pods, block_views(lab, store)), timeout
+    )
     ips = sorted(ip for p in pods.values() for ip in p.ips)
     problems += _wait_for_empty(lambda: answer_problems(fetch_pages(lab, ips), pods), timeout / 2)
     return problems
