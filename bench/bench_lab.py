@@ -1,6 +1,7 @@
 """Benchmark: the seed lab scaled to 1,000 pods on this machine, until every pod is routable.
 
     .venv/bin/python -m bench.bench_lab [--pods 1000] [--back-to 2] [--timeout 900] [--json FILE]
+                                        [--block-size 26]
 
 Builds the seed lab (``lab/seed.clab.yml``: FRR router, node1 and node2 with their agents, the
 client, the lab's controller) in namespaces ``sbgp-<token>-*``, applies the seed's pool and nginx
@@ -15,6 +16,13 @@ with pods/s for the last (the figure of merit: new pods per second until routabl
 each part of the lab spent meanwhile (the controller apart from the CNI plugins it ran); then each
 agent's and each ExaBGP's resident set, the pod servers', and the router's prefix count; then
 ``scale nginx 2`` until only 2 pods run and every other route is withdrawn from the router.
+
+The agents run ``advertise: host`` (their seed configs with that one field set) and the pool has no
+blocks.  With ``--block-size N`` the bench runs twice, one lab after the other: that host-mode run as
+the reference, then the agents in ``advertise: block`` with the pool annotated
+``spiderbgp.io/block-size: "N"`` (issue 15); a pod counts as in the FIB when a route of the router's
+FIB covers it (its block or its /32), and the two runs' router prefixes and times until every pod is
+routable are printed side by side (targets: prefixes <= 2% of host mode's, time <= 1.10x).
 
 Context, not a like-for-like reference: Spiderpool publishes 1,000 pods in 207 s on a 10-node
 cluster (its whole pod start-up: scheduling, image, containers, IPAM), 4.8 pods/s.  Everything is
@@ -35,9 +43,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import netaddr
+import yaml
+
 from bench import verdict
+from ipam.blocks import BLOCK_SIZE_ANNOTATION
 from ipam.store.sqlite import SqliteStore
-from lab.build import REPO_ROOT, Lab
+from lab.build import REPO_ROOT, SEED_TOPOLOGY, Lab
 from lab.invariants import fetch_pages
 from lab.netns import NETNS_DIR, list_netns
 from lab.verbs import apply_file, scale, wait_settled
@@ -59,6 +71,8 @@ class Progress:
 
 @dataclass
 class Result:
+    advertise: str
+    block_size: int | None
     pods: int
     running_s: float
     fib_s: float
@@ -203,6 +217,16 @@ def _running_pods(store: SqliteStore) -> dict[str, str]:
     return out
 
 
+def in_fib(ip: str, fib: Mapping[str, str], lengths: frozenset[int]) -> bool:
+    """Whether a route of the router's kernel FIB (prefix -> gateway) covers ``ip``: its /32 or,
+    with blocks, the block it lies in (``lengths``: the IPv4 prefix lengths in the FIB)."""
+    return any(str(netaddr.IPNetwork(f"{ip}/{n}").cidr) in fib for n in lengths)
+
+
+def fib_lengths(fib: Mapping[str, str]) -> frozenset[int]:
+    return frozenset(int(p.split("/")[1]) for p in fib if ":" not in p and "/" in p)
+
+
 def wait_routable(
     lab: Lab, store: SqliteStore, n: int, *, timeout: float, clock: Callable[[], float] = time.monotonic
 ) -> Progress:
@@ -215,8 +239,9 @@ def wait_routable(
         for name in pods:
             prog.running.setdefault(name, now)
         fib = lab.router.kernel_routes(families=(4,))
+        lengths = fib_lengths(fib)
         for ip in pods.values():
-            if f"{ip}/32" in fib:
+            if ip not in prog.in_fib and in_fib(ip, fib, lengths):
                 prog.in_fib.setdefault(ip, now)
         ask = [ip for ip in pods.values() if ip in prog.in_fib and ip not in prog.answered]
         if ask:
@@ -240,12 +265,26 @@ def wait_routable(
         time.sleep(POLL)
 
 
-def wait_scaled_back(lab: Lab, store: SqliteStore, n: int, *, timeout: float) -> float:
+def scaled_back(routes: set[str], pods: Mapping[str, str], *, blocks: bool) -> bool:
+    """Whether the router's routes into the pool are only the remaining pods' ones: their /32s
+    exactly; with blocks, no /32 of a gone pod (the emptied blocks stay claimed for the leader's
+    grace period, so still announced) and every pod covered."""
+    hosts = {f"{ip}/32" for ip in pods.values()}
+    if not blocks:
+        return routes == hosts
+    fib = dict.fromkeys(routes, "")
+    lengths = fib_lengths(fib)
+    return {p for p in routes if p.endswith("/32")} <= hosts and all(
+        in_fib(ip, fib, lengths) for ip in pods.values()
+    )
+
+
+def wait_scaled_back(lab: Lab, store: SqliteStore, n: int, *, timeout: float, blocks: bool = False) -> float:
     start = time.monotonic()
     while True:
         pods = _running_pods(store)
         ours = {p for p in lab.router.bgp_routes(families=("ipv4",)) if p.startswith("10.244.")}
-        if len(pods) == n and ours == {f"{ip}/32" for ip in pods.values()} and not _terminating(store):
+        if len(pods) == n and scaled_back(ours, pods, blocks=blocks) and not _terminating(store):
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
             raise TimeoutError(f"scale back: {len(pods)} pods, {len(ours)} routes after {timeout:.0f}s")
@@ -260,16 +299,47 @@ def _last(values: Mapping[str, float]) -> float:
     return max(values.values()) if values else 0.0
 
 
-def run_bench(*, pods: int, back_to: int, timeout: float, run_dir: Path) -> Result:
-    lab = Lab.create(run_dir=run_dir, env={})
+def seed_topology_with(advertise: str, out_dir: Path) -> Path:
+    """A copy of the seed topology in ``out_dir`` whose agents' configs (copied beside it) have
+    ``bgp.advertise`` set; every other bind still points at the repository's files."""
+    text = SEED_TOPOLOGY.read_text()
+    for node in ("node1", "node2"):
+        config = yaml.safe_load((CONFIGS / f"agent-{node}.yaml").read_text())
+        config["bgp"]["advertise"] = advertise
+        (out_dir / f"agent-{node}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        text = text.replace(f"- ../configs/agent-{node}.yaml:", f"- {out_dir}/agent-{node}.yaml:")
+    path = out_dir / SEED_TOPOLOGY.name
+    path.write_text(text.replace("- ../", f"- {REPO_ROOT}/"))
+    return path
+
+
+def seed_pool_with(block_size: int | None, out_dir: Path) -> Path:
+    """The seed's pool manifest, annotated with ``block_size`` when given."""
+    source = CONFIGS / "nginx-ippool-v4.yaml"
+    if block_size is None:
+        return source
+    pool = yaml.safe_load(source.read_text())
+    pool["metadata"].setdefault("annotations", {})[BLOCK_SIZE_ANNOTATION] = str(block_size)
+    path = out_dir / source.name
+    path.write_text(yaml.safe_dump(pool, sort_keys=False))
+    return path
+
+
+def run_bench(
+    *, pods: int, back_to: int, timeout: float, run_dir: Path, block_size: int | None = None
+) -> Result:
+    advertise = "host" if block_size is None else "block"
+    files = run_dir.parent / f"files-{advertise}"
+    files.mkdir(parents=True, exist_ok=True)
+    lab = Lab.create(run_dir=run_dir, env={}, topology_file=seed_topology_with(advertise, files))
     prefix = lab.sandbox.prefix
     store: SqliteStore | None = None
     try:
         t = time.monotonic()
         lab.up(timeout=120)
-        print(f"   lab up in {time.monotonic() - t:.1f}s", flush=True)
+        print(f"   lab up in {time.monotonic() - t:.1f}s (advertise: {advertise})", flush=True)
         store = SqliteStore(lab.store_path)
-        apply_file(store, CONFIGS / "nginx-ippool-v4.yaml")
+        apply_file(store, seed_pool_with(block_size, files))
         apply_file(store, CONFIGS / "nginx-deployment.yaml")
         wait_settled(store, timeout=120)
         before = len(_running_pods(store))
@@ -287,8 +357,10 @@ def run_bench(*, pods: int, back_to: int, timeout: float, run_dir: Path) -> Resu
             per_node[node] = per_node.get(node, 0) + 1
         print(f"==> scale {DEPLOYMENT} {back_to}", flush=True)
         scale(store, DEPLOYMENT, back_to)
-        back = wait_scaled_back(lab, store, back_to, timeout=timeout)
+        back = wait_scaled_back(lab, store, back_to, timeout=timeout, blocks=block_size is not None)
         return Result(
+            advertise=advertise,
+            block_size=block_size,
             pods=pods,
             running_s=_last(prog.running),
             fib_s=_last(prog.in_fib),
@@ -312,10 +384,11 @@ def run_bench(*, pods: int, back_to: int, timeout: float, run_dir: Path) -> Resu
 def report(r: Result) -> str:
     sp = r.spiderpool_pods_per_s
     new = max(1, round(r.pods_per_s * r.routable_s))
+    mode = f"advertise: {r.advertise}" + (f", block-size /{r.block_size}" if r.block_size else "")
     lines = [
-        f"pods scaled to:                          {r.pods}",
+        f"pods scaled to:                          {r.pods}  ({mode})",
         f"  all Running:                           {r.running_s:7.1f} s",
-        f"  all /32s in the router's FIB:          {r.fib_s:7.1f} s",
+        f"  all pods in the router's FIB:          {r.fib_s:7.1f} s",
         f"  all answered the client (routable):    {r.routable_s:7.1f} s   -> {r.pods_per_s:.1f} pods/s",
         f"  Spiderpool, published (context):       {SPIDERPOOL_SECONDS:7.1f} s   -> {sp:.1f} pods/s "
         f"({SPIDERPOOL_PODS} pods, 10-node cluster, whole pod start-up; not like-for-like)",
@@ -337,24 +410,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--back-to", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for each phase")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        help="also run with the pool annotated spiderbgp.io/block-size: N and the agents in "
+        "advertise: block, and compare with the host-mode run (e.g. 26)",
+    )
     args = parser.parse_args(argv)
     if args.pods < 1 or args.back_to < 0:
         parser.error("--pods must be at least 1 and --back-to at least 0")
+    if args.block_size is not None and not 16 <= args.block_size <= 32:
+        parser.error("--block-size must be between the seed pool's /16 and /32")
+    sizes: list[int | None] = [None] if args.block_size is None else [None, args.block_size]
+    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-lab-") as tmp:
-        try:
-            result = run_bench(
-                pods=args.pods, back_to=args.back_to, timeout=args.timeout, run_dir=Path(tmp) / "run"
-            )
-        except (TimeoutError, OSError, RuntimeError) as exc:
-            print(f"bench_lab: {exc}", file=sys.stderr)
-            return 1
-    print(report(result))
+        for size in sizes:
+            try:
+                results.append(
+                    run_bench(
+                        pods=args.pods,
+                        back_to=args.back_to,
+                        timeout=args.timeout,
+                        run_dir=Path(tmp) / f"run-{size or 'host'}",
+                        block_size=size,
+                    )
+                )
+            except (TimeoutError, OSError, RuntimeError) as exc:
+                print(f"bench_lab: {exc}", file=sys.stderr)
+                return 1
+    for result in results:
+        print(report(result))
+    host = results[0]
     context = "Spiderpool's published (10-node cluster, whole pod start-up; not like-for-like)"
-    verdict.report(verdict.Comparison("new pods/s until routable", result.pods_per_s, context,
-                                      result.spiderpool_pods_per_s, "pods/s", None, 1))  # fmt: skip
+    verdict.report(verdict.Comparison("new pods/s until routable", host.pods_per_s, context,
+                                      host.spiderpool_pods_per_s, "pods/s", None, 1))  # fmt: skip
+    if len(results) == 2:
+        block = results[1]
+        verdict.report(verdict.Comparison(
+            f"router prefixes at {block.pods} pods, block-size /{block.block_size}", block.router_prefixes,
+            "host mode, same run", host.router_prefixes, "prefixes", verdict.at_most(0.02)))  # fmt: skip
+        verdict.report(verdict.Comparison(
+            f"time until every pod routable, block-size /{block.block_size}", block.routable_s,
+            "host mode, same run", host.routable_s, "s", verdict.at_most(1.10), 1))  # fmt: skip
     if args.json is not None:
-        data: dict[str, Any] = asdict(result)
-        args.json.write_text(json.dumps(data, indent=1))
+        data: list[dict[str, Any]] = [asdict(r) for r in results]
+        args.json.write_text(json.dumps(data if len(data) > 1 else data[0], indent=1))
     return 0
 
 
