@@ -24,13 +24,16 @@ with the plugin's (the packager refuses a clash).
 from __future__ import annotations
 
 from cni.wire_rules import (
+    _ARRAY,
+    _CODE,
+    _IP,
+    _OPT_TEXT,
+    _REQUIRED_ARRAY,
+    _TEXT,
+    _TEXTS,
     _cidr,
-    _code,
-    _ip,
-    _list,
+    _field,
     _obj,
-    _str,
-    _str_list,
 )
 
 TYPE_CHECKING = False
@@ -333,7 +336,9 @@ class Attachment(_Record):
     @classmethod
     def from_json(cls, value: object, where: str = "Attachment") -> Attachment:
         obj = _obj(value, where)
-        return cls(container_id=_str(obj, "containerID", where), if_name=_str(obj, "ifname", where))
+        return cls(
+            container_id=_field(obj, "containerID", where, _TEXT), if_name=_field(obj, "ifname", where, _TEXT)
+        )
 
 
 class GcRequest(_Request):
@@ -410,9 +415,9 @@ class ErrorResponse(_Record):
         where = "ErrorResponse"
         obj = _obj(value, where)
         return cls(
-            code=_code(obj, "code", where),
-            msg=_str(obj, "msg", where),
-            details=_str(obj, "details", where, required=False),
+            code=_field(obj, "code", where, _CODE),
+            msg=_field(obj, "msg", where, _TEXT),
+            details=_field(obj, "details", where, _OPT_TEXT),
         )
 
 
@@ -436,18 +441,18 @@ class IPConfig(_Record):
     @classmethod
     def from_json(cls, value: object, where: str = "IPConfig") -> IPConfig:
         obj = _obj(value, where)
-        address = _str(obj, "address", where)
+        address = _field(obj, "address", where, _TEXT)
         version = _cidr(address, f"{where}.address")
         stated = obj.get("version", version)
         if stated not in (4, 6) or isinstance(stated, bool):
             raise ValueError(f"{where}.version: expected 4 or 6, got {stated!r}")
         if stated != version:
             raise ValueError(f"{where}.version: {stated} does not match address {address!r}")
-        gateway = _ip(obj, "gateway", where)
+        gateway = _field(obj, "gateway", where, _IP)
         if gateway is not None and (":" in gateway) != (version == 6):
             raise ValueError(f"{where}.gateway: {gateway!r} is not an IPv{version} address")
-        return cls(address=address, gateway=gateway, pool=_str(obj, "pool", where, required=False),
-                   nic=_str(obj, "nic", where))  # fmt: skip
+        return cls(address=address, gateway=gateway, pool=_field(obj, "pool", where, _OPT_TEXT),
+                   nic=_field(obj, "nic", where, _TEXT))  # fmt: skip
 
 
 class Route(_Record):
@@ -464,12 +469,12 @@ class Route(_Record):
     @classmethod
     def from_json(cls, value: object, where: str = "Route") -> Route:
         obj = _obj(value, where)
-        dst = _str(obj, "dst", where)
+        dst = _field(obj, "dst", where, _TEXT)
         version = _cidr(dst, f"{where}.dst")
-        gw = _ip(obj, "gw", where)
+        gw = _field(obj, "gw", where, _IP)
         if gw is not None and (":" in gw) != (version == 6):
             raise ValueError(f"{where}.gw: {gw!r} is not an IPv{version} address like dst {dst!r}")
-        return cls(if_name=_str(obj, "ifName", where), dst=dst, gw=gw)
+        return cls(if_name=_field(obj, "ifName", where, _TEXT), dst=dst, gw=gw)
 
 
 class DNS(_Record):
@@ -507,10 +512,10 @@ class DNS(_Record):
     def from_json(cls, value: object, where: str = "DNS") -> DNS:
         obj = _obj(value, where)
         return cls(
-            nameservers=_str_list(obj, "nameservers", where),
-            domain=_str(obj, "domain", where, required=False),
-            search=_str_list(obj, "search", where),
-            options=_str_list(obj, "options", where),
+            nameservers=_field(obj, "nameservers", where, _TEXTS),
+            domain=_field(obj, "domain", where, _OPT_TEXT),
+            search=_field(obj, "search", where, _TEXTS),
+            options=_field(obj, "options", where, _TEXTS),
         )
 
 
@@ -534,12 +539,13 @@ class AddResponse(_Record):
         _api_version(obj, where)
         ips = [
             IPConfig.from_json(v, f"{where}.ips[{i}]")
-            for i, v in enumerate(_list(obj, "ips", where, required=True))
+            for i, v in enumerate(_field(obj, "ips", where, _REQUIRED_ARRAY))
         ]
         if not ips:
             raise ValueError(f"{where}.ips: must hold at least one address")
         routes = [
-            Route.from_json(v, f"{where}.routes[{i}]") for i, v in enumerate(_list(obj, "routes", where))
+            Route.from_json(v, f"{where}.routes[{i}]")
+            for i, v in enumerate(_field(obj, "routes", where, _ARRAY))
         ]
         dns = None if obj.get("dns") is None else DNS.from_json(obj["dns"], f"{where}.dns")
         return cls(ips=ips, routes=routes, dns=dns)

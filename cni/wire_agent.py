@@ -33,13 +33,16 @@ from cni.wire import (
     _Request,
 )
 from cni.wire_rules import (
+    _FLAG,
+    _OPT_TEXT,
+    _REQUIRED_ARRAY,
+    _TEXT,
+    _TEXTS,
     _cidr,
-    _kind,
-    _list,
+    _Expect,
+    _field,
     _obj,
     _shown,
-    _str,
-    _str_list,
     id_problem,
     interface_name_problem,
 )
@@ -151,35 +154,30 @@ def check_fields(record: _Request | StatusRequest, where: str) -> None:
 # --- reading requests ----------------------------------------------------------------------------
 
 
-def _bool(obj: Mapping[str, Any], key: str, where: str) -> bool:
-    value = obj.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ValueError(f"{where}.{key}: expected true or false, got {_kind(value)}")
-    return value
-
-
 def _cidrs(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    values = _str_list(obj, key, where)
+    values: tuple[str, ...] = _field(obj, key, where, _TEXTS)
     for i, address in enumerate(values):
         _cidr(address, f"{where}.{key}[{i}]")
     return values
 
 
 def _attachments(obj: Mapping[str, Any], key: str, where: str) -> list[Attachment]:
-    items = _list(obj, key, where, required=True)
+    items = _field(obj, key, where, _REQUIRED_ARRAY)
     return [Attachment.from_json(v, f"{where}.{key}[{i}]") for i, v in enumerate(items)]
 
 
-_READERS: dict[str, Callable[[Mapping[str, Any], str, str], object]] = {
-    STR: _str,
-    OPT: lambda obj, key, where: _str(obj, key, where, required=False),
-    STRS: _str_list,
-    BOOL: _bool,
+# a request field's kind (its FIELDS entry) -> what the one field reader expects of it; the two
+# kinds whose values are parsed further (CIDRs, attachments) read through _field too
+_EXPECTS: dict[str, _Expect] = {STR: _TEXT, OPT: _OPT_TEXT, STRS: _TEXTS, BOOL: _FLAG}
+_PARSERS: dict[str, Callable[[Mapping[str, Any], str, str], object]] = {
     CIDRS: _cidrs,
     ATTACHMENTS: _attachments,
 }
+
+
+def _read(obj: Mapping[str, Any], key: str, where: str, kind: str) -> object:
+    expect = _EXPECTS.get(kind)
+    return _field(obj, key, where, expect) if expect is not None else _PARSERS[kind](obj, key, where)
 
 
 def read_request(cls: type[R], value: object) -> R:
@@ -188,7 +186,7 @@ def read_request(cls: type[R], value: object) -> R:
     where = cls.__name__
     obj = _obj(value, where)
     _api_version(obj, where)
-    fields: dict[str, Any] = {attr: _READERS[kind](obj, key, where) for attr, key, kind in cls.FIELDS}
+    fields: dict[str, Any] = {attr: _read(obj, key, where, kind) for attr, key, kind in cls.FIELDS}
     request = cls(**fields)
     check_fields(request, where)
     return request
@@ -260,4 +258,4 @@ def read_gc_result(value: object) -> GcResult:
     where = "GcResult"
     obj = _obj(value, where)
     _api_version(obj, where)
-    return GcResult(released=_str_list(obj, "released", where))
+    return GcResult(released=_field(obj, "released", where, _TEXTS))

@@ -1,6 +1,7 @@
 """The rules of the wire schema's values, shared by the plugin and the agent: identifiers as libcni's
-skel validates them (the plugin checks its input by them, the agent every request), and the field
-readers of ``from_json``, each failure one ValueError naming ``Record.field``.
+skel validates them (the plugin checks its input by them, the agent every request), and the one
+field reader of ``from_json`` (``_field`` with a table of what each kind of field may hold), each
+failure one ValueError naming ``Record.field``.
 
 Part of the installed plugin program (see ``cni/wire.py``): stdlib only and import-free at run time.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 # A container ID or network name longer than this is refused (runtimes use 64 hex digits; skel sets
@@ -80,49 +81,81 @@ def _kind(value: object) -> str:
     return "an object"
 
 
-def _str(obj: Mapping[str, Any], key: str, where: str, *, required: bool = True, empty: bool = False) -> str:
-    if key not in obj or obj[key] is None:
-        if required:
+class _Expect:
+    """What one field may hold, for ``_field``: ``problem(value)`` is "" for a good JSON value, else the
+    rest of the error line after ``Record.field``; ``absent`` is the field's value when its key is
+    missing or null (``_REQUIRED``: it is refused); ``final`` turns a good value into the record's."""
+
+    __slots__ = ("absent", "final", "problem")
+
+    def __init__(
+        self, problem: Callable[[Any], str], absent: object, final: Callable[[Any], Any] | None = None
+    ) -> None:
+        self.problem, self.absent, self.final = problem, absent, final
+
+
+_REQUIRED = object()
+
+
+def _field(obj: Mapping[str, Any], key: str, where: str, expect: _Expect) -> Any:
+    """The one field reader of the wire schema: ``obj[key]`` as ``expect`` says, or ValueError
+    naming ``where.key``."""
+    value = obj.get(key)
+    if value is None:
+        if expect.absent is _REQUIRED:
             raise ValueError(f"{where}.{key}: missing")
-        return ""
-    value = obj[key]
-    if not isinstance(value, str):
-        raise ValueError(f"{where}.{key}: expected a string, got {_kind(value)}")
-    if not value and required and not empty:
-        raise ValueError(f"{where}.{key}: must not be empty")
-    return value
+        return expect.absent
+    problem = expect.problem(value)
+    if problem:
+        raise ValueError(f"{where}.{key}{problem}")
+    return value if expect.final is None else expect.final(value)
 
 
-def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{where}.{key}: expected a string, got {_kind(value)}")
-    return value
+def _not_a_string(value: Any) -> str:
+    return "" if isinstance(value, str) else f": expected a string, got {_kind(value)}"
 
 
-def _str_list(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    value = obj.get(key)
-    if value is None:
-        return ()
+def _not_text(value: Any) -> str:
+    return _not_a_string(value) or ("" if value else ": must not be empty")
+
+
+def _not_an_array(value: Any) -> str:
+    return "" if isinstance(value, list) else f": expected an array, got {_kind(value)}"
+
+
+def _not_texts(value: Any) -> str:
     if not isinstance(value, list):
-        raise ValueError(f"{where}.{key}: expected an array of strings, got {_kind(value)}")
+        return f": expected an array of strings, got {_kind(value)}"
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item:
-            raise ValueError(f"{where}.{key}[{i}]: expected a non-empty string, got {_kind(item)}")
-    return tuple(value)
+            return f"[{i}]: expected a non-empty string, got {_kind(item)}"
+    return ""
 
 
-def _list(obj: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> list[Any]:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise ValueError(f"{where}.{key}: missing")
-        return []
-    if not isinstance(value, list):
-        raise ValueError(f"{where}.{key}: expected an array, got {_kind(value)}")
-    return value
+def _not_a_flag(value: Any) -> str:
+    return "" if isinstance(value, bool) else f": expected true or false, got {_kind(value)}"
+
+
+def _not_a_code(value: Any) -> str:
+    good = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return "" if good else f": expected a positive integer, got {_kind(value)}"
+
+
+def _not_an_ip(value: Any) -> str:
+    if not isinstance(value, str):
+        return _not_a_string(value)
+    return "" if _looks_like_ip(value, 6 if ":" in value else 4) else f": {value!r} is not an IP address"
+
+
+# What each kind of field may hold (the records' from_json and the agent's request table read by these)
+_TEXT = _Expect(_not_text, _REQUIRED)  # a non-empty string
+_OPT_TEXT = _Expect(_not_a_string, "")  # a string, "" when absent
+_TEXTS = _Expect(_not_texts, (), tuple)  # non-empty strings, () when absent
+_ARRAY = _Expect(_not_an_array, ())  # a JSON array, () when absent
+_REQUIRED_ARRAY = _Expect(_not_an_array, _REQUIRED)
+_FLAG = _Expect(_not_a_flag, False)  # true or false, false when absent
+_CODE = _Expect(_not_a_code, _REQUIRED)  # a CNI error code
+_IP = _Expect(_not_an_ip, None)  # an IP address, None when absent
 
 
 def _cidr(value: str, where: str) -> int:
@@ -140,17 +173,3 @@ def _looks_like_ip(ip: str, version: int) -> bool:
         parts = ip.split(".")
         return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
     return all(c in "0123456789abcdefABCDEF:." for c in ip) and ip.count("::") <= 1
-
-
-def _ip(obj: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = _opt_str(obj, key, where)
-    if value is not None and not _looks_like_ip(value, 6 if ":" in value else 4):
-        raise ValueError(f"{where}.{key}: {value!r} is not an IP address")
-    return value
-
-
-def _code(obj: Mapping[str, Any], key: str, where: str) -> int:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}.{key}: expected a positive integer, got {_kind(value)}")
-    return value
