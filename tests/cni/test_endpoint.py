@@ -291,15 +291,20 @@ async def test_graceful_shutdown_finishes_in_flight_request(served: Served) -> N
         pending = asyncio.create_task(call(served.session, "POST", wire.PATH_ADD, json=ADD))
         await until(lambda: runner.busy == 1, "the ADD is being answered")
         stopping = asyncio.create_task(shutdown(runner))
-        await asyncio.sleep(0.2)
-        assert not stopping.done() and not pending.done()
-        # no new connections are accepted once shutdown began
-        with pytest.raises(OSError):
+
+        def refused() -> bool:
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(str(served.path))
+            except OSError:
+                return True
             finally:
                 probe.close()
+            return False
+
+        # shutdown has begun once no new connection is accepted; the held ADD and the shutdown still wait
+        await until(refused, "shutdown stops accepting connections")
+        assert not stopping.done() and not pending.done()
     assert await asyncio.wait_for(pending, 10) == (200, answer("10.244.100.10"))
     await asyncio.wait_for(stopping, 10)
     assert records(served.store) == [("10.244.100.10", "default/web-0")]
