@@ -69,10 +69,16 @@ pytest fixture that yields a started emulator and stops it afterwards.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import copy
+import cProfile
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -82,6 +88,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,11 +135,21 @@ from tests.kube.emulator.status import (
     resource_name,
 )
 
-__all__ = ["Faults", "KubeEmulator", "WatchRequest", "kube_emulator", "parse_label_selector"]
+__all__ = [
+    "EmulatorProcess",
+    "Faults",
+    "KubeEmulator",
+    "WatchRequest",
+    "client_configuration",
+    "http_call",
+    "kube_emulator",
+    "parse_label_selector",
+]
 
 Obj = dict[str, Any]
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+ADMIN_PATH = "/_emulator/"  # the harness's requests (``start(admin_endpoint=True)``)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,6 +280,7 @@ class KubeEmulator:
         self._changed: asyncio.Event | None = None
         self._watch_tasks: set[asyncio.Task[Any]] = set()
         self.url = ""
+        self._admin_endpoint = False
         for ns in namespaces:
             self.put(
                 {
@@ -275,28 +293,45 @@ class KubeEmulator:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> KubeEmulator:
+    def start(self, port: int = 0, *, admin_endpoint: bool = False) -> KubeEmulator:
+        """Serve on 127.0.0.1:``port`` (0: a free port).  ``admin_endpoint``: also answer the harness's
+        ``/_emulator/`` requests (``GET /_emulator/stats``: requests handled and the revision; ``PUT
+        /_emulator/faults`` with ``{"latency": seconds}``), for the cluster admin's token only, so a
+        harness in another process can read and steer what a test in-process reads and sets directly
+        (``serve`` turns it on).  These requests are not counted, delayed or faulted."""
+        self._admin_endpoint = admin_endpoint
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(target=loop.run_forever, name="kube-emulator", daemon=True)
         self._thread.start()
-        fut = asyncio.run_coroutine_threadsafe(self._serve(), loop)
-        port = fut.result(timeout=10)
-        self.url = f"http://127.0.0.1:{port}"
+        fut = asyncio.run_coroutine_threadsafe(self._serve(port), loop)
+        bound = fut.result(timeout=10)
+        self.url = f"http://127.0.0.1:{bound}"
         return self
 
-    async def _serve(self) -> int:
+    def in_loop(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the server's event-loop thread and wait for it (``serve --profile`` enables and
+        disables its profiler there: a profiler sees only the thread it was enabled in)."""
+        loop = self._loop
+        assert loop is not None, "the emulator is not started"
+
+        async def call() -> None:
+            fn()
+
+        asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=10)
+
+    async def _serve(self, port: int) -> int:
         self._changed = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
 
     def stop(self) -> None:
         loop = self._loop
@@ -334,11 +369,7 @@ class KubeEmulator:
     def configuration(self, token: str | None = None) -> k8s.Configuration:
         """A client configuration for this server, authenticated with ``token`` (default: the harness:
         the agent's ServiceAccount that also plays the cluster's other actors)."""
-        cfg = k8s.Configuration()
-        cfg.host = self.url
-        cfg.api_key["authorization"] = token or self.harness_token
-        cfg.api_key_prefix["authorization"] = "Bearer"
-        return cfg
+        return client_configuration(self.url, token or self.harness_token)
 
     def call(
         self,
@@ -351,17 +382,14 @@ class KubeEmulator:
     ) -> tuple[int, Any]:
         """One raw request over HTTP (for tests of the API itself): the status and the decoded body.
         As the cluster admin unless ``token`` says who (``""``: no token, anonymous)."""
-        headers = {"Content-Type": content_type}
-        token = self.admin_token if token is None else token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+        return http_call(
+            self.url,
+            method,
+            path,
+            body,
+            token=self.admin_token if token is None else token,
+            content_type=content_type,
+        )
 
     def _user(self, request: web.Request) -> User:
         header = request.headers.get("Authorization", "")
@@ -658,6 +686,8 @@ class KubeEmulator:
         return _Target(info, namespace, name, sub)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self._admin_endpoint and request.path.startswith(ADMIN_PATH):
+            return await self._handle_admin(request)
         with self._lock:
             self.requests += 1
         self.compact_if_due()
@@ -705,6 +735,31 @@ class KubeEmulator:
             raise ApiError(
                 405, "MethodNotAllowed", f"the server does not allow this method ({request.method})"
             )
+        except ApiError as err:
+            return web.json_response(err.status(), status=err.code)
+
+    async def _handle_admin(self, request: web.Request) -> web.StreamResponse:
+        """The harness's ``/_emulator/`` requests (``start(admin_endpoint=True)``), the admin's only."""
+        try:
+            user = self._user(request)
+            if "system:masters" not in user.groups:
+                raise ApiError(403, "Forbidden", f'User "{user.name}" cannot use {request.path}')
+            if request.method == "GET" and request.path == ADMIN_PATH + "stats":
+                with self._lock:
+                    return web.json_response({"requests": self.requests, "revision": self._rv})
+            if request.method == "PUT" and request.path == ADMIN_PATH + "faults":
+                try:
+                    body = json.loads(await request.read() or b"null")
+                    latency = float(body["latency"])
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ApiError(
+                        400, "BadRequest", f'{ADMIN_PATH}faults: want {{"latency": seconds}} ({err})'
+                    ) from err
+                if latency < 0:
+                    raise ApiError(400, "BadRequest", f"{ADMIN_PATH}faults: latency {latency} is negative")
+                self.faults.latency = latency
+                return web.json_response({"latency": latency})
+            raise ApiError(404, "NotFound", f"no {request.method} {request.path}")
         except ApiError as err:
             return web.json_response(err.status(), status=err.code)
 
@@ -1209,3 +1264,184 @@ def kube_emulator() -> Iterator[KubeEmulator]:
         yield emulator
     finally:
         emulator.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the emulator in a process of its own
+
+
+def client_configuration(url: str, token: str) -> k8s.Configuration:
+    """A ``kubernetes`` client configuration for the emulator at ``url``, authenticated with ``token``."""
+    cfg = k8s.Configuration()
+    cfg.host = url
+    cfg.api_key["authorization"] = token
+    cfg.api_key_prefix["authorization"] = "Bearer"
+    return cfg
+
+
+def http_call(
+    url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str = "",
+    content_type: str = "application/json",
+) -> tuple[int, Any]:
+    """One raw request to the emulator at ``url``: the status and the decoded body (``token`` "": anonymous)."""
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+class EmulatorProcess:
+    """The emulator served by ``python -m tests.kube_emulator serve`` in a child process, so that clients
+    in other processes (benchmarks) do not share an interpreter, and its GIL, with it.
+
+    ``start()`` launches it and reads its one JSON line (``url``, ``admin_token``, ``agent_token``,
+    ``harness_token``); ``stop()`` closes its stdin (the server stops when stdin ends, so it also goes
+    when this process dies) and waits for it, terminating and then killing that one PID if it lingers.
+    Latency and the request count go through the admin endpoint (``/_emulator/``)."""
+
+    def __init__(self, *, history: int = 100_000, latency: float = 0.0, profile: str = "") -> None:
+        self.history = history
+        self.latency = latency
+        self.profile = profile  # a file for the server's cProfile statistics, written when it stops
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.admin_token = ""
+        self.agent_token = ""
+        self.harness_token = ""
+
+    def start(self) -> EmulatorProcess:
+        argv = [sys.executable, "-m", "tests.kube_emulator", "serve", "--port", "0"]
+        argv += ["--history", str(self.history), "--latency-ms", repr(self.latency * 1000)]
+        if self.profile:
+            argv += ["--profile", self.profile]
+        root = Path(__file__).resolve().parent.parent  # ``-m tests.kube_emulator`` from the checkout
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.stop()
+            raise RuntimeError(f"the emulator process exited before it served: {' '.join(argv)}")
+        info = json.loads(line)
+        self.url = info["url"]
+        self.admin_token = info["admin_token"]
+        self.agent_token = info["agent_token"]
+        self.harness_token = info["harness_token"]
+        return self
+
+    def configuration(self, token: str) -> k8s.Configuration:
+        return client_configuration(self.url, token)
+
+    def _admin(self, method: str, path: str, body: Any = None) -> Any:
+        status, answer = http_call(self.url, method, ADMIN_PATH + path, body, token=self.admin_token)
+        if status != 200:
+            raise RuntimeError(f"emulator {ADMIN_PATH}{path}: {status} {answer}")
+        return answer
+
+    @property
+    def requests(self) -> int:
+        """Requests the server has handled (the admin endpoint's own not counted)."""
+        return int(self._admin("GET", "stats")["requests"])
+
+    def set_latency(self, seconds: float) -> None:
+        """Delay every request from now by ``seconds`` (``faults.latency``)."""
+        self._admin("PUT", "faults", {"latency": seconds})
+        self.latency = seconds
+
+    def stop(self) -> int | None:
+        """Stop the server and wait for its process; its exit status (None if it was not started)."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self.proc = None
+        return proc.returncode
+
+    def __enter__(self) -> EmulatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(argv: list[str]) -> int:
+    """``python -m tests.kube_emulator serve [--port N] [--history N] [--latency-ms MS] [--profile FILE]``:
+    serve the emulator on 127.0.0.1 until stdin ends or SIGTERM/SIGINT comes, after printing one JSON
+    line with ``url``, ``host``, ``port`` and the ``admin_token``, ``agent_token`` and ``harness_token``.
+    ``--profile``: the server thread's cProfile statistics, written to FILE when it stops."""
+    parser = argparse.ArgumentParser(prog="python -m tests.kube_emulator serve", description=serve.__doc__)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--history", type=int, default=100_000, help="watch history size (events)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    parser.add_argument("--profile", default="", help="write the server thread's cProfile stats here")
+    args = parser.parse_args(argv)
+    if args.latency_ms < 0:
+        parser.error(f"--latency-ms {args.latency_ms:g} is negative")
+    emulator = KubeEmulator(history=args.history)
+    emulator.faults.latency = args.latency_ms / 1000
+    emulator.start(args.port, admin_endpoint=True)
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        emulator.in_loop(profiler.enable)
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+
+    def until_stdin_ends() -> None:
+        for _ in sys.stdin:
+            pass
+        done.set()
+
+    threading.Thread(target=until_stdin_ends, name="stdin", daemon=True).start()
+    port = int(emulator.url.rsplit(":", 1)[1])
+    print(
+        json.dumps(
+            {
+                "url": emulator.url,
+                "host": "127.0.0.1",
+                "port": port,
+                "pid": os.getpid(),
+                "admin_token": emulator.admin_token,
+                "agent_token": emulator.agent_token,
+                "harness_token": emulator.harness_token,
+            }
+        ),
+        flush=True,
+    )
+    done.wait()
+    if profiler is not None:
+        emulator.in_loop(profiler.disable)
+        profiler.dump_stats(args.profile)
+    emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["serve"]:
+        sys.exit(
+            "usage: python -m tests.kube_emulator serve [--port N] [--history N] [--latency-ms MS] [--profile FILE]"
+        )
+    sys.exit(serve(sys.argv[2:]))
