@@ -43,9 +43,11 @@ __all__ = [
     "block_status",
     "blocks_of_pool",
     "blocks_to_return",
+    "is_block_pool",
     "parse_block",
     "parse_block_size",
     "pick",
+    "version_token",
 ]
 
 BLOCK_SIZE_ANNOTATION = "spiderbgp.io/block-size"
@@ -82,6 +84,18 @@ def block_size_changes(obj: Mapping[str, Any], old: Mapping[str, Any] | None) ->
         return (((o or {}).get("metadata") or {}).get("annotations") or {}).get(BLOCK_SIZE_ANNOTATION)
 
     return value(obj) != value(old)
+
+
+def is_block_pool(obj: Mapping[str, Any]) -> bool:
+    """Whether a stored SpiderIPPool carries the block-size annotation (its records are in blocks)."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return BLOCK_SIZE_ANNOTATION in annotations
+
+
+def version_token(obj: Mapping[str, Any]) -> str:
+    """What a claim in a block pool is conditional on: ``g<metadata.generation>`` (spec changes and the
+    start of deletion bump it; record writes, which go to the blocks, do not)."""
+    return f"g{int((obj.get('metadata') or {}).get('generation') or 1)}"
 
 
 def block_size_of(pool: IPPool) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ipam.block_claims import block_sizes, list_blocks, record_in_blocks
+from ipam.block_claims import block_sizes, list_blocks
 from ipam.errors import AllocationError, Invalid, NotFound
 from ipam.model import Endpoint, IPPool, NicAllocation, ReservedIP, reserved_set
 from ipam.ranges import canonical_ip, family_of_ip, ip_to_int
@@ -232,5 +232,4 @@ def release_ip(store: Store, ip: str, *, force: bool = False) -> str:
             else:
                 delete = (namespace, name)
     store.commit(releases=[record], endpoint=endpoint_update, delete_endpoint=delete)
-    record_in_blocks(store, block_sizes(store, [record.pool]), removed=[record])
     return f"released {ip} from pool {pool.name} (was {record.pod})"

@@ -34,7 +34,7 @@ from ipam import annotations as an
 from ipam import blocks, selection
 from ipam.allocator import free_intervals, lowest_free
 from ipam.autopool import is_auto_pool
-from ipam.block_claims import claim_block, list_blocks, record_in_blocks
+from ipam.block_claims import claim_block, list_blocks
 from ipam.errors import AllocationError, AllocationReason, Conflict, NotFound, PoolFull, WouldBlock
 from ipam.model import FINALIZER, Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
 from ipam.ranges import IntervalSet, int_to_ip
@@ -370,7 +370,11 @@ class IpamService:
         and status changed (every claim bumps the version; parsing ranges on every ADD would cost more
         than the claim), so the pool's own ``resource_version`` may be older: use the one returned."""
         meta = obj["metadata"]
-        version = str(meta.get("resourceVersion") or "")
+        # what claims in this pool are conditional on (ipam.store.protocol): the resourceVersion, or a
+        # block pool's generation token (its records, and their writes, are in its blocks)
+        version = (
+            blocks.version_token(obj) if blocks.is_block_pool(obj) else str(meta.get("resourceVersion") or "")
+        )
         # compared as plain data (dict equality runs in C); the store hands out fresh objects, so the
         # key kept here is never changed under us
         key = ({k: v for k, v in meta.items() if k != "resourceVersion"}, obj.get("spec"))
@@ -549,25 +553,6 @@ class IpamService:
             claim_block(self.store, pool, choice.claim, size, self.node_name)
         return choice.value
 
-    def _block_sizes(self, pools: set[str]) -> dict[str, tuple[int, int]]:
-        """pool -> (IP family, block prefix length) of the block pools among ``pools`` (the parsed
-        pool when this process has one, else the stored one)."""
-        out: dict[str, tuple[int, int]] = {}
-        for name in pools:
-            cached = self._parsed.get(name)
-            if cached is not None:
-                pool = cached[1]
-            else:
-                obj = self._get("SpiderIPPool", name)
-                if obj is None:
-                    continue
-                pool = self._pool(obj)[0]
-            if blocks.BLOCK_SIZE_ANNOTATION in pool.annotations:
-                size = blocks.block_size_of(pool)
-                if size is not None:
-                    out[name] = (pool.ip_version, size)
-        return out
-
     def _commit_records(
         self,
         *,
@@ -576,14 +561,17 @@ class IpamService:
         endpoint: Obj | None = None,
         delete_endpoint: tuple[str, str] | None = None,
     ) -> None:
-        """``store.commit``, then the status of the blocks of block pools the records fall in."""
-        self.store.commit(
-            claims=claims, releases=releases, endpoint=endpoint, delete_endpoint=delete_endpoint
-        )
-        sizes = self._block_sizes({c.pool for c in claims} | {r.pool for r in releases})
-        if sizes:
-            added = [IPRecord(c.pool, c.ip, c.pod, c.pod_uid) for c in claims]
-            record_in_blocks(self.store, sizes, added=added, removed=releases)
+        """``store.commit``.  A Conflict forgets the claimed-blocks maps of the pools claimed in: the
+        claim may have met a block returned under a stale map (ipam.store.protocol: a block pool's
+        address needs its block), and the retry's pick must see the blocks as stored now."""
+        try:
+            self.store.commit(
+                claims=claims, releases=releases, endpoint=endpoint, delete_endpoint=delete_endpoint
+            )
+        except Conflict:
+            for pool in {c.pool for c in claims}:
+                self._blocks.pop(pool, None)
+            raise
 
     def _allocate_new(
         self,

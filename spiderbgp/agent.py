@@ -51,7 +51,16 @@ LOG = logging.getLogger("spiderbgp.agent")
 SHUTDOWN_GRACE = 0.2
 FULL_RESYNC_SECONDS = 300.0
 NODE_CONDITION_INTERVAL = 0.5  # how often BGP readiness is looked at for the Node's condition
-CACHED_KINDS = ("Pod", "Namespace", "Node", "SpiderIPPool", "SpiderReservedIP", "ReplicaSet", "Deployment")
+CACHED_KINDS = (
+    "Pod",
+    "Namespace",
+    "Node",
+    "SpiderIPPool",
+    "SpiderReservedIP",
+    "SpiderIPBlock",
+    "ReplicaSet",
+    "Deployment",
+)
 
 
 class Announcer(Protocol):

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ipam.blocks import BLOCK_KIND
 from ipam.controllers.leader import LeaderControllers
 from ipam.controllers.subnet import APP_KINDS
 from ipam.errors import Gone, IpamError
@@ -111,11 +112,13 @@ class ControllerThread:
         self._released(list(self.controllers.gc.trace_pods(pods)))
         if apps or pools_changed or pods:
             self.controllers.pools.reconcile()
+        if any(e.object.get("kind") == BLOCK_KIND for e in events):
+            self.controllers.blocks.counts()  # a block pool's count for `kubectl get sp`
 
     def _run(self, stop: threading.Event, previous: list[threading.Thread]) -> None:
         for thread in previous:  # the controllers' state is not shared between threads: wait
             thread.join()
-        kinds = ["Pod", *APP_KINDS, *POOL_KINDS]
+        kinds = ["Pod", *APP_KINDS, *POOL_KINDS, BLOCK_KIND]
         interval = self.config.gc.interval_seconds
         tick = min(self.config.gc.trace_interval_seconds, 1.0)
         since = self.store.revision()

@@ -1,16 +1,14 @@
-"""Return of empty allocation blocks and repair of block statuses (leader only, issue 15): a
-SpiderIPBlock that has held no
-allocation for a grace period is deleted, so the pool's blocks never leak to nodes that no longer
-need them (calico#7987).  The decision is ``ipam.blocks.blocks_to_return``; the time a block was first
-seen empty lives in this controller (a new leader starts the grace period afresh, which only delays).
+"""Return of empty allocation blocks and the counts of block pools (leader only, issue 15).
 
-The delete carries the block's resourceVersion, so a node that wrote the block's status since it was
-read keeps it.  A node that commits an address in the block just before the delete keeps that address
-as a borrowed one (announced as a /32 by its holder): the block, holding an allocation, is not claimed
-again until it is empty.
+``collect``: a SpiderIPBlock that has held no allocation for a grace period is deleted, so the pool's
+blocks never leak to nodes that no longer need them (calico#7987).  The decision is
+``ipam.blocks.blocks_to_return``; the time a block was first seen empty lives in this controller (a new
+leader starts the grace period afresh, which only delays).  The store refuses to delete a block that
+holds a record, and the delete carries the resourceVersion read, so a node that allocates in the block
+meanwhile keeps it (``ipam.store.protocol``, "Block pools").
 
-``repair`` sets a block's status to the pool's records inside it where they differ: nodes write it
-after their commits, so a node that stopped in between left it one change behind."""
+``counts``: a block pool's ``status.allocatedIPCount`` as stored, kept equal to the records in its
+blocks (nodes write only the blocks)."""
 
 from __future__ import annotations
 
@@ -18,11 +16,9 @@ import logging
 from collections.abc import Callable, Sequence
 
 from ipam.block_claims import list_blocks
-from ipam.blocks import BLOCK_KIND, block_status, blocks_to_return, parse_block
+from ipam.blocks import BLOCK_KIND, blocks_to_return, is_block_pool
 from ipam.controllers.pool import ReconcileReport
 from ipam.errors import NotFound
-from ipam.ranges import family_of_cidr
-from ipam.records import IPRecord
 from ipam.store.protocol import Store
 
 __all__ = ["DEFAULT_BLOCK_GRACE_SECONDS", "BlockReturn"]
@@ -68,29 +64,27 @@ class BlockReturn:
         report.log_errors(LOG, "block return")
         return report
 
-    def repair(self) -> ReconcileReport:
-        """One pass: every block's status set to the pool's records inside it where it differs (a
-        node that stopped between its commit and the block's write left it behind).  The write
-        carries the block's resourceVersion: a node writing meanwhile wins, and the next pass looks
-        again."""
+    def counts(self) -> ReconcileReport:
+        """One pass: each block pool's stored ``status.allocatedIPCount`` set to the records in its
+        blocks where it differs.  A block pool's records live in its blocks, which nodes write without
+        touching the pool, so the count ``kubectl get sp`` prints is the leader's to keep (SQLite
+        derives it on read: nothing differs there).  The write carries the pool's resourceVersion; a
+        write meanwhile wins, and the next pass looks again."""
         report = ReconcileReport()
-        records: dict[str, list[IPRecord]] = {}
-        for obj in self.store.list(BLOCK_KIND):
+        for obj in self.store.list("SpiderIPPool", allocated_ips=False):
+            if not is_block_pool(obj):
+                continue
+            name = obj["metadata"]["name"]
             with report.step():
-                block = parse_block(obj)
-                if block.pool not in records:
-                    records[block.pool] = self.store.records(block.pool)
-                expected = block_status(block, records[block.pool], family_of_cidr(block.cidr))
+                count = len(self.store.usage(name).allocated)
                 status = obj.get("status") or {}
-                if {k: status[k] for k in ("allocatedIPCount", "allocatedIPs") if k in status} == expected:
+                if status.get("allocatedIPCount") == count:
                     continue
-                obj["status"] = expected
+                obj["status"] = {**status, "allocatedIPCount": count}
                 self.store.update_status(obj)
-                report.updated.append(f"SpiderIPBlock {block.name}")
-                LOG.info(
-                    "block %s: status set to the pool's %d records in it",
-                    block.name,
-                    expected["allocatedIPCount"],
+                report.updated.append(f"SpiderIPPool {name}")
+                LOG.debug(
+                    "block pool %s: allocatedIPCount %s -> %d", name, status.get("allocatedIPCount"), count
                 )
-        report.log_errors(LOG, "block status repair")
+        report.log_errors(LOG, "block pool counts")
         return report

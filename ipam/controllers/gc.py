@@ -22,7 +22,6 @@ from typing import Any, Final
 
 import netaddr
 
-from ipam.block_claims import block_sizes, record_in_blocks
 from ipam.errors import Conflict, IpamError, NotFound
 from ipam.gc_policy import Decision, EndpointInfo, GCSettings, StatefulSetState, decide
 from ipam.records import IPRecord, Obj, WatchEvent
@@ -183,7 +182,6 @@ class GarbageCollector:
                 seen = self._examine(record, lookups)
                 if seen.decision.release:
                     self.store.commit(releases=[record], delete_endpoint=self._endpoint_to_delete(seen))
-                    record_in_blocks(self.store, block_sizes(self.store, [record.pool]), removed=[record])
                     LOG.info(
                         "released %s of pool %s (%s): %s",
                         record.ip,

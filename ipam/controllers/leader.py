@@ -75,11 +75,11 @@ class LeaderControllers:
         """Auto pools and adoption first (so a reclaimed pool is terminating before the GC frees its last
         records), then the GC's scan-all (one bounded step; call again while ``gc.scan_pending``), then
         the pool pass (owner GC and pool controller, which removes pools the GC just emptied), then the
-        return of allocation blocks empty for their grace period and the repair of block statuses."""
+        return of allocation blocks empty for their grace period and the counts of block pools."""
         report = PassReport()
         report.subnets = self.subnets.reconcile_all()
         report.released = self.gc.scan_all()
         report.pools = self.pools.reconcile()
         report.blocks = self.blocks.collect()
-        report.blocks.extend(self.blocks.repair())
+        report.blocks.extend(self.blocks.counts())
         return report

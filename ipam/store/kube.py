@@ -42,7 +42,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
-import json
 import queue
 import random
 import threading
@@ -57,6 +56,7 @@ from kubernetes import config as k8s_config
 
 from ipam import errors
 from ipam.apiserver import grace_period, identify
+from ipam.blocks import BLOCK_KIND, block_name_of, is_block_pool, version_token
 from ipam.errors import (
     AlreadyExists,
     Conflict,
@@ -71,6 +71,12 @@ from ipam.model import PoolIPAllocation, decode_allocated_ips
 from ipam.ranges import canonical_ip
 from ipam.records import Claim, IPRecord, Obj, PoolUsage, WatchEvent
 from ipam.store.kube_api import DEFAULT_RETRY, Backoff, KubeApi, WatchStream
+from ipam.store.kube_blocks import (
+    BlockBook,
+    BlockRecords,
+    block_pool_of,
+    render_records,
+)
 from ipam.store.kube_informer import Informer
 from ipam.store.protocol import GroupCommit
 
@@ -166,6 +172,7 @@ class KubeStore:
         self.retries = 0  # re-reads after a 409 done inside the store
         self._lock = threading.Lock()
         self._pools: dict[str, _PoolState] = {}
+        self._book = BlockBook()
         self._informers: dict[str, Informer] = {}
         for name in cached_kinds:
             info = kind_info(name)
@@ -229,7 +236,7 @@ class KubeStore:
     def _out(self, info: KindInfo, obj: Obj) -> Obj:
         """What callers get: kind and apiVersion set; a pool's allocatedIPCount equal to its records."""
         _typed(info, obj)
-        if info.kind == POOL:
+        if info.kind == POOL and not is_block_pool(obj):  # a block pool's count is written by the leader
             try:
                 count = len(self._remember_pool(obj).records)
             except Invalid:
@@ -333,7 +340,7 @@ class KubeStore:
         new_status = copy.deepcopy(obj.get("status"))
 
         def attempt() -> Obj:
-            if info.has_status and info.kind != POOL:
+            if info.has_status and info.kind not in (POOL, BLOCK_KIND):
                 body = copy.deepcopy(obj)
                 body["apiVersion"], body["kind"] = info.api_version, info.kind
                 body["metadata"]["resourceVersion"] = wanted or _rv(self._get_server(info, name, ns))
@@ -347,7 +354,10 @@ class KubeStore:
                     "re-read and retry"
                 )
             status = new_status
-            if info.kind == POOL:
+            if info.kind == POOL and is_block_pool(current):
+                # records live in the blocks: the count is the leader's to write, allocatedIPs stays out
+                status = {k: v for k, v in (status or {}).items() if k != "allocatedIPs"}
+            elif info.kind in (POOL, BLOCK_KIND):  # the records and their count belong to the store
                 status = {k: v for k, v in (status or {}).items() if k not in _DERIVED}
                 for key in _DERIVED:
                     if key in (current.get("status") or {}):
@@ -373,6 +383,8 @@ class KubeStore:
     ) -> None:
         info = kind_info(kind)
         ns = namespace if info.namespaced else ""
+        if info.kind == BLOCK_KIND:
+            resource_version = self._empty_block_version(name, resource_version)
         body: Obj = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         if resource_version:
             body["preconditions"] = {"resourceVersion": resource_version}
@@ -394,6 +406,25 @@ class KubeStore:
         if info.kind == POOL:
             with self._lock:
                 self._pools.pop(name, None)
+        if info.kind == BLOCK_KIND:
+            self._book.forget(name)
+
+    def _empty_block_version(self, name: str, resource_version: str | None) -> str:
+        """The resourceVersion a SpiderIPBlock's delete is conditional on: it must hold no record (its
+        records are allocations: the delete would lose them), as read now; a record written after this
+        read moves the resourceVersion, so the delete fails with Conflict."""
+        current = self._get_server(kind_info(BLOCK_KIND), name, "")
+        if resource_version and resource_version != _rv(current):
+            self.conflicts += 1
+            raise Conflict(
+                f'{BLOCK_KIND} "{name}": resourceVersion {resource_version} is stale (now {_rv(current)})'
+            )
+        held = len(self._book.records(current).records)
+        if held:
+            raise Conflict(
+                f'{BLOCK_KIND} "{name}": holds {held} allocation(s); a block is returned only when empty'
+            )
+        return _rv(current)
 
     def revision(self) -> str:
         doc = self.api.request("GET", kind_info("Namespace"), query=[("limit", "1")])
@@ -561,17 +592,51 @@ class KubeStore:
             inf.observe(obj)  # a read from the server is news for the cache too
         return self._remember_pool(obj)
 
+    def _pool_obj(self, pool: str) -> Obj:
+        """The pool from the pool informer when it is synced (a block pool's claims are conditional on
+        its generation, which moves only with spec changes and deletion), else from the server."""
+        inf = self._informers.get(POOL)
+        if inf is not None and inf.synced:
+            obj = inf.get(pool, "")
+            if obj is None:
+                raise NotFound(POOL, pool)
+            return obj
+        return self._pool_from_server(pool).obj
+
+    def _block_objs(self, pool: str | None) -> builtins.list[Obj]:
+        """The SpiderIPBlocks of ``pool`` (all of them for None): from the block informer when synced,
+        else one list from the server."""
+        info = kind_info(BLOCK_KIND)
+        inf = self._informers.get(BLOCK_KIND)
+        objs = inf.list() if inf is not None and inf.synced else self._list_server(info, None)
+        return [o for o in objs if pool is None or block_pool_of(o) == pool]
+
+    def _block_books(self, pool: str) -> builtins.list[BlockRecords]:
+        return [self._book.records(o) for o in self._block_objs(pool)]
+
     def usage(self, pool: str) -> PoolUsage:
-        return self._pool_from_server(pool).usage
+        obj = self._pool_obj(pool)
+        if self._book.layout(obj) is None:
+            return self._pool_from_server(pool).usage
+        return PoolUsage(pool, version_token(obj), self._book.allocated(self._block_books(pool)))
 
     def records(self, pool: str) -> builtins.list[IPRecord]:
-        return _records_of(self._pool_from_server(pool))
+        obj = self._pool_obj(pool)
+        if self._book.layout(obj) is None:
+            return _records_of(self._pool_from_server(pool))
+        return _block_records(pool, self._block_books(pool))
 
     def records_of_pod(self, namespace: str, name: str) -> builtins.list[IPRecord]:
         pod = f"{namespace}/{name}"
         out: builtins.list[IPRecord] = []
         for obj in self._list_server(kind_info(POOL), None):
-            out.extend(r for r in _records_of(self._remember_pool(obj)) if r.pod == pod)
+            if not is_block_pool(obj):
+                out.extend(r for r in _records_of(self._remember_pool(obj)) if r.pod == pod)
+        by_pool: dict[str, builtins.list[BlockRecords]] = {}
+        for block in self._list_server(kind_info(BLOCK_KIND), None):
+            by_pool.setdefault(block_pool_of(block), []).append(self._book.records(block))
+        for pool, books in by_pool.items():
+            out.extend(r for r in _block_records(pool, books) if r.pod == pod)
         return out
 
     def commit(
@@ -593,11 +658,19 @@ class KubeStore:
         canon_releases = [(r, _canonical(r.ip, r.pool, "release ip")) for r in releases]
         pools = list(dict.fromkeys([c.pool for c in claims] + [r.pool for r in releases]))
         for pool in pools:
-            self._commit_pool(
-                pool,
-                [(c, ip) for c, ip in canon_claims if c.pool == pool],
-                [(r, ip) for r, ip in canon_releases if r.pool == pool],
-            )
+            pool_claims = [(c, ip) for c, ip in canon_claims if c.pool == pool]
+            pool_releases = [(r, ip) for r, ip in canon_releases if r.pool == pool]
+            try:
+                obj = self._pool_obj(pool)
+            except NotFound:
+                if pool_claims:
+                    raise
+                continue  # releases of a pool that is gone: its records went with it
+            layout = self._book.layout(obj)
+            if layout is None:
+                self._commit_pool(pool, pool_claims, pool_releases)
+            else:
+                self._commit_blocks(obj, layout, pool_claims, pool_releases)
         if endpoint is not None:
             self._write_endpoint(endpoint)
         if delete_endpoint is not None:
@@ -660,7 +733,7 @@ class KubeStore:
                 raise PoolFull(pool, self.max_pool_records)
             body = copy.deepcopy(state.obj)
             status = body.setdefault("status", {})
-            text = _render_records(records)
+            text = render_records(records)
             if text is None:
                 status.pop("allocatedIPs", None)
             else:
@@ -672,6 +745,116 @@ class KubeStore:
                 if claims:
                     raise _StaleClaim(str(err)) from None
                 raise
+
+        try:
+            self._retrying(attempt)
+        except _StaleClaim as err:
+            raise Conflict(str(err)) from None
+
+    def _commit_blocks(
+        self,
+        pool_obj: Obj,
+        layout: tuple[int, int],
+        claims: builtins.list[tuple[Claim, str]],
+        releases: builtins.list[tuple[IPRecord, str]],
+    ) -> None:
+        """Claims and releases of a block pool, written block by block into the SpiderIPBlocks that hold
+        the addresses.  Claims are conditional on the pool's generation token (``usage``) and on each
+        address being free in its block; a 409 on a block (another writer moved it) is retried inside
+        against the block as it is now, so only a taken address, a missing block, a changed pool spec
+        or a terminating pool reach the caller as Conflict."""
+        pool = str(pool_obj["metadata"]["name"])
+        if claims:
+            versions = {c.pool_version for c, _ in claims}
+            if len(versions) > 1:
+                raise Conflict(f'{POOL} "{pool}": claims read different versions {sorted(versions)}')
+            (version,) = versions
+            if version != version_token(pool_obj):
+                pool_obj = self._pool_from_server(pool).obj  # the cache may be behind the caller
+                if version != version_token(pool_obj):
+                    self.conflicts += 1
+                    raise Conflict(
+                        f'{POOL} "{pool}": metadata.generation moved ({version} is now '
+                        f"{version_token(pool_obj)}); re-read and retry"
+                    )
+            if (pool_obj.get("metadata") or {}).get("deletionTimestamp"):
+                raise Conflict(
+                    f'{POOL} "{pool}": metadata.deletionTimestamp: the pool is terminating; '
+                    "no new IPs are allocated from it"
+                )
+        family, size = layout
+        by_block: dict[str, tuple[builtins.list[tuple[Claim, str]], builtins.list[tuple[IPRecord, str]]]] = {}
+        for claim, ip in claims:
+            name = block_name_of(pool, _ip_int(ip), family, size)
+            by_block.setdefault(name, ([], []))[0].append((claim, ip))
+        for rel, ip in releases:
+            name = block_name_of(pool, _ip_int(ip), family, size)
+            by_block.setdefault(name, ([], []))[1].append((rel, ip))
+        for name, (block_claims, block_releases) in by_block.items():
+            self._commit_block(pool, name, block_claims, block_releases)
+
+    def _commit_block(
+        self,
+        pool: str,
+        name: str,
+        claims: builtins.list[tuple[Claim, str]],
+        releases: builtins.list[tuple[IPRecord, str]],
+    ) -> None:
+        info = kind_info(BLOCK_KIND)
+        cached = [True]  # the first attempt may use the informer's copy; a retry reads the server
+
+        def attempt() -> Obj:
+            obj: Obj | None = None
+            inf = self._informers.get(BLOCK_KIND)
+            if cached[0] and inf is not None and inf.synced:
+                obj = inf.get(name, "")
+            cached[0] = False
+            if obj is None:
+                try:
+                    obj = self._get_server(info, name, "")
+                except NotFound:
+                    if claims:
+                        ip = claims[0][1]
+                        raise _StaleClaim(
+                            f'{BLOCK_KIND} "{name}": not claimed; {ip} of pool {pool} needs its block first'
+                        ) from None
+                    return {}
+            if block_pool_of(obj) != pool:
+                raise _StaleClaim(
+                    f'{BLOCK_KIND} "{name}": belongs to pool {block_pool_of(obj)!r}, not {pool}'
+                )
+            records = dict(self._book.records(obj).records)
+            changed = False
+            for rel, ip in releases:
+                held = records.get(ip)
+                if held is not None and held.pod_uid == rel.pod_uid:
+                    del records[ip]
+                    changed = True
+            for claim, ip in claims:
+                held = records.get(ip)
+                if held is not None:
+                    raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pod {held.pod})')
+                other = self._holder_elsewhere(ip, pool)
+                if other is not None:
+                    raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pool {other})')
+                records[ip] = PoolIPAllocation(claim.pod, claim.pod_uid)
+                changed = True
+            if not changed:
+                return obj
+            body = copy.deepcopy(obj)
+            status = body.setdefault("status", {})
+            text = render_records(records)
+            if text is None:
+                status.pop("allocatedIPs", None)
+            else:
+                status["allocatedIPs"] = text
+            status["allocatedIPCount"] = len(records)
+            try:
+                return self._put(info, body, "", name, "status")
+            except NotFound:
+                if claims:
+                    raise _StaleClaim(f'{BLOCK_KIND} "{name}": returned while being written') from None
+                return {}
 
         try:
             self._retrying(attempt)
@@ -750,20 +933,17 @@ def _ip_int(ip: str) -> int:
     return int(netaddr.IPAddress(ip))
 
 
-def _render_records(records: Mapping[str, PoolIPAllocation]) -> str | None:
-    """Spiderpool's ``status.allocatedIPs`` string, records in address order (as the embedded store
-    renders them); None (the field is left out) when there are none."""
-    if not records:
-        return None
-    ordered = sorted(records.items(), key=lambda kv: _ip_int(kv[0]))
-    return json.dumps({ip: {"pod": r.pod, "podUid": r.pod_uid} for ip, r in ordered}, separators=(",", ":"))
-
-
 def _rv_key(rv: str) -> tuple[int, str]:
     try:
         return (int(rv), "")
     except ValueError:
         return (0, rv)
+
+
+def _block_records(pool: str, books: Sequence[BlockRecords]) -> builtins.list[IPRecord]:
+    out = [IPRecord(pool, ip, rec.pod, rec.pod_uid) for book in books for ip, rec in book.records.items()]
+    out.sort(key=lambda r: _ip_int(r.ip))
+    return out
 
 
 def _records_of(state: _PoolState) -> builtins.list[IPRecord]:

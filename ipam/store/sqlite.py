@@ -44,12 +44,13 @@ from ipam.apiserver import (
     random_uid,
     replaced,
 )
+from ipam.blocks import BLOCK_KIND
 from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound
 from ipam.kinds import KindInfo, kind_info
 from ipam.model import FINALIZER
 from ipam.records import Claim, IPRecord, Obj, PoolUsage, WatchEvent
 from ipam.store.protocol import GroupCommit
-from ipam.store.sqlite_records import POOL_KIND, PoolRecords, RecordChanges
+from ipam.store.sqlite_records import POOL_KIND, PoolRecords, RecordChanges, block_records_query
 from ipam.store.sqlite_tx import REVISION_AND_COMPACTED, SqliteFile, Tx
 
 __all__ = ["SqliteStore"]
@@ -70,6 +71,22 @@ def _dumps(obj: Obj) -> str:
     """Compact JSON; NaN and infinities are refused (ValueError), as JSON and the API server have none
     (and SQLite's JSON functions could not read the body back)."""
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+def _render_block(conn: sqlite3.Connection, obj: Obj, *, with_ips: bool) -> Obj:
+    """A stored SpiderIPBlock with ``status.allocatedIPCount`` (and with ``with_ips`` Spiderpool's
+    ``allocatedIPs`` string) of the records inside its CIDR, from the allocations table."""
+    query = block_records_query(obj, with_ips=with_ips)
+    if query is None:
+        return obj
+    row = conn.execute(*query).fetchone()
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        status = obj["status"] = {}
+    status["allocatedIPCount"] = int(row[0])
+    if with_ips and row[0]:
+        status["allocatedIPs"] = row[1]
+    return obj
 
 
 def _without_derived_status(obj: Obj) -> None:
@@ -152,6 +169,8 @@ class SqliteStore:
         obj: Obj = json.loads(body)
         if info.kind == POOL_KIND:
             return self._records.render(conn, obj, committed=committed)
+        if info.kind == BLOCK_KIND:
+            return _render_block(conn, obj, with_ips=True)
         return obj
 
     @staticmethod
@@ -180,6 +199,8 @@ class SqliteStore:
         if info.kind == POOL_KIND:
             _without_derived_status(new)
             new.setdefault("status", {})["allocatedIPCount"] = 0
+        elif info.kind == BLOCK_KIND:
+            _without_derived_status(new)  # a block's records are rendered from the allocations table
         body = self._serialize(info, name, new)
         cursor = tx.conn.execute(
             "INSERT INTO objects (kind, namespace, name, revision, body) VALUES (?, ?, ?, ?, ?) "
@@ -216,6 +237,8 @@ class SqliteStore:
             count = stored.get("status", {}).get("allocatedIPCount", 0)
             _without_derived_status(new)
             new.setdefault("status", {})["allocatedIPCount"] = count
+        elif info.kind == BLOCK_KIND:
+            _without_derived_status(new)
         new["metadata"]["resourceVersion"] = str(stored_rev)
         if new == stored:
             return _dumps(stored)  # nothing changed: no new revision, no event (as the API server does)
@@ -272,6 +295,12 @@ class SqliteStore:
             raise NotFound(info.kind, name, namespace)
         stored_rev, stored = found
         check_version(info, namespace, name, resource_version, stored_rev)
+        if info.kind == BLOCK_KIND:
+            held = _render_block(tx.conn, stored, with_ips=False).get("status", {}).get("allocatedIPCount", 0)
+            if held:
+                raise Conflict(
+                    f'{BLOCK_KIND} "{name}": holds {held} allocation(s); a block is returned only when empty'
+                )
         self._settle(tx, info, namespace, name, deleted(stored, grace, now=self._clock()))
 
     # ------------------------------------------------------------------ ObjectStore
@@ -289,6 +318,12 @@ class SqliteStore:
         if not info.namespaced:
             namespace = ""
         query = "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?"
+        if info.kind == BLOCK_KIND:
+            with self._db.read() as conn:  # the body and its records from one snapshot
+                row = conn.execute(query, (info.kind, namespace, name)).fetchone()
+                if row is None:
+                    raise NotFound(info.kind, name, namespace)
+                return _render_block(conn, json.loads(row[0]), with_ips=allocated_ips)
         if not allocated_ips or info.kind != POOL_KIND:
             rows = self._db.fetchall(query, (info.kind, namespace, name))
             if not rows:
@@ -321,6 +356,12 @@ class SqliteStore:
                 "SELECT body FROM objects WHERE kind = ? AND namespace = ? ORDER BY name",
                 (info.kind, namespace),
             )
+        if info.kind == BLOCK_KIND:
+            with self._db.read() as conn:
+                return [
+                    _render_block(conn, obj, with_ips=allocated_ips)
+                    for obj in self._matching(conn.execute(*query).fetchall(), wanted)
+                ]
         if not (allocated_ips and info.kind == POOL_KIND):
             return self._matching(self._db.fetchall(*query), wanted)
         with self._db.read() as conn:  # the bodies and their rendered records from one snapshot

@@ -23,19 +23,36 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ipam.blocks import block_name_of
 from ipam.errors import Conflict, Invalid, NotFound
 from ipam.records import Claim, IPRecord, Obj, PoolUsage, SortedPrefix
 from ipam.store.sqlite_tx import SqliteFile, Tx
 
-__all__ = ["POOL_KIND", "PoolRecords", "RecordChanges"]
+__all__ = ["POOL_KIND", "PoolRecords", "RecordChanges", "block_records_query"]
 
 POOL_KIND = "SpiderIPPool"
 # above this many changes since the cached revision, re-read the pool instead of replaying the log
 _REPLAY_LIMIT = 256
 _REPLAY_SCAN_LIMIT = 4096  # revisions of events a replay may scan
+# revision, terminating, and the version a claim is conditional on: the pool's resourceVersion, or for
+# a block pool (spiderbgp.io/block-size) its generation token "g<generation>" (ipam.store.protocol)
+_POOL_VERSION = (
+    "CASE WHEN json_type(body, '$.metadata.annotations.\"spiderbgp.io/block-size\"') IS NULL "
+    "THEN CAST(revision AS TEXT) "
+    "ELSE 'g' || coalesce(json_extract(body, '$.metadata.generation'), 1) END"
+)
 _POOL_STATE = (
-    "SELECT revision, json_extract(body, '$.metadata.deletionTimestamp') IS NOT NULL FROM objects "
-    "WHERE kind = ? AND namespace = '' AND name = ?"
+    f"SELECT revision, json_extract(body, '$.metadata.deletionTimestamp') IS NOT NULL, {_POOL_VERSION}, "
+    "json_extract(body, '$.metadata.annotations.\"spiderbgp.io/block-size\"') "
+    "FROM objects WHERE kind = ? AND namespace = '' AND name = ?"
+)
+_BLOCK_EXISTS = "SELECT 1 FROM objects WHERE kind = 'SpiderIPBlock' AND namespace = '' AND name = ?"
+# the records of one block: its pool, and keys of the block's family between its first and last address
+_BLOCK_RANGE = "pool = ? AND ip_key BETWEEN ? AND ? AND length(ip_key) = ?"
+_COUNT_BLOCK = f"SELECT count(*) FROM allocations WHERE {_BLOCK_RANGE}"
+_RENDER_BLOCK = (
+    "SELECT count(*), json_group_object(ip, json_object('pod', pod, 'podUid', pod_uid)) "
+    f"FROM (SELECT ip, pod, pod_uid FROM allocations WHERE {_BLOCK_RANGE} ORDER BY ip_key)"
 )
 # a claim's or release's change to its pool: the next revision, as resourceVersion too, and the count
 _POOL_BUMP = (
@@ -65,6 +82,27 @@ _RENDER_RECORDS = (
     "SELECT count(*), json_group_object(ip, json_object('pod', pod, 'podUid', pod_uid)) "
     "FROM (SELECT ip, pod, pod_uid FROM allocations WHERE pool = ? ORDER BY ip_key)"
 )
+
+
+def _version(token: str, revision: int) -> str:
+    """A pool's claim version: a block pool's generation token as stored, else the revision the
+    records are known at (which may be newer than the row read)."""
+    return token if token.startswith("g") else str(revision)
+
+
+def block_records_query(obj: Obj, *, with_ips: bool) -> tuple[str, tuple[object, ...]] | None:
+    """The SQL that counts (and with ``with_ips`` renders) the records inside a stored SpiderIPBlock,
+    and its parameters; None when the block's spec is malformed (shown as stored)."""
+    spec = obj.get("spec") or {}
+    try:
+        net = ipaddress.ip_network(str(spec.get("cidr")), strict=False)
+    except ValueError:
+        return None
+    pool = spec.get("pool")
+    if not isinstance(pool, str):
+        return None
+    first, last = net.network_address.packed, net.broadcast_address.packed
+    return (_RENDER_BLOCK if with_ips else _COUNT_BLOCK), (pool, first, last, len(first))
 
 
 @dataclass
@@ -167,18 +205,20 @@ class PoolRecords:
 
     def usage(self, pool: str) -> PoolUsage:
         rows = self._db.fetchall(
-            "SELECT revision FROM objects WHERE kind = ? AND namespace = '' AND name = ?", (POOL_KIND, pool)
+            f"SELECT revision, {_POOL_VERSION} FROM objects WHERE kind = ? AND namespace = '' AND name = ?",
+            (POOL_KIND, pool),
         )
         if rows:
             with self._lock:
                 cache = self._cache.get(pool)
                 if cache is not None and cache.revision >= rows[0][0]:
                     # up to date (this instance's commits keep it so): no log to replay
-                    return PoolUsage(pool, str(cache.revision), SortedPrefix(cache.items, len(cache.items)))
+                    version = _version(rows[0][1], cache.revision)
+                    return PoolUsage(pool, version, SortedPrefix(cache.items, len(cache.items)))
         with self._db.read() as conn:
             row = conn.execute(
-                "SELECT o.revision, m.compacted FROM objects AS o, meta AS m "
-                "WHERE o.kind = ? AND o.namespace = '' AND o.name = ?",
+                f"SELECT o.revision, m.compacted, {_POOL_VERSION.replace('body', 'o.body').replace('revision', 'o.revision')} "
+                "FROM objects AS o, meta AS m WHERE o.kind = ? AND o.namespace = '' AND o.name = ?",
                 (POOL_KIND, pool),
             ).fetchone()
             if row is None:
@@ -204,7 +244,8 @@ class PoolRecords:
                     cache = _PoolCache(pool_rev, items)
                     self._cache[pool] = cache
                 # a cache newer than this snapshot (another thread refreshed it) is just as consistent
-                return PoolUsage(pool, str(cache.revision), SortedPrefix(cache.items, len(cache.items)))
+                version = _version(row[2], cache.revision)
+                return PoolUsage(pool, version, SortedPrefix(cache.items, len(cache.items)))
 
     def _replay(self, conn: sqlite3.Connection, pool: str, cache: _PoolCache, upto: int) -> bool:
         """Bring ``cache`` to revision ``upto`` from the pool's events (their ``changes``); False if a
@@ -270,15 +311,17 @@ class PoolRecords:
         (revision before, revision after, record changes in order)."""
         # a pool is read and rewritten in SQL (json_extract / json_set): a claim does not pay for
         # parsing and re-serializing the pool's body in Python
-        loaded: dict[str, tuple[int, bool] | None] = {}  # pool -> (revision before, terminating)
+        # pool -> (revision before, terminating, version, block prefix length or None)
+        loaded: dict[str, tuple[int, bool, str, int | None] | None] = {}
         touched: dict[str, int] = {}  # pool -> new revision
         counts: dict[str, int] = {}
         applied: dict[str, builtins.list[tuple[bool, int]]] = {}  # pool -> record changes, in order
 
-        def stored_pool(pool: str) -> tuple[int, bool] | None:
+        def stored_pool(pool: str) -> tuple[int, bool, str, int | None] | None:
             if pool not in loaded:
                 row = tx.conn.execute(_POOL_STATE, (POOL_KIND, pool)).fetchone()
-                loaded[pool] = None if row is None else (int(row[0]), bool(row[1]))
+                size = int(row[3]) if row is not None and str(row[3] or "").isdigit() else None
+                loaded[pool] = None if row is None else (int(row[0]), bool(row[1]), str(row[2]), size)
             return loaded[pool]
 
         def touch(pool: str) -> int | None:
@@ -295,17 +338,28 @@ class PoolRecords:
             found_pool = stored_pool(claim.pool)
             if found_pool is None:
                 raise NotFound(POOL_KIND, claim.pool)
-            current = found_pool[0]
+            current = found_pool[2]
             if found_pool[1]:
                 raise Conflict(
                     f'{POOL_KIND} "{claim.pool}": metadata.deletionTimestamp: the pool is terminating; '
                     "no new IPs are allocated from it"
                 )
-            if str(current) != claim.pool_version:
+            if current != claim.pool_version:
                 raise Conflict(
-                    f'{POOL_KIND} "{claim.pool}": resourceVersion {claim.pool_version} is stale '
+                    f'{POOL_KIND} "{claim.pool}": {"generation" if current.startswith("g") else "resourceVersion"} '
+                    f"{claim.pool_version} is stale "
                     f"(now {current}); re-read and retry"
                 )
+        for claim, ip, value, key in changes.claims:
+            found_pool = loaded[claim.pool]
+            size = found_pool[3] if found_pool is not None else None
+            if size is not None:  # a block pool: the address needs its block (ipam.store.protocol)
+                family = 4 if len(key) == 4 else 6
+                name = block_name_of(claim.pool, value, family, size)
+                if tx.conn.execute(_BLOCK_EXISTS, (name,)).fetchone() is None:
+                    raise Conflict(
+                        f'SpiderIPBlock "{name}": not claimed; {ip} of pool {claim.pool} needs its block first'
+                    )
         for release, _, value, key in changes.releases:
             row = tx.conn.execute(
                 "SELECT pool FROM allocations WHERE ip_key = ? AND pool = ? AND pod_uid = ?",

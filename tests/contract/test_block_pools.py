@@ -1,7 +1,8 @@
 """Block pools (issue 15) on every backend of conftest.BACKENDS: SpiderIPBlock claims through the generic
 object API, decided by create-if-absent when two nodes race; each node fills its own blocks, claims the
-next empty one, borrows when none is left; releases and a StatefulSet pod moving node keep every
-block's status equal to the pool's records inside it, and the pool's counts stay right."""
+next empty one, borrows when none is left; every record lives in the block holding its address (its
+status shows them on both stores), claims in different blocks never conflict, a block holding records
+cannot be deleted, and the leader keeps the pool's count for `kubectl get sp`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from ipam.admin import apply_object
 from ipam.block_claims import claim_block, list_blocks
 from ipam.blocks import BLOCK_KIND, block_status
+from ipam.controllers.blocks import BlockReturn
 from ipam.controllers.gc import GarbageCollector
 from ipam.controllers.leader import LeaderControllers
 from ipam.errors import Conflict, Invalid
@@ -20,6 +22,7 @@ from ipam.gc_policy import GCSettings
 from ipam.kinds import resolve_kind
 from ipam.model import IPPool, decode_allocated_ips
 from ipam.ranges import ip_to_int
+from ipam.records import Claim
 from ipam.report import release_ip, show_pools
 from ipam.service import IpamService, IpamSettings
 from ipam.store.protocol import Store
@@ -49,6 +52,13 @@ def service(store: Store, node: str) -> IpamService:
 def add(world: World, svc: IpamService, pod: str, pool: str, owner: dict[str, Any] | None = None) -> str:
     world.pod(pod, node=svc.node_name, owner=owner)
     return svc.allocate(world.add(pod, v4=[pool])).ips[0].ip
+
+
+def pool_count(store: Store, pool: str) -> int:
+    """The pool's allocatedIPCount as `kubectl get sp` shows it, after the leader's count pass (a
+    block pool's records are in its blocks; SQLite derives the count, Kubernetes has the leader write it)."""
+    BlockReturn(store, clock=Clock()).counts()
+    return int(store.get("SpiderIPPool", pool)["status"]["allocatedIPCount"])
 
 
 def blocks_by_cidr(store: Store) -> dict[str, str]:
@@ -83,7 +93,7 @@ def test_nodes_fill_own_blocks_then_claim_then_borrow(store: Store) -> None:
     first = store.get(BLOCK_KIND, "bp-10-0-0-0-29")
     assert first["status"]["allocatedIPCount"] == 3  # .1 and .2 of node1, .3 borrowed by node2
     assert first["metadata"]["ownerReferences"][0]["name"] == "bp"
-    assert store.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 6
+    assert pool_count(store, "bp") == 6
     # a plain pool takes the lowest free address and claims nothing
     assert [add(world, n2, "g", "plain"), add(world, n1, "h", "plain")] == ["10.1.0.1", "10.1.0.2"]
     assert len(list_blocks(store)) == 2
@@ -127,7 +137,7 @@ def test_concurrent_nodes_get_disjoint_blocks(store: Store) -> None:
         block = f"{ip.rpartition('.')[0]}.{int(ip.rpartition('.')[2]) // 8 * 8}/29"
         assert owners[block] == pod.partition("-")[0], (pod, ip)  # 5 pods fit one block: none borrowed
     assert_statuses_match_records(store, "bp")
-    assert store.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 15
+    assert pool_count(store, "bp") == 15
 
 
 def test_release_removes_the_record_from_its_block(store: Store) -> None:
@@ -144,7 +154,7 @@ def test_release_removes_the_record_from_its_block(store: Store) -> None:
     assert block["status"]["allocatedIPCount"] == 1
     assert list(decode_allocated_ips(block["status"]["allocatedIPs"])) == ["10.0.0.1"]
     assert_statuses_match_records(store, "bp")
-    assert store.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 1
+    assert pool_count(store, "bp") == 1
 
 
 def test_statefulset_pod_moving_node_keeps_its_address_borrowed_there(store: Store) -> None:
@@ -249,17 +259,64 @@ def test_the_leader_returns_a_block_empty_for_its_grace_period(store: Store) -> 
     assert blocks_by_cidr(store) == {"10.0.0.0/29": "node2"}
 
 
-def test_the_leader_repairs_a_block_status_left_behind(store: Store) -> None:
+def test_block_status_belongs_to_the_store(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.30")
+    n1 = service(store, "node1")
+    add(world, n1, "a", "bp")
+    block = store.get(BLOCK_KIND, "bp-10-0-0-0-29")
+    block["status"] = {"allocatedIPCount": 0}  # a stale or careless writer cannot drop the records
+    store.update_status(block)
+    assert store.get(BLOCK_KIND, "bp-10-0-0-0-29")["status"]["allocatedIPCount"] == 1
+    assert [r.ip for r in store.records("bp")] == ["10.0.0.1"]
+    assert_statuses_match_records(store, "bp")
+
+
+def test_a_block_holding_records_is_not_deleted(store: Store) -> None:
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.30")
+    n1 = service(store, "node1")
+    add(world, n1, "a", "bp")
+    block = store.get(BLOCK_KIND, "bp-10-0-0-0-29")
+    with pytest.raises(Conflict, match=r'SpiderIPBlock "bp-10-0-0-0-29": holds 1 allocation'):
+        store.delete(BLOCK_KIND, "bp-10-0-0-0-29", resource_version=block["metadata"]["resourceVersion"])
+    with pytest.raises(Conflict, match="holds 1 allocation"):
+        store.delete(BLOCK_KIND, "bp-10-0-0-0-29")
+    assert [r.ip for r in store.records("bp")] == ["10.0.0.1"]
+
+
+def test_a_claim_needs_its_block_and_claims_in_other_blocks_do_not_conflict(store: Store) -> None:
+    world = World(store)
+    pool = block_pool(world, "bp", "10.0.0.30")
+    claim_block(store, pool, ip_to_int("10.0.0.0", 4), 29, "node1")
+    claim_block(store, pool, ip_to_int("10.0.0.8", 4), 29, "node2")
+    version = store.usage("bp").resource_version
+    assert version.startswith("g")  # a block pool's claims hang on its generation, not every record
+    with pytest.raises(Conflict, match='SpiderIPBlock "bp-10-0-0-16-29": not claimed'):
+        store.commit(claims=[Claim("bp", version, "10.0.0.17", "default/x", "ux")])
+    # node2 commits in its block; node1's claim read before that still goes in (a plain pool: Conflict)
+    store.commit(claims=[Claim("bp", version, "10.0.0.8", "default/b", "ub")])
+    store.commit(claims=[Claim("bp", version, "10.0.0.1", "default/a", "ua")])
+    with pytest.raises(Conflict, match="already allocated"):
+        store.commit(claims=[Claim("bp", version, "10.0.0.1", "default/c", "uc")])
+    assert [r.ip for r in store.records("bp")] == ["10.0.0.1", "10.0.0.8"]
+    assert list(store.usage("bp").allocated) == [ip_to_int("10.0.0.1", 4), ip_to_int("10.0.0.8", 4)]
+    # a spec change moves the generation: a claim read before it is refused
+    block_pool(world, "bp", "10.0.0.29")
+    with pytest.raises(Conflict):
+        store.commit(claims=[Claim("bp", version, "10.0.0.2", "default/d", "ud")])
+    assert pool_count(store, "bp") == 2
+
+
+def test_the_leader_keeps_a_block_pools_count(store: Store) -> None:
     world = World(store)
     block_pool(world, "bp", "10.0.0.30")
     n1, n2 = service(store, "node1"), service(store, "node2")
     add(world, n1, "a", "bp")
     add(world, n2, "b", "bp")
-    # a node stopped between its commit and the block's write: the status misses an address
-    block = store.get(BLOCK_KIND, "bp-10-0-0-0-29")
-    block["status"] = {"allocatedIPCount": 0}
-    store.update_status(block)
+    stored = store.get("SpiderIPPool", "bp", allocated_ips=False)
+    assert "allocatedIPs" not in stored.get("status", {})  # records are on the blocks, not the pool
     leader = LeaderControllers(store, gc_settings=GCSettings(), clock=Clock())
-    assert leader.blocks.repair().updated == ["SpiderIPBlock bp-10-0-0-0-29"]
-    assert_statuses_match_records(store, "bp")
-    assert leader.blocks.repair().updated == []
+    leader.blocks.counts()
+    assert store.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 2
+    assert leader.blocks.counts().updated == []  # nothing differs now

@@ -5,14 +5,12 @@ is ignored with a warning instead of stopping every allocation."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 
 from ipam.admin import apply_object
 from ipam.block_claims import list_blocks
-from ipam.errors import Invalid, StoreUnavailable
-from ipam.records import Obj
+from ipam.errors import Invalid
 from ipam.service import IpamService
 from ipam.store.sqlite import SqliteStore
 from tests.service.world import SPIDER_API, World
@@ -85,42 +83,3 @@ def test_block_pools_keep_excluded_and_reserved_addresses_and_work_for_ipv6(
         ("fd00::/122", "node1"),
         ("fd00::40/122", "node2"),
     }
-
-
-class _BlockStatusDown(SqliteStore):
-    """The embedded store, refusing every write of a SpiderIPBlock's status (an API server outage
-    between the allocation's commit and the block's write)."""
-
-    def update_status(self, obj: Obj) -> Obj:
-        if obj.get("kind") == "SpiderIPBlock":
-            raise StoreUnavailable("the API server is unavailable")
-        return super().update_status(obj)
-
-
-def test_an_unwritable_block_status_does_not_fail_the_add_or_del(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    store = _BlockStatusDown(tmp_path / "down.db")
-    try:
-        world = World(store)
-        apply_object(
-            store,
-            {
-                "apiVersion": SPIDER_API,
-                "kind": "SpiderIPPool",
-                "metadata": {"name": "bp", "annotations": {"spiderbgp.io/block-size": "29"}},
-                "spec": {"subnet": "10.0.0.0/24", "ips": ["10.0.0.1-10.0.0.30"]},
-            },
-        )
-        svc = IpamService(store, node_name="node1")
-        world.pod("a")
-        req = world.add("a", v4=["bp"])
-        with caplog.at_level(logging.WARNING, logger="spiderbgp.ipam.blocks"):
-            assert svc.allocate(req).ips[0].ip == "10.0.0.1"
-            world.delete_pod("a")
-            assert [r.ip for r in svc.release(world.delete_request(req)).records] == ["10.0.0.1"]
-        # the ADD's write failed; the DEL's has nothing to change (the status never held the address)
-        assert caplog.text.count("SpiderIPBlock bp-10-0-0-0-29: status not written") == 1
-        assert world.held("bp") == {}
-    finally:
-        store.close()

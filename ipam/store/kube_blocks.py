@@ -1,0 +1,117 @@
+"""The records of block pools on the Kubernetes store (issue 15): parsed and cached, no I/O.
+
+A pool annotated ``spiderbgp.io/block-size`` keeps no records of its own on Kubernetes: each record
+lives in ``status.allocatedIPs`` of the SpiderIPBlock whose CIDR holds the address, in Spiderpool's
+format, written by a status PUT carrying the block's resourceVersion.  Nodes allocate in their own
+blocks, so their writes go to different objects and never conflict; and no object holds more records
+than its block has addresses (at most 4,096), so block pools have no per-pool record cap.
+
+:class:`BlockBook` keeps what the store parsed: a pool's layout (IP family and block prefix length) per
+pool resourceVersion, and a block's records per block resourceVersion, so ``usage`` costs the blocks that
+changed plus one concatenation (blocks are disjoint aligned CIDRs: their sorted addresses, taken in block
+order, are sorted)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import netaddr
+
+from ipam.blocks import BLOCK_KIND, block_size_of, is_block_pool
+from ipam.errors import Invalid
+from ipam.model import IPPool, PoolIPAllocation, decode_allocated_ips
+from ipam.records import Obj
+
+__all__ = ["BlockBook", "BlockRecords", "block_pool_of", "render_records"]
+
+
+def block_pool_of(obj: Mapping[str, Any]) -> str:
+    """``spec.pool`` of a SpiderIPBlock ('' when missing)."""
+    spec = obj.get("spec")
+    return str(spec.get("pool") or "") if isinstance(spec, Mapping) else ""
+
+
+def render_records(records: Mapping[str, PoolIPAllocation]) -> str | None:
+    """Spiderpool's ``status.allocatedIPs`` string, records in address order; None when there are none."""
+    if not records:
+        return None
+    ordered = sorted(records.items(), key=lambda kv: int(netaddr.IPAddress(kv[0])))
+    return json.dumps({ip: {"pod": r.pod, "podUid": r.pod_uid} for ip, r in ordered}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class BlockRecords:
+    """One block as last read: its records and their sorted integer values."""
+
+    name: str
+    resource_version: str
+    start: int
+    records: Mapping[str, PoolIPAllocation]
+    values: tuple[int, ...]
+
+
+class BlockBook:
+    """Parsed pool layouts and block records, shared by the store's threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._layouts: dict[str, tuple[str, tuple[int, int] | None]] = {}
+        self._blocks: dict[str, BlockRecords] = {}
+
+    def layout(self, obj: Obj) -> tuple[int, int] | None:
+        """(IP family, block prefix length) of a block pool, None for a plain pool; Invalid (naming the
+        pool and the annotation) when the annotation is malformed."""
+        if not is_block_pool(obj):
+            return None
+        meta = obj["metadata"]
+        name, rv = str(meta["name"]), str(meta.get("resourceVersion") or "")
+        with self._lock:
+            cached = self._layouts.get(name)
+        if cached is not None and cached[0] == rv:
+            return cached[1]
+        pool = IPPool.from_obj(obj)
+        size = block_size_of(pool)
+        layout = None if size is None else (pool.ip_version, size)
+        with self._lock:
+            self._layouts[name] = (rv, layout)
+        return layout
+
+    def records(self, obj: Obj) -> BlockRecords:
+        """The records a SpiderIPBlock holds; Invalid naming the block when its status is malformed."""
+        meta = obj["metadata"]
+        name, rv = str(meta["name"]), str(meta.get("resourceVersion") or "")
+        with self._lock:
+            cached = self._blocks.get(name)
+        if cached is not None and cached.resource_version == rv:
+            return cached
+        status = obj.get("status") or {}
+        try:
+            records = decode_allocated_ips(status.get("allocatedIPs"))
+        except ValueError as err:
+            raise Invalid(BLOCK_KIND, name, "status.allocatedIPs", str(err)) from None
+        cidr = str((obj.get("spec") or {}).get("cidr") or "")
+        try:
+            start = int(netaddr.IPNetwork(cidr).first)
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            raise Invalid(BLOCK_KIND, name, "spec.cidr", f"{cidr!r} is not a CIDR") from None
+        values = tuple(sorted(int(netaddr.IPAddress(ip)) for ip in records))
+        book = BlockRecords(name, rv, start, records, values)
+        with self._lock:
+            self._blocks[name] = book
+        return book
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._blocks.pop(name, None)
+
+    def allocated(self, blocks: Iterable[BlockRecords]) -> tuple[int, ...]:
+        """The ascending addresses of these blocks (disjoint CIDRs: concatenated in block order)."""
+        out: builtins.list[int] = []
+        for book in sorted(blocks, key=lambda b: b.start):
+            out.extend(book.values)
+        return tuple(out)
