@@ -15,6 +15,7 @@ from ipam.errors import StoreError
 from ipam.kinds import kind_info
 from ipam.model import FINALIZER, IPPool
 from ipam.ranges import ip_to_int
+from ipam.records import Claim, IPRecord
 from ipam.store.kube import KubeStore
 from ipam.store.kube_api import resource_path
 from spiderbgp.node_condition import with_network_condition
@@ -164,8 +165,8 @@ def test_the_agent_writes_its_nodes_network_condition(
 def test_the_agent_claims_writes_and_returns_allocation_blocks(
     kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
 ) -> None:
-    """SpiderIPBlock (issue 15): a node creates the block it claims and writes its status, the
-    leader deletes an empty one, all as the DaemonSet's ServiceAccount."""
+    """SpiderIPBlock (issue 15): a node creates the block it claims and writes its records into the
+    block's status, the leader deletes an empty one, all as the DaemonSet's ServiceAccount."""
     admin = store_factory(token=kube_emulator.admin_token)
     agent = store_factory(token=kube_emulator.agent_token)
     pool = admin.create(
@@ -178,8 +179,9 @@ def test_the_agent_claims_writes_and_returns_allocation_blocks(
     )
     block = agent.create(block_object(IPPool.from_obj(pool), ip_to_int("10.0.0.8", 4), 29, "node1"))
     assert [b.cidr for b in list_blocks(agent)] == ["10.0.0.8/29"]
-    block["status"] = {"allocatedIPCount": 1, "allocatedIPs": '{"10.0.0.9":{"pod":"default/a","podUid":"u"}}'}
-    agent.update_status(block)
+    version = agent.usage("bp").resource_version
+    agent.commit(claims=[Claim("bp", version, "10.0.0.9", "default/a", "u")])  # a status PUT of the block
     assert agent.get("SpiderIPBlock", block["metadata"]["name"])["status"]["allocatedIPCount"] == 1
+    agent.commit(releases=[IPRecord("bp", "10.0.0.9", "default/a", "u")])
     agent.delete("SpiderIPBlock", block["metadata"]["name"])
     assert list_blocks(agent) == []
