@@ -45,6 +45,28 @@ conditional on the pool's resourceVersion, and the pool's resourceVersion change
 release: that is what makes an admission check ("no excluded IP is in use") and an allocation unable to
 interleave wrongly.  ``status.allocatedIPs`` / ``status.allocatedIPCount`` of a SpiderIPPool returned
 by ``get``/``list`` always reflect the records.
+
+**Block pools** (a SpiderIPPool annotated ``spiderbgp.io/block-size``, issue 15; ``ipam.blocks``) follow
+the same interface with these rules, in both backends:
+
+1. Every record lies in the SpiderIPBlock whose CIDR holds its address.  A claim of an address whose
+   block does not exist fails with Conflict (``SpiderIPBlock "<name>": not claimed; ...``): the caller
+   claims the block first (``ipam.block_claims.claim_block``, create-if-absent).
+2. A SpiderIPBlock read with ``get``/``list`` carries ``status.allocatedIPCount`` and Spiderpool's
+   ``status.allocatedIPs`` string of the records inside it (Kubernetes: that is where they are stored;
+   SQLite: rendered from the allocations table).  ``update``/``update_status`` keep both fields: the
+   store owns them.  ``allocated_ips=False`` may leave ``allocatedIPs`` out.
+3. A claim is conditional on the pool's *generation* (spec changes and the start of deletion move it),
+   not on every record write: ``usage(pool).resource_version`` of a block pool is ``g<generation>`` and
+   ``Claim.pool_version`` must equal it; a claim also fails when its address is recorded or the pool is
+   terminating.  On Kubernetes, records are written with the block's resourceVersion as precondition
+   (retried inside while the address is still free), so nodes writing their own blocks never conflict.
+4. Deleting a SpiderIPBlock that holds a record fails with Conflict: a block is returned only when
+   empty, and a record written after the caller read it moves its resourceVersion.
+5. The pool object holds no records (no ``status.allocatedIPs``; the one departure from Spiderpool's
+   format) and, on Kubernetes, no cap of ``max_pool_records``: each block is bounded by its size.  Its
+   ``status.allocatedIPCount``: SQLite derives it; on Kubernetes the leader writes it from the blocks
+   (``ipam.controllers.blocks.BlockReturn.counts``), which is what ``kubectl get sp`` prints.
 """
 
 from __future__ import annotations
@@ -154,7 +176,8 @@ class AllocationStore(Protocol):
         endpoint: Obj | None = None,
         delete_endpoint: tuple[str, str] | None = None,
     ) -> None:
-        """Apply releases, then claims (so one commit can hand an IP from an old pod UID to a new one),
+        """Apply releases, then claims (so one commit can hand an IP from an old pod UID to a new one;
+        block pools: see "Block pools" in the module docstring),
         then create-or-replace ``endpoint`` (a SpiderEndpoint object; its
         resourceVersion, when set, is a precondition) or delete ``delete_endpoint`` ((namespace, name)).
 
