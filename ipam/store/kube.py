@@ -27,6 +27,12 @@ A claim that would take a pool past it fails with ``PoolFull`` (an ``AllocationE
 and the limit) and writes nothing; the allocator then moves on to the next candidate pool, and a pod
 that needs more IPs than one pool can hold needs more pools (or a SpiderSubnet with auto-pools).
 
+**Block pools** (``spiderbgp.io/block-size``, ``ipam.store.kube_blocks``) keep no records in the pool:
+each record is in ``status.allocatedIPs`` of the SpiderIPBlock holding its address, written with the
+block's resourceVersion, so the cap above does not apply to them (a block holds at most its size) and
+nodes allocating in their own blocks write different objects.  The pool's ``allocatedIPCount`` is the
+leader's to write (``ipam.store.protocol``, "Block pools").
+
 Reads: ``get``/``list`` of the kinds given as ``cached_kinds`` are served from informers (list+watch in
 background threads, ``ipam.store.kube_informer``) once they are synced; everything on the write path (``usage``,
 ``records``, ``commit``, preconditions) reads the server.
