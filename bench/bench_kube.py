@@ -308,12 +308,18 @@ def kubectl() -> str | None:
     return shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 
 
-def kubeconfig(url: str, token: str, directory: str) -> str:
+def spiderbgp() -> str:
+    """The spiderbgp command of this interpreter's venv."""
+    return shutil.which("spiderbgp", path=str(Path(sys.executable).parent)) or "spiderbgp"
+
+
+def kubeconfig(url: str, ca_file: str, token: str, directory: str) -> str:
+    """A kubeconfig for the emulator's HTTPS address (kubectl sends a bearer token only over TLS)."""
     path = os.path.join(directory, "kubeconfig")
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "clusters": [{"name": "emulator", "cluster": {"server": url, "certificate-authority": ca_file}}],
         "users": [{"name": "admin", "user": {"token": token}}],
         "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "admin"}}],
         "current-context": "emulator",
@@ -323,16 +329,21 @@ def kubeconfig(url: str, token: str, directory: str) -> str:
 
 
 def count_column(table: str, name: str) -> str:
-    """The cell of the ALLOCATED-IP-COUNT (kubectl) or ALLOCATED (spiderbgp) column in ``name``'s row."""
-    lines = [line.split() for line in table.strip().splitlines()]
+    """The cell of the first ALLOCATED... column (kubectl's ALLOCATED-IP-COUNT) in ``name``'s row of a
+    table printed in aligned columns (cells found by the header's offsets: empty cells are blank)."""
+    lines = table.rstrip().splitlines()
     if not lines:
         return f"(no output: {table!r})"
     header = lines[0]
-    col = next((i for i, h in enumerate(header) if h.startswith("ALLOCATED")), None)
+    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
+    col = next((k for k, i in enumerate(starts) if header[i:].startswith("ALLOCATED")), None)
     if col is None:
-        return f"(no count column in {' '.join(header)})"
-    row = next((r for r in lines[1:] if r and r[0] == name), None)
-    return row[col] if row is not None and len(row) > col else f"(no row {name})"
+        return f"(no count column in {header.strip()})"
+    row = next((line for line in lines[1:] if line.split()[:1] == [name]), None)
+    if row is None:
+        return f"(no row {name})"
+    end = starts[col + 1] if col + 1 < len(starts) else len(row)
+    return row[starts[col] : end].strip() or "(blank)"
 
 
 def fill(count: int, agents: int) -> int:
@@ -340,7 +351,7 @@ def fill(count: int, agents: int) -> int:
     print(f"fill: a /16 block pool (block size 26) to {count} allocations, {agents} agents, no latency")
     each = [count // agents + (1 if i < count % agents else 0) for i in range(agents)]
     failed = 0
-    with EmulatorProcess(history=1_000_000) as served, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, EmulatorProcess(history=1_000_000, tls_dir=tmp) as served:
         admin = KubeStore.connect(served.configuration(served.admin_token))
         leader = KubeStore.connect(served.configuration(served.agent_token))
         try:
@@ -361,7 +372,7 @@ def fill(count: int, agents: int) -> int:
                 failed = 1
             passed = leader_pass(leader)
             print(f"leader's full pass: {passed}")
-            config = kubeconfig(served.url, served.admin_token, tmp)
+            config = kubeconfig(served.tls_url, served.ca_file, served.admin_token, tmp)
             shown: dict[str, str] = {}
             tool = kubectl()
             if tool is None:
@@ -378,17 +389,7 @@ def fill(count: int, agents: int) -> int:
                     f"(exit {out.returncode}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ''})"
                 )  # fmt: skip
             out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "spiderbgp",
-                    "--store",
-                    "kubernetes",
-                    "--kubeconfig",
-                    config,
-                    "get",
-                    "sp",
-                ],
+                [spiderbgp(), "--store", "kubernetes", "--kubeconfig", config, "get", "sp"],
                 capture_output=True,
                 text=True,
                 timeout=120,

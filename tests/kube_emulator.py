@@ -57,8 +57,12 @@ It implements, with the API server's semantics, what the backend relies on:
 * PATCH (``tests/kube/emulator/patch.py``): merge patch, JSON patch, and strategic merge patch for
   built-in kinds (415 for custom resources, as the API server answers);
 
+* discovery (``/api``, ``/apis``, ...) for authenticated users, and custom resources as a ``Table``
+  of their CRD's printer columns when a client asks for one (``tests/kube/emulator/discovery.py``),
+  so ``kubectl get sp`` works against the emulator;
+
 Not emulated (not used by the backend): server-side apply, admission webhooks,
-discovery, defaulting of built-in kinds (a new Pod gets no ``status.phase``), and a Pod's default grace period (a DELETE without
+aggregated discovery, defaulting of built-in kinds (a new Pod gets no ``status.phase``), and a Pod's default grace period (a DELETE without
 ``gracePeriodSeconds`` is not graceful here; the API server would take
 ``spec.terminationGracePeriodSeconds``).
 
@@ -77,6 +81,7 @@ import cProfile
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -97,6 +102,7 @@ from kubernetes import client as k8s
 
 from ipam.kinds import KINDS, KindInfo
 from ipam.selectors import LabelSelector
+from tests.kube.emulator.discovery import discovery_document, printer_columns, to_table, wants_table
 from tests.kube.emulator.faults import Faults
 from tests.kube.emulator.gc import (
     FOREGROUND,
@@ -249,6 +255,11 @@ class KubeEmulator:
             for crd in base_objects()
             if crd["kind"] == "CustomResourceDefinition"
         }
+        self._columns = {
+            crd["spec"]["names"]["kind"]: printer_columns(crd)
+            for crd in base_objects()
+            if crd["kind"] == "CustomResourceDefinition"
+        }
         self._tokens: dict[str, User] = {}
         self.admin_token = self.token_for(
             User("kubernetes-admin", ("system:masters", "system:authenticated"))
@@ -319,6 +330,26 @@ class KubeEmulator:
             fn()
 
         asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=10)
+
+    def serve_tls(self, cert_file: str, key_file: str) -> str:
+        """Also serve HTTPS on another free port of 127.0.0.1 with this certificate; its base URL.  For
+        clients that send a bearer token only over TLS, as kubectl does."""
+        loop = self._loop
+        assert loop is not None and self._runner is not None, "the emulator is not started"
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file)
+        runner = self._runner
+
+        async def add_site() -> int:
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+            await site.start()
+            server = site._server
+            assert isinstance(server, asyncio.base_events.Server)
+            bound: int = server.sockets[0].getsockname()[1]
+            return bound
+
+        port = asyncio.run_coroutine_threadsafe(add_site(), loop).result(timeout=10)
+        return f"https://127.0.0.1:{port}"
 
     async def _serve(self, port: int) -> int:
         self._changed = asyncio.Event()
@@ -697,6 +728,15 @@ class KubeEmulator:
         try:
             if request.path == "/version":
                 return web.json_response({"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulator"})
+            if request.method == "GET" and (doc := discovery_document(request.path, KINDS)) is not None:
+                # the system:discovery ClusterRole: every authenticated user may read these
+                if "system:authenticated" not in self._user(request).groups:
+                    raise ApiError(
+                        403,
+                        "Forbidden",
+                        f'forbidden: User "system:anonymous" cannot get path "{request.path}"',
+                    )
+                return web.json_response(doc)
             status = faults.take_error(request.method)
             if status:
                 raise ApiError(status, "InternalError", f"injected error {status}")
@@ -712,10 +752,10 @@ class KubeEmulator:
                 raise conflict(target.info, target.name or "(collection)", MODIFIED)
             if request.method == "GET":
                 if target.name:
-                    return web.json_response(self._get(target))
+                    return web.json_response(self._as_asked(request, target, self._get(target)))
                 if request.query.get("watch") in ("1", "true"):
                     return await self._watch(request, target)
-                return web.json_response(self._list(target, request.query))
+                return web.json_response(self._as_asked(request, target, self._list(target, request.query)))
             if request.method == "POST" and not target.name:
                 created = self._create(target, body)
                 self._collect_garbage()
@@ -762,6 +802,15 @@ class KubeEmulator:
             raise ApiError(404, "NotFound", f"no {request.method} {request.path}")
         except ApiError as err:
             return web.json_response(err.status(), status=err.code)
+
+    def _as_asked(self, request: web.Request, t: _Target, answer: Obj) -> Obj:
+        """``answer`` (an object or a list) as a Table when the client asks for one (``kubectl get``) and
+        the kind is a custom resource, whose CRD says the columns; else as it is."""
+        columns = self._columns.get(t.info.kind)
+        if columns is None or t.subresource or not wants_table(request.headers.get("Accept", "")):
+            return answer
+        items = answer.get("items", [answer])
+        return to_table(items, columns, answer["metadata"].get("resourceVersion", ""))
 
     def _get(self, t: _Target) -> Obj:
         with self._lock:
@@ -1310,8 +1359,14 @@ class EmulatorProcess:
     when this process dies) and waits for it, terminating and then killing that one PID if it lingers.
     Latency and the request count go through the admin endpoint (``/_emulator/``)."""
 
-    def __init__(self, *, history: int = 100_000, latency: float = 0.0, profile: str = "") -> None:
+    def __init__(
+        self, *, history: int = 100_000, latency: float = 0.0, profile: str = "", tls_dir: str = ""
+    ) -> None:
+        """``tls_dir``: also serve HTTPS (``tls_url``, trusting ``ca_file``) with a certificate made there."""
         self.history = history
+        self.tls_dir = tls_dir
+        self.tls_url = ""
+        self.ca_file = ""
         self.latency = latency
         self.profile = profile  # a file for the server's cProfile statistics, written when it stops
         self.proc: subprocess.Popen[str] | None = None
@@ -1325,6 +1380,8 @@ class EmulatorProcess:
         argv += ["--history", str(self.history), "--latency-ms", repr(self.latency * 1000)]
         if self.profile:
             argv += ["--profile", self.profile]
+        if self.tls_dir:
+            argv += ["--tls-dir", self.tls_dir]
         root = Path(__file__).resolve().parent.parent  # ``-m tests.kube_emulator`` from the checkout
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root)
         assert self.proc.stdout is not None
@@ -1337,6 +1394,8 @@ class EmulatorProcess:
         self.admin_token = info["admin_token"]
         self.agent_token = info["agent_token"]
         self.harness_token = info["harness_token"]
+        self.tls_url = info.get("tls_url", "")
+        self.ca_file = info.get("ca_file", "")
         return self
 
     def configuration(self, token: str) -> k8s.Configuration:
@@ -1387,6 +1446,18 @@ class EmulatorProcess:
         self.stop()
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, made with the openssl command."""
+    cert, key = directory / "emulator.crt", directory / "emulator.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def serve(argv: list[str]) -> int:
     """``python -m tests.kube_emulator serve [--port N] [--history N] [--latency-ms MS] [--profile FILE]``:
     serve the emulator on 127.0.0.1 until stdin ends or SIGTERM/SIGINT comes, after printing one JSON
@@ -1397,6 +1468,9 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--history", type=int, default=100_000, help="watch history size (events)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
     parser.add_argument("--profile", default="", help="write the server thread's cProfile stats here")
+    parser.add_argument(
+        "--tls-dir", default="", help="also serve HTTPS with a self-signed certificate made in this directory"
+    )
     args = parser.parse_args(argv)
     if args.latency_ms < 0:
         parser.error(f"--latency-ms {args.latency_ms:g} is negative")
@@ -1417,6 +1491,10 @@ def serve(argv: list[str]) -> int:
 
     threading.Thread(target=until_stdin_ends, name="stdin", daemon=True).start()
     port = int(emulator.url.rsplit(":", 1)[1])
+    tls: dict[str, str] = {}
+    if args.tls_dir:
+        cert, key = self_signed_certificate(Path(args.tls_dir))
+        tls = {"tls_url": emulator.serve_tls(str(cert), str(key)), "ca_file": str(cert)}
     print(
         json.dumps(
             {
@@ -1427,6 +1505,7 @@ def serve(argv: list[str]) -> int:
                 "admin_token": emulator.admin_token,
                 "agent_token": emulator.agent_token,
                 "harness_token": emulator.harness_token,
+                **tls,
             }
         ),
         flush=True,

@@ -6,13 +6,17 @@ the cluster admin only), and stops with its process gone."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from bench.bench_kube import count_column, kubeconfig
 from ipam.errors import StoreError
 from ipam.store.kube import KubeStore
+from tests.kube.test_kube_manifests import kubectl
 from tests.kube_emulator import ADMIN_PATH, EmulatorProcess, http_call
 
 POOL = {
@@ -94,6 +98,39 @@ def test_the_admin_endpoint_is_the_cluster_admins_only(served: EmulatorProcess) 
     )
     assert code == 400
     assert "latency -1.0 is negative" in body["message"]
+
+
+def test_discovery_is_for_authenticated_users(served: EmulatorProcess) -> None:
+    code, body = http_call(
+        served.url, "GET", "/apis/spiderpool.spidernet.io/v2beta1", token=served.agent_token
+    )
+    assert code == 200
+    pools = next(r for r in body["resources"] if r["name"] == "spiderippools")
+    assert (pools["kind"], pools["namespaced"], pools["shortNames"]) == ("SpiderIPPool", False, ["sp"])
+    code, body = http_call(served.url, "GET", "/apis")
+    assert (code, body["message"]) == (403, 'forbidden: User "system:anonymous" cannot get path "/apis"')
+
+
+def test_kubectl_get_sp_prints_the_crds_columns_over_tls(tmp_path: Path) -> None:
+    with EmulatorProcess(history=1000, tls_dir=str(tmp_path)) as served:
+        admin = KubeStore.connect(served.configuration(served.admin_token))
+        try:
+            admin.create(POOL)
+        finally:
+            admin.close()
+        config = kubeconfig(served.tls_url, served.ca_file, served.admin_token, str(tmp_path))
+        out = subprocess.run(
+            [kubectl(), "--kubeconfig", config, "get", "sp"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()
+    assert header.split() == ["NAME", "VERSION", "SUBNET", "ALLOCATED-IP-COUNT", "TOTAL-IP-COUNT", "DEFAULT"]
+    assert row.split() == ["p", "4", "10.9.0.0/24", "false"]  # no status written yet: blank counts
+    assert count_column(out.stdout, "p") == "(blank)"
 
 
 def test_stop_ends_its_process() -> None:
