@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ipam.blocks import BLOCK_SIZE_ANNOTATION, block_object
+from ipam.errors import Conflict
 from ipam.model import IPPool
 from ipam.ranges import ip_to_int
 from ipam.store.sqlite import SqliteStore
@@ -99,9 +100,16 @@ def test_blocks_and_borrowed_addresses_reach_the_router(env: Env, plugin: Plugin
         assert "10.244.100.10" not in {r.ip for r in env.store.records(POOL)}
         wait_router(env, {"10.244.100.12/30": NODE_V4})
 
-        env.store.delete("SpiderIPBlock", f"{POOL}-10-244-100-12-30")  # the block goes: its pods borrow
-        want = {f"10.244.100.{n}/32": NODE_V4 for n in (12, 13, 14, 15)}
-        wait_router(env, want)
+        # a block holding allocations is never returned (the store refuses: its records live in it)
+        with pytest.raises(Conflict, match="holds 4 allocation"):
+            env.store.delete("SpiderIPBlock", f"{POOL}-10-244-100-12-30")
+        for i in range(4):
+            env.store.delete("Pod", f"b{i}", "default", grace_period_seconds=0)
+            assert plugin.delete(agent.socket, f"b{i}", uids[i]).rc == 0
+        # empty, the block stays the node's (announced, blackholed) until it is returned
+        wait_router(env, {"10.244.100.12/30": NODE_V4})
+        env.store.delete("SpiderIPBlock", f"{POOL}-10-244-100-12-30")
+        wait_router(env, {})
         wait_until(lambda: blackholes(env) == [], timeout=10, interval=0.05, what="blackhole removed")
     finally:
         agent.stop()
