@@ -29,7 +29,8 @@ latency, runs the leader's full pass (``ipam.controllers.leader.LeaderController
 pool's count) and prints the count column of ``kubectl get sp`` (through a kubeconfig pointing at the
 emulator) and of ``spiderbgp get sp``; it fails unless both show N.
 
-Run: ``.venv/bin/python -m bench.bench_kube [--pods N] [--latency-ms MS] [--agents K] [--fill N]``
+Run: ``.venv/bin/python -m bench.bench_kube [--pods N] [--latency-ms MS] [--agents K] [--fill N]
+[--profile-emulator FILE]``
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class AgentResult:
     store_conflicts: int  # 409s the store's writes met (retried inside or passed to the service)
     store_retries: int  # re-reads after a 409 inside the store
     repeated_adds: int  # ADDs that gave up (retryable AllocationError) and were repeated
+    cpu: float = 0.0  # CPU seconds this agent process used while it allocated
     error: str = ""  # why the agent stopped early (a non-retryable AllocationError: a pool's cap)
 
 
@@ -108,7 +110,7 @@ def agent_main(job: AgentJob, start: multiprocessing.synchronize.Barrier, result
         )
     except Exception:
         start.abort()
-        results.put(AgentResult(job.node, (), 0.0, 0.0, 0, 0, 0, 0, traceback.format_exc()))
+        results.put(AgentResult(job.node, (), 0.0, 0.0, 0, 0, 0, 0, error=traceback.format_exc()))
         if store is not None:
             store.close()
         return
@@ -122,6 +124,7 @@ def agent_main(job: AgentJob, start: multiprocessing.synchronize.Barrier, result
         store.close()
         return  # another agent could not start
     began = time.monotonic()
+    cpu = time.process_time()
     try:
         for name, uid in job.pods:
             while True:
@@ -136,9 +139,19 @@ def agent_main(job: AgentJob, start: multiprocessing.synchronize.Barrier, result
     except AllocationError as err:
         error = f"{job.node}: after {len(ips)} allocations: {err}"
     ended = time.monotonic()
+    cpu = time.process_time() - cpu
     results.put(
         AgentResult(
-            job.node, tuple(ips), began, ended, conflicts[0], store.conflicts, store.retries, repeated, error
+            job.node,
+            tuple(ips),
+            began,
+            ended,
+            conflicts[0],
+            store.conflicts,
+            store.retries,
+            repeated,
+            cpu,
+            error,
         )
     )
     store.close()
@@ -156,12 +169,14 @@ class Result:
     repeated_adds: int
     requests: int
     errors: tuple[str, ...]
+    emulator_cpu: float  # CPU seconds of the emulator process during the race
+    agents_cpu: float  # CPU seconds of the agent processes during the race, together
 
     @property
     def rate(self) -> float:
         return self.allocations / self.seconds
 
-    def per_alloc(self, n: int) -> float:
+    def per_alloc(self, n: float) -> float:
         return n / max(self.allocations, 1)
 
     def line(self) -> str:
@@ -171,7 +186,9 @@ class Result:
             f"{self.rate:7.1f} alloc/s  conflicts/alloc {self.per_alloc(self.service_conflicts):5.3f}  "
             f"409s/alloc {self.per_alloc(self.conflicts):5.3f}  "
             f"store retries/alloc {self.per_alloc(self.store_retries):5.3f}  "
-            f"repeated ADDs {self.repeated_adds}  API requests/alloc {self.per_alloc(self.requests):4.1f}"
+            f"repeated ADDs {self.repeated_adds}  API requests/alloc {self.per_alloc(self.requests):4.1f}  "
+            f"CPU ms/alloc emulator {1000 * self.per_alloc(self.emulator_cpu):4.1f} "
+            f"agents {1000 * self.per_alloc(self.agents_cpu):4.1f}"
         )
 
 
@@ -231,6 +248,7 @@ def race(served: EmulatorProcess, admin: KubeStore, pods: Sequence[int], latency
             start.wait(BARRIER_TIMEOUT)  # every agent connected, its caches filled
             served.set_latency(latency)
             requests_before = served.requests
+            cpu_before = served.cpu_seconds
             start.wait(BARRIER_TIMEOUT)  # go
         except threading.BrokenBarrierError:
             raise SystemExit("FAILED: an agent could not start:\n" + _first_error(results)) from None
@@ -242,6 +260,7 @@ def race(served: EmulatorProcess, admin: KubeStore, pods: Sequence[int], latency
                 if dead:
                     raise SystemExit(f"FAILED: agent process(es) {', '.join(dead)} died") from None
         requests = served.requests - requests_before
+        emulator_cpu = served.cpu_seconds - cpu_before
         served.set_latency(0.0)
     finally:
         for p in procs:
@@ -261,6 +280,8 @@ def race(served: EmulatorProcess, admin: KubeStore, pods: Sequence[int], latency
         repeated_adds=sum(r.repeated_adds for r in got),
         requests=requests,
         errors=tuple(r.error for r in got if r.error),
+        emulator_cpu=emulator_cpu,
+        agents_cpu=sum(r.cpu for r in got),
     )
 
 
@@ -281,8 +302,9 @@ def check(admin: KubeStore, result: Result, ips: Sequence[str], block: bool) -> 
     return problems
 
 
-def run(agents: int, pods_each: int, latency: float, block: bool) -> Result:
-    with EmulatorProcess(history=1_000_000) as served:
+def run(agents: int, pods_each: int, latency: float, block: bool, profile: str = "") -> Result:
+    """One run on a fresh emulator; ``profile``: where its cProfile statistics go ("" none)."""
+    with EmulatorProcess(history=1_000_000, profile=profile) as served:
         admin = KubeStore.connect(served.configuration(served.admin_token))
         try:
             admin.create(pool_object("10.244.0.0/16", "10.244.0.1-10.244.254.254", 26 if block else None))
@@ -424,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=5.0, help="added to every API request")
     parser.add_argument("--agents", type=int, default=3, help="agents racing (default 3)")
     parser.add_argument("--fill", type=int, default=0, help="fill a block pool to N allocations instead")
+    parser.add_argument(
+        "--profile-emulator", default="", metavar="FILE", help="the emulator's cProfile stats to FILE.<run>"
+    )
     args = parser.parse_args(argv)
     if args.fill:
         return fill(args.fill, args.agents)
@@ -436,7 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: dict[tuple[bool, int], Result] = {}
     for block in (False, True):
         for agents in (1, args.agents):
-            runs[block, agents] = run(agents, args.pods, latency, block)
+            where = (
+                f"{args.profile_emulator}.{'block' if block else 'plain'}{agents}"
+                if args.profile_emulator
+                else ""
+            )
+            runs[block, agents] = run(agents, args.pods, latency, block, where)
             print(runs[block, agents].line(), flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
     block_race, plain_race = runs[True, args.agents], runs[False, args.agents]

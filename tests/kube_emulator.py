@@ -102,7 +102,7 @@ from kubernetes import client as k8s
 
 from ipam.kinds import KINDS, KindInfo
 from ipam.selectors import LabelSelector
-from tests.kube.emulator.discovery import discovery_document, printer_columns, to_table, wants_table
+from tests.kube.emulator.discovery import discovery_documents, printer_columns, to_table, wants_table
 from tests.kube.emulator.faults import Faults
 from tests.kube.emulator.gc import (
     FOREGROUND,
@@ -260,6 +260,7 @@ class KubeEmulator:
             for crd in base_objects()
             if crd["kind"] == "CustomResourceDefinition"
         }
+        self._discovery = discovery_documents(KINDS)
         self._tokens: dict[str, User] = {}
         self.admin_token = self.token_for(
             User("kubernetes-admin", ("system:masters", "system:authenticated"))
@@ -728,7 +729,7 @@ class KubeEmulator:
         try:
             if request.path == "/version":
                 return web.json_response({"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulator"})
-            if request.method == "GET" and (doc := discovery_document(request.path, KINDS)) is not None:
+            if request.method == "GET" and (doc := self._discovery.get(request.path.rstrip("/"))) is not None:
                 # the system:discovery ClusterRole: every authenticated user may read these
                 if "system:authenticated" not in self._user(request).groups:
                     raise ApiError(
@@ -1411,6 +1412,13 @@ class EmulatorProcess:
     def requests(self) -> int:
         """Requests the server has handled (the admin endpoint's own not counted)."""
         return int(self._admin("GET", "stats")["requests"])
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far (Linux ``/proc``)."""
+        assert self.proc is not None, "the emulator process is not started"
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def set_latency(self, seconds: float) -> None:
         """Delay every request from now by ``seconds`` (``faults.latency``)."""

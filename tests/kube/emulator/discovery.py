@@ -15,7 +15,7 @@ from typing import Any
 
 from ipam.kinds import KindInfo
 
-__all__ = ["discovery_document", "printer_columns", "to_table", "wants_table"]
+__all__ = ["discovery_document", "discovery_documents", "printer_columns", "to_table", "wants_table"]
 
 Obj = dict[str, Any]
 
@@ -89,6 +89,16 @@ def discovery_document(path: str, kinds: Sequence[KindInfo]) -> Obj | None:
             "resources": _resources(i for i in kinds if i.api_version == group_version),
         }
     return None
+
+
+def discovery_documents(kinds: Sequence[KindInfo]) -> dict[str, Obj]:
+    """Every discovery document by its path (``/api``, ``/apis/{group}/{version}``, ...), built once."""
+    paths = ["/api", "/api/v1", "/apis"]
+    for info in kinds:
+        if info.group:
+            paths += [f"/apis/{info.group}", f"/apis/{info.api_version}"]
+    found = {path: discovery_document(path, kinds) for path in paths}
+    return {path: doc for path, doc in found.items() if doc is not None}
 
 
 def wants_table(accept: str) -> bool:
