@@ -37,7 +37,8 @@ _REPLAY_SCAN_LIMIT = 4096  # revisions of events a replay may scan
 # revision, terminating, and the version a claim is conditional on: the pool's resourceVersion, or for
 # a block pool (spiderbgp.io/block-size) its generation token "g<generation>" (ipam.store.protocol)
 _POOL_VERSION = (
-    "CASE WHEN json_type(body, '$.metadata.annotations.\"spiderbgp.io/block-size\"') IS NULL "
+    "CASE WHEN coalesce(json_extract(body, '$.metadata.annotations.\"spiderbgp.io/block-size\"'), 'none') "
+    "= 'none' "
     "THEN CAST(revision AS TEXT) "
     "ELSE 'g' || coalesce(json_extract(body, '$.metadata.generation'), 1) END"
 )
