@@ -26,7 +26,14 @@ import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ipam.blocks import BLOCK_API, BLOCK_KIND, BLOCK_SIZE_ANNOTATION, block_size_of, parse_block
+from ipam.blocks import (
+    BLOCK_API,
+    BLOCK_KIND,
+    BLOCK_SIZE_ANNOTATION,
+    BLOCK_SIZE_NONE,
+    block_size_of,
+    parse_block,
+)
 from ipam.errors import Invalid
 from ipam.kinds import SPIDER_API
 from ipam.model import (
@@ -581,28 +588,44 @@ def _admit_pool(
 
 
 def _check_block_size(pool: IPPool, old: Obj | None, in_use: Collection[str], blocks: Sequence[Obj]) -> None:
-    """``spiderbgp.io/block-size``: a prefix length between the subnet's and the family's maximum,
-    not changeable (added, changed or removed) while the pool holds allocations or blocks of it
-    remain (the leader returns them once empty: blocks of two sizes would overlap)."""
+    """``spiderbgp.io/block-size``: a prefix length within ``blocks.block_size_problem``'s bounds
+    (Calico's /20-/32 and /116-/128, not shorter than the subnet), or ``"none"`` (a plain pool whatever
+    the agent's default); not changeable (added, changed or removed) while the pool holds allocations
+    or blocks of it remain (the leader returns them once empty: blocks of two sizes would overlap).
+    ``"none"`` and no annotation are the same setting, a plain pool: going from one to the other is
+    not a change, going from either to a size is."""
     block_size_of(pool)
-    before = ((old or {}).get("metadata") or {}).get("annotations") or {}
-    if in_use and before.get(BLOCK_SIZE_ANNOTATION) != pool.annotations.get(BLOCK_SIZE_ANNOTATION):
+    before = _block_setting(((old or {}).get("metadata") or {}).get("annotations") or {})
+    if before == _block_setting(pool.annotations):
+        return
+    field = f"metadata.annotations.{BLOCK_SIZE_ANNOTATION}"
+    if in_use:
         raise Invalid(
             IPPool.KIND,
             pool.name,
-            f"metadata.annotations.{BLOCK_SIZE_ANNOTATION}",
+            field,
             f"not changeable while the pool holds allocations ({len(in_use)} IPs in use)",
         )
-    if before.get(BLOCK_SIZE_ANNOTATION) != pool.annotations.get(BLOCK_SIZE_ANNOTATION):
-        held = [b for b in blocks if (b.get("spec") or {}).get("pool") == pool.name]
-        if held:
-            raise Invalid(
-                IPPool.KIND,
-                pool.name,
-                f"metadata.annotations.{BLOCK_SIZE_ANNOTATION}",
-                f"not changeable while {len(held)} SpiderIPBlocks of the pool remain "
-                "(the leader returns a block once it has been empty for its grace period)",
-            )
+    held = [b for b in blocks if (b.get("spec") or {}).get("pool") == pool.name]
+    if held:
+        raise Invalid(
+            IPPool.KIND,
+            pool.name,
+            field,
+            f"not changeable while {len(held)} SpiderIPBlocks of the pool remain "
+            "(the leader returns a block once it has been empty for its grace period)",
+        )
+
+
+def _block_setting(annotations: Mapping[str, Any]) -> int | str | None:
+    """A pool's block setting, for comparing two versions: None for a plain pool (no annotation or
+    ``"none"``), the prefix length of a decimal value (``"026"`` is ``"26"``), else the text as is."""
+    text = annotations.get(BLOCK_SIZE_ANNOTATION)
+    if text is None or text == BLOCK_SIZE_NONE:
+        return None
+    if isinstance(text, str) and text.isascii() and text.isdigit():
+        return int(text)
+    return str(text)
 
 
 def owner_subnet(pool: IPPool, subnets: Sequence[Obj]) -> Subnet | None:

@@ -10,7 +10,13 @@ free block are decided by the store's create-if-absent.  The allocator (:func:`p
 3. when there is none, any free address (Spiderpool's lowest-free rule): a *borrowed* address.
 
 The pool's own rules (``ips - excludeIPs - reserved``) decide what is free: a block is an aligned CIDR
-intersected with the pool's usable addresses.  A pool without the annotation never reaches this module.
+intersected with the pool's usable addresses.  A pool without the annotation, or annotated ``"none"``
+(a plain pool even where the agent config has a default block size, ``ipam.block_default``), never
+reaches this module.
+
+Block sizes are bounded as Calico bounds its blockSize: /20 to /32 for IPv4, /116 to /128 for IPv6, and
+never shorter than the pool's subnet.  A block is one Kubernetes object holding its records, so one
+block holds at most 4,096 addresses (:data:`BLOCK_SIZE_BOUNDS`, :func:`block_size_problem`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ __all__ = [
     "BLOCK_API",
     "BLOCK_KIND",
     "BLOCK_SIZE_ANNOTATION",
+    "BLOCK_SIZE_BOUNDS",
+    "BLOCK_SIZE_NONE",
     "Block",
     "BlockPick",
     "block_cidr",
@@ -39,6 +47,7 @@ __all__ = [
     "block_object",
     "block_size_changes",
     "block_size_of",
+    "block_size_problem",
     "block_start",
     "block_status",
     "blocks_of_pool",
@@ -51,29 +60,50 @@ __all__ = [
 ]
 
 BLOCK_SIZE_ANNOTATION = "spiderbgp.io/block-size"
+BLOCK_SIZE_NONE = "none"  # the annotation value that keeps a pool plain whatever the agent's default
 BLOCK_KIND = "SpiderIPBlock"
 BLOCK_API = "spiderbgp.io/v1alpha1"
 _POOL_API = "spiderpool.spidernet.io/v2beta1"
 _MAX_BITS = {4: 32, 6: 128}
+# family -> (shortest, longest) block prefix length, Calico's blockSize bounds: each block is one
+# SpiderIPBlock holding the records of its addresses, so a block holds at most 2**12 = 4,096 addresses
+BLOCK_SIZE_BOUNDS: Mapping[int, tuple[int, int]] = {4: (20, 32), 6: (116, 128)}
 _NAME_MAX = 253
+
+
+def block_size_problem(family: int, size: int, subnet_prefix: int | None = None) -> str | None:
+    """Why ``/size`` cannot be the block size of a pool of IP ``family`` whose subnet has prefix length
+    ``subnet_prefix`` (None: any subnet, as for the agent config's default), or None when it can: it
+    must lie in :data:`BLOCK_SIZE_BOUNDS` and not be shorter than the subnet's prefix."""
+    low, high = BLOCK_SIZE_BOUNDS[family]
+    if subnet_prefix is not None and subnet_prefix > low:
+        if not subnet_prefix <= size <= high:
+            return f"/{size} must be between the subnet's /{subnet_prefix} and /{high} for IPv{family}"
+        return None
+    if not low <= size <= high:
+        return (
+            f"/{size} must be between /{low} and /{high} for IPv{family} (a block is one object "
+            f"holding its records: at most {1 << (high - low):,} addresses)"
+        )
+    return None
 
 
 def parse_block_size(pool: str, family: int, subnet_prefix: int, text: str) -> int:
     """The block prefix length an annotation value names; Invalid (one line naming the pool and the
-    annotation) unless it is a decimal integer between the subnet's prefix length and the family's
-    maximum (32 or 128)."""
+    annotation) unless it is a decimal integer within :func:`block_size_problem`'s bounds.  The opt-out
+    ``"none"`` is not a prefix length: :func:`block_size_of` handles it before calling this."""
     field = f"metadata.annotations.{BLOCK_SIZE_ANNOTATION}"
-    max_bits = _MAX_BITS[family]
     if not text.isascii() or not text.isdigit():
-        raise Invalid("SpiderIPPool", pool, field, f'{text[:40]!r} is not a prefix length (e.g. "26")')
-    size = int(text)
-    if not subnet_prefix <= size <= max_bits:
         raise Invalid(
             "SpiderIPPool",
             pool,
             field,
-            f"/{size} must be between the subnet's /{subnet_prefix} and /{max_bits} for IPv{family}",
+            f'{text[:40]!r} is not a prefix length (e.g. "26") or "{BLOCK_SIZE_NONE}"',
         )
+    size = int(text)
+    problem = block_size_problem(family, size, subnet_prefix)
+    if problem is not None:
+        raise Invalid("SpiderIPPool", pool, field, problem)
     return size
 
 
@@ -87,9 +117,10 @@ def block_size_changes(obj: Mapping[str, Any], old: Mapping[str, Any] | None) ->
 
 
 def is_block_pool(obj: Mapping[str, Any]) -> bool:
-    """Whether a stored SpiderIPPool carries the block-size annotation (its records are in blocks)."""
+    """Whether a stored SpiderIPPool carries a block size (not the "none" opt-out): its records are in
+    its blocks."""
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    return BLOCK_SIZE_ANNOTATION in annotations
+    return bool(annotations.get(BLOCK_SIZE_ANNOTATION, BLOCK_SIZE_NONE) != BLOCK_SIZE_NONE)
 
 
 def version_token(obj: Mapping[str, Any]) -> str:
@@ -101,7 +132,7 @@ def version_token(obj: Mapping[str, Any]) -> str:
 def block_size_of(pool: IPPool) -> int | None:
     """The pool's block prefix length, or None for a plain pool (no annotation)."""
     text = pool.annotations.get(BLOCK_SIZE_ANNOTATION)
-    if text is None:
+    if text is None or text == BLOCK_SIZE_NONE:
         return None
     return parse_block_size(pool.name, pool.ip_version, pool.prefix_len, text)
 

@@ -446,7 +446,7 @@ def _block_pool(size: str | None, subnet: str = "10.0.0.0/24") -> Obj:
     obj = sp(
         "bp",
         subnet=subnet,
-        ips=[subnet.replace("0/24", "1-10.0.0.200") if "/24" in subnet else "fd00::1-fd00::ff"],
+        ips=["fd00::1-fd00::ff" if ":" in subnet else "10.0.0.1-10.0.0.200"],
     )
     if size is not None:
         obj["metadata"]["annotations"] = {"spiderbgp.io/block-size": size}
@@ -457,8 +457,26 @@ def _block_pool(size: str | None, subnet: str = "10.0.0.0/24") -> Obj:
     ("subnet", "size", "reason"),
     [
         ("10.0.0.0/24", "20", "/20 must be between the subnet's /24 and /32 for IPv4"),
-        ("10.0.0.0/24", "x26", "'x26' is not a prefix length (e.g. \"26\")"),
-        ("fd00::/64", "129", "/129 must be between the subnet's /64 and /128 for IPv6"),
+        ("10.0.0.0/24", "x26", '\'x26\' is not a prefix length (e.g. "26") or "none"'),
+        ("10.0.0.0/24", "None", '\'None\' is not a prefix length (e.g. "26") or "none"'),
+        (
+            "fd00::/64",
+            "129",
+            "/129 must be between /116 and /128 for IPv6 (a block is one object holding "
+            "its records: at most 4,096 addresses)",
+        ),
+        (
+            "10.0.0.0/16",
+            "19",
+            "/19 must be between /20 and /32 for IPv4 (a block is one object holding "
+            "its records: at most 4,096 addresses)",
+        ),
+        (
+            "fd00::/64",
+            "64",
+            "/64 must be between /116 and /128 for IPv6 (a block is one object holding "
+            "its records: at most 4,096 addresses)",
+        ),
     ],
 )
 def test_block_size_out_of_range_is_refused(subnet: str, size: str, reason: str) -> None:
@@ -466,16 +484,50 @@ def test_block_size_out_of_range_is_refused(subnet: str, size: str, reason: str)
     assert str(err) == f'SpiderIPPool "bp": metadata.annotations.spiderbgp.io/block-size: {reason}'
 
 
+@pytest.mark.parametrize(
+    ("subnet", "size"), [("10.0.0.0/16", "20"), ("10.0.0.0/24", "24"), ("fd00::/64", "116")]
+)
+def test_the_shortest_block_size_is_accepted(subnet: str, size: str) -> None:
+    assert admit(_block_pool(size, subnet), old=None, existing=[])["metadata"]["annotations"] == {
+        "spiderbgp.io/block-size": size
+    }
+
+
 def test_block_size_is_accepted_and_fixed_while_the_pool_holds_allocations() -> None:
     stored = admit(_block_pool("26"), old=None, existing=[])
     assert stored["metadata"]["annotations"]["spiderbgp.io/block-size"] == "26"
     assert admit(_block_pool("122", "fd00::/64"), old=None, existing=[])["spec"]["ipVersion"] == 6
-    for new in ("27", None):
+    for new in ("27", None, "none"):
         err = rejected(_block_pool(new), old=stored, existing=[stored], in_use=["10.0.0.1"])
         assert "not changeable while the pool holds allocations (1 IPs in use)" in str(err)
         admit(_block_pool(new), old=stored, existing=[stored], in_use=[])
     plain = admit(_block_pool(None), old=None, existing=[])
     rejected(_block_pool("26"), old=plain, existing=[plain], in_use=["10.0.0.1"])
+
+
+def test_none_keeps_a_pool_plain_and_is_the_same_setting_as_no_annotation() -> None:
+    """The opt-out from the agent's default: "none" and no annotation are both a plain pool, so one
+    becomes the other while the pool holds allocations; "none" -> a size is a change like any other."""
+    opted_out = admit(_block_pool("none"), old=None, existing=[])
+    assert opted_out["metadata"]["annotations"] == {"spiderbgp.io/block-size": "none"}
+    plain = admit(_block_pool(None), old=None, existing=[])
+    used = ["10.0.0.1"]
+    assert (
+        "annotations"
+        not in admit(_block_pool(None), old=opted_out, existing=[opted_out], in_use=used)["metadata"]
+    )
+    admit(_block_pool("none"), old=plain, existing=[plain], in_use=used)
+    err = rejected(_block_pool("26"), old=opted_out, existing=[opted_out], in_use=used)
+    assert str(err) == (
+        'SpiderIPPool "bp": metadata.annotations.spiderbgp.io/block-size: not changeable while the pool '
+        "holds allocations (1 IPs in use)"
+    )
+    assert admit(_block_pool("26"), old=opted_out, existing=[opted_out], in_use=[])["metadata"][
+        "annotations"
+    ] == {"spiderbgp.io/block-size": "26"}
+    # the same size written another way is no change
+    sized = admit(_block_pool("26"), old=None, existing=[])
+    admit(_block_pool("026"), old=sized, existing=[sized], in_use=used)
 
 
 def sib(name: str = "bp-10-0-0-0-26", **spec: Any) -> Obj:
@@ -518,5 +570,7 @@ def test_block_size_is_fixed_while_blocks_of_the_pool_remain() -> None:
         sib("x", pool="other", cidr="10.1.0.0/26", node="n1"),
     ]
     err = rejected(_block_pool("28"), old=stored, existing=[stored], blocks=remaining)
+    assert "not changeable while 1 SpiderIPBlocks of the pool remain" in str(err)
+    err = rejected(_block_pool("none"), old=stored, existing=[stored], blocks=remaining)
     assert "not changeable while 1 SpiderIPBlocks of the pool remain" in str(err)
     admit(_block_pool("28"), old=stored, existing=[stored], blocks=remaining[1:])

@@ -11,13 +11,17 @@ from ipam.blocks import (
     Block,
     block_name,
     block_object,
+    block_size_of,
+    block_size_problem,
     block_start,
     block_status,
     blocks_of_pool,
     blocks_to_return,
+    is_block_pool,
     parse_block,
     parse_block_size,
     pick,
+    version_token,
 )
 from ipam.errors import Invalid
 from ipam.model import IPPool, decode_allocated_ips
@@ -100,11 +104,12 @@ def test_ipv6_blocks_are_aligned_on_the_address() -> None:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("abc", "'abc' is not a prefix length"),
+        ("abc", '\'abc\' is not a prefix length (e.g. "26") or "none"'),
         ("23", "/23 must be between the subnet's /24 and /32 for IPv4"),
         ("33", "/33 must be between the subnet's /24 and /32 for IPv4"),
         ("-1", "'-1' is not a prefix length"),
         ("²", "'²' is not a prefix length"),
+        ("none", "'none' is not a prefix length"),  # the opt-out is block_size_of's, not a size
     ],
 )
 def test_a_bad_block_size_is_one_line_naming_pool_and_annotation(text: str, reason: str) -> None:
@@ -115,6 +120,40 @@ def test_a_bad_block_size_is_one_line_naming_pool_and_annotation(text: str, reas
     )
     assert "\n" not in str(info.value)
     assert parse_block_size("pool1", 6, 64, "122") == 122
+
+
+@given(family=st.sampled_from((4, 6)), subnet_prefix=st.integers(0, 128), size=st.integers(0, 129))
+def test_block_sizes_are_calicos_and_never_shorter_than_the_subnet(
+    family: int, subnet_prefix: int, size: int
+) -> None:
+    """Accepted exactly when the block lies in the subnet and holds at most 4,096 addresses (Calico's
+    blockSize bounds, /20../32 and /116../128): one SpiderIPBlock holds the records of its addresses."""
+    bits = 32 if family == 4 else 128
+    subnet_prefix = min(subnet_prefix, bits)
+    ok = subnet_prefix <= size <= bits and bits - size <= 12
+    assert (block_size_problem(family, size, subnet_prefix) is None) == ok
+    assert (block_size_problem(family, size) is None) == (bits - 12 <= size <= bits)
+    if ok:
+        assert parse_block_size("p", family, subnet_prefix, str(size)) == size
+    else:
+        with pytest.raises(
+            Invalid, match=r"^SpiderIPPool \"p\": metadata\.annotations\.spiderbgp\.io/block-size: /"
+        ):
+            parse_block_size("p", family, subnet_prefix, str(size))
+
+
+def test_none_is_a_plain_pool() -> None:
+    obj = {
+        "metadata": {"name": "pool1", "annotations": {"spiderbgp.io/block-size": "none"}},
+        "spec": {"subnet": "10.0.0.0/24", "ips": ["10.0.0.1-10.0.0.30"]},
+    }
+    assert block_size_of(IPPool.from_obj(obj)) is None
+    assert is_block_pool(obj) is False
+    assert version_token(obj) == "g1"  # defined for any pool; the stores ask only block pools for it
+    sized = {**obj, "metadata": {"name": "pool1", "annotations": {"spiderbgp.io/block-size": "28"}}}
+    assert (block_size_of(IPPool.from_obj(sized)), is_block_pool(sized)) == (28, True)
+    plain = {**obj, "metadata": {"name": "pool1"}}
+    assert (block_size_of(IPPool.from_obj(plain)), is_block_pool(plain)) == (None, False)
 
 
 def _pool() -> IPPool:
