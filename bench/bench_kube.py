@@ -79,6 +79,7 @@ class AgentJob:
     token: str
     node: str
     pods: tuple[tuple[str, str], ...]
+    progress: int = 0  # print a line every this many allocations (0: never)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ def agent_main(job: AgentJob, start: multiprocessing.synchronize.Barrier, result
                         raise
                     repeated += 1
             ips.append(a.ips[0].ip)
+            if job.progress and len(ips) % job.progress == 0:
+                print(f"  {job.node}: {len(ips)} allocations, {time.monotonic() - began:.1f} s", flush=True)
     except AllocationError as err:
         error = f"{job.node}: after {len(ips)} allocations: {err}"
     ended = time.monotonic()
@@ -226,7 +229,9 @@ def pod(name: str, node: str) -> Obj:
     }
 
 
-def race(served: EmulatorProcess, admin: KubeStore, pods: Sequence[int], latency: float) -> Result:
+def race(
+    served: EmulatorProcess, admin: KubeStore, pods: Sequence[int], latency: float, progress: int = 0
+) -> Result:
     """``pods[i]`` pods on node i, each node's agent in a process of its own; the race timed from the
     barrier to the last agent's end."""
     jobs = []
@@ -234,7 +239,9 @@ def race(served: EmulatorProcess, admin: KubeStore, pods: Sequence[int], latency
         node = f"node{i}"
         made = [admin.create(pod(f"{node}-{k}", node))["metadata"] for k in range(count)]
         jobs.append(
-            AgentJob(served.url, served.agent_token, node, tuple((m["name"], m["uid"]) for m in made))
+            AgentJob(
+                served.url, served.agent_token, node, tuple((m["name"], m["uid"]) for m in made), progress
+            )
         )
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(len(jobs) + 1)
@@ -379,7 +386,7 @@ def fill(count: int, agents: int) -> int:
         try:
             admin.create(pool_object("10.245.0.0/16", "10.245.0.1-10.245.255.254", 26))
             began = time.monotonic()
-            result = Result(**{**race(served, admin, each, 0.0).__dict__, "block": True})
+            result = Result(**{**race(served, admin, each, 0.0, 1000).__dict__, "block": True})
             print(
                 "fill:    "
                 + result.line()
