@@ -92,9 +92,15 @@ def test_a_pool_in_use_opted_out_or_without_a_default_is_not_written(store: Stor
         obj = _read(store, name)
         assert stamp_default_block_size(store, obj, defaults) is obj
         assert _version(_read(store, name)) == _version(obj)  # nothing written
-    assert store.usage("optout").resource_version == _version(
-        _read(store, "optout")
-    )  # a plain pool's version
+    # "none" is a plain pool: claims on its resourceVersion, the lowest free address, no block
+    # claimed, the record on the pool
+    assert store.usage("optout").resource_version == _version(_read(store, "optout"))
+    world.pod("b")
+    service = IpamService(store, node_name="node1", sleep=no_sleep)
+    assert service.allocate(world.add("b", v4=["optout"])).ips[0].ip == "10.1.0.1"
+    assert list_blocks(store) == []
+    assert [r.ip for r in store.records("optout")] == ["10.1.0.1"]
+    assert store.get("SpiderIPPool", "optout")["status"]["allocatedIPCount"] == 1
 
 
 def test_an_allocation_or_another_agents_stamp_since_the_read_wins(store: Store) -> None:
