@@ -8,7 +8,8 @@ kubeconfig: ~/.kube/config            # with store: kubernetes, outside a cluste
 socketPath: /run/spiderbgp/agent.sock # the CNI plugin's socket (absolute, at most 107 bytes)
 healthAddress: 127.0.0.1:9710         # /healthz, /readyz, /metrics
 log: {level: info, format: text}      # level debug|info|warning|error, format text|json
-ipam: {...}                           # see IpamConfig
+ipam: {...}                           # see IpamConfig; blockSize: {ipv4: 26, ipv6: 122} is the
+                                      #   block size of pools without spiderbgp.io/block-size
 bgp: {...}                            # parsed by bgp_speaker.config; absent = IPAM only
 ```
 """
@@ -28,6 +29,8 @@ import yaml
 
 from ipam import safe_yaml
 from ipam.admission import validate_metadata
+from ipam.block_default import BlockSizeDefaults
+from ipam.blocks import block_size_problem
 from ipam.errors import Invalid
 from spiderbgp.fields import ConfigError, Fields
 
@@ -77,6 +80,9 @@ class IpamConfig:
     auto_pool_default_flexible_ip_number: int = 1
     conflict_retries: int = 5
     max_allocated_ips_per_pool: int = 5000  # only enforced by the Kubernetes store (one CR string)
+    # ipam.blockSize: the block size written onto a pool without spiderbgp.io/block-size at its first
+    # allocation (ipam.block_default); none by default: pools stay plain, as in Spiderpool
+    block_size: BlockSizeDefaults = field(default_factory=BlockSizeDefaults)
     gc: GcConfig = field(default_factory=GcConfig)
     leader: LeaderConfig = field(default_factory=LeaderConfig)
 
@@ -135,6 +141,21 @@ def _object_name(f: Fields, key: str, default: str, kind: str) -> str:
     return name
 
 
+def _block_size(f: Fields, key: str, family: int) -> int | None:
+    """``ipam.blockSize.ipv4``/``ipv6``: a prefix length within the annotation's bounds, or absent."""
+    value = f.raw(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise f.error(
+            key, f"must be a prefix length (an integer, e.g. {26 if family == 4 else 122}), not {value!r}"
+        )
+    problem = block_size_problem(family, value)
+    if problem is not None:
+        raise f.error(key, problem)
+    return value
+
+
 def _parse_ipam(f: Fields, source: str) -> IpamConfig:
     gc = f.section("gc")
     gc_config = GcConfig(
@@ -161,6 +182,9 @@ def _parse_ipam(f: Fields, source: str) -> IpamConfig:
         retry_period_seconds=retry,
     )
     le.done()
+    bs = f.section("blockSize")
+    block_size = BlockSizeDefaults(ipv4=_block_size(bs, "ipv4", 4), ipv6=_block_size(bs, "ipv6", 6))
+    bs.done()
     config = IpamConfig(
         enable_ipv4=f.boolean("enableIPv4", True),
         enable_ipv6=f.boolean("enableIPv6", True),
@@ -173,6 +197,7 @@ def _parse_ipam(f: Fields, source: str) -> IpamConfig:
         max_allocated_ips_per_pool=f.integer("maxAllocatedIPsPerPool", 5000, minimum=1, maximum=1_000_000),
         gc=gc_config,
         leader=leader,
+        block_size=block_size,
     )
     f.done()
     if not (config.enable_ipv4 or config.enable_ipv6):
