@@ -35,6 +35,7 @@ from ipam import blocks, selection
 from ipam.allocator import free_intervals, lowest_free
 from ipam.autopool import is_auto_pool
 from ipam.block_claims import claim_block, list_blocks
+from ipam.block_default import BlockSizeDefaults, stamp_default_block_size
 from ipam.errors import AllocationError, AllocationReason, Conflict, NotFound, PoolFull, WouldBlock
 from ipam.model import FINALIZER, Endpoint, IPPool, NicAllocation, ReservedIP, Route, reserved_set
 from ipam.ranges import IntervalSet, int_to_ip
@@ -72,6 +73,7 @@ class IpamSettings:
     enable_statefulset: bool = True
     conflict_retries: int = 5
     backoff_seconds: float = 0.01  # first retry delay; grows 1.5x, with jitter (Spiderpool's DefaultRetry)
+    block_size: BlockSizeDefaults = field(default_factory=BlockSizeDefaults)  # ipam.blockSize
 
 
 @dataclass(frozen=True)
@@ -492,6 +494,12 @@ class IpamService:
         The pool as read for selection is used when its resourceVersion is still the one ``usage``
         reports; otherwise it is read again (without its records: only spec and version are needed)."""
         usage = self.store.usage(pool_name)
+        if not usage.allocated and self.settings.block_size.of(family) is not None:
+            # ipam.blockSize: an unannotated pool that holds nothing yet gets the default written onto
+            # it, so every reader (kubectl included) sees what it is before its first record
+            obj = self.store.get("SpiderIPPool", pool_name, allocated_ips=False)
+            obj = stamp_default_block_size(self.store, obj, self.settings.block_size)
+            known, usage = self._pool(obj), self.store.usage(pool_name)
         for _ in range(3):
             if known is not None and known[1] == usage.resource_version:
                 break

@@ -181,6 +181,7 @@ class Agent:
                 enable_ipv6=config.ipam.enable_ipv6,
                 enable_statefulset=config.ipam.enable_statefulset,
                 conflict_retries=config.ipam.conflict_retries,
+                block_size=config.ipam.block_size,
             ),
             on_conflict=self.metrics.conflicts.inc,
         )

@@ -16,7 +16,7 @@ from ipam.block_claims import list_blocks
 from ipam.block_default import BlockSizeDefaults, stamp_default_block_size
 from ipam.errors import Conflict
 from ipam.records import Obj
-from ipam.service import IpamService
+from ipam.service import IpamService, IpamSettings
 from ipam.store.protocol import Store
 from ipam.store.sqlite import SqliteStore
 from tests.kube.backend import kube_backend
@@ -128,3 +128,41 @@ def test_an_allocation_or_another_agents_stamp_since_the_read_wins(store: Store)
     again = _read(store, "q")
     assert stamp_default_block_size(store, again, DEFAULTS) is again
     assert again["metadata"]["annotations"] == {ANNOTATION: "28"}
+
+
+def _annotations(store: Store, pool: str) -> dict[str, str]:
+    return dict(store.get("SpiderIPPool", pool, allocated_ips=False)["metadata"].get("annotations") or {})
+
+
+def test_the_first_allocation_writes_the_default_and_takes_a_block(store: Store) -> None:
+    world = World(store)
+    world.pool("fresh", "10.0.0.0/24", ["10.0.0.1-10.0.0.60"])
+    world.pool("used", "10.1.0.0/24", ["10.1.0.1-10.1.0.60"])
+    world.pool("optout", "10.2.0.0/24", ["10.2.0.1-10.2.0.60"])
+    store.update({**store.get("SpiderIPPool", "optout"), "metadata": {
+        **store.get("SpiderIPPool", "optout")["metadata"], "annotations": {ANNOTATION: "none"}}})  # fmt: skip
+    plain = IpamService(store, node_name="node1", sleep=no_sleep)
+    world.pod("u0", node="node1")
+    assert plain.allocate(world.add("u0", v4=["used"])).ips[0].ip == "10.1.0.1"  # before any default
+
+    settings = IpamSettings(enable_ipv6=False, block_size=BlockSizeDefaults(ipv4=28))
+    n1 = IpamService(store, node_name="node1", settings=settings, sleep=no_sleep)
+    n2 = IpamService(store, node_name="node2", settings=settings, sleep=no_sleep)
+    got = {}
+    for svc, pod in ((n1, "a"), (n2, "b"), (n1, "c")):
+        world.pod(pod, node=svc.node_name)
+        got[pod] = svc.allocate(world.add(pod, v4=["fresh"])).ips[0].ip
+    assert _annotations(store, "fresh") == {ANNOTATION: "28"}
+    assert got == {"a": "10.0.0.1", "b": "10.0.0.16", "c": "10.0.0.2"}  # each node in its own /28
+    assert [(b.cidr, b.node) for b in list_blocks(store)] == [
+        ("10.0.0.0/28", "node1"),
+        ("10.0.0.16/28", "node2"),
+    ]
+
+    world.pod("u1", node="node2")
+    assert n2.allocate(world.add("u1", v4=["used"])).ips[0].ip == "10.1.0.2"  # in use: stays plain
+    world.pod("o1", node="node2")
+    assert n2.allocate(world.add("o1", v4=["optout"])).ips[0].ip == "10.2.0.1"
+    assert _annotations(store, "used") == {}
+    assert _annotations(store, "optout") == {ANNOTATION: "none"}
+    assert {b.pool for b in list_blocks(store)} == {"fresh"}
