@@ -40,7 +40,7 @@ server itself):
 
 Allocation records (which IP of which pool belongs to which pod) have their own narrow interface so
 each backend can store them well: a row per IP under a uniqueness constraint in SQLite, and
-Spiderpool's ``status.allocatedIPs`` JSON string on the pool in Kubernetes.  Either way a claim is
+Spiderpool's ``status.allocatedIPs`` JSON string on the pool in Kubernetes.  Either way a claim in a plain pool is
 conditional on the pool's resourceVersion, and the pool's resourceVersion changes with every claim and
 release: that is what makes an admission check ("no excluded IP is in use") and an allocation unable to
 interleave wrongly.  ``status.allocatedIPs`` / ``status.allocatedIPCount`` of a SpiderIPPool returned
@@ -49,24 +49,45 @@ by ``get``/``list`` always reflect the records.
 **Block pools** (a SpiderIPPool annotated ``spiderbgp.io/block-size``, issue 15; ``ipam.blocks``) follow
 the same interface with these rules, in both backends:
 
-1. Every record lies in the SpiderIPBlock whose CIDR holds its address.  A claim of an address whose
-   block does not exist fails with Conflict (``SpiderIPBlock "<name>": not claimed; ...``): the caller
-   claims the block first (``ipam.block_claims.claim_block``, create-if-absent).
-2. A SpiderIPBlock read with ``get``/``list`` carries ``status.allocatedIPCount`` and Spiderpool's
-   ``status.allocatedIPs`` string of the records inside it (Kubernetes: that is where they are stored;
-   SQLite: rendered from the allocations table).  ``update``/``update_status`` keep both fields: the
-   store owns them.  ``allocated_ips=False`` may leave ``allocatedIPs`` out.
-3. A claim is conditional on the pool's *generation* (spec changes and the start of deletion move it),
-   not on every record write: ``usage(pool).resource_version`` of a block pool is ``g<generation>`` and
-   ``Claim.pool_version`` must equal it; a claim also fails when its address is recorded or the pool is
-   terminating.  On Kubernetes, records are written with the block's resourceVersion as precondition
-   (retried inside while the address is still free), so nodes writing their own blocks never conflict.
-4. Deleting a SpiderIPBlock that holds a record fails with Conflict: a block is returned only when
-   empty, and a record written after the caller read it moves its resourceVersion.
-5. The pool object holds no records (no ``status.allocatedIPs``; the one departure from Spiderpool's
-   format) and, on Kubernetes, no cap of ``max_pool_records``: each block is bounded by its size.  Its
-   ``status.allocatedIPCount``: SQLite derives it; on Kubernetes the leader writes it from the blocks
-   (``ipam.controllers.blocks.BlockReturn.counts``), which is what ``kubectl get sp`` prints.
+1. Every record of a block pool lies in the SpiderIPBlock whose CIDR holds its address.  A claim of an
+   address whose block does not exist fails with Conflict (``SpiderIPBlock "<name>": not claimed; <ip>
+   of pool <pool> needs its block first``): the caller claims the block first
+   (``ipam.block_claims.claim_block``, create-if-absent).  A release of an address with no record is a
+   no-op, as in a plain pool.
+2. A SpiderIPBlock read with ``get``/``list``/``watch`` carries ``status.allocatedIPCount`` and
+   Spiderpool's ``status.allocatedIPs`` string of the records inside it (Kubernetes: that is where they
+   are stored; SQLite: rendered from the allocations table).  ``create``/``update``/``update_status``
+   keep both fields: the store owns them and ignores the caller's values.  ``allocated_ips=False`` on
+   ``get``/``list`` may leave ``allocatedIPs`` out (a cheap listing).
+3. Every claim and release in a block moves that block's resourceVersion (a MODIFIED watch event of the
+   block), not the pool's: the pool object of a block pool changes only with its own spec, metadata and
+   status writes.
+4. A claim in a block pool is conditional on the pool's ``metadata.generation`` (spec changes and the
+   start of deletion move it), not on its resourceVersion: ``usage(pool).resource_version`` of a block
+   pool is the token ``g<generation>`` (e.g. ``g3``) and ``Claim.pool_version`` must equal it, else
+   Conflict.  A claim also fails with Conflict when its address is recorded (in any pool), its block is
+   missing or the pool is terminating.  Claims and releases by different nodes in different blocks of
+   one pool therefore never conflict.  (Kubernetes writes a block's records with the block's
+   resourceVersion as precondition and retries a 409 inside while the address is still free in it.)
+5. Deleting a SpiderIPBlock that holds records fails with Conflict naming the block and its count
+   (``SpiderIPBlock "<name>": holds N allocation(s)``): a block is returned only when empty.  SQLite
+   checks in the transaction; Kubernetes reads the block, refuses if it holds records, then deletes
+   with that resourceVersion (or the caller's, when given) as precondition, so a record written after
+   the read makes the delete fail.  Deleting the pool still removes its records (SQLite) or its blocks
+   by owner garbage collection (Kubernetes: the blocks are owned by their pool).
+6. The pool object of a block pool holds no records: no ``status.allocatedIPs`` (the one departure from
+   Spiderpool's format; the records are on its blocks).  ``get``/``list`` return its
+   ``status.allocatedIPCount`` as the number of all its records (SQLite derives it; Kubernetes sums
+   its blocks' records, from the block informer or one list).  On Kubernetes the *stored* count, which
+   ``kubectl get sp`` prints, is written by the leader from the blocks
+   (``ipam.controllers.blocks.BlockReturn.counts``, within about a second of a block's change); a
+   ``get``/``list`` with ``allocated_ips=False`` returns the pool as stored (that count), which is
+   what the leader compares.  Records a previous version left in a block pool's own
+   ``status.allocatedIPs`` are ignored by both stores and dropped by the next status write.
+7. Block pools have no per-pool record cap on Kubernetes (``max_pool_records`` is a plain pool's): each
+   block object is bounded by its size, at most /20 (4,096 addresses) for IPv4 and /116 for IPv6,
+   Calico's limits, enforced in admission.
+8. ``records(pool)``, ``records_of_pod`` and ``usage(pool).allocated`` include the records in blocks.
 """
 
 from __future__ import annotations
