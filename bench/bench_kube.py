@@ -375,12 +375,15 @@ def count_column(table: str, name: str) -> str:
     return row[starts[col] : end].strip() or "(blank)"
 
 
-def fill(count: int, agents: int) -> int:
+def fill(count: int, agents: int, profile: str = "") -> int:
     """Fill a /16 block pool to ``count`` allocations, then show the count as ``get sp`` does."""
     print(f"fill: a /16 block pool (block size 26) to {count} allocations, {agents} agents, no latency")
     each = [count // agents + (1 if i < count % agents else 0) for i in range(agents)]
     failed = 0
-    with tempfile.TemporaryDirectory() as tmp, EmulatorProcess(history=1_000_000, tls_dir=tmp) as served:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmulatorProcess(history=1_000_000, tls_dir=tmp, profile=profile) as served,
+    ):
         admin = KubeStore.connect(served.configuration(served.admin_token))
         leader = KubeStore.connect(served.configuration(served.agent_token))
         try:
@@ -458,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.fill:
-        return fill(args.fill, args.agents)
+        return fill(args.fill, args.agents, args.profile_emulator and args.profile_emulator + ".fill")
     latency = args.latency_ms / 1000
     print(
         f"KubeStore through the API emulator (its own process), {args.latency_ms:g} ms per request, one pool, "

@@ -274,6 +274,9 @@ class KubeEmulator:
         self.watches: list[WatchRequest] = []  # every watch opened (with a valid selector), in order
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str, str], Obj] = {}
+        # the same objects by kind (``_prefix``), then (namespace, name): lists and watches of one kind
+        # need not scan every object
+        self._of_kind: dict[str, dict[tuple[str, str], Obj]] = {}
         self._history: deque[_Event] = deque()
         self._compacted = 0  # watches from below this revision get 410
         self._rv = 0
@@ -535,6 +538,7 @@ class KubeEmulator:
             assert old is not None
             meta = old["metadata"]
             del self._objects[_key(info, meta.get("namespace", ""), meta["name"])]
+            del self._of_kind[_prefix(info)][(meta.get("namespace", ""), meta["name"])]
             self._index(info, None, old)
             gone = copy.deepcopy(last if last is not None else old)
             gone["metadata"]["resourceVersion"] = str(self._rv)
@@ -543,6 +547,7 @@ class KubeEmulator:
         new["metadata"]["resourceVersion"] = str(self._rv)
         meta = new["metadata"]
         self._objects[_key(info, meta.get("namespace", ""), meta["name"])] = new
+        self._of_kind.setdefault(_prefix(info), {})[(meta.get("namespace", ""), meta["name"])] = new
         self._index(info, new, old)
         self._record(_Event(self._rv, "ADDED" if old is None else "MODIFIED", info, new, old))
         return copy.deepcopy(new)
@@ -846,8 +851,7 @@ class KubeEmulator:
     def _snapshot(self, info: KindInfo, rv: int) -> dict[tuple[str, str], Obj]:
         """The objects of a kind as they were at revision ``rv`` (under the lock; ``rv`` not compacted):
         today's objects with the later events undone."""
-        prefix = info.api_version + "/" + info.plural
-        state = {(k[1], k[2]): o for k, o in self._objects.items() if k[0] == prefix}
+        state = dict(self._of_kind.get(_prefix(info), {}))
         for ev in reversed(self._history):
             if ev.rv <= rv:
                 break
@@ -871,7 +875,7 @@ class KubeEmulator:
         with self._lock:
             if token is None:
                 rv = self._rv
-                state = {(k[1], k[2]): o for k, o in self._objects.items() if k[0] == _prefix(t.info)}
+                state = dict(self._of_kind.get(_prefix(t.info), {}))
             else:
                 rv = token.rv
                 if rv < self._compacted or rv > self._rv:
@@ -1189,8 +1193,13 @@ class KubeEmulator:
             if since < self._compacted:
                 return None
             out: list[tuple[int, str, Obj]] = []
-            for ev in self._history:
-                if ev.rv <= since or ev.info is not t.info:
+            newer: list[_Event] = []  # the history is in revision order: only its tail is newer
+            for ev in reversed(self._history):
+                if ev.rv <= since:
+                    break
+                newer.append(ev)
+            for ev in reversed(newer):
+                if ev.info is not t.info:
                     continue
                 now_in = ev.type != "DELETED" and self._selected(ev.obj, t, labels, fields)
                 was_in = ev.old is not None and self._selected(ev.old, t, labels, fields)
@@ -1246,9 +1255,8 @@ class KubeEmulator:
                     since = self._rv
                     current = [
                         copy.deepcopy(o)
-                        for k, o in sorted(self._objects.items())
-                        if k[0] == t.info.api_version + "/" + t.info.plural
-                        and self._selected(o, t, labels, fields)
+                        for _, o in sorted(self._of_kind.get(_prefix(t.info), {}).items())
+                        if self._selected(o, t, labels, fields)
                     ]
                 for obj in current:
                     if not await send("ADDED", obj):
