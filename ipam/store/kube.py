@@ -242,7 +242,12 @@ class KubeStore:
     def _out(self, info: KindInfo, obj: Obj) -> Obj:
         """What callers get: kind and apiVersion set; a pool's allocatedIPCount equal to its records."""
         _typed(info, obj)
-        if info.kind == POOL and not is_block_pool(obj):  # a block pool's count is written by the leader
+        if info.kind == POOL and is_block_pool(obj):
+            status = obj.get("status")
+            if isinstance(status, dict):  # records are on the blocks; a previous version's are ignored
+                status.pop("allocatedIPs", None)
+            return obj
+        if info.kind == POOL:
             try:
                 count = len(self._remember_pool(obj).records)
             except Invalid:
@@ -299,8 +304,12 @@ class KubeStore:
             obj = inf.get(name, ns)
             if obj is None:
                 raise NotFound(info.kind, name, ns)
-            return self._out(info, obj)
-        return self._seen(info, self._get_server(info, name, ns))
+            out = self._out(info, obj)
+        else:
+            out = self._seen(info, self._get_server(info, name, ns))
+        if allocated_ips and info.kind == POOL:
+            self._count_blocks([out])
+        return out
 
     def list(
         self,
@@ -314,8 +323,32 @@ class KubeStore:
         ns = namespace if info.namespaced else None
         inf = self._informers.get(info.kind)
         if inf is not None and inf.synced:
-            return [self._out(info, o) for o in inf.list(ns, labels)]
-        return [self._out(info, o) for o in self._list_server(info, ns, labels)]
+            out = [self._out(info, o) for o in inf.list(ns, labels)]
+        else:
+            out = [self._out(info, o) for o in self._list_server(info, ns, labels)]
+        if allocated_ips and info.kind == POOL:
+            self._count_blocks(out)
+        return out
+
+    def _count_blocks(self, pools: Sequence[Obj]) -> None:
+        """Set ``status.allocatedIPCount`` of the block pools among ``pools`` to the records in their
+        blocks (the stored count is the leader's, written within its reconcile delay).  A block whose
+        status does not parse counts as empty here (``list_blocks`` warns about it)."""
+        names = {str(o["metadata"]["name"]) for o in pools if is_block_pool(o)}
+        if not names:
+            return
+        counts = dict.fromkeys(names, 0)
+        for block in self._block_objs(next(iter(names)) if len(names) == 1 else None):
+            pool = block_pool_of(block)
+            if pool in counts:
+                with contextlib.suppress(Invalid):
+                    counts[pool] += len(self._book.records(block).records)
+        for obj in pools:
+            name = str(obj["metadata"]["name"])
+            if name in counts:
+                if not isinstance(obj.get("status"), dict):
+                    obj["status"] = {}
+                obj["status"]["allocatedIPCount"] = counts[name]
 
     def _list_server(
         self, info: KindInfo, namespace: str | None, labels: Mapping[str, str] | None = None
@@ -614,7 +647,7 @@ class KubeStore:
         else one list from the server."""
         info = kind_info(BLOCK_KIND)
         inf = self._informers.get(BLOCK_KIND)
-        objs = inf.list() if inf is not None and inf.synced else self._list_server(info, None)
+        objs = inf.shared() if inf is not None and inf.synced else self._list_server(info, None)
         return [o for o in objs if pool is None or block_pool_of(o) == pool]
 
     def _block_books(self, pool: str) -> builtins.list[BlockRecords]:
@@ -875,8 +908,14 @@ class KubeStore:
         pools = inf.list() if inf is not None and inf.synced else self._list_server(kind_info(POOL), None)
         for obj in pools:
             name = obj["metadata"]["name"]
-            if name != pool and ip in self._remember_pool(obj).records:
+            if name != pool and not is_block_pool(obj) and ip in self._remember_pool(obj).records:
                 return str(name)
+        for block in self._block_objs(None):  # the records of block pools (parsed once per version)
+            owner = block_pool_of(block)
+            if owner != pool:
+                with contextlib.suppress(Invalid):
+                    if ip in self._book.records(block).records:
+                        return owner
         return None
 
     def _write_endpoint(self, endpoint: Obj) -> None:

@@ -13,6 +13,7 @@ cannot bring the object back.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import threading
 from collections import OrderedDict
@@ -130,6 +131,12 @@ class Informer:
                 if all(have.get(k) == v for k, v in want.items()):
                     out.append(copy.deepcopy(obj))
             return out
+
+    def shared(self) -> builtins.list[Obj]:
+        """The cached objects themselves, not copies, for read-only scans (the cache replaces an object
+        on change and never edits one in place, so what this returns stays as it was read)."""
+        with self._lock:
+            return list(self._items.values())
 
     # -- write-through --------------------------------------------------------------------------------
 

@@ -53,6 +53,10 @@ def test_a_block_pool_holds_more_records_than_one_pool_object_may(
     assert [b.node for b in blocks] == ["node1", "node1"]
     held = [decode_allocated_ips(admin.get(BLOCK_KIND, b.name)["status"].get("allocatedIPs")) for b in blocks]
     assert [len(h) for h in held] == [63, 57]  # .0 of the first /26 is the subnet's own address
+    # a read sums the blocks; the stored count (kubectl get sp, allocated_ips=False) is the leader's
+    assert store.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 120
+    assert [p["status"]["allocatedIPCount"] for p in admin.list("SpiderIPPool")] == [120]
+    assert "allocatedIPCount" not in store.get("SpiderIPPool", "bp", allocated_ips=False).get("status", {})
     # the leader (as the agent's ServiceAccount) writes the count kubectl get sp prints
     assert BlockReturn(store, clock=lambda: 0.0).counts().updated == ["SpiderIPPool bp"]
     stored = kube_emulator.stored("SpiderIPPool", "bp")
