@@ -22,7 +22,7 @@ from ipam.gc_policy import GCSettings
 from ipam.kinds import resolve_kind
 from ipam.model import IPPool, decode_allocated_ips
 from ipam.ranges import ip_to_int
-from ipam.records import Claim
+from ipam.records import Claim, IPRecord
 from ipam.report import release_ip, show_pools
 from ipam.service import IpamService, IpamSettings
 from ipam.store.protocol import Store
@@ -320,3 +320,118 @@ def test_the_leader_keeps_a_block_pools_count(store: Store) -> None:
     leader.blocks.counts()
     assert store.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 2
     assert leader.blocks.counts().updated == []  # nothing differs now
+
+
+def _rv(store: Store, kind: str, name: str) -> str:
+    return str(store.get(kind, name, allocated_ips=False)["metadata"]["resourceVersion"])
+
+
+def test_records_move_their_blocks_version_not_the_pools(store: Store) -> None:
+    """Rules 1 and 3: a claim and a release move the block's resourceVersion and leave the pool's; a
+    release of an address without a record changes nothing."""
+    world = World(store)
+    pool = block_pool(world, "bp", "10.0.0.30")
+    claim_block(store, pool, ip_to_int("10.0.0.0", 4), 29, "node1")
+    pool_rv, block_rv = _rv(store, "SpiderIPPool", "bp"), _rv(store, BLOCK_KIND, "bp-10-0-0-0-29")
+    version = store.usage("bp").resource_version
+    store.commit(claims=[Claim("bp", version, "10.0.0.3", "default/a", "ua")])
+    claimed_rv = _rv(store, BLOCK_KIND, "bp-10-0-0-0-29")
+    assert claimed_rv != block_rv
+    assert _rv(store, "SpiderIPPool", "bp") == pool_rv
+    assert store.usage("bp").resource_version == version  # the token is the generation's
+    store.commit(releases=[IPRecord("bp", "10.0.0.4", "default/none", "unone")])  # no record: no-op
+    assert _rv(store, BLOCK_KIND, "bp-10-0-0-0-29") == claimed_rv
+    store.commit(releases=[IPRecord("bp", "10.0.0.3", "default/a", "ua")])
+    assert _rv(store, BLOCK_KIND, "bp-10-0-0-0-29") not in (block_rv, claimed_rv)
+    assert _rv(store, "SpiderIPPool", "bp") == pool_rv
+    assert store.records("bp") == []
+
+
+def test_a_block_pools_count_is_its_blocks_records_on_read(store: Store) -> None:
+    """Rule 6 before any leader pass: get and list count every record of the pool's blocks, and the
+    pool object shows no allocatedIPs."""
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.30")
+    apply_object(  # another block pool, empty
+        store,
+        {
+            "apiVersion": SPIDER_API,
+            "kind": "SpiderIPPool",
+            "metadata": {"name": "bq", "annotations": {"spiderbgp.io/block-size": "29"}},
+            "spec": {"subnet": "10.2.0.0/24", "ips": ["10.2.0.1-10.2.0.30"]},
+        },
+    )
+    n1, n2 = service(store, "node1"), service(store, "node2")
+    for i in range(3):
+        add(world, n1, f"a{i}", "bp")
+    add(world, n2, "b", "bp")
+    got = store.get("SpiderIPPool", "bp")
+    assert got["status"]["allocatedIPCount"] == 4
+    assert "allocatedIPs" not in got["status"]
+    listed = {p["metadata"]["name"]: p["status"]["allocatedIPCount"] for p in store.list("SpiderIPPool")}
+    assert listed == {"bp": 4, "bq": 0}
+    assert len(store.usage("bp").allocated) == 4
+
+
+def test_a_terminating_block_pool_refuses_claims_and_takes_releases(store: Store) -> None:
+    """Rule 4: the start of deletion refuses new claims; releases still go through."""
+    world = World(store)
+    pool = block_pool(world, "bp", "10.0.0.30")
+    claim_block(store, pool, ip_to_int("10.0.0.0", 4), 29, "node1")
+    store.commit(claims=[Claim("bp", store.usage("bp").resource_version, "10.0.0.1", "default/a", "ua")])
+    obj = store.get("SpiderIPPool", "bp", allocated_ips=False)
+    obj["metadata"]["finalizers"] = ["example.io/hold"]
+    store.update(obj)
+    store.delete("SpiderIPPool", "bp")
+    with pytest.raises(Conflict, match="terminating"):
+        store.commit(claims=[Claim("bp", store.usage("bp").resource_version, "10.0.0.2", "default/b", "ub")])
+    store.commit(releases=[IPRecord("bp", "10.0.0.1", "default/a", "ua")])
+    assert store.records("bp") == []
+
+
+def test_racing_claims_of_one_address_are_decided_by_the_store(store: Store) -> None:
+    """Rule 4: writers racing for one address in one block: exactly one record, the others Conflict."""
+    world = World(store)
+    pool = block_pool(world, "bp", "10.0.0.30")
+    claim_block(store, pool, ip_to_int("10.0.0.0", 4), 29, "node1")
+    version = store.usage("bp").resource_version
+    won: list[str] = []
+    lost: list[str] = []
+    start = threading.Barrier(4)
+
+    def claim(i: int) -> None:
+        start.wait()
+        try:
+            store.commit(claims=[Claim("bp", version, "10.0.0.5", f"default/p{i}", f"u{i}")])
+            won.append(f"default/p{i}")
+        except Conflict:
+            lost.append(f"default/p{i}")
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 3
+    assert [(r.ip, r.pod) for r in store.records("bp")] == [("10.0.0.5", won[0])]
+
+
+def test_records_of_a_pod_include_block_records(store: Store) -> None:
+    """Rule 8: records_of_pod sees a pod's address in a block pool beside one in a plain pool."""
+    world = World(store)
+    block_pool(world, "bp", "10.0.0.30")
+    apply_object(
+        store,
+        {
+            "apiVersion": SPIDER_API,
+            "kind": "SpiderIPPool",
+            "metadata": {"name": "plain"},
+            "spec": {"subnet": "10.1.0.0/24", "ips": ["10.1.0.1-10.1.0.9"]},
+        },
+    )
+    world.pod("a", node="node1")
+    svc = service(store, "node1")
+    ips = svc.allocate(world.add("a", v4=["bp"])).ips
+    store.commit(claims=[Claim("plain", store.usage("plain").resource_version, "10.1.0.1", "default/a", "x")])
+    got = sorted((r.pool, r.ip) for r in store.records_of_pod("default", "a"))
+    assert got == [("bp", ips[0].ip), ("plain", "10.1.0.1")]
