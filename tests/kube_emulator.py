@@ -1240,8 +1240,9 @@ class KubeEmulator:
                 if request.transport is not None:
                     request.transport.close()  # cut the stream mid-way, as a broken connection does
                 return False
-            out = copy.deepcopy(obj)
+            out = obj  # serialized at once: no copy needed unless a top-level key is added
             if t.info.group in _BUILTIN_GROUPS and ev_type not in ("ERROR", "BOOKMARK"):
+                out = {**obj}
                 out.setdefault("apiVersion", t.info.api_version)
                 out.setdefault("kind", t.info.kind)
             await resp.write(json.dumps({"type": ev_type, "object": out}).encode() + b"\n")
