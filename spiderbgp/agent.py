@@ -271,7 +271,11 @@ class Agent:
         endpoints = self.store.list("SpiderEndpoint")
         ips, subnets = self._tracker.reset(endpoints, self.store.list("SpiderIPPool", allocated_ips=False))
         ready = self._ready_tracker.reset(endpoints, self.store.list("Pod")) if self._gate_ready else None
-        blocks = self._block_tracker.reset(self.store.list(BLOCK_KIND)) if self._follow_blocks else None
+        blocks = (
+            self._block_tracker.reset(self.store.list(BLOCK_KIND, allocated_ips=False))
+            if self._follow_blocks
+            else None
+        )
         return NodeState(ips, subnets, ready, blocks)
 
     def _seed(self, state: NodeState) -> None:

@@ -4,7 +4,10 @@ node}``) whose ``spec.node`` is this node.  The announcer announces each as one 
 in this node's kernel (``bgp_speaker.blocks``, ``bgp_speaker.blackholes``).
 
 A malformed block is left out with a one-line warning naming it and the field; it never stops the
-watch.  Each event costs O(1); the answer is the new set of blocks when it changed, else None.
+watch.  Each event costs O(1): a block's records live in its status (``ipam.store.protocol``, "Block
+pools"), so most of its events are status-only MODIFIED ones, and an event whose spec equals the one
+last seen for that block is skipped before any parsing.  The answer is the new set of blocks when one
+of this node's changed, else None.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class AffineBlocks:
 
     def __init__(self, node: str) -> None:
         self.node = node
-        self._blocks: dict[str, str] = {}  # block name -> CIDR
+        self._blocks: dict[str, str] = {}  # block name -> CIDR (this node's)
+        self._specs: dict[str, object] = {}  # block name -> spec last seen (every node's)
 
     def blocks(self) -> frozenset[str]:
         return frozenset(self._blocks.values())
@@ -52,23 +56,36 @@ class AffineBlocks:
     def reset(self, objs: Iterable[Obj]) -> frozenset[str]:
         """Start over from a full list of SpiderIPBlocks; returns this node's blocks."""
         self._blocks = {}
+        self._specs = {}
         for obj in objs:
+            name = _name(obj)
+            self._specs[name] = obj.get("spec")
             cidr = affine_block(obj, self.node)
             if cidr is not None:
-                self._blocks[_name(obj)] = cidr
+                self._blocks[name] = cidr
         return self.blocks()
 
     def apply(self, events: Iterable[WatchEvent]) -> frozenset[str] | None:
-        """Apply a batch of events (other kinds are ignored); the new set of blocks when it changed."""
-        before = self.blocks()
+        """Apply a batch of events (other kinds are ignored); the new set of blocks when one of this
+        node's blocks came, went or moved."""
+        changed = False
         for event in events:
-            if event.object.get("kind") != BLOCK_KIND:
+            obj = event.object
+            if obj.get("kind") != BLOCK_KIND:
                 continue
-            name = _name(event.object)
-            cidr = None if event.type == "DELETED" else affine_block(event.object, self.node)
+            name = _name(obj)
+            if event.type == "DELETED":
+                self._specs.pop(name, None)
+                changed = self._blocks.pop(name, None) is not None or changed
+                continue
+            spec = obj.get("spec")
+            if name in self._specs and self._specs[name] == spec:
+                continue  # a status write (records come and go): nothing this node announces changed
+            self._specs[name] = spec
+            cidr = affine_block(obj, self.node)
             if cidr is None:
-                self._blocks.pop(name, None)
-            else:
+                changed = self._blocks.pop(name, None) is not None or changed
+            elif self._blocks.get(name) != cidr:
                 self._blocks[name] = cidr
-        after = self.blocks()
-        return None if after == before else after
+                changed = True
+        return self.blocks() if changed else None

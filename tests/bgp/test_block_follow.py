@@ -53,3 +53,22 @@ def test_malformed_blocks_are_left_out_with_one_line(caplog: pytest.LogCaptureFi
     assert lines[0].startswith('SpiderIPBlock "bad": spec.cidr: ') and lines[0].endswith("; ignored")
     assert lines[1].startswith('SpiderIPBlock "worse": spec.cidr: ')
     assert all("\n" not in line for line in lines)
+
+
+def test_status_only_events_are_skipped_before_parsing(caplog: pytest.LogCaptureFixture) -> None:
+    """A block's records live in its status: an event whose spec is unchanged is not parsed again (a
+    malformed block warns once, not once per record written into it); a spec change is."""
+    t = AffineBlocks("node1")
+    bad = block("bad", "10.244.0.0")
+    with caplog.at_level(logging.WARNING, logger="spiderbgp.block_follow"):
+        assert t.reset([bad, block("a", "10.244.0.0/26")]) == {"10.244.0.0/26"}
+        for i in range(5):
+            assert t.apply([ev("MODIFIED", {**bad, "status": {"allocatedIPCount": i}})]) is None
+            assert t.apply([ev("MODIFIED", {**block("a", "10.244.0.0/26"), "status": {"n": i}})]) is None
+        assert len(caplog.records) == 1
+        fixed = block("bad", "10.244.0.64/26")
+        assert t.apply([ev("MODIFIED", fixed)]) == frozenset({"10.244.0.0/26", "10.244.0.64/26"})
+        assert t.apply([ev("MODIFIED", block("bad", "10.244.0.64/26", "node2"))]) == frozenset(
+            {"10.244.0.0/26"}
+        )
+    assert len(caplog.records) == 1
