@@ -4,6 +4,7 @@ per-pool record cap, nodes in their own blocks do not conflict, and the leader k
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from ipam.block_claims import list_blocks
@@ -13,6 +14,8 @@ from ipam.model import decode_allocated_ips
 from ipam.service import IpamService, IpamSettings
 from ipam.store.kube import KubeStore
 from spiderbgp.agent import CACHED_KINDS
+from spiderbgp.config import GcConfig, IpamConfig
+from spiderbgp.leadership import ControllerThread
 from tests.kube_emulator import KubeEmulator
 from tests.service.world import SPIDER_API, World
 
@@ -72,14 +75,15 @@ def test_three_nodes_on_one_block_pool_do_not_conflict(
     nodes = ("node1", "node2", "node3")
     stores = {n: store_factory(token=kube_emulator.agent_token, cached_kinds=CACHED_KINDS) for n in nodes}
     seen = dict.fromkeys(nodes, 0)
+
+    def counter(node: str) -> Callable[[], None]:
+        def count() -> None:
+            seen[node] += 1
+
+        return count
+
     services = {
-        n: IpamService(
-            stores[n],
-            node_name=n,
-            settings=SETTINGS,
-            on_conflict=lambda n=n: seen.__setitem__(n, seen[n] + 1),
-        )
-        for n in nodes
+        n: IpamService(stores[n], node_name=n, settings=SETTINGS, on_conflict=counter(n)) for n in nodes
     }
     requests = {}
     for n in nodes:
@@ -114,3 +118,53 @@ def test_three_nodes_on_one_block_pool_do_not_conflict(
             b for b in blocks if b.start <= int(ip.rpartition(".")[2]) + (10 << 24 | 9 << 16) <= b.end
         )
         assert block.node == pod.partition("-")[0]
+
+
+def _stored_count(kube_emulator: KubeEmulator, pool: str) -> object:
+    stored = kube_emulator.stored("SpiderIPPool", pool)
+    return None if stored is None else (stored.get("status") or {}).get("allocatedIPCount")
+
+
+def _wait_until(cond: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``cond`` held (polled); AssertionError after ``timeout``."""
+    start = time.monotonic()
+    while not cond():
+        assert time.monotonic() - start < timeout, "condition not reached"
+        threading.Event().wait(0.02)
+    return time.monotonic() - start
+
+
+def test_the_leaders_controller_thread_keeps_the_stored_count_as_blocks_change(
+    kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
+) -> None:
+    """The leader follows block watch events: within its reconcile delay (a watch batch, at most 1 s)
+    the stored allocatedIPCount, what kubectl get sp prints, follows allocations and releases."""
+    admin = store_factory(token=kube_emulator.admin_token)
+    _block_pool(admin, "bp", "10.7.0.0/24", "10.7.0.1-10.7.0.254", "28")
+    leader_store = store_factory(token=kube_emulator.agent_token, cached_kinds=CACHED_KINDS)
+    node_store = store_factory(
+        token=kube_emulator.agent_token, cached_kinds=("SpiderIPPool", "SpiderIPBlock")
+    )
+    world = World(admin)
+    svc = IpamService(node_store, node_name="node1", settings=SETTINGS)
+    leader = ControllerThread(
+        leader_store, IpamConfig(gc=GcConfig(trace_interval_seconds=0.2)), on_released=lambda _: None
+    )
+    leader.start()
+    try:
+        _wait_until(lambda: _stored_count(kube_emulator, "bp") == 0, 10.0)  # the first full pass
+        adds = []
+        for i in range(20):
+            world.pod(f"p{i}", node="node1")
+            adds.append(world.add(f"p{i}", v4=["bp"]))
+            svc.allocate(adds[-1])
+        assert len(list_blocks(admin)) == 2  # /28s: 15 then 5 (10.7.0.0 is the subnet's own)
+        assert _wait_until(lambda: _stored_count(kube_emulator, "bp") == 20, 10.0) < 5.0
+        for i, add in enumerate(adds[:7]):
+            world.delete_pod(f"p{i}")
+            assert len(svc.release(world.delete_request(add)).records) == 1
+        assert len(node_store.records("bp")) == 13, _stored_count(kube_emulator, "bp")
+        assert _wait_until(lambda: _stored_count(kube_emulator, "bp") == 13, 10.0) < 5.0
+        assert admin.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 13
+    finally:
+        leader.stop(timeout=5.0)
