@@ -5,7 +5,8 @@ blocks never leak to nodes that no longer need them (calico#7987).  The decision
 ``ipam.blocks.blocks_to_return``; the time a block was first seen empty lives in this controller (a new
 leader starts the grace period afresh, which only delays).  The store refuses to delete a block that
 holds a record, and the delete carries the resourceVersion read, so a node that allocates in the block
-meanwhile keeps it (``ipam.store.protocol``, "Block pools").
+meanwhile keeps it (``ipam.store.protocol``, "Block pools", rule 5): that Conflict is the expected
+outcome of the race, not an error, and the block's grace period starts again when it is next empty.
 
 ``counts``: a block pool's ``status.allocatedIPCount`` as stored, kept equal to the records in its
 blocks (nodes write only the blocks)."""
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from ipam.block_claims import list_blocks
 from ipam.blocks import BLOCK_KIND, blocks_to_return, is_block_pool
 from ipam.controllers.pool import ReconcileReport
-from ipam.errors import NotFound
+from ipam.errors import Conflict, NotFound
 from ipam.store.protocol import Store
 
 __all__ = ["DEFAULT_BLOCK_GRACE_SECONDS", "BlockReturn"]
@@ -51,7 +52,14 @@ class BlockReturn:
         )
         for block in due:
             with report.step():
-                self.store.delete(BLOCK_KIND, block.name, resource_version=block.resource_version)
+                try:
+                    self.store.delete(BLOCK_KIND, block.name, resource_version=block.resource_version)
+                except Conflict as err:
+                    # its node allocated in it since the read (the store refuses to delete a block
+                    # holding records, and the delete carries the version read): it stays, not an error
+                    self._empty_since.pop(block.name, None)
+                    LOG.debug("block %s kept: %s", block.name, err)
+                    continue
                 report.deleted.append(f"SpiderIPBlock {block.name}")
                 self._empty_since.pop(block.name, None)
                 LOG.info(

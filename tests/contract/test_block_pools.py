@@ -7,7 +7,7 @@ cannot be deleted, and the leader keeps the pool's count for `kubectl get sp`.""
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -435,3 +435,37 @@ def test_records_of_a_pod_include_block_records(store: Store) -> None:
     store.commit(claims=[Claim("plain", store.usage("plain").resource_version, "10.1.0.1", "default/a", "x")])
     got = sorted((r.pool, r.ip) for r in store.records_of_pod("default", "a"))
     assert got == [("bp", ips[0].ip), ("plain", "10.1.0.1")]
+
+
+class AllocatesBeforeDelete:
+    """A store through which the block's node allocates in it just before the leader's delete reaches
+    the store (the race rule 5 decides)."""
+
+    def __init__(self, store: Store, claim: Claim) -> None:
+        self._store = store
+        self._claim = claim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def delete(self, kind: str, name: str, namespace: str = "", **kw: Any) -> None:
+        if kind == BLOCK_KIND:
+            self._store.commit(claims=[self._claim])
+        self._store.delete(kind, name, namespace, **kw)
+
+
+def test_a_block_allocated_in_while_being_returned_stays_without_an_error(store: Store) -> None:
+    """Rule 5 decides the leader's return against a node's allocation: the delete is refused, the
+    pass reports neither a deletion nor an error, and the record stays in its block."""
+    world = World(store)
+    pool = block_pool(world, "bp", "10.0.0.30")
+    claim_block(store, pool, ip_to_int("10.0.0.0", 4), 29, "node1")
+    claim = Claim("bp", store.usage("bp").resource_version, "10.0.0.1", "default/a", "ua")
+    clock = Clock()
+    leader = BlockReturn(cast(Store, AllocatesBeforeDelete(store, claim)), clock=clock, grace_seconds=60.0)
+    assert leader.collect().deleted == []  # empty: the grace period starts
+    clock.now += 60.0
+    report = leader.collect()
+    assert (report.deleted, report.errors) == ([], [])
+    assert blocks_by_cidr(store) == {"10.0.0.0/29": "node1"}
+    assert [(r.ip, r.pod) for r in store.records("bp")] == [("10.0.0.1", "default/a")]
