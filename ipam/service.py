@@ -64,6 +64,7 @@ NETWORK_ANNOTATION = "spiderbgp.io/network"
 LOG = logging.getLogger("spiderbgp.ipam")
 _SELECTIONS_KEPT = 512  # candidate selections remembered (all forgotten at once when full)
 _BLOCKS_KEPT_SECONDS = 5.0  # how long a pool's claimed blocks are used before they are listed again
+_BLOCK_CLAIM_TRIES = 3  # block claims one pick may lose to other nodes before the allocation retries
 
 
 @dataclass(frozen=True)
@@ -546,20 +547,33 @@ class IpamService:
         self, pool: IPPool, size: int, free: IntervalSet, allocated: Sequence[int]
     ) -> int | None:
         """The address this node takes from a block pool (``blocks.pick``), claiming a block first
-        when the pick needs one; Conflict (retried) when another node claimed it first.  A pick that
-        would claim or borrow is made again on the blocks as stored now."""
+        when the pick needs one.  A pick that would claim or borrow is made again on the blocks as
+        stored now.  A block claim lost to another node (nodes starting together all pick the lowest
+        empty block) lists the blocks again and picks again, up to ``_BLOCK_CLAIM_TRIES`` times, before
+        the Conflict reaches the allocation's retry: only the block map changed, so nothing else needs
+        reading again."""
         claimed, fresh = self._claimed(pool.name, refresh=False)
         choice = blocks.pick(free, allocated, claimed, self.node_name, family=pool.ip_version, size=size)
-        if choice is not None and not fresh and (choice.claim is not None or choice.borrowed):
-            claimed, _ = self._claimed(pool.name, refresh=True)
-            choice = blocks.pick(free, allocated, claimed, self.node_name, family=pool.ip_version, size=size)
-        if choice is None:
-            return None
-        if choice.claim is not None:
+        for tries in range(1, _BLOCK_CLAIM_TRIES + 1):
+            if choice is not None and not fresh and (choice.claim is not None or choice.borrowed):
+                claimed, fresh = self._claimed(pool.name, refresh=True)
+                choice = blocks.pick(
+                    free, allocated, claimed, self.node_name, family=pool.ip_version, size=size
+                )
+            if choice is None:
+                return None
+            if choice.claim is None:
+                return choice.value
             # listed again at the next pick either way (the maps are shared by threads: never changed)
             self._blocks.pop(pool.name, None)
-            claim_block(self.store, pool, choice.claim, size, self.node_name)
-        return choice.value
+            try:
+                claim_block(self.store, pool, choice.claim, size, self.node_name)
+                return choice.value
+            except Conflict:
+                if tries == _BLOCK_CLAIM_TRIES:
+                    raise
+                fresh = False  # make the pick again on the blocks as stored now
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _commit_records(
         self,

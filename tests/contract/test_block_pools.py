@@ -469,3 +469,45 @@ def test_a_block_allocated_in_while_being_returned_stays_without_an_error(store:
     assert (report.deleted, report.errors) == ([], [])
     assert blocks_by_cidr(store) == {"10.0.0.0/29": "node1"}
     assert [(r.ip, r.pod) for r in store.records("bp")] == [("10.0.0.1", "default/a")]
+
+
+class ClaimsFirst:
+    """A store through which another node claims each SpiderIPBlock a moment before this node's create
+    reaches the store (the race of nodes starting together), once per block."""
+
+    def __init__(self, store: Store, pool: IPPool, other: str) -> None:
+        self._store = store
+        self._pool = pool
+        self._other = other
+        self.taken: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj.get("kind") == BLOCK_KIND and len(self.taken) < 2:
+            block = claim_block(
+                self._store, self._pool, ip_to_int(obj["spec"]["cidr"].split("/")[0], 4), 29, self._other
+            )
+            self.taken.append(block.cidr)
+        return self._store.create(obj)
+
+
+def test_a_block_claim_lost_to_another_node_is_picked_again_inside_the_allocation(store: Store) -> None:
+    """Two lost block claims: the node lists the blocks again and claims the next empty one within the
+    same allocation (no retry of the whole allocation, no conflict reported)."""
+    world = World(store)
+    pool = block_pool(world, "bp", "10.0.0.62")
+    racing = ClaimsFirst(store, pool, "node2")
+    conflicts: list[int] = []
+    n1 = IpamService(
+        cast(Store, racing),
+        node_name="node1",
+        settings=SETTINGS,
+        sleep=lambda _: None,
+        on_conflict=lambda: conflicts.append(1),
+    )
+    assert add(world, n1, "a", "bp") == "10.0.0.16"
+    assert racing.taken == ["10.0.0.0/29", "10.0.0.8/29"]
+    assert conflicts == []
+    assert blocks_by_cidr(store) == {"10.0.0.0/29": "node2", "10.0.0.8/29": "node2", "10.0.0.16/29": "node1"}
