@@ -44,7 +44,7 @@ from ipam.apiserver import (
     random_uid,
     replaced,
 )
-from ipam.blocks import BLOCK_KIND
+from ipam.blocks import BLOCK_KIND, is_block_pool
 from ipam.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound
 from ipam.kinds import KindInfo, kind_info
 from ipam.model import FINALIZER
@@ -74,15 +74,19 @@ def _dumps(obj: Obj) -> str:
 
 
 def _render_block(conn: sqlite3.Connection, obj: Obj, *, with_ips: bool) -> Obj:
-    """A stored SpiderIPBlock with ``status.allocatedIPCount`` (and with ``with_ips`` Spiderpool's
-    ``allocatedIPs`` string) of the records inside its CIDR, from the allocations table."""
+    """A stored SpiderIPBlock with ``status.allocatedIPCount`` (kept in its body with its records'
+    changes; counted from the rows for a body from before schema 4) and with ``with_ips``
+    Spiderpool's ``allocatedIPs`` string of the records inside its CIDR, from the allocations table."""
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        status = obj["status"] = {}
+    stored = status.get("allocatedIPCount")
+    if isinstance(stored, int) and (not with_ips or stored == 0):
+        return obj
     query = block_records_query(obj, with_ips=with_ips)
     if query is None:
         return obj
     row = conn.execute(*query).fetchone()
-    status = obj.get("status")
-    if not isinstance(status, dict):
-        status = obj["status"] = {}
     status["allocatedIPCount"] = int(row[0])
     if with_ips and row[0]:
         status["allocatedIPs"] = row[1]
@@ -200,7 +204,11 @@ class SqliteStore:
             _without_derived_status(new)
             new.setdefault("status", {})["allocatedIPCount"] = 0
         elif info.kind == BLOCK_KIND:
-            _without_derived_status(new)  # a block's records are rendered from the allocations table
+            # a block's count is the store's (its records' changes keep it); allocatedIPs is rendered
+            _without_derived_status(new)
+            query = block_records_query(new, with_ips=False)
+            if query is not None:
+                new.setdefault("status", {})["allocatedIPCount"] = int(tx.conn.execute(*query).fetchone()[0])
         body = self._serialize(info, name, new)
         cursor = tx.conn.execute(
             "INSERT INTO objects (kind, namespace, name, revision, body) VALUES (?, ?, ?, ?, ?) "
@@ -238,7 +246,10 @@ class SqliteStore:
             _without_derived_status(new)
             new.setdefault("status", {})["allocatedIPCount"] = count
         elif info.kind == BLOCK_KIND:
+            count = stored.get("status", {}).get("allocatedIPCount")
             _without_derived_status(new)
+            if count is not None:
+                new.setdefault("status", {})["allocatedIPCount"] = count
         new["metadata"]["resourceVersion"] = str(stored_rev)
         if new == stored:
             return _dumps(stored)  # nothing changed: no new revision, no event (as the API server does)
@@ -328,7 +339,10 @@ class SqliteStore:
             rows = self._db.fetchall(query, (info.kind, namespace, name))
             if not rows:
                 raise NotFound(info.kind, name, namespace)
-            obj: Obj = json.loads(rows[0][0])  # a stored pool body already carries allocatedIPCount
+            obj: Obj = json.loads(rows[0][0])  # a stored plain pool body carries allocatedIPCount
+            if info.kind == POOL_KIND and is_block_pool(obj):
+                with self._db.read() as conn:
+                    return self._records.block_pool_count(conn, obj)
             return obj
         with self._db.read() as conn:  # the body and its rendered records from one snapshot
             row = conn.execute(query, (info.kind, namespace, name)).fetchone()
@@ -362,7 +376,13 @@ class SqliteStore:
                     _render_block(conn, obj, with_ips=allocated_ips)
                     for obj in self._matching(conn.execute(*query).fetchall(), wanted)
                 ]
-        if not (allocated_ips and info.kind == POOL_KIND):
+        if info.kind == POOL_KIND and not allocated_ips:
+            with self._db.read() as conn:  # a block pool's count is derived (record_heads)
+                return [
+                    self._records.block_pool_count(conn, obj) if is_block_pool(obj) else obj
+                    for obj in self._matching(conn.execute(*query).fetchall(), wanted)
+                ]
+        if info.kind != POOL_KIND:
             return self._matching(self._db.fetchall(*query), wanted)
         with self._db.read() as conn:  # the bodies and their rendered records from one snapshot
             return [

@@ -21,9 +21,9 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ipam.blocks import block_name_of
+from ipam.blocks import block_name_of, is_block_pool
 from ipam.errors import Conflict, Invalid, NotFound
 from ipam.records import Claim, IPRecord, Obj, PoolUsage, SortedPrefix
 from ipam.store.sqlite_tx import SqliteFile, Tx
@@ -44,10 +44,45 @@ _POOL_VERSION = (
 )
 _POOL_STATE = (
     f"SELECT revision, json_extract(body, '$.metadata.deletionTimestamp') IS NOT NULL, {_POOL_VERSION}, "
-    "json_extract(body, '$.metadata.annotations.\"spiderbgp.io/block-size\"') "
+    "json_extract(body, '$.metadata.annotations.\"spiderbgp.io/block-size\"'), "
+    "coalesce((SELECT h.revision FROM record_heads AS h WHERE h.pool = objects.name), 0) "
     "FROM objects WHERE kind = ? AND namespace = '' AND name = ?"
 )
 _BLOCK_EXISTS = "SELECT 1 FROM objects WHERE kind = 'SpiderIPBlock' AND namespace = '' AND name = ?"
+# a claim's or release's change to its block: the next revision, as resourceVersion too, and the count
+# (a body without one, from before schema 4, is counted from the rows, after this change)
+_BLOCK_BUMP = (
+    "UPDATE objects SET revision = ?1, body = json_set(body, '$.metadata.resourceVersion', ?2, "
+    "'$.status.allocatedIPCount', coalesce(json_extract(body, '$.status.allocatedIPCount') + ?3, "
+    "(SELECT count(*) FROM allocations WHERE pool = ?4 AND ip_key BETWEEN ?5 AND ?6 AND length(ip_key) = ?7))) "
+    "WHERE kind = 'SpiderIPBlock' AND namespace = '' AND name = ?8"
+)
+_BLOCK_EVENT = (
+    "INSERT INTO events (revision, kind, namespace, name, type, body, changes) "
+    "SELECT revision, kind, namespace, name, 'MODIFIED', body, ?1 FROM objects "
+    "WHERE kind = 'SpiderIPBlock' AND namespace = '' AND name = ?2"
+)
+_HEAD_BUMP = "UPDATE record_heads SET revision = max(revision, ?1), count = count + ?2 WHERE pool = ?3"
+_HEAD_OF = "SELECT count FROM record_heads WHERE pool = ?"
+_HEAD_COUNT = "UPDATE record_heads SET count = count + ?1 WHERE pool = ?2"
+_HEAD_INSERT = (
+    "INSERT INTO record_heads (pool, revision, count) "
+    "VALUES (?1, ?2, (SELECT count(*) FROM allocations WHERE pool = ?1))"
+)
+# the events a usage cache replays: the pool's own, and its blocks' record changes
+_REPLAY = (
+    "SELECT type, kind, changes FROM events WHERE revision > ?1 AND revision <= ?2 "
+    "AND ((kind = 'SpiderIPPool' AND namespace = '' AND name = ?3) "
+    "OR (kind = 'SpiderIPBlock' AND changes IS NOT NULL AND json_extract(body, '$.spec.pool') = ?3)) "
+    "ORDER BY revision"
+)
+_MAX_BITS = {4: 32, 16: 128}  # by key length
+# a pool's revision, claim version and records head (0 without block records)
+_USAGE_STATE = (
+    f"SELECT revision, {_POOL_VERSION}, "
+    "coalesce((SELECT h.revision FROM record_heads AS h WHERE h.pool = objects.name), 0) "
+    "FROM objects WHERE kind = ? AND namespace = '' AND name = ?"
+)
 # the records of one block: its pool, and keys of the block's family between its first and last address
 _BLOCK_RANGE = "pool = ? AND ip_key BETWEEN ? AND ? AND length(ip_key) = ?"
 _COUNT_BLOCK = f"SELECT count(*) FROM allocations WHERE {_BLOCK_RANGE}"
@@ -180,12 +215,15 @@ class PoolRecords:
 
     def render(self, conn: sqlite3.Connection, obj: Obj, *, committed: bool = True) -> Obj:
         """Add ``status.allocatedIPs`` (Spiderpool's JSON string, keys in IP order, absent when there
-        are no records) and ``allocatedIPCount``, both from the rows, to a stored pool.
+        are no records) and ``allocatedIPCount``, both from the rows, to a stored pool.  A block
+        pool gets only the count (its records are shown on its blocks: ``block_pool_count``).
 
         SQLite builds the string (``json_group_object`` over the (pool, ip_key) index, in C); the
         result is kept per pool revision, so reading pools that did not change costs no rendering.
         Inside a write transaction (``committed=False``) nothing is cached: the revision could still
         be rolled back and then be reused."""
+        if is_block_pool(obj):
+            return self.block_pool_count(conn, obj)
         name = obj["metadata"]["name"]
         revision = obj["metadata"]["resourceVersion"]
         with self._lock:
@@ -204,35 +242,50 @@ class PoolRecords:
             status["allocatedIPs"] = cached[2]
         return obj
 
+    @staticmethod
+    def block_pool_count(conn: sqlite3.Connection, obj: Obj) -> Obj:
+        """A stored block pool with ``status.allocatedIPCount`` = all its records (``record_heads``;
+        a pool without a row there has had no record change in its blocks, and its stored count,
+        kept by the claims of a previous version, holds) and no ``allocatedIPs`` (rule 6 of
+        ``ipam.store.protocol``'s block pools)."""
+        row = conn.execute(_HEAD_OF, (obj["metadata"]["name"],)).fetchone()
+        status = obj.get("status")
+        if not isinstance(status, dict):
+            status = obj["status"] = {}
+        status.pop("allocatedIPs", None)
+        if row is not None:
+            status["allocatedIPCount"] = int(row[0])
+        else:
+            status.setdefault("allocatedIPCount", 0)
+        return obj
+
     def usage(self, pool: str) -> PoolUsage:
-        rows = self._db.fetchall(
-            f"SELECT revision, {_POOL_VERSION} FROM objects WHERE kind = ? AND namespace = '' AND name = ?",
-            (POOL_KIND, pool),
-        )
+        """The pool's records as a sorted prefix, known at its *head*: the later of the pool's revision
+        and the last revision that changed records in its blocks (``record_heads``)."""
+        rows = self._db.fetchall(_USAGE_STATE, (POOL_KIND, pool))
         if rows:
+            head = max(int(rows[0][0]), int(rows[0][2]))
             with self._lock:
                 cache = self._cache.get(pool)
-                if cache is not None and cache.revision >= rows[0][0]:
+                if cache is not None and cache.revision >= head:
                     # up to date (this instance's commits keep it so): no log to replay
                     version = _version(rows[0][1], cache.revision)
                     return PoolUsage(pool, version, SortedPrefix(cache.items, len(cache.items)))
         with self._db.read() as conn:
             row = conn.execute(
-                f"SELECT o.revision, m.compacted, {_POOL_VERSION.replace('body', 'o.body').replace('revision', 'o.revision')} "
-                "FROM objects AS o, meta AS m WHERE o.kind = ? AND o.namespace = '' AND o.name = ?",
-                (POOL_KIND, pool),
+                f"SELECT u.*, m.compacted FROM ({_USAGE_STATE}) AS u, meta AS m", (POOL_KIND, pool)
             ).fetchone()
             if row is None:
                 with self._lock:
                     self._cache.pop(pool, None)
                 raise NotFound(POOL_KIND, pool)
-            pool_rev, compacted = int(row[0]), int(row[1])
+            head, compacted = max(int(row[0]), int(row[2])), int(row[3])
             with self._lock:
                 cache = self._cache.get(pool)
                 if (
                     cache is not None
-                    and cache.revision < pool_rev
-                    and (cache.revision < compacted or not self._replay(conn, pool, cache, pool_rev))
+                    and cache.revision < head
+                    and (cache.revision < compacted or not self._replay(conn, pool, cache, head))
                 ):
                     cache = None
                 if cache is None:
@@ -242,25 +295,21 @@ class PoolRecords:
                             "SELECT ip_key FROM allocations WHERE pool = ? ORDER BY ip_key", (pool,)
                         )
                     ]
-                    cache = _PoolCache(pool_rev, items)
+                    cache = _PoolCache(head, items)
                     self._cache[pool] = cache
                 # a cache newer than this snapshot (another thread refreshed it) is just as consistent
-                version = _version(row[2], cache.revision)
+                version = _version(row[1], cache.revision)
                 return PoolUsage(pool, version, SortedPrefix(cache.items, len(cache.items)))
 
     def _replay(self, conn: sqlite3.Connection, pool: str, cache: _PoolCache, upto: int) -> bool:
-        """Bring ``cache`` to revision ``upto`` from the pool's events (their ``changes``); False if a
-        reload is cheaper (too many revisions to scan or changes to apply) or needed (the pool was
-        deleted and created again)."""
+        """Bring ``cache`` to revision ``upto`` from the events of the pool and of its blocks (their
+        ``changes``); False if a reload is cheaper (too many revisions to scan or changes to apply) or
+        needed (the pool was deleted and created again)."""
         if upto - cache.revision > _REPLAY_SCAN_LIMIT:
             return False
-        rows = conn.execute(
-            "SELECT type, changes FROM events WHERE revision > ? AND revision <= ? "
-            "AND kind = ? AND namespace = '' AND name = ? ORDER BY revision",
-            (cache.revision, upto, POOL_KIND, pool),
-        ).fetchall()
+        rows = conn.execute(_REPLAY, (cache.revision, upto, pool)).fetchall()
         changes: builtins.list[tuple[bool, int]] = []
-        for change, text in rows:
+        for change, _, text in rows:
             if change != "MODIFIED":
                 return False
             if text:
@@ -304,63 +353,85 @@ class PoolRecords:
         """The records of a pool being removed go with it (as status.allocatedIPs does in Kubernetes);
         a usage cache never replays across a pool's DELETED event."""
         tx.conn.execute("DELETE FROM allocations WHERE pool = ?", (pool,))
+        tx.conn.execute("DELETE FROM record_heads WHERE pool = ?", (pool,))
 
     def apply(self, tx: Tx, changes: RecordChanges) -> dict[str, tuple[int, int, Sequence[tuple[bool, int]]]]:
-        """Releases first, then claims, in ``tx``; each pool touched gets one new revision (its
+        """Releases first, then claims, in ``tx``.  A plain pool touched gets one new revision (its
         resourceVersion and allocatedIPCount bumped in SQL, one MODIFIED event listing the record
-        changes).  Returns what ``advance`` takes once the transaction has committed: pool ->
-        (revision before, revision after, record changes in order)."""
-        # a pool is read and rewritten in SQL (json_extract / json_set): a claim does not pay for
-        # parsing and re-serializing the pool's body in Python
-        # pool -> (revision before, terminating, version, block prefix length or None)
-        loaded: dict[str, tuple[int, bool, str, int | None] | None] = {}
-        touched: dict[str, int] = {}  # pool -> new revision
+        changes).  In a block pool each block touched gets one instead (its resourceVersion and
+        count; its event lists the changes) and the pool's ``record_heads`` row takes the last of
+        them and the count; the pool object stays as it is (``ipam.store.protocol``, block pools).
+        Returns what ``advance`` takes once the transaction has committed: pool -> (head before,
+        head after, record changes in order)."""
+        # rows are read and rewritten in SQL (json_extract / json_set): a claim does not pay for
+        # parsing and re-serializing a body in Python
+        loaded: dict[str, _StoredPool | None] = {}
+        # pool -> new revision of the pool object, and the changes its event lists
+        touched: dict[str, tuple[int, builtins.list[tuple[bool, int]]]] = {}
+        blocks: dict[str, _BlockChange] = {}  # block name -> its change
+        heads: dict[str, int] = {}  # pool -> its last new revision
         counts: dict[str, int] = {}
         applied: dict[str, builtins.list[tuple[bool, int]]] = {}  # pool -> record changes, in order
 
-        def stored_pool(pool: str) -> tuple[int, bool, str, int | None] | None:
+        def stored_pool(pool: str) -> _StoredPool | None:
             if pool not in loaded:
                 row = tx.conn.execute(_POOL_STATE, (POOL_KIND, pool)).fetchone()
-                size = int(row[3]) if row is not None and str(row[3] or "").isdigit() else None
-                loaded[pool] = None if row is None else (int(row[0]), bool(row[1]), str(row[2]), size)
+                loaded[pool] = None if row is None else _StoredPool.of(row)
             return loaded[pool]
 
-        def touch(pool: str) -> int | None:
-            if pool in touched:
-                return touched[pool]
-            if stored_pool(pool) is None:
+        def note(pool: str, rev: int, added: bool, value: int) -> None:
+            heads[pool] = max(heads.get(pool, 0), rev)
+            counts[pool] = counts.get(pool, 0) + (1 if added else -1)
+            applied.setdefault(pool, []).append((added, value))
+
+        def touch(
+            pool: str, value: int, key: bytes, *, claim: bool
+        ) -> tuple[int, list[tuple[bool, int]]] | None:
+            """The revision this commit gives the record's change and the list of changes its event
+            carries: its block's in a block pool (for a release whose block is gone: the pool's),
+            else the pool's; None if the pool is gone."""
+            found = stored_pool(pool)
+            if found is None:
                 return None
-            touched[pool] = tx.next_revision()
-            counts[pool] = 0
-            applied[pool] = []
+            if found.size is not None:
+                name, first, last = _block_of(pool, value, key, found.size)
+                if name not in blocks and (
+                    claim or tx.conn.execute(_BLOCK_EXISTS, (name,)).fetchone() is not None
+                ):
+                    blocks[name] = _BlockChange(pool, tx.next_revision(), first, last)
+                if name in blocks:
+                    return blocks[name].revision, blocks[name].applied
+            if pool not in touched:
+                touched[pool] = (tx.next_revision(), [])
             return touched[pool]
 
         for claim, *_ in changes.claims:
             found_pool = stored_pool(claim.pool)
             if found_pool is None:
                 raise NotFound(POOL_KIND, claim.pool)
-            current = found_pool[2]
-            if found_pool[1]:
+            current = found_pool.version
+            if found_pool.terminating:
                 raise Conflict(
                     f'{POOL_KIND} "{claim.pool}": metadata.deletionTimestamp: the pool is terminating; '
                     "no new IPs are allocated from it"
                 )
             if current != claim.pool_version:
+                what = "generation" if current.startswith("g") else "resourceVersion"
                 raise Conflict(
-                    f'{POOL_KIND} "{claim.pool}": {"generation" if current.startswith("g") else "resourceVersion"} '
-                    f"{claim.pool_version} is stale "
+                    f'{POOL_KIND} "{claim.pool}": {what} {claim.pool_version} is stale '
                     f"(now {current}); re-read and retry"
                 )
+        checked: set[str] = set()
         for claim, ip, value, key in changes.claims:
             found_pool = loaded[claim.pool]
-            size = found_pool[3] if found_pool is not None else None
+            size = found_pool.size if found_pool is not None else None
             if size is not None:  # a block pool: the address needs its block (ipam.store.protocol)
-                family = 4 if len(key) == 4 else 6
-                name = block_name_of(claim.pool, value, family, size)
-                if tx.conn.execute(_BLOCK_EXISTS, (name,)).fetchone() is None:
+                name = _block_of(claim.pool, value, key, size)[0]
+                if name not in checked and tx.conn.execute(_BLOCK_EXISTS, (name,)).fetchone() is None:
                     raise Conflict(
                         f'SpiderIPBlock "{name}": not claimed; {ip} of pool {claim.pool} needs its block first'
                     )
+                checked.add(name)
         for release, _, value, key in changes.releases:
             row = tx.conn.execute(
                 "SELECT pool FROM allocations WHERE ip_key = ? AND pool = ? AND pod_uid = ?",
@@ -368,15 +439,16 @@ class PoolRecords:
             ).fetchone()
             if row is None:
                 continue  # absent or owned by another UID: a no-op
-            rev = touch(release.pool)
-            if rev is None:
+            target = touch(release.pool, value, key, claim=False)
+            if target is None:
                 continue
             tx.conn.execute("DELETE FROM allocations WHERE ip_key = ?", (key,))
-            counts[release.pool] -= 1
-            applied[release.pool].append((False, value))
+            note(release.pool, target[0], False, value)
+            target[1].append((False, value))
         for claim, ip, value, key in changes.claims:
-            rev = touch(claim.pool)
-            assert rev is not None  # checked above, inside this transaction
+            target = touch(claim.pool, value, key, claim=True)
+            assert target is not None  # checked above, inside this transaction
+            rev = target[0]
             try:
                 tx.conn.execute(
                     "INSERT INTO allocations (ip_key, ip, pool, pod, pod_uid, revision) "
@@ -391,17 +463,92 @@ class PoolRecords:
                     f'{POOL_KIND} "{claim.pool}": {ip} is already allocated'
                     + (f" (pool {owner[0]}, pod {owner[1]})" if owner else "")
                 ) from None
-            counts[claim.pool] += 1
-            applied[claim.pool].append((True, value))
-        for pool, rev in touched.items():
-            tx.conn.execute(_POOL_BUMP, (rev, str(rev), counts[pool], POOL_KIND, pool))
-            listed = ",".join(f"{'+' if added else '-'}{value}" for added, value in applied[pool])
+            note(claim.pool, rev, True, value)
+            target[1].append((True, value))
+        for name, block in blocks.items():
+            delta = sum(1 if added else -1 for added, _ in block.applied)
+            tx.conn.execute(
+                _BLOCK_BUMP,
+                (
+                    block.revision,
+                    str(block.revision),
+                    delta,
+                    block.pool,
+                    block.first,
+                    block.last,
+                    len(block.first),
+                    name,
+                ),
+            )
+            tx.conn.execute(_BLOCK_EVENT, (_listed(block.applied), name))
+        for pool, (rev, pool_changes) in touched.items():
+            tx.conn.execute(
+                _POOL_BUMP, (rev, str(rev), sum(1 if a else -1 for a, _ in pool_changes), POOL_KIND, pool)
+            )
             before = loaded[pool]
             assert before is not None  # touched pools exist
-            tx.conn.execute(_POOL_EVENT, (rev, listed or None, before[0], _DELTA_EVENT_MIN, POOL_KIND, pool))
-        tx.pools.update(touched)
+            tx.conn.execute(
+                _POOL_EVENT,
+                (rev, _listed(pool_changes) or None, before.revision, _DELTA_EVENT_MIN, POOL_KIND, pool),
+            )
+        for pool, head in heads.items():
+            found = loaded[pool]
+            assert found is not None
+            if found.size is None:
+                tx.conn.execute(_HEAD_COUNT, (counts[pool], pool))  # a pool once a block pool
+            elif tx.conn.execute(_HEAD_BUMP, (head, counts[pool], pool)).rowcount == 0:
+                tx.conn.execute(_HEAD_INSERT, (pool, head))  # counts the rows, this commit's included
+        tx.pools.update(heads)
         return {
-            pool: (found[0], touched[pool], applied[pool])
+            pool: (found.head, heads[pool], applied[pool])
             for pool, found in loaded.items()
-            if found is not None and pool in touched
+            if found is not None and pool in heads
         }
+
+
+@dataclass(frozen=True)
+class _StoredPool:
+    """A pool as a commit needs it: revision, whether terminating, the version claims are conditional
+    on, the block size (None: a plain pool) and its records head (``record_heads``)."""
+
+    revision: int
+    terminating: bool
+    version: str
+    size: int | None
+    head: int
+
+    @classmethod
+    def of(cls, row: Sequence[object]) -> _StoredPool:
+        text = str(row[3] or "")
+        size = int(text) if text.isdigit() else None
+        revision = int(str(row[0]))
+        return cls(revision, bool(row[1]), str(row[2]), size, max(revision, int(str(row[4]))))
+
+
+@dataclass
+class _BlockChange:
+    """A commit's change to one block: its pool, new revision, key range and record changes."""
+
+    pool: str
+    revision: int
+    first: bytes
+    last: bytes
+    applied: builtins.list[tuple[bool, int]] = field(default_factory=builtins.list)
+
+
+def _block_of(pool: str, value: int, key: bytes, size: int) -> tuple[str, bytes, bytes]:
+    """The name of the block of ``pool`` holding an address, and the first and last keys of its range."""
+    bits = _MAX_BITS[len(key)]
+    family = 4 if len(key) == 4 else 6
+    span = 1 << (bits - size)
+    start = value - value % span
+    width = len(key)
+    return (
+        block_name_of(pool, value, family, size),
+        start.to_bytes(width, "big"),
+        (start + span - 1).to_bytes(width, "big"),
+    )
+
+
+def _listed(applied: Sequence[tuple[bool, int]]) -> str:
+    return ",".join(f"{'+' if added else '-'}{value}" for added, value in applied)

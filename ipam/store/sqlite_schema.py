@@ -28,11 +28,21 @@ Tables (``PRAGMA user_version`` = ``SCHEMA_VERSION``):
     IPv6, so the key carries the family (``10.50.0.10`` and ``::a32:a`` are different keys) and
     is unique across pools (the database itself refuses a second owner); in address order within
     a family, so consecutive claims append; with its canonical text, pool, pod and pod UID.
+``record_heads``
+    One row per block pool (``spiderbgp.io/block-size``, issue 15) that has had a claim or release
+    in its blocks: ``revision``, the last revision that changed the pool's records (a claim or
+    release moves its block's revision, not the pool's, so the pool's own revision does not tell
+    a usage cache that it is stale), and ``count``, the pool's records (its derived
+    ``allocatedIPCount``).  A block's records change in a MODIFIED event of the block, whose
+    ``changes`` lists them as a pool's does.  A SpiderIPBlock's JSON holds its
+    ``status.allocatedIPCount`` (kept in the same transaction as its records) but never
+    ``allocatedIPs``, which is rendered from ``allocations`` as for pools.
 
 Version 1 kept (kind, namespace, name) as a WITHOUT ROWID key, allocations keyed by the address text
 and a separate ``allocation_log`` table; version 2 keyed IPv4 records by 16 bytes like IPv6 (so an
 IPv4-compatible IPv6 address had its IPv4 address's key) and copied every pool body into every claim's
-event.  ``ensure_schema`` migrates such files in place, one version after the other.
+event; version 3 had no ``record_heads`` and bumped a block pool's revision per claim.
+``ensure_schema`` migrates such files in place, one version after the other.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from ipam.errors import StoreUnavailable
 
 __all__ = ["SCHEMA_VERSION", "connect", "ensure_schema"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WAL_AUTOCHECKPOINT = 8192
 
 _OBJECTS = """CREATE TABLE objects (
@@ -70,6 +80,12 @@ _ALLOCATION_INDEXES = (
     "CREATE INDEX allocations_by_pod ON allocations (pod)",
 )
 
+_RECORD_HEADS = """CREATE TABLE record_heads (
+        pool TEXT NOT NULL PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        count INTEGER NOT NULL
+    ) WITHOUT ROWID"""
+
 _EVENTS_BY_BASE = "CREATE INDEX events_by_base ON events (base) WHERE base IS NOT NULL"
 
 _DDL: tuple[str, ...] = (
@@ -93,6 +109,7 @@ _DDL: tuple[str, ...] = (
     _EVENTS_BY_BASE,
     _ALLOCATIONS,
     *_ALLOCATION_INDEXES,
+    _RECORD_HEADS,
 )
 
 # version 1 -> 2, inside the schema transaction.  The revision stays; everything before it counts as
@@ -127,7 +144,15 @@ _MIGRATE_2_TO_3: tuple[str, ...] = (
     "ALTER TABLE events ADD COLUMN base INTEGER",
     _EVENTS_BY_BASE,
 )
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3}
+# version 3 -> 4: block pools' record heads; a block's stored status loses the derived fields a
+# previous version may have mirrored into it (its count is then counted from the rows when read,
+# and kept from its next record change on).
+_MIGRATE_3_TO_4: tuple[str, ...] = (
+    _RECORD_HEADS,
+    "UPDATE objects SET body = json_remove(body, '$.status.allocatedIPs', '$.status.allocatedIPCount') "
+    "WHERE kind = 'SpiderIPBlock'",
+)
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_1_TO_2, 2: _MIGRATE_2_TO_3, 3: _MIGRATE_3_TO_4}
 
 
 def connect(path: Path, *, busy_timeout: float, fsync: bool) -> sqlite3.Connection:
