@@ -282,7 +282,7 @@ def test_a_schema_1_file_is_migrated_in_place(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert tables == {"meta", "objects", "events", "allocations"}
+        assert tables == {"meta", "objects", "events", "allocations", "record_heads"}
     finally:
         raw.close()
 

@@ -113,6 +113,7 @@ def downgrade_to_schema_2(db: Path) -> None:
             raw.execute("UPDATE allocations SET ip_key = ? WHERE ip_key = ?", (bytes(12) + key, key))
         raw.execute("DROP INDEX events_by_base")
         raw.execute("ALTER TABLE events DROP COLUMN base")
+        raw.execute("DROP TABLE record_heads")
         raw.execute("PRAGMA user_version = 2")
     finally:
         raw.close()
