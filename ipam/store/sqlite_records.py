@@ -62,6 +62,14 @@ _BLOCK_EVENT = (
     "SELECT revision, kind, namespace, name, 'MODIFIED', body, ?1 FROM objects "
     "WHERE kind = 'SpiderIPBlock' AND namespace = '' AND name = ?2"
 )
+_HELD_BLOCKS = (
+    "SELECT name FROM objects WHERE kind = 'SpiderIPBlock' AND namespace = '' "
+    "AND json_extract(body, '$.spec.pool') = ? AND coalesce(json_extract(body, '$.status.allocatedIPCount'), 1) != 0"
+)
+_BLOCK_EMPTIED = (
+    "UPDATE objects SET revision = ?1, body = json_set(body, '$.metadata.resourceVersion', ?2, "
+    "'$.status.allocatedIPCount', 0) WHERE kind = 'SpiderIPBlock' AND namespace = '' AND name = ?3"
+)
 _HEAD_BUMP = "UPDATE record_heads SET revision = max(revision, ?1), count = count + ?2 WHERE pool = ?3"
 _HEAD_OF = "SELECT count FROM record_heads WHERE pool = ?"
 _HEAD_COUNT = "UPDATE record_heads SET count = count + ?1 WHERE pool = ?2"
@@ -351,9 +359,16 @@ class PoolRecords:
     @staticmethod
     def drop_pool(tx: Tx, pool: str) -> None:
         """The records of a pool being removed go with it (as status.allocatedIPs does in Kubernetes);
-        a usage cache never replays across a pool's DELETED event."""
+        a usage cache never replays across a pool's DELETED event.  Its blocks that held records
+        (Kubernetes deletes them by owner garbage collection; here they stay until returned) show a
+        count of 0 from a MODIFIED event each."""
         tx.conn.execute("DELETE FROM allocations WHERE pool = ?", (pool,))
         tx.conn.execute("DELETE FROM record_heads WHERE pool = ?", (pool,))
+        held = tx.conn.execute(_HELD_BLOCKS, (pool,)).fetchall()
+        for (name,) in held:
+            rev = tx.next_revision()
+            tx.conn.execute(_BLOCK_EMPTIED, (rev, str(rev), name))
+            tx.conn.execute(_BLOCK_EVENT, (None, name))
 
     def apply(self, tx: Tx, changes: RecordChanges) -> dict[str, tuple[int, int, Sequence[tuple[bool, int]]]]:
         """Releases first, then claims, in ``tx``.  A plain pool touched gets one new revision (its
