@@ -17,7 +17,11 @@ One global revision counter: every change takes the next revision, which becomes
 read with ``get``/``list`` (and returned by ``create``/``update``/``update_status``) carries
 ``status.allocatedIPs`` and ``status.allocatedIPCount`` from the rows; its watch events carry
 ``allocatedIPCount`` but NOT ``allocatedIPs`` (rendering every record into every event would make a
-fill quadratic): read the records with ``get``/``records`` when needed.
+fill quadratic): read the records with ``get``/``records`` when needed.  A SpiderIPBlock likewise:
+``get``/``list`` render its ``allocatedIPs`` (with ``allocated_ips``) from the rows in its CIDR, its
+``allocatedIPCount`` is kept in its body by every claim and release in it, and its watch events (one
+per claim or release commit touching it) carry the count only.  A block pool's object carries no
+``allocatedIPs`` and the count of all its records (``ipam.store.protocol``, block pools).
 """
 
 from __future__ import annotations

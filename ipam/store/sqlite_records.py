@@ -5,7 +5,11 @@ one per IP keyed by the address, never a rewritten list, so a claim costs O(log 
   changes listed on the pool's watch events, so it costs O(changes since the last call); this
   instance's own commits advance it directly (``advance``).
 - ``apply`` makes a commit's releases and claims in a write transaction: a claim is conditional on
-  the pool's resourceVersion, and bumps it and the count with ``json_set`` in SQL.  A pool body
+  the pool's resourceVersion, and bumps it and the count with ``json_set`` in SQL.  In a block pool
+  (``spiderbgp.io/block-size``, issue 15) a claim is conditional on the pool's generation token and
+  needs its SpiderIPBlock; the block, not the pool, takes the new revision and count (a MODIFIED
+  event of the block listing the changes), and ``record_heads`` the pool's last record revision and
+  count, which ``usage`` replays from and ``block_pool_count`` shows (``sqlite_schema``).  A pool body
   longer than ``_DELTA_EVENT_MIN`` is not copied into its event: the event holds the merge patch of
   what changed against the whole-body event it derives from (``sqlite_schema``).
 - ``render``: ``status.allocatedIPs`` in Spiderpool's JSON-string format and ``allocatedIPCount`` of
