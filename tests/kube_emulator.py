@@ -823,7 +823,7 @@ class KubeEmulator:
             obj = self._objects.get(_key(t.info, t.namespace, t.name))
             if obj is None:
                 raise not_found(t.info, t.name)
-            return copy.deepcopy(obj)
+            return obj  # serialized by the handler at once; stored objects are never changed in place
 
     def _selectors(
         self, query: Mapping[str, str], info: KindInfo
@@ -887,10 +887,11 @@ class KubeEmulator:
             page = keys[:limit] if limit > 0 else keys
             out = []
             for key in page:
-                item = copy.deepcopy(state[key])
+                # Serialized by the handler at once and stored objects are never changed in place
+                # (every write stores a new object), so the stored object itself goes out.
+                item = state[key]
                 if t.info.group in _BUILTIN_GROUPS:  # built-in list items carry no apiVersion/kind
-                    item.pop("apiVersion", None)
-                    item.pop("kind", None)
+                    item = {k: v for k, v in item.items() if k not in ("apiVersion", "kind")}
                 out.append(item)
         meta: Obj = {"resourceVersion": str(rv)}
         if len(page) < len(keys):
@@ -1254,8 +1255,8 @@ class KubeEmulator:
             if rv_text in ("", "0"):
                 with self._lock:
                     since = self._rv
-                    current = [
-                        copy.deepcopy(o)
+                    current = [  # stored objects are never changed in place: no copy
+                        o
                         for _, o in sorted(self._of_kind.get(_prefix(t.info), {}).items())
                         if self._selected(o, t, labels, fields)
                     ]
