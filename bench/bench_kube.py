@@ -30,12 +30,13 @@ pool's count) and prints the count column of ``kubectl get sp`` (through a kubec
 emulator) and of ``spiderbgp get sp``; it fails unless both show N.
 
 Run: ``.venv/bin/python -m bench.bench_kube [--pods N] [--latency-ms MS] [--agents K] [--fill N]
-[--profile-emulator FILE]``
+[--profile-emulator FILE] [--profile-agents FILE]``
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import multiprocessing
 import multiprocessing.synchronize
@@ -80,6 +81,7 @@ class AgentJob:
     node: str
     pods: tuple[tuple[str, str], ...]
     progress: int = 0  # print a line every this many allocations (0: never)
+    profile: str = ""  # write this agent's cProfile stats of its allocations to PROFILE.<node> ("" none)
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,11 @@ def agent_main(job: AgentJob, start: multiprocessing.synchronize.Barrier, result
     except threading.BrokenBarrierError:
         store.close()
         return  # another agent could not start
+    profiler = cProfile.Profile() if job.profile else None
     began = time.monotonic()
     cpu = time.process_time()
+    if profiler is not None:
+        profiler.enable()
     try:
         for name, uid in job.pods:
             while True:
@@ -143,6 +148,9 @@ def agent_main(job: AgentJob, start: multiprocessing.synchronize.Barrier, result
         error = f"{job.node}: after {len(ips)} allocations: {err}"
     ended = time.monotonic()
     cpu = time.process_time() - cpu
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{job.profile}.{job.node}")
     results.put(
         AgentResult(
             job.node,
@@ -230,17 +238,27 @@ def pod(name: str, node: str) -> Obj:
 
 
 def race(
-    served: EmulatorProcess, admin: KubeStore, pods: Sequence[int], latency: float, progress: int = 0
+    served: EmulatorProcess,
+    admin: KubeStore,
+    pods: Sequence[int],
+    latency: float,
+    progress: int = 0,
+    agent_profile: str = "",
 ) -> Result:
     """``pods[i]`` pods on node i, each node's agent in a process of its own; the race timed from the
-    barrier to the last agent's end."""
+    barrier to the last agent's end.  ``agent_profile``: each agent's cProfile stats to it + ".node<i>"."""
     jobs = []
     for i, count in enumerate(pods):
         node = f"node{i}"
         made = [admin.create(pod(f"{node}-{k}", node))["metadata"] for k in range(count)]
         jobs.append(
             AgentJob(
-                served.url, served.agent_token, node, tuple((m["name"], m["uid"]) for m in made), progress
+                served.url,
+                served.agent_token,
+                node,
+                tuple((m["name"], m["uid"]) for m in made),
+                progress,
+                agent_profile,
             )
         )
     ctx = multiprocessing.get_context("spawn")
@@ -375,7 +393,7 @@ def count_column(table: str, name: str) -> str:
     return row[starts[col] : end].strip() or "(blank)"
 
 
-def fill(count: int, agents: int, profile: str = "") -> int:
+def fill(count: int, agents: int, profile: str = "", agent_profile: str = "") -> int:
     """Fill a /16 block pool to ``count`` allocations, then show the count as ``get sp`` does."""
     print(f"fill: a /16 block pool (block size 26) to {count} allocations, {agents} agents, no latency")
     each = [count // agents + (1 if i < count % agents else 0) for i in range(agents)]
@@ -389,7 +407,7 @@ def fill(count: int, agents: int, profile: str = "") -> int:
         try:
             admin.create(pool_object("10.245.0.0/16", "10.245.0.1-10.245.255.254", 26))
             began = time.monotonic()
-            result = Result(**{**race(served, admin, each, 0.0, 1000).__dict__, "block": True})
+            result = Result(**{**race(served, admin, each, 0.0, 1000, agent_profile).__dict__, "block": True})
             print(
                 "fill:    "
                 + result.line()
@@ -459,9 +477,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile-emulator", default="", metavar="FILE", help="the emulator's cProfile stats to FILE.<run>"
     )
+    parser.add_argument(
+        "--profile-agents",
+        default="",
+        metavar="FILE",
+        help="with --fill: each agent's cProfile stats to FILE.<node>",
+    )
     args = parser.parse_args(argv)
     if args.fill:
-        return fill(args.fill, args.agents, args.profile_emulator and args.profile_emulator + ".fill")
+        emulator_profile = args.profile_emulator and args.profile_emulator + ".fill"
+        return fill(args.fill, args.agents, emulator_profile, args.profile_agents)
     latency = args.latency_ms / 1000
     print(
         f"KubeStore through the API emulator (its own process), {args.latency_ms:g} ms per request, one pool, "
