@@ -672,10 +672,31 @@ class KubeStore:
             if not is_block_pool(obj):
                 out.extend(r for r in _records_of(self._remember_pool(obj)) if r.pod == pod)
         by_pool: dict[str, builtins.list[BlockRecords]] = {}
-        for block in self._list_server(kind_info(BLOCK_KIND), None):
+        for block in self._blocks_of_pod(pod):
             by_pool.setdefault(block_pool_of(block), []).append(self._book.records(block))
         for pool, books in by_pool.items():
             out.extend(r for r in _block_records(pool, books) if r.pod == pod)
+        return out
+
+    def _blocks_of_pod(self, pod: str) -> builtins.list[Obj]:
+        """The SpiderIPBlocks that may hold records of ``pod``.  With a synced block informer: the
+        cached blocks that name it (an index per block version, so no list of every record per ADD),
+        each read again from the server (the cache may lag behind a release by another process, e.g.
+        the leader's GC; a claim for a pod comes from its node's agent, which is this process, its
+        earlier run, listed at sync, or an operator's tool).  Else every block, listed once."""
+        info = kind_info(BLOCK_KIND)
+        inf = self._informers.get(BLOCK_KIND)
+        if inf is None or not inf.synced:
+            return self._list_server(info, None)
+        out: builtins.list[Obj] = []
+        for block in inf.shared():
+            try:
+                named = pod in self._book.records(block).pods
+            except Invalid:
+                named = True  # malformed in the cache: let the server's copy say
+            if named:
+                with contextlib.suppress(NotFound):
+                    out.append(self._seen(info, self._get_server(info, str(block["metadata"]["name"]), "")))
         return out
 
     def commit(

@@ -53,6 +53,7 @@ class BlockRecords:
     start: int
     records: Mapping[str, PoolIPAllocation]
     values: tuple[int, ...]
+    pods: frozenset[str]  # "namespace/name" of every record, for records_of_pod
 
 
 class BlockBook:
@@ -100,7 +101,7 @@ class BlockBook:
         except (netaddr.AddrFormatError, ValueError, TypeError):
             raise Invalid(BLOCK_KIND, name, "spec.cidr", f"{cidr!r} is not a CIDR") from None
         values = tuple(sorted(int(netaddr.IPAddress(ip)) for ip in records))
-        book = BlockRecords(name, rv, start, records, values)
+        book = BlockRecords(name, rv, start, records, values, frozenset(r.pod for r in records.values()))
         with self._lock:
             self._blocks[name] = book
         return book

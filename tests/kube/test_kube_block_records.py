@@ -168,3 +168,28 @@ def test_the_leaders_controller_thread_keeps_the_stored_count_as_blocks_change(
         assert admin.get("SpiderIPPool", "bp")["status"]["allocatedIPCount"] == 13
     finally:
         leader.stop(timeout=5.0)
+
+
+def test_records_of_a_pod_come_from_the_cached_blocks_naming_it_read_again(
+    kube_emulator: KubeEmulator, store_factory: Callable[..., KubeStore]
+) -> None:
+    """records_of_pod with a block cache reads only the blocks naming the pod, from the server: a
+    record another process released is gone at once, whatever the cache still holds."""
+    admin = store_factory(token=kube_emulator.admin_token)
+    _block_pool(admin, "bp", "10.6.0.0/24", "10.6.0.1-10.6.0.254", "28")
+    store = store_factory(token=kube_emulator.agent_token, cached_kinds=("SpiderIPPool", "SpiderIPBlock"))
+    world = World(admin)
+    svc = IpamService(store, node_name="node1", settings=SETTINGS)
+    for i in range(20):  # two blocks
+        world.pod(f"p{i}", node="node1")
+        svc.allocate(world.add(f"p{i}", v4=["bp"]))
+    [rec] = store.records_of_pod("default", "p17")
+    assert (rec.pool, rec.ip) == ("bp", "10.6.0.18")
+    requests = kube_emulator.requests
+    assert store.records_of_pod("default", "nobody") == []
+    assert kube_emulator.requests - requests == 1  # the plain pools' list; no block names the pod
+    requests = kube_emulator.requests
+    assert [(r.ip, r.pod) for r in store.records_of_pod("default", "p3")] == [("10.6.0.4", "default/p3")]
+    assert kube_emulator.requests - requests == 2  # and one GET of the block naming it
+    admin.commit(releases=[rec])  # another process (the cache may not have seen it yet)
+    assert store.records_of_pod("default", "p17") == []
