@@ -284,7 +284,7 @@ class KubeStore:
         for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "deletionTimestamp"):
             meta.pop(key, None)
         status = body.get("status")
-        if info.kind == POOL:  # a new pool has no records, whatever its status says
+        if info.kind in (POOL, BLOCK_KIND):  # a new pool or block has no records, whatever its status says
             status = {k: v for k, v in (status or {}).items() if k not in _DERIVED}
             body["status"] = status
         posted = self.api.request("POST", info, namespace=ns, body=body, about=name)

@@ -13,7 +13,7 @@ import pytest
 
 from ipam.admin import apply_object
 from ipam.block_claims import claim_block, list_blocks
-from ipam.blocks import BLOCK_KIND, block_status
+from ipam.blocks import BLOCK_KIND, block_object, block_status
 from ipam.controllers.blocks import BlockReturn
 from ipam.controllers.gc import GarbageCollector
 from ipam.controllers.leader import LeaderControllers
@@ -511,3 +511,15 @@ def test_a_block_claim_lost_to_another_node_is_picked_again_inside_the_allocatio
     assert racing.taken == ["10.0.0.0/29", "10.0.0.8/29"]
     assert conflicts == []
     assert blocks_by_cidr(store) == {"10.0.0.0/29": "node2", "10.0.0.8/29": "node2", "10.0.0.16/29": "node1"}
+
+
+def test_a_block_created_with_records_in_its_status_holds_none(store: Store) -> None:
+    """Rule 2: the records and their count belong to the store, at create as at update."""
+    world = World(store)
+    pool = block_pool(world, "bp", "10.0.0.30")
+    obj = block_object(pool, ip_to_int("10.0.0.0", 4), 29, "node1")
+    obj["status"] = {"allocatedIPCount": 1, "allocatedIPs": '{"10.0.0.1":{"pod":"default/x","podUid":"ux"}}'}
+    store.create(obj)
+    status = store.get(BLOCK_KIND, "bp-10-0-0-0-29").get("status") or {}
+    assert (status.get("allocatedIPCount", 0), status.get("allocatedIPs")) == (0, None)
+    assert store.records("bp") == []
