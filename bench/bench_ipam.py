@@ -16,11 +16,16 @@ durable commit (record + SpiderEndpoint) in the embedded SQLite store.  Prints:
   through the store (usage -> lowest free -> commit of claim + endpoint), without pod reads,
   selection or the service's checks.
 
+- beside the fill, in the same turns, the same fill in a block pool (the seed pool annotated
+  ``spiderbgp.io/block-size``, ``--block-size``, default 26; one node, so it claims a block when its
+  blocks are full), in a store of its own: allocations/s against the plain pool's (target: at least
+  0.8x), and its growth.
+
 Figures, references, ratios and targets print as ``bench.verdict`` lines.
 
 ``--profile N`` profiles N allocations with cProfile and prints where the time goes.
 
-Run: ``.venv/bin/python -m bench.bench_ipam [--count N] [--fsync] [--profile N] [--dir DIR]``
+Run: ``.venv/bin/python -m bench.bench_ipam [--count N] [--fsync] [--profile N] [--block-size N] [--dir DIR]``
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pathlib import Path
 from bench.verdict import Comparison, at_least, at_most, report
 from ipam import admin
 from ipam.allocator import free_intervals, lowest_free
+from ipam.blocks import BLOCK_SIZE_ANNOTATION
 from ipam.kinds import SPIDER_API
 from ipam.model import Endpoint, IPPool, NicAllocation
 from ipam.ranges import IntervalSet, int_to_ip
@@ -149,16 +155,33 @@ def _interleaved(
     pods: Sequence[tuple[str, str]],
     ref_store: SqliteStore,
     ref_pool: str,
-) -> tuple[list[float], list[float]]:
-    """The service's fill and the reference's, ``CHUNK`` allocations of one then of the other, so that
-    the shared machine's load hits both alike; returns (service times, reference times)."""
+    blocks: tuple[IpamService, str, Sequence[tuple[str, str]]] | None = None,
+) -> tuple[list[float], list[float], list[float]]:
+    """The service's fill, the block pool's (``blocks``: its service, pool and pods, in a store of its
+    own) and the reference's, ``CHUNK`` allocations of one then of the next, so that the shared
+    machine's load hits them alike; returns (service times, reference times, block pool times)."""
     times: list[float] = []
     ref_times: list[float] = []
+    block_times: list[float] = []
     for start in range(0, len(pods), CHUNK):
         chunk = pods[start : start + CHUNK]
         times += _fill(service, pool, chunk)
+        if blocks is not None:
+            block_times += _fill(blocks[0], blocks[1], blocks[2][start : start + CHUNK])
         ref_times += _reference_fill(ref_store, ref_pool, start, len(chunk))
-    return times, ref_times
+    return times, ref_times, block_times
+
+
+def _block_pool_doc(size: int) -> Obj:
+    """The seed pool annotated ``spiderbgp.io/block-size``: its records go to node-affine blocks."""
+    docs = admin.load_documents(SEED_POOL.read_text(), source=str(SEED_POOL))
+    doc: Obj = dict(docs[0])
+    doc["metadata"] = dict(doc["metadata"])
+    doc["metadata"]["annotations"] = {
+        **(doc["metadata"].get("annotations") or {}),
+        BLOCK_SIZE_ANNOTATION: str(size),
+    }
+    return doc
 
 
 def _growth(label: str, times: Sequence[float]) -> None:
@@ -267,6 +290,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=0, help="allocations (default: the whole seed pool)")
     parser.add_argument("--fsync", action="store_true", help="synchronous=FULL (survives power loss)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile N allocations")
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=26,
+        metavar="N",
+        help="block pool's prefix length (0: no block pool)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where the databases go (default: temp)")
     args = parser.parse_args(argv)
 
@@ -289,16 +319,32 @@ def main(argv: Sequence[str] | None = None) -> None:
                 _profile(service, pool, pods[: args.profile])
                 pods = pods[args.profile :]
             ref_store = SqliteStore(tmp / "reference.db", fsync=args.fsync)
+            block_store = SqliteStore(tmp / "blocks.db", fsync=args.fsync)
             try:
                 ref_pool = _setup(ref_store, SEED_POOL)
-                times, ref_times = _interleaved(service, pool, pods, ref_store, ref_pool)
+                blocks = None
+                if args.block_size:
+                    block_pool = _setup(block_store, None, _block_pool_doc(args.block_size))
+                    block_pods = _create_pods(block_store, "pod", len(pods))
+                    blocks = (IpamService(block_store, node_name=NODE), block_pool, block_pods)
+                times, ref_times, block_times = _interleaved(service, pool, pods, ref_store, ref_pool, blocks)
+                block_count = len(block_store.list("SpiderIPBlock", allocated_ips=False))
             finally:
                 ref_store.close()
-            print(f"in turns of {CHUNK}, the service then the reference (the store alone):")
+                block_store.close()
+            print(
+                f"in turns of {CHUNK}, the service, the service in a block pool (/{args.block_size}), "
+                "then the reference (the store alone):"
+            )
             rate = _report("IpamService.allocate", "allocations", times)
             ref_rate = _report("reference: store claims + endpoint", "claims", ref_times)
             report(Comparison("IPAM service fill", rate, "store alone (claims + endpoint)", ref_rate,
                               "allocations/s", at_least(0.5)), "  ")  # fmt: skip
+            if block_times:
+                block_rate = _report(f"block pool ({block_count} blocks)", "allocations", block_times)
+                report(Comparison("IPAM service fill of a block pool", block_rate, "of the plain pool",
+                                  rate, "allocations/s", at_least(0.8)), "  ")  # fmt: skip
+                _growth("block pool", block_times)
             _growth("IpamService.allocate", times)
             _growth("store alone", ref_times)
         finally:
