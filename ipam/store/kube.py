@@ -883,7 +883,9 @@ class KubeStore:
                 raise _StaleClaim(
                     f'{BLOCK_KIND} "{name}": belongs to pool {block_pool_of(obj)!r}, not {pool}'
                 )
-            records = dict(self._book.records(obj).records)
+            before = self._book.records(obj)
+            records = dict(before.records)
+            added: builtins.list[tuple[int, str]] = []
             changed = False
             for rel, ip in releases:
                 held = records.get(ip)
@@ -898,23 +900,27 @@ class KubeStore:
                 if other is not None:
                     raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pool {other})')
                 records[ip] = PoolIPAllocation(claim.pod, claim.pod_uid)
+                added.append((_ip_int(ip), ip))
                 changed = True
             if not changed:
                 return obj
+            after = before.changed(records, added)
             body = copy.deepcopy(obj)
             status = body.setdefault("status", {})
-            text = render_records(records)
+            text = after.render()
             if text is None:
                 status.pop("allocatedIPs", None)
             else:
                 status["allocatedIPs"] = text
             status["allocatedIPCount"] = len(records)
             try:
-                return self._put(info, body, "", name, "status")
+                written = self._put(info, body, "", name, "status")
             except NotFound:
                 if claims:
                     raise _StaleClaim(f'{BLOCK_KIND} "{name}": returned while being written') from None
                 return {}
+            self._book.keep(after, written)
+            return written
 
         try:
             self._retrying(attempt)

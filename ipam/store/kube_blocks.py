@@ -9,7 +9,8 @@ than its block has addresses (at most 4,096), so block pools have no per-pool re
 :class:`BlockBook` keeps what the store parsed: a pool's layout (IP family and block prefix length) per
 pool resourceVersion, and a block's records per block resourceVersion, so ``usage`` costs the blocks that
 changed plus one concatenation (blocks are disjoint aligned CIDRs: their sorted addresses, taken in block
-order, are sorted)."""
+order, are sorted).  The store's own block writes go into the book as written (``BlockRecords.changed``,
+``BlockBook.keep``): a claim parses only the addresses it adds, not every record of its block again."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import builtins
 import json
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import netaddr
@@ -54,6 +55,33 @@ class BlockRecords:
     records: Mapping[str, PoolIPAllocation]
     values: tuple[int, ...]
     pods: frozenset[str]  # "namespace/name" of every record, for records_of_pod
+    ips: tuple[str, ...]  # the records' addresses in the order of ``values``
+
+    def changed(
+        self, records: Mapping[str, PoolIPAllocation], added: Iterable[tuple[int, str]]
+    ) -> BlockRecords:
+        """This block holding ``records`` instead: its own records that remain plus ``added`` ((value,
+        address) pairs of the claimed addresses), with no resourceVersion until it is written.  Only
+        the added addresses were parsed."""
+        new = builtins.list(added)
+        fresh = {ip for _, ip in new}
+        pairs = [
+            (v, ip) for v, ip in zip(self.values, self.ips, strict=True) if ip in records and ip not in fresh
+        ]
+        pairs.extend(new)
+        pairs.sort()
+        pods = frozenset(r.pod for r in records.values())
+        return BlockRecords(
+            self.name, "", self.start, records, tuple(v for v, _ in pairs), pods, tuple(ip for _, ip in pairs)
+        )
+
+    def render(self) -> str | None:
+        """``status.allocatedIPs`` of these records in address order (as ``render_records``); None when
+        there are none."""
+        if not self.ips:
+            return None
+        doc = {ip: {"pod": self.records[ip].pod, "podUid": self.records[ip].pod_uid} for ip in self.ips}
+        return json.dumps(doc, separators=(",", ":"))
 
 
 class BlockBook:
@@ -100,11 +128,21 @@ class BlockBook:
             start = int(netaddr.IPNetwork(cidr).first)
         except (netaddr.AddrFormatError, ValueError, TypeError):
             raise Invalid(BLOCK_KIND, name, "spec.cidr", f"{cidr!r} is not a CIDR") from None
-        values = tuple(sorted(int(netaddr.IPAddress(ip)) for ip in records))
-        book = BlockRecords(name, rv, start, records, values, frozenset(r.pod for r in records.values()))
+        pairs = sorted((int(netaddr.IPAddress(ip)), ip) for ip in records)
+        pods = frozenset(r.pod for r in records.values())
+        values, ips = tuple(v for v, _ in pairs), tuple(ip for _, ip in pairs)
+        book = BlockRecords(name, rv, start, records, values, pods, ips)
         with self._lock:
             self._blocks[name] = book
         return book
+
+    def keep(self, book: BlockRecords, written: Obj) -> None:
+        """``book`` as the block's records at the resourceVersion of ``written`` (the object the store's
+        own write of them returned), so the next read of that version parses nothing."""
+        rv = str((written.get("metadata") or {}).get("resourceVersion") or "")
+        if rv:
+            with self._lock:
+                self._blocks[book.name] = replace(book, resource_version=rv)
 
     def forget(self, name: str) -> None:
         with self._lock:
