@@ -292,7 +292,10 @@ class KubeEmulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self._changed: asyncio.Event | None = None
+        # one event per kind (by URL prefix), replaced at each write of that kind: a write wakes only
+        # the watches of its kind; _kind_rv: each kind's last revision (never compacted)
+        self._changed: dict[str, asyncio.Event] = {}
+        self._kind_rv: dict[str, int] = {}
         self._watch_tasks: set[asyncio.Task[Any]] = set()
         self.url = ""
         self._admin_endpoint = False
@@ -356,7 +359,7 @@ class KubeEmulator:
         return f"https://127.0.0.1:{port}"
 
     async def _serve(self, port: int) -> int:
-        self._changed = asyncio.Event()
+        self._changed = {}
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
@@ -687,14 +690,23 @@ class KubeEmulator:
         self._history.append(event)
         while len(self._history) > self.history_size:
             self._compacted = self._history.popleft().rv
-        loop, changed = self._loop, self._changed
-        if loop is not None and changed is not None:
-            loop.call_soon_threadsafe(self._wake)
+        prefix = _prefix(event.info)
+        self._kind_rv[prefix] = event.rv
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake, prefix)
 
-    def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = asyncio.Event()
+    def _wake(self, prefix: str) -> None:
+        """Wake the watches of one kind (in the event loop)."""
+        changed = self._changed.pop(prefix, None)
+        if changed is not None:
+            changed.set()
+
+    def _changed_of(self, prefix: str) -> asyncio.Event:
+        """What the watches of a kind wait on (in the event loop): set at the kind's next write."""
+        changed = self._changed.get(prefix)
+        if changed is None:
+            changed = self._changed[prefix] = asyncio.Event()
+        return changed
 
     # -- HTTP ---------------------------------------------------------------------------------------
 
@@ -1187,10 +1199,21 @@ class KubeEmulator:
     # -- watch --------------------------------------------------------------------------------------
 
     def _events_after(
-        self, since: int, t: _Target, labels: LabelSelector | None, fields: list[tuple[str, bool, str]]
+        self,
+        since: int,
+        t: _Target,
+        labels: LabelSelector | None,
+        fields: list[tuple[str, bool, str]],
+        running: bool = False,
     ) -> tuple[list[tuple[int, str, Obj]], int] | None:
-        """Matching events after ``since`` (None when ``since`` was compacted away), and the last rv."""
+        """Matching events after ``since`` (None when ``since`` was compacted away), and the last rv.
+
+        ``running``: ``since`` is where a running watch got to, not a client's resourceVersion.  Such a
+        watch is woken only by writes of its kind, so other kinds' writes may have been compacted past
+        it; it has missed nothing if its kind has no event after ``since`` (as when every write woke it)."""
         with self._lock:
+            if running and self._kind_rv.get(_prefix(t.info), 0) <= since:
+                return [], self._rv  # no event of this kind after ``since``
             if since < self._compacted:
                 return None
             out: list[tuple[int, str, Obj]] = []
@@ -1268,13 +1291,14 @@ class KubeEmulator:
                     since = int(rv_text)
                 except ValueError:
                     since = -1
+            running = False  # the first look starts from the client's resourceVersion
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             next_bookmark = loop.time() + self.bookmark_interval
             while True:
-                changed = self._changed
-                assert changed is not None
-                found = self._events_after(since, t, labels, fields)
+                changed = self._changed_of(_prefix(t.info))
+                found = self._events_after(since, t, labels, fields, running)
+                running = True
                 if found is None:
                     expired = ApiError(
                         410, "Expired", f"too old resource version: {since} ({self._compacted})"
