@@ -305,7 +305,13 @@ def pick(
     span = 1 << (_MAX_BITS[family] - size)
     # the lowest free address of the node's blocks is in the lowest of them with room: one search over
     # their union (adjacent blocks join into one interval) instead of one per block from the lowest
-    own = IntervalSet.of((s, s + span - 1) for s, n in claimed.items() if n == node)
+    runs: list[tuple[int, int]] = []  # joined here: IntervalSet.of's general merge cost 3x as much
+    for start in sorted(s for s, n in claimed.items() if n == node):
+        if runs and start == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], start + span - 1)
+        else:
+            runs.append((start, start + span - 1))
+    own = IntervalSet(tuple(runs))
     if own:
         value = lowest_free(free & own, allocated)
         if value is not None:
