@@ -564,10 +564,13 @@ class IpamService:
                 return None
             if choice.claim is None:
                 return choice.value
-            # listed again at the next pick either way (the maps are shared by threads: never changed)
-            self._blocks.pop(pool.name, None)
+            # listed again at the next pick if the claim fails (the maps are shared by threads: never
+            # changed, replaced); a claim made extends the map just listed, whose age it keeps
+            listed = self._blocks.pop(pool.name, None)
             try:
                 claim_block(self.store, pool, choice.claim, size, self.node_name)
+                if listed is not None and listed[1] is claimed:
+                    self._blocks[pool.name] = (listed[0], {**claimed, choice.claim: self.node_name})
                 return choice.value
             except Conflict:
                 if tries == _BLOCK_CLAIM_TRIES:
