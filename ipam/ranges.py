@@ -21,6 +21,7 @@ __all__ = [
     "Family",
     "Interval",
     "IntervalSet",
+    "address_value",
     "canonical_cidr",
     "canonical_ip",
     "cidr_interval",
@@ -68,9 +69,31 @@ def family_of_ip(text: str) -> Family:
     return 4 if _parse_ip(text).version == 4 else 6
 
 
+def _ipv4_value(text: object) -> int | None:
+    """An IPv4 address in dotted-quad form through inet_pton (strict: four decimal parts, no leading
+    zeros; ~20x cheaper than netaddr, and records are parsed on every read of a pool or block), or None
+    for anything else (which then takes the general path and its error)."""
+    if not isinstance(text, str) or ":" in text:
+        return None
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, ValueError):
+        return None
+
+
+def address_value(text: str) -> int:
+    """The integer value of a bare address of either family; ValueError naming the text otherwise."""
+    value = _ipv4_value(text)
+    return value if value is not None else int(_parse_ip(text))
+
+
 def ip_to_int(text: str, family: int) -> int:
     """The integer value of a bare address of the given family; ValueError naming the text otherwise."""
     _check_family(family)
+    if family == 4:
+        value = _ipv4_value(text)
+        if value is not None:
+            return value
     addr = _parse_ip(text)
     if addr.version != family:
         raise ValueError(f'"{text}" is not an IPv{family} address')
@@ -89,6 +112,9 @@ def int_to_ip(value: int, family: int) -> str:
 
 def canonical_ip(text: str) -> str:
     """The canonical text of a bare address (lower case, IPv6 compressed); ValueError if invalid."""
+    value = _ipv4_value(text)
+    if value is not None:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
     return str(_parse_ip(text))
 
 

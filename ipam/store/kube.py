@@ -56,7 +56,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import netaddr
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -74,7 +73,7 @@ from ipam.errors import (
 )
 from ipam.kinds import KindInfo, kind_info
 from ipam.model import PoolIPAllocation, decode_allocated_ips
-from ipam.ranges import canonical_ip
+from ipam.ranges import address_value, canonical_ip
 from ipam.records import Claim, IPRecord, Obj, PoolUsage, WatchEvent
 from ipam.store.kube_api import DEFAULT_RETRY, Backoff, KubeApi, WatchStream
 from ipam.store.kube_blocks import (
@@ -617,7 +616,7 @@ class KubeStore:
             records = decode_allocated_ips(status.get("allocatedIPs"))
         except ValueError as err:
             raise Invalid(POOL, name, "status.allocatedIPs", str(err)) from None
-        allocated = sorted(int(netaddr.IPAddress(ip)) for ip in records)
+        allocated = sorted(address_value(ip) for ip in records)
         state = _PoolState(copy.deepcopy(obj), records, PoolUsage(name, rv, tuple(allocated)))
         with self._lock:
             self._pools[name] = state
@@ -1002,7 +1001,7 @@ def _removed(obj: Obj) -> bool:
 
 
 def _ip_int(ip: str) -> int:
-    return int(netaddr.IPAddress(ip))
+    return address_value(ip)
 
 
 def _rv_key(rv: str) -> tuple[int, str]:

@@ -26,6 +26,7 @@ import netaddr
 from ipam.blocks import BLOCK_KIND, block_size_of, is_block_pool
 from ipam.errors import Invalid
 from ipam.model import IPPool, PoolIPAllocation, decode_allocated_ips
+from ipam.ranges import address_value
 from ipam.records import Obj
 
 __all__ = ["BlockBook", "BlockRecords", "block_pool_of", "render_records"]
@@ -41,7 +42,7 @@ def render_records(records: Mapping[str, PoolIPAllocation]) -> str | None:
     """Spiderpool's ``status.allocatedIPs`` string, records in address order; None when there are none."""
     if not records:
         return None
-    ordered = sorted(records.items(), key=lambda kv: int(netaddr.IPAddress(kv[0])))
+    ordered = sorted(records.items(), key=lambda kv: address_value(kv[0]))
     return json.dumps({ip: {"pod": r.pod, "podUid": r.pod_uid} for ip, r in ordered}, separators=(",", ":"))
 
 
@@ -128,7 +129,7 @@ class BlockBook:
             start = int(netaddr.IPNetwork(cidr).first)
         except (netaddr.AddrFormatError, ValueError, TypeError):
             raise Invalid(BLOCK_KIND, name, "spec.cidr", f"{cidr!r} is not a CIDR") from None
-        pairs = sorted((int(netaddr.IPAddress(ip)), ip) for ip in records)
+        pairs = sorted((address_value(ip), ip) for ip in records)
         pods = frozenset(r.pod for r in records.values())
         values, ips = tuple(v for v, _ in pairs), tuple(ip for _, ip in pairs)
         book = BlockRecords(name, rv, start, records, values, pods, ips)
