@@ -202,6 +202,7 @@ class IpamService:
         self.store = store
         self._clock = clock
         self._blocks: dict[str, tuple[float, dict[int, str]]] = {}  # see _claimed
+        self._parsed_blocks: dict[str, blocks.Block] = {}  # name -> block as last parsed (list_blocks)
         self.node_name = node_name
         self.settings = settings or IpamSettings()
         self._sleep = sleep
@@ -537,7 +538,7 @@ class IpamService:
         if not refresh and cached is not None and now - cached[0] < _BLOCKS_KEPT_SECONDS:
             return cached[1], False
         by_pool: dict[str, dict[int, str]] = {pool: {}}
-        for block in list_blocks(self.store):
+        for block in list_blocks(self.store, self._parsed_blocks):
             by_pool.setdefault(block.pool, {})[block.start] = block.node
         for name, claimed in by_pool.items():
             self._blocks[name] = (now, claimed)

@@ -523,3 +523,21 @@ def test_a_block_created_with_records_in_its_status_holds_none(store: Store) -> 
     status = store.get(BLOCK_KIND, "bp-10-0-0-0-29").get("status") or {}
     assert (status.get("allocatedIPCount", 0), status.get("allocatedIPs")) == (0, None)
     assert store.records("bp") == []
+
+
+def test_list_blocks_parses_only_blocks_that_changed(store: Store) -> None:
+    world = World(store)
+    pool = block_pool(world, "bp", "10.0.0.30")
+    claim_block(store, pool, ip_to_int("10.0.0.0", 4), 29, "node1")
+    claim_block(store, pool, ip_to_int("10.0.0.8", 4), 29, "node2")
+    cache: dict[str, Any] = {}
+    first = list_blocks(store, cache)
+    assert [b.cidr for b in first] == ["10.0.0.0/29", "10.0.0.8/29"]
+    version = store.usage("bp").resource_version
+    store.commit(claims=[Claim("bp", version, "10.0.0.9", "default/b", "ub")])  # moves node2's block
+    second = list_blocks(store, cache)
+    assert second[0] is first[0]  # unchanged: the parse is reused
+    assert second[1] is not first[1] and second[1].resource_version != first[1].resource_version
+    store.delete(BLOCK_KIND, first[0].name)
+    assert [b.cidr for b in list_blocks(store, cache)] == ["10.0.0.8/29"]
+    assert set(cache) == {second[1].name}  # a deleted block leaves the cache
