@@ -203,6 +203,8 @@ class IpamService:
         self._clock = clock
         self._blocks: dict[str, tuple[float, dict[int, str]]] = {}  # see _claimed
         self._parsed_blocks: dict[str, blocks.Block] = {}  # name -> block as last parsed (list_blocks)
+        # pool -> (claimed-blocks map, block size, this node's blocks joined): see _pick_block
+        self._own_blocks: dict[str, tuple[dict[int, str], int, IntervalSet]] = {}
         self.node_name = node_name
         self.settings = settings or IpamSettings()
         self._sleep = sleep
@@ -544,6 +546,21 @@ class IpamService:
             self._blocks[name] = (now, claimed)
         return by_pool[pool], True
 
+    def _pick_block(
+        self, pool: IPPool, size: int, free: IntervalSet, allocated: Sequence[int], claimed: dict[int, str]
+    ) -> blocks.BlockPick | None:
+        """``blocks.pick`` with this node's blocks joined once per claimed-blocks map (maps are
+        replaced, never changed, so the map's identity says the union is still right)."""
+        cached = self._own_blocks.get(pool.name)
+        if cached is not None and cached[0] is claimed and cached[1] == size:
+            own = cached[2]
+        else:
+            own = blocks.own_blocks(claimed, self.node_name, family=pool.ip_version, size=size)
+            self._own_blocks[pool.name] = (claimed, size, own)
+        return blocks.pick(
+            free, allocated, claimed, self.node_name, family=pool.ip_version, size=size, own=own
+        )
+
     def _pick_in_blocks(
         self, pool: IPPool, size: int, free: IntervalSet, allocated: Sequence[int]
     ) -> int | None:
@@ -554,13 +571,11 @@ class IpamService:
         the Conflict reaches the allocation's retry: only the block map changed, so nothing else needs
         reading again."""
         claimed, fresh = self._claimed(pool.name, refresh=False)
-        choice = blocks.pick(free, allocated, claimed, self.node_name, family=pool.ip_version, size=size)
+        choice = self._pick_block(pool, size, free, allocated, claimed)
         for tries in range(1, _BLOCK_CLAIM_TRIES + 1):
             if choice is not None and not fresh and (choice.claim is not None or choice.borrowed):
                 claimed, fresh = self._claimed(pool.name, refresh=True)
-                choice = blocks.pick(
-                    free, allocated, claimed, self.node_name, family=pool.ip_version, size=size
-                )
+                choice = self._pick_block(pool, size, free, allocated, claimed)
             if choice is None:
                 return None
             if choice.claim is None:
