@@ -770,34 +770,12 @@ class KubeStore:
                     f'{POOL} "{pool}": metadata.deletionTimestamp: the pool is terminating; '
                     "no new IPs are allocated from it"
                 )
-            records = dict(state.records)
-            changed = False
-            for rel, ip in releases:
-                held = records.get(ip)
-                if held is not None and held.pod_uid == rel.pod_uid:
-                    del records[ip]
-                    changed = True
-            for claim, ip in claims:
-                held = records.get(ip)
-                if held is not None:
-                    raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pod {held.pod})')
-                other = self._holder_elsewhere(ip, pool)
-                if other is not None:
-                    raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pool {other})')
-                records[ip] = PoolIPAllocation(claim.pod, claim.pod_uid)
-                changed = True
-            if not changed:
+            records = self._applied(pool, state.records, claims, releases)
+            if records is None:
                 return state.obj
             if claims and len(records) > self.max_pool_records:
                 raise PoolFull(pool, self.max_pool_records)
-            body = copy.deepcopy(state.obj)
-            status = body.setdefault("status", {})
-            text = render_records(records)
-            if text is None:
-                status.pop("allocatedIPs", None)
-            else:
-                status["allocatedIPs"] = text
-            status["allocatedIPCount"] = len(records)
+            body = _with_records(state.obj, render_records(records), len(records))
             try:
                 return self._put(info, body, "", pool, "status")
             except Conflict as err:
@@ -883,35 +861,11 @@ class KubeStore:
                     f'{BLOCK_KIND} "{name}": belongs to pool {block_pool_of(obj)!r}, not {pool}'
                 )
             before = self._book.records(obj)
-            records = dict(before.records)
-            added: builtins.list[tuple[int, str]] = []
-            changed = False
-            for rel, ip in releases:
-                held = records.get(ip)
-                if held is not None and held.pod_uid == rel.pod_uid:
-                    del records[ip]
-                    changed = True
-            for claim, ip in claims:
-                held = records.get(ip)
-                if held is not None:
-                    raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pod {held.pod})')
-                other = self._holder_elsewhere(ip, pool)
-                if other is not None:
-                    raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pool {other})')
-                records[ip] = PoolIPAllocation(claim.pod, claim.pod_uid)
-                added.append((_ip_int(ip), ip))
-                changed = True
-            if not changed:
+            records = self._applied(pool, before.records, claims, releases)
+            if records is None:
                 return obj
-            after = before.changed(records, added)
-            body = copy.deepcopy(obj)
-            status = body.setdefault("status", {})
-            text = after.render()
-            if text is None:
-                status.pop("allocatedIPs", None)
-            else:
-                status["allocatedIPs"] = text
-            status["allocatedIPCount"] = len(records)
+            after = before.changed(records, [(_ip_int(ip), ip) for _, ip in claims])
+            body = _with_records(obj, after.render(), len(records))
             try:
                 written = self._put(info, body, "", name, "status")
             except NotFound:
@@ -925,6 +879,33 @@ class KubeStore:
             self._retrying(attempt)
         except _StaleClaim as err:
             raise Conflict(str(err)) from None
+
+    def _applied(
+        self,
+        pool: str,
+        held: Mapping[str, PoolIPAllocation],
+        claims: Sequence[tuple[Claim, str]],
+        releases: Sequence[tuple[IPRecord, str]],
+    ) -> dict[str, PoolIPAllocation] | None:
+        """``held`` after the releases (same pod UID only), then the claims; None when nothing changed.
+        A claim of an address recorded here or in another pool raises _StaleClaim."""
+        records = dict(held)
+        changed = False
+        for rel, ip in releases:
+            record = records.get(ip)
+            if record is not None and record.pod_uid == rel.pod_uid:
+                del records[ip]
+                changed = True
+        for claim, ip in claims:
+            record = records.get(ip)
+            if record is not None:
+                raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pod {record.pod})')
+            other = self._holder_elsewhere(ip, pool)
+            if other is not None:
+                raise _StaleClaim(f'{POOL} "{pool}": {ip} is already allocated (pool {other})')
+            records[ip] = PoolIPAllocation(claim.pod, claim.pod_uid)
+            changed = True
+        return records if changed else None
 
     def _holder_elsewhere(self, ip: str, pool: str) -> str | None:
         """Another pool recording ``ip``: from the pool informer when there is one, else a list from the
@@ -998,6 +979,18 @@ def _removed(obj: Obj) -> bool:
         and not meta.get("finalizers")
         and not meta.get("deletionGracePeriodSeconds")
     )
+
+
+def _with_records(obj: Obj, text: str | None, count: int) -> Obj:
+    """A copy of a pool or block whose status holds these records (``allocatedIPs`` absent when none)."""
+    body = copy.deepcopy(obj)
+    status = body.setdefault("status", {})
+    if text is None:
+        status.pop("allocatedIPs", None)
+    else:
+        status["allocatedIPs"] = text
+    status["allocatedIPCount"] = count
+    return body
 
 
 def _ip_int(ip: str) -> int:
